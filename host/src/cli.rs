@@ -1,0 +1,509 @@
+//! The `cartridge` command line.
+//!
+//! - `cartridge serve`: run the host with the plugins of a directory loaded.
+//! - `cartridge plugin new <name> --hook <kind>`: scaffold a plugin crate that builds.
+//! - `cartridge plugin build [dir]`: build a plugin crate into an installable bundle
+//!   (`plugin.toml` + `.wasm`).
+//! - `cartridge plugin run <file.wasm> --hook <kind> --input <file.json>`: run one hook call
+//!   and report the output, the instructions, memory and time it used, and the limits in force.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::plugin::bindings::{fraud, payment, personalization, pricing};
+use crate::plugin::{
+    Call, CallStats, HookError, HookKind, Manifest, OUTPUT_LIMIT_BYTES, PaymentRequest, Plugin,
+    Runtime, RuntimeConfig,
+};
+
+/// Cartridge: a commerce host whose business rules are WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "cartridge", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the host.
+    Serve(ServeArgs),
+    /// Write, build and try plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// Options of `cartridge serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CARTRIDGE_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Directory of plugin bundles: one sub-directory per plugin with `plugin.toml` and its
+    /// `.wasm`.
+    #[arg(
+        long,
+        env = "CARTRIDGE_PLUGINS_DIR",
+        default_value = "plugins-installed"
+    )]
+    pub plugins_dir: PathBuf,
+    /// Where the host keeps its data (the compiled-plugin cache, for now).
+    #[arg(long, env = "CARTRIDGE_DATA_DIR", default_value = ".cartridge")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Scaffold a plugin crate.
+    New {
+        /// The plugin's name: lower-case letters, digits and dashes.
+        name: String,
+        /// The hook it serves.
+        #[arg(long)]
+        hook: HookKind,
+        /// Directory to create the crate in (default: ./<name>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Depend on the SDK at this path instead of the one this host was built with.
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Build a plugin crate for wasm32-wasip2 and bundle it with its manifest.
+    Build {
+        /// The plugin crate (default: the current directory).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where to put the bundle (default: <dir>/target/cartridge/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run one hook call on a JSON input and report what it used.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The component.
+    wasm: PathBuf,
+    /// The hook to call. Defaults to the manifest's.
+    #[arg(long)]
+    hook: Option<HookKind>,
+    /// The input, as JSON (a cart, a checkout, a personalization context, or a payment step
+    /// `{"step": "authorize", "request": {...}}`). `-` reads standard input.
+    #[arg(long)]
+    input: PathBuf,
+    /// The manifest (default: plugin.toml beside the component, if there is one).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Override the instruction budget.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Override the memory cap, in MiB.
+    #[arg(long)]
+    memory_mib: Option<u32>,
+    /// Override the deadline, in milliseconds.
+    #[arg(long)]
+    deadline_ms: Option<u32>,
+    /// Print one JSON document instead of a report.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the command line; the process exits with what this returns.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(args) => crate::server::serve(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Plugin(PluginCommand::New {
+            name,
+            hook,
+            dir,
+            sdk_path,
+        }) => scaffold(&name, hook, dir, sdk_path).map(|()| ExitCode::SUCCESS),
+        Command::Plugin(PluginCommand::Build { dir, out }) => {
+            build(&dir, out.as_deref()).map(|bundle| {
+                println!("{}", bundle.display());
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Plugin(PluginCommand::Run(args)) => run_hook(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// plugin new
+
+const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk");
+
+fn scaffold(
+    name: &str,
+    hook: HookKind,
+    dir: Option<PathBuf>,
+    sdk_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let manifest_text = format!(
+        "name = \"{name}\"\nversion = \"0.1.0\"\nhook = \"{hook}\"\ncontract = \"{}\"\ndescription = \"\"\n",
+        crate::plugin::manifest::SUPPORTED_CONTRACTS
+            .last()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
+    // Refuse names the host would refuse, before writing anything.
+    Manifest::parse(&manifest_text)?;
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        bail!("{} exists and is not empty", dir.display());
+    }
+    let sdk = match sdk_path {
+        Some(path) => format!("{{ path = {:?} }}", path.display().to_string()),
+        None => match std::fs::canonicalize(SDK_DIR) {
+            Ok(path) => format!("{{ path = {:?} }}", path.display().to_string()),
+            Err(_) => format!("\"{}\"", env!("CARGO_PKG_VERSION")),
+        },
+    };
+    std::fs::create_dir_all(dir.join("src"))?;
+    std::fs::create_dir_all(dir.join(".cargo"))?;
+    let crate_name = name.replace('-', "_");
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
+             [lib]\ncrate-type = [\"cdylib\"]\n\n\
+             [dependencies]\ncartridge-sdk = {sdk}\n\n\
+             [profile.release]\nopt-level = \"s\"\nlto = true\ncodegen-units = 1\nstrip = true\npanic = \"abort\"\n\n\
+             # A plugin is its own workspace unless you add it to one.\n[workspace]\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.join(".cargo/config.toml"),
+        "[build]\ntarget = \"wasm32-wasip2\"\n\n[target.wasm32-wasip2]\nrustflags = [\"-C\", \"link-arg=-zstack-size=131072\"]\n",
+    )?;
+    std::fs::write(dir.join("plugin.toml"), manifest_text)?;
+    std::fs::write(dir.join("src/lib.rs"), template(hook))?;
+    std::fs::write(dir.join(".gitignore"), "/target\n")?;
+    eprintln!(
+        "created {hook} plugin {name} in {}\n  build:  cartridge plugin build {}\n  test:   cargo test --target $(rustc -vV | sed -n 's/host: //p')",
+        dir.display(),
+        dir.display()
+    );
+    let _ = crate_name;
+    Ok(())
+}
+
+fn template(hook: HookKind) -> &'static str {
+    match hook {
+        HookKind::Pricing => include_str!("templates/pricing.rs"),
+        HookKind::Fraud => include_str!("templates/fraud.rs"),
+        HookKind::Personalization => include_str!("templates/personalization.rs"),
+        HookKind::Payment => include_str!("templates/payment.rs"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// plugin build
+
+/// Builds the plugin crate in `dir` for wasm32-wasip2 (release) and writes a bundle directory
+/// with its `plugin.toml` and `<name>.wasm`. Returns the bundle's path.
+pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let manifest_path = dir.join("plugin.toml");
+    let manifest = Manifest::parse(
+        &std::fs::read_to_string(&manifest_path)
+            .with_context(|| format!("reading {}", manifest_path.display()))?,
+    )?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = std::process::Command::new(cargo)
+        .current_dir(dir)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo")?;
+    if !output.status.success() {
+        bail!("cargo build failed");
+    }
+    let mut wasm = None;
+    for line in output.stdout.split(|b| *b == b'\n') {
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] == "compiler-artifact"
+            && let Some(files) = message["filenames"].as_array()
+        {
+            for file in files.iter().filter_map(|f| f.as_str()) {
+                if file.ends_with(".wasm") {
+                    wasm = Some(PathBuf::from(file));
+                }
+            }
+        }
+    }
+    let wasm = wasm.context("cargo built no .wasm: is the crate a cdylib?")?;
+    let bundle = match out {
+        Some(out) => out.to_owned(),
+        None => dir.join("target/cartridge").join(&manifest.name),
+    };
+    std::fs::create_dir_all(&bundle)?;
+    std::fs::copy(&manifest_path, bundle.join("plugin.toml"))?;
+    let target = bundle.join(format!("{}.wasm", manifest.name));
+    std::fs::copy(&wasm, &target)?;
+    eprintln!(
+        "built {} ({} bytes) -> {}",
+        manifest.id(),
+        std::fs::metadata(&target)?.len(),
+        bundle.display()
+    );
+    Ok(bundle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// plugin run
+
+/// A payment step or a webhook, as `plugin run` reads it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum PaymentInput {
+    Step(PaymentRequest),
+    Webhook {
+        #[allow(dead_code)]
+        step: WebhookStep,
+        request: payment::WebhookRequest,
+    },
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WebhookStep {
+    ParseWebhook,
+}
+
+async fn run_hook(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let wasm =
+        std::fs::read(&args.wasm).with_context(|| format!("reading {}", args.wasm.display()))?;
+    let manifest_path = args.manifest.clone().or_else(|| {
+        let beside = args.wasm.with_file_name("plugin.toml");
+        beside.is_file().then_some(beside)
+    });
+    let mut manifest = match &manifest_path {
+        Some(path) => Manifest::parse(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )?,
+        None => {
+            let hook = args
+                .hook
+                .context("no plugin.toml beside the component: pass --hook or --manifest")?;
+            let stem = args
+                .wasm
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("plugin")
+                .to_ascii_lowercase()
+                .replace('_', "-");
+            Manifest::parse(&format!(
+                "name = \"{stem}\"\nversion = \"0.0.0\"\nhook = \"{hook}\"\ncontract = \"0.1.0\"\n"
+            ))?
+        }
+    };
+    if let Some(hook) = args.hook
+        && hook != manifest.hook
+    {
+        bail!("--hook {hook} but the manifest says {}", manifest.hook);
+    }
+    if let Some(fuel) = args.fuel {
+        manifest.limits.fuel = Some(fuel);
+    }
+    if let Some(memory) = args.memory_mib {
+        manifest.limits.memory_mib = memory;
+    }
+    if let Some(deadline) = args.deadline_ms {
+        manifest.limits.deadline_ms = deadline;
+    }
+    let input = if args.input == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        text
+    } else {
+        std::fs::read_to_string(&args.input)
+            .with_context(|| format!("reading {}", args.input.display()))?
+    };
+
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        ..RuntimeConfig::default()
+    })?;
+    let plugin = runtime
+        .load(manifest, &wasm)
+        .map_err(|e| anyhow::anyhow!("[{}] {e}", e.code()))?;
+    let parse_error = |e: serde_json::Error| {
+        anyhow::anyhow!("the input is not a valid {} input: {e}", plugin.hook())
+    };
+    let outcome = match plugin.hook() {
+        HookKind::Pricing => {
+            let cart: pricing::Cart = serde_json::from_str(&input).map_err(parse_error)?;
+            plugin.price(&cart).await.map(|call| {
+                let priced = crate::pricing::apply(
+                    &cart,
+                    &[crate::pricing::PluginOperations {
+                        plugin: plugin.reference(),
+                        operations: call.output.operations.clone(),
+                    }],
+                );
+                report(call, Some(serde_json::to_value(priced).unwrap_or_default()))
+            })
+        }
+        HookKind::Fraud => {
+            let checkout: fraud::Checkout = serde_json::from_str(&input).map_err(parse_error)?;
+            plugin.assess(&checkout).await.map(|c| report(c, None))
+        }
+        HookKind::Personalization => {
+            let context: personalization::Context =
+                serde_json::from_str(&input).map_err(parse_error)?;
+            plugin.rank(&context).await.map(|c| report(c, None))
+        }
+        HookKind::Payment => {
+            match serde_json::from_str::<PaymentInput>(&input).map_err(parse_error)? {
+                PaymentInput::Step(step) => plugin.payment(&step).await.map(|c| report(c, None)),
+                PaymentInput::Webhook { request, .. } => plugin
+                    .parse_webhook(&request)
+                    .await
+                    .map(|c| report(c, None)),
+            }
+        }
+    };
+    print_outcome(&plugin, outcome, args.json)
+}
+
+struct Report {
+    output: serde_json::Value,
+    priced: Option<serde_json::Value>,
+    stats: CallStats,
+}
+
+fn report<T: Serialize>(call: Call<T>, priced: Option<serde_json::Value>) -> Report {
+    Report {
+        output: serde_json::to_value(&call.output).unwrap_or_default(),
+        priced,
+        stats: call.stats,
+    }
+}
+
+fn print_outcome(
+    plugin: &Plugin,
+    outcome: Result<Report, HookError>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let limits = plugin.manifest().limits;
+    let limits_json = json!({
+        "fuel": limits.fuel,
+        "memory_bytes": limits.memory_bytes(),
+        "deadline_ms": limits.deadline_ms,
+        "output_bytes": OUTPUT_LIMIT_BYTES,
+    });
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        Ok(report) => {
+            if as_json {
+                let doc = json!({
+                    "ok": true,
+                    "plugin": plugin.reference(),
+                    "output": report.output,
+                    "priced": report.priced,
+                    "stats": report.stats,
+                    "limits": limits_json,
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+            } else {
+                let s = &report.stats;
+                writeln!(out, "plugin       {}", plugin.reference())?;
+                writeln!(
+                    out,
+                    "output\n{}",
+                    serde_json::to_string_pretty(&report.output)?
+                )?;
+                if let Some(priced) = &report.priced {
+                    writeln!(
+                        out,
+                        "priced cart\n{}",
+                        serde_json::to_string_pretty(priced)?
+                    )?;
+                }
+                writeln!(
+                    out,
+                    "instructions {} / {}",
+                    s.fuel_consumed
+                        .map_or("not counted".to_owned(), |f| f.to_string()),
+                    limits
+                        .fuel
+                        .map_or("unlimited".to_owned(), |f| f.to_string())
+                )?;
+                writeln!(
+                    out,
+                    "memory       {} / {} bytes (peak linear memory)",
+                    s.peak_memory_bytes,
+                    limits.memory_bytes()
+                )?;
+                writeln!(
+                    out,
+                    "time         {} µs / {} ms deadline",
+                    s.duration.as_micros(),
+                    limits.deadline_ms
+                )?;
+                writeln!(
+                    out,
+                    "output size  {} / {OUTPUT_LIMIT_BYTES} bytes",
+                    s.output_bytes
+                )?;
+                for line in &s.logs {
+                    writeln!(out, "log [{}]  {}", line.level, line.message)?;
+                }
+                if s.logs_dropped > 0 {
+                    writeln!(
+                        out,
+                        "log          {} lines dropped past the cap",
+                        s.logs_dropped
+                    )?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            if as_json {
+                let doc = json!({
+                    "ok": false,
+                    "plugin": plugin.reference(),
+                    "error": { "code": error.code(), "message": error.kind.to_string() },
+                    "limits": limits_json,
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+            } else {
+                eprintln!("error[{}]: {error}", error.code());
+                eprintln!(
+                    "limits: fuel {}, memory {} bytes, deadline {} ms",
+                    limits
+                        .fuel
+                        .map_or("unlimited".to_owned(), |f| f.to_string()),
+                    limits.memory_bytes(),
+                    limits.deadline_ms
+                );
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! # cartridge-host
+//!
+//! The Cartridge host: a commerce pipeline whose business rules are sandboxed WebAssembly
+//! components. The host owns all state; plugins are called at hooks (pricing, fraud,
+//! personalization, payment) and return decisions that the host validates before acting.
+//!
+//! Layout:
+//! - [`plugin`]: the plugin runtime — contract bindings, sandbox, loading, calling, named
+//!   errors, output validation.
+//! - [`pricing`]: applies validated price operations from several plugins to a cart.
+//! - [`cli`]: the `cartridge` command line (`serve`, `plugin new|build|run`).
+//! - [`server`]: the HTTP application.
+//!
+//! Boundaries: nothing outside [`plugin`] touches wasmtime; plugins never see the database.
+
+pub mod cli;
+pub mod plugin;
+pub mod pricing;
+pub mod server;

@@ -1,0 +1,83 @@
+//! The one place the WIT contract becomes Rust: host-side bindings for the four plugin worlds.
+//!
+//! The `types` and `host` interfaces are generated once, with the pricing world, and shared by
+//! the others so that a `Money` is the same type whichever hook it travels through. Every
+//! generated type also derives serde, which gives the CLI and the call log a JSON form of each
+//! hook's input and output.
+
+#![allow(missing_docs, clippy::all)]
+
+mod pricing_world {
+    wasmtime::component::bindgen!({
+        world: "pricing-plugin",
+        path: "../wit",
+        exports: { default: async },
+        additional_derives: [serde::Serialize, serde::Deserialize, Clone, PartialEq, Eq],
+    });
+}
+
+mod fraud_world {
+    wasmtime::component::bindgen!({
+        world: "fraud-plugin",
+        path: "../wit",
+        exports: { default: async },
+        additional_derives: [serde::Serialize, serde::Deserialize, Clone, PartialEq, Eq],
+        with: {
+            "cartridge:plugin/types": super::pricing_world::cartridge::plugin::types,
+            "cartridge:plugin/host": super::pricing_world::cartridge::plugin::host,
+        },
+    });
+}
+
+mod personalization_world {
+    wasmtime::component::bindgen!({
+        world: "personalization-plugin",
+        path: "../wit",
+        exports: { default: async },
+        additional_derives: [serde::Serialize, serde::Deserialize, Clone, PartialEq, Eq],
+        with: {
+            "cartridge:plugin/types": super::pricing_world::cartridge::plugin::types,
+            "cartridge:plugin/host": super::pricing_world::cartridge::plugin::host,
+        },
+    });
+}
+
+mod payment_world {
+    wasmtime::component::bindgen!({
+        world: "payment-plugin",
+        path: "../wit",
+        exports: { default: async },
+        additional_derives: [serde::Serialize, serde::Deserialize, Clone, PartialEq, Eq],
+        with: {
+            "cartridge:plugin/types": super::pricing_world::cartridge::plugin::types,
+            "cartridge:plugin/host": super::pricing_world::cartridge::plugin::host,
+        },
+    });
+}
+
+pub use pricing_world::cartridge::plugin::host;
+pub use pricing_world::cartridge::plugin::types;
+
+/// The pricing hook's types, and its pre-linked component type.
+pub mod pricing {
+    pub use super::pricing_world::exports::cartridge::plugin::pricing::*;
+    pub use super::pricing_world::{PricingPlugin, PricingPluginPre};
+}
+
+/// The fraud hook's types, and its pre-linked component type.
+pub mod fraud {
+    pub use super::fraud_world::exports::cartridge::plugin::fraud::*;
+    pub use super::fraud_world::{FraudPlugin, FraudPluginPre};
+}
+
+/// The personalization hook's types, and its pre-linked component type.
+pub mod personalization {
+    pub use super::personalization_world::exports::cartridge::plugin::personalization::*;
+    pub use super::personalization_world::{PersonalizationPlugin, PersonalizationPluginPre};
+}
+
+/// The payment hook's types, and its pre-linked component type.
+pub mod payment {
+    pub use super::payment_world::exports::cartridge::plugin::payment::*;
+    pub use super::payment_world::{PaymentPlugin, PaymentPluginPre};
+}

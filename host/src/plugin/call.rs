@@ -1,0 +1,487 @@
+//! A loaded plugin and its hook calls.
+//!
+//! Each call gets a fresh `Store` (and so a fresh instance from the pooling allocator) with the
+//! plugin's memory cap, its deadline, and its instruction budget when it has one. The store is
+//! dropped after the call whatever happened, so nothing leaks from one call to the next and a
+//! trapped instance is never entered again. Failures are classified into [`HookErrorKind`]s;
+//! successful outputs are checked for size and validated before anyone sees them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use super::bindings::{fraud, payment, personalization, pricing};
+use super::error::{
+    CapabilityDenied, DeadlineExceeded, HookError, HookErrorKind, MemoryLimitExceeded, PluginRef,
+};
+use super::manifest::{HookKind, Manifest};
+use super::sandbox::{LogLine, StoreState};
+use super::validate;
+
+/// The most a plugin may return from one call, measured as JSON.
+pub const OUTPUT_LIMIT_BYTES: usize = 64 * 1024;
+
+/// Fuel given to calls without an instruction budget when the engine counts fuel: effectively
+/// unlimited, so that only the deadline applies but usage is still reported.
+const UNMETERED_FUEL: u64 = i64::MAX as u64;
+
+/// The pre-linked component, typed by hook.
+pub(crate) enum HookPre {
+    Pricing(pricing::PricingPluginPre<StoreState>),
+    Fraud(fraud::FraudPluginPre<StoreState>),
+    Personalization(personalization::PersonalizationPluginPre<StoreState>),
+    Payment(payment::PaymentPluginPre<StoreState>),
+}
+
+/// A plugin version, compiled and ready to call. Immutable: a new version or new configuration
+/// is a new `Plugin`, so a call that started on one finishes on it.
+pub struct Plugin {
+    manifest: Manifest,
+    digest: String,
+    size: usize,
+    pre: HookPre,
+    config: Arc<BTreeMap<String, String>>,
+    id: Arc<str>,
+    consume_fuel: bool,
+}
+
+/// What a call cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallStats {
+    /// Wall-clock time of instantiation plus the call.
+    #[serde(serialize_with = "as_micros")]
+    pub duration: Duration,
+    /// Instructions executed (wasmtime fuel), when the engine counts them.
+    pub fuel_consumed: Option<u64>,
+    /// The largest linear memory the instance had, in bytes.
+    pub peak_memory_bytes: u64,
+    /// The output's size as JSON, in bytes.
+    pub output_bytes: usize,
+    /// What the plugin logged.
+    pub logs: Vec<LogLine>,
+    /// Log lines dropped past the cap.
+    pub logs_dropped: u32,
+}
+
+fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// A successful call: the validated output and what it cost.
+#[derive(Debug, Clone)]
+pub struct Call<T> {
+    /// The plugin's decision, validated.
+    pub output: T,
+    /// What it cost.
+    pub stats: CallStats,
+}
+
+impl Plugin {
+    pub(crate) fn new(
+        manifest: Manifest,
+        digest: String,
+        size: usize,
+        pre: HookPre,
+        consume_fuel: bool,
+    ) -> Self {
+        let config = Arc::new(manifest.config.clone());
+        let id = Arc::from(manifest.id());
+        Self {
+            manifest,
+            digest,
+            size,
+            pre,
+            config,
+            id,
+            consume_fuel,
+        }
+    }
+
+    /// The same plugin with the operator's configuration laid over the manifest's defaults.
+    pub fn with_config(mut self, overrides: &BTreeMap<String, String>) -> Self {
+        let mut config = self.manifest.config.clone();
+        config.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.config = Arc::new(config);
+        self
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// SHA-256 of the component, hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Size of the component, in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The hook it serves.
+    pub fn hook(&self) -> HookKind {
+        self.manifest.hook
+    }
+
+    /// Name, version and hook, as errors carry them.
+    pub fn reference(&self) -> PluginRef {
+        PluginRef {
+            name: self.manifest.name.clone(),
+            version: self.manifest.version.clone(),
+            hook: self.manifest.hook,
+        }
+    }
+
+    /// Prices a cart.
+    pub async fn price(
+        &self,
+        cart: &pricing::Cart,
+    ) -> Result<Call<pricing::PriceResult>, HookError> {
+        let HookPre::Pricing(pre) = &self.pre else {
+            return Err(self.not_this_hook(HookKind::Pricing));
+        };
+        let (mut store, started) = self.new_store(pre.engine());
+        let result = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .cartridge_plugin_pricing()
+                .call_price(&mut store, cart)
+                .await
+        }
+        .await;
+        let call = self.finish(store, started, result)?;
+        let call = self.plugin_answer(call)?;
+        validate::price_result(cart, &call.output).map_err(|reason| self.invalid(reason))?;
+        Ok(call)
+    }
+
+    /// Assesses a checkout for fraud.
+    pub async fn assess(
+        &self,
+        checkout: &fraud::Checkout,
+    ) -> Result<Call<fraud::Assessment>, HookError> {
+        let HookPre::Fraud(pre) = &self.pre else {
+            return Err(self.not_this_hook(HookKind::Fraud));
+        };
+        let (mut store, started) = self.new_store(pre.engine());
+        let result = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .cartridge_plugin_fraud()
+                .call_assess(&mut store, checkout)
+                .await
+        }
+        .await;
+        let call = self.finish(store, started, result)?;
+        let call = self.plugin_answer(call)?;
+        validate::assessment(&call.output).map_err(|reason| self.invalid(reason))?;
+        Ok(call)
+    }
+
+    /// Ranks candidates for a shopper. The ranking that comes back holds only candidates, each
+    /// once, with the candidates the plugin left out appended in their default order.
+    pub async fn rank(
+        &self,
+        context: &personalization::Context,
+    ) -> Result<Call<personalization::Ranking>, HookError> {
+        let HookPre::Personalization(pre) = &self.pre else {
+            return Err(self.not_this_hook(HookKind::Personalization));
+        };
+        let (mut store, started) = self.new_store(pre.engine());
+        let result = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .cartridge_plugin_personalization()
+                .call_rank(&mut store, context)
+                .await
+        }
+        .await;
+        let call = self.finish(store, started, result)?;
+        let mut call = self.plugin_answer(call)?;
+        call.output = validate::ranking(context, call.output);
+        Ok(call)
+    }
+
+    /// Runs one payment step. The gateway's refusal is a successful call whose output is
+    /// `Err(PaymentError)`: the connector did its job.
+    pub async fn payment(
+        &self,
+        request: &PaymentRequest,
+    ) -> Result<Call<Result<payment::PaymentResult, payment::PaymentError>>, HookError> {
+        let HookPre::Payment(pre) = &self.pre else {
+            return Err(self.not_this_hook(HookKind::Payment));
+        };
+        let (mut store, started) = self.new_store(pre.engine());
+        let result = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let connector = instance.cartridge_plugin_payment();
+            match request {
+                PaymentRequest::Authorize(r) => connector.call_authorize(&mut store, r).await,
+                PaymentRequest::Capture(r) => connector.call_capture(&mut store, r).await,
+                PaymentRequest::Refund(r) => connector.call_refund(&mut store, r).await,
+                PaymentRequest::Void(r) => connector.call_void(&mut store, r).await,
+            }
+        }
+        .await;
+        let call = self.finish(store, started, result)?;
+        if let Ok(result) = &call.output {
+            validate::payment_result(request, result).map_err(|reason| self.invalid(reason))?;
+        }
+        Ok(call)
+    }
+
+    /// Verifies and decodes a payment webhook.
+    pub async fn parse_webhook(
+        &self,
+        request: &payment::WebhookRequest,
+    ) -> Result<Call<Result<payment::WebhookEvent, payment::WebhookError>>, HookError> {
+        let HookPre::Payment(pre) = &self.pre else {
+            return Err(self.not_this_hook(HookKind::Payment));
+        };
+        let (mut store, started) = self.new_store(pre.engine());
+        let result = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .cartridge_plugin_payment()
+                .call_parse_webhook(&mut store, request)
+                .await
+        }
+        .await;
+        let call = self.finish(store, started, result)?;
+        if let Ok(event) = &call.output {
+            validate::webhook_event(event).map_err(|reason| self.invalid(reason))?;
+        }
+        Ok(call)
+    }
+
+    fn new_store(&self, engine: &wasmtime::Engine) -> (Store<StoreState>, Instant) {
+        let limits = &self.manifest.limits;
+        let state = StoreState::new(self.id.clone(), self.config.clone(), limits.memory_bytes());
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| state);
+        if self.consume_fuel {
+            // Cannot fail: fuel is enabled on this engine.
+            let _ = store.set_fuel(limits.fuel.unwrap_or(UNMETERED_FUEL));
+        }
+        let started = Instant::now();
+        let deadline = started + limits.deadline();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(DeadlineExceeded.into())
+            } else {
+                // Let other requests run between ticks of a long call.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        (store, started)
+    }
+
+    /// Turns the raw outcome of a call into output plus stats, or a named error.
+    fn finish<T: Serialize>(
+        &self,
+        store: Store<StoreState>,
+        started: Instant,
+        result: wasmtime::Result<T>,
+    ) -> Result<Call<T>, HookError> {
+        let duration = started.elapsed();
+        let fuel_consumed = store.get_fuel().ok().map(|left| {
+            self.manifest
+                .limits
+                .fuel
+                .unwrap_or(UNMETERED_FUEL)
+                .saturating_sub(left)
+        });
+        let output = match result {
+            Ok(output) => output,
+            Err(error) => {
+                let kind = self.classify(&error, store.data());
+                tracing::debug!(plugin = %self.id, code = kind.code(), "plugin call failed: {error:#}");
+                return Err(HookError {
+                    plugin: self.reference(),
+                    kind,
+                });
+            }
+        };
+        let output_bytes = json_size(&output);
+        if output_bytes > OUTPUT_LIMIT_BYTES {
+            return Err(HookError {
+                plugin: self.reference(),
+                kind: HookErrorKind::OutputTooLarge {
+                    size: output_bytes,
+                    limit: OUTPUT_LIMIT_BYTES,
+                },
+            });
+        }
+        let state = store.into_data();
+        Ok(Call {
+            output,
+            stats: CallStats {
+                duration,
+                fuel_consumed,
+                peak_memory_bytes: state.peak_memory,
+                output_bytes,
+                logs: state.logs,
+                logs_dropped: state.logs_dropped,
+            },
+        })
+    }
+
+    fn classify(&self, error: &wasmtime::Error, state: &StoreState) -> HookErrorKind {
+        for cause in error.chain() {
+            if cause.is::<DeadlineExceeded>() {
+                return HookErrorKind::DeadlineExceeded {
+                    deadline: self.manifest.limits.deadline(),
+                };
+            }
+            if let Some(m) = cause.downcast_ref::<MemoryLimitExceeded>() {
+                return HookErrorKind::MemoryLimitExceeded {
+                    limit: m.limit,
+                    requested: m.requested,
+                };
+            }
+            if let Some(CapabilityDenied(what)) = cause.downcast_ref::<CapabilityDenied>() {
+                return HookErrorKind::CapabilityDenied {
+                    capability: what.clone(),
+                };
+            }
+            if let Some(limit) = cause.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+                return HookErrorKind::Unavailable {
+                    reason: limit.to_string(),
+                };
+            }
+            if let Some(trap) = cause.downcast_ref::<Trap>() {
+                return match trap {
+                    Trap::OutOfFuel => HookErrorKind::FuelExhausted {
+                        budget: self.manifest.limits.fuel.unwrap_or(UNMETERED_FUEL),
+                    },
+                    Trap::Interrupt => HookErrorKind::DeadlineExceeded {
+                        deadline: self.manifest.limits.deadline(),
+                    },
+                    Trap::StackOverflow => HookErrorKind::Trap {
+                        message: "stack overflow".to_owned(),
+                    },
+                    other => {
+                        let stderr = state.stderr();
+                        HookErrorKind::Trap {
+                            message: if stderr.is_empty() {
+                                other.to_string()
+                            } else {
+                                stderr
+                            },
+                        }
+                    }
+                };
+            }
+        }
+        let stderr = state.stderr();
+        HookErrorKind::Trap {
+            message: if stderr.is_empty() {
+                format!("{error:#}")
+            } else {
+                stderr
+            },
+        }
+    }
+
+    /// A `plugin-error` from the guest is a failure of the hook like any other.
+    fn plugin_answer<T>(
+        &self,
+        call: Call<Result<T, super::bindings::types::PluginError>>,
+    ) -> Result<Call<T>, HookError> {
+        match call.output {
+            Ok(output) => Ok(Call {
+                output,
+                stats: call.stats,
+            }),
+            Err(e) => Err(HookError {
+                plugin: self.reference(),
+                kind: HookErrorKind::PluginError {
+                    code: truncate(&e.code, 64),
+                    message: truncate(&e.message, 512),
+                },
+            }),
+        }
+    }
+
+    fn invalid(&self, reason: String) -> HookError {
+        HookError {
+            plugin: self.reference(),
+            kind: HookErrorKind::InvalidOutput { reason },
+        }
+    }
+
+    fn not_this_hook(&self, wanted: HookKind) -> HookError {
+        HookError {
+            plugin: self.reference(),
+            kind: HookErrorKind::InvalidOutput {
+                reason: format!(
+                    "called as a {wanted} plugin but it is a {} plugin",
+                    self.manifest.hook
+                ),
+            },
+        }
+    }
+}
+
+/// One step of the payment state machine.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "step", content = "request")]
+pub enum PaymentRequest {
+    /// Hold funds.
+    Authorize(payment::AuthorizeRequest),
+    /// Collect held funds.
+    Capture(payment::CaptureRequest),
+    /// Give captured funds back.
+    Refund(payment::RefundRequest),
+    /// Release held funds.
+    Void(payment::VoidRequest),
+}
+
+impl PaymentRequest {
+    /// The amount the step asks to move, if it names one.
+    pub fn amount(&self) -> Option<&super::bindings::types::Money> {
+        match self {
+            PaymentRequest::Authorize(r) => Some(&r.amount),
+            PaymentRequest::Capture(r) => Some(&r.amount),
+            PaymentRequest::Refund(r) => Some(&r.amount),
+            PaymentRequest::Void(_) => None,
+        }
+    }
+}
+
+/// Keeps at most `max` bytes of `s`, on a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The size of `value` as JSON, without building the JSON.
+fn json_size<T: Serialize>(value: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}

@@ -1,0 +1,22 @@
+//! The plugin runtime: the WIT contract's host side, the sandbox, loading and calling.
+//!
+//! - [`manifest`]: `plugin.toml`, hook kinds, limits and failure policies.
+//! - [`Runtime`]: the one wasmtime engine, the epoch ticker, the artifact cache, loading.
+//! - [`Plugin`]: a loaded plugin version; its methods are the hook calls.
+//! - [`HookError`] / [`LoadError`]: every failure, named.
+//! - `sandbox`: what an instance can reach (almost nothing); `validate`: what the host accepts
+//!   back.
+
+pub mod bindings;
+mod call;
+pub mod error;
+pub mod manifest;
+mod runtime;
+mod sandbox;
+pub mod validate;
+
+pub use call::{Call, CallStats, OUTPUT_LIMIT_BYTES, PaymentRequest, Plugin};
+pub use error::{HookError, HookErrorKind, LoadError, PluginRef};
+pub use manifest::{FailurePolicy, HookKind, Limits, Manifest};
+pub use runtime::{Runtime, RuntimeConfig};
+pub use sandbox::{LOG_CAP_BYTES, LogLine};

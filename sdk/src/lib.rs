@@ -1,0 +1,369 @@
+//! # cartridge-sdk: write Cartridge plugins in Rust
+//!
+//! A Cartridge plugin is a WebAssembly component that the Cartridge host calls at one hook of
+//! the commerce pipeline. It receives a typed input (a cart, a checkout, a shopper, a payment
+//! step) and returns a decision; the host validates the decision and owns all state. A plugin
+//! has no files, no environment, no network and no clock: the time of the request arrives in
+//! the input.
+//!
+//! This crate is all a plugin depends on. It hides the generated component bindings and offers,
+//! per hook kind, one trait and the types of its contract:
+//!
+//! | hook            | trait                                     | module                 |
+//! |-----------------|-------------------------------------------|------------------------|
+//! | pricing         | [`pricing::Pricing`]                      | [`pricing`]            |
+//! | fraud           | [`fraud::Fraud`]                          | [`fraud`]              |
+//! | personalization | [`personalization::Personalization`]      | [`personalization`]    |
+//! | payment         | [`payment::Payment`]                      | [`payment`]            |
+//!
+//! and one macro, [`export_plugin!`], that turns a type implementing the trait into the
+//! component's exports. [`log`] and [`config`] are the host functions every plugin may call.
+//!
+//! ```
+//! use cartridge_sdk::pricing::{Cart, DiscountValue, Operation, Pricing};
+//! use cartridge_sdk::PluginError;
+//!
+//! /// 10 % off every line of three or more units.
+//! struct Bulk;
+//!
+//! impl Pricing for Bulk {
+//!     fn price(cart: Cart) -> Result<Vec<Operation>, PluginError> {
+//!         Ok(cart.lines.iter()
+//!             .filter(|line| line.quantity >= 3)
+//!             .map(|line| Operation::line_discount(&line.id, DiscountValue::percent(10), "10 % off 3+"))
+//!             .collect())
+//!     }
+//! }
+//!
+//! cartridge_sdk::export_plugin!(pricing, Bulk);
+//! # fn main() {}
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2` (or `cartridge plugin build`) and
+//! put the `.wasm` next to a `plugin.toml` manifest.
+//!
+//! Layout: the generated bindings live in the hidden `__private` module, one sub-module per
+//! world; each public hook module re-exports an explicit list of its types and adds the trait
+//! and a few constructors. The contract itself is the WIT package in the repository's `wit/`.
+
+#![warn(missing_docs)]
+
+#[doc(hidden)]
+pub mod __private {
+    //! Generated bindings. Not part of the public API: use the hook modules instead.
+
+    /// Bindings for the pricing world; also the home of the shared `types` and `host`
+    /// interfaces, which the other worlds reuse.
+    #[allow(missing_docs, clippy::all)]
+    pub mod pricing {
+        wit_bindgen::generate!({
+            world: "pricing-plugin",
+            path: "../wit",
+            generate_unused_types: true,
+            additional_derives: [Clone, PartialEq, Eq],
+            pub_export_macro: true,
+            export_macro_name: "__export_pricing",
+            default_bindings_module: "cartridge_sdk::__private::pricing",
+            disable_custom_section_link_helpers: true,
+        });
+    }
+
+    /// Bindings for the fraud world.
+    #[allow(missing_docs, clippy::all)]
+    pub mod fraud {
+        wit_bindgen::generate!({
+            world: "fraud-plugin",
+            path: "../wit",
+            additional_derives: [Clone, PartialEq, Eq],
+            with: {
+                "cartridge:plugin/types@0.1.0": crate::__private::pricing::cartridge::plugin::types,
+                "cartridge:plugin/host@0.1.0": crate::__private::pricing::cartridge::plugin::host,
+            },
+            pub_export_macro: true,
+            export_macro_name: "__export_fraud",
+            default_bindings_module: "cartridge_sdk::__private::fraud",
+            disable_custom_section_link_helpers: true,
+        });
+    }
+
+    /// Bindings for the personalization world.
+    #[allow(missing_docs, clippy::all)]
+    pub mod personalization {
+        wit_bindgen::generate!({
+            world: "personalization-plugin",
+            path: "../wit",
+            additional_derives: [Clone, PartialEq, Eq],
+            with: {
+                "cartridge:plugin/types@0.1.0": crate::__private::pricing::cartridge::plugin::types,
+                "cartridge:plugin/host@0.1.0": crate::__private::pricing::cartridge::plugin::host,
+            },
+            pub_export_macro: true,
+            export_macro_name: "__export_personalization",
+            default_bindings_module: "cartridge_sdk::__private::personalization",
+            disable_custom_section_link_helpers: true,
+        });
+    }
+
+    /// Bindings for the payment world.
+    #[allow(missing_docs, clippy::all)]
+    pub mod payment {
+        wit_bindgen::generate!({
+            world: "payment-plugin",
+            path: "../wit",
+            additional_derives: [Clone, PartialEq, Eq],
+            with: {
+                "cartridge:plugin/types@0.1.0": crate::__private::pricing::cartridge::plugin::types,
+                "cartridge:plugin/host@0.1.0": crate::__private::pricing::cartridge::plugin::host,
+            },
+            pub_export_macro: true,
+            export_macro_name: "__export_payment",
+            default_bindings_module: "cartridge_sdk::__private::payment",
+            disable_custom_section_link_helpers: true,
+        });
+    }
+
+    pub use pricing::cartridge::plugin::host as host_bindings;
+}
+
+mod types {
+    pub use crate::__private::pricing::cartridge::plugin::types::{
+        Address, Attribute, Money, PluginError, Timestamp,
+    };
+}
+
+pub use types::{Address, Attribute, Money, PluginError, Timestamp};
+
+/// The version of the WIT contract this SDK builds plugins against. A plugin's manifest names
+/// it as `contract`.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+impl Money {
+    /// An amount in minor units of `currency`.
+    pub fn new(amount: u64, currency: impl Into<String>) -> Self {
+        Self {
+            amount,
+            currency: currency.into(),
+        }
+    }
+}
+
+impl Attribute {
+    /// A name/value pair.
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+impl PluginError {
+    /// A failure with a stable `code` and a message for the operator.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a configuration value: the operator's setting, else the manifest's default.
+///
+/// Outside WebAssembly (a plugin's native unit tests) there is no host and this returns `None`.
+pub fn config(key: &str) -> Option<String> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        __private::host_bindings::config(key)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = key;
+        None
+    }
+}
+
+/// Writes to the host's log, tagged with the plugin's name, version and hook.
+///
+/// A call's log output is capped by the host (4 KiB); lines past the cap are dropped. Outside
+/// WebAssembly the line goes to standard error, so native unit tests show it.
+pub mod log {
+    use crate::__private::host_bindings::LogLevel;
+
+    fn write(level: LogLevel, message: &str) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::__private::host_bindings::log(level, message);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            eprintln!("[{level:?}] {message}");
+        }
+    }
+
+    /// Logs at `trace` level.
+    pub fn trace(message: &str) {
+        write(LogLevel::Trace, message);
+    }
+    /// Logs at `debug` level.
+    pub fn debug(message: &str) {
+        write(LogLevel::Debug, message);
+    }
+    /// Logs at `info` level.
+    pub fn info(message: &str) {
+        write(LogLevel::Info, message);
+    }
+    /// Logs at `warn` level.
+    pub fn warn(message: &str) {
+        write(LogLevel::Warn, message);
+    }
+    /// Logs at `error` level.
+    pub fn error(message: &str) {
+        write(LogLevel::Error, message);
+    }
+}
+
+pub mod pricing;
+
+pub mod fraud;
+
+pub mod personalization;
+
+pub mod payment;
+
+/// Exports a plugin: `export_plugin!(<hook>, <Type>)`, where `<hook>` is one of `pricing`,
+/// `fraud`, `personalization` or `payment` and `<Type>` implements that hook's trait.
+///
+/// Use it once per plugin crate, at the crate root.
+///
+/// ```
+/// use cartridge_sdk::fraud::{Assessment, Checkout, Fraud};
+/// use cartridge_sdk::PluginError;
+///
+/// struct AllowAll;
+///
+/// impl Fraud for AllowAll {
+///     fn assess(_checkout: Checkout) -> Result<Assessment, PluginError> {
+///         Ok(Assessment::allow())
+///     }
+/// }
+///
+/// cartridge_sdk::export_plugin!(fraud, AllowAll);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    (pricing, $plugin:ty) => {
+        const _: () = {
+            use $crate::__private::pricing::exports::cartridge::plugin::pricing as __bindings;
+
+            struct __CartridgeExport;
+
+            impl __bindings::Guest for __CartridgeExport {
+                fn price(
+                    cart: __bindings::Cart,
+                ) -> ::core::result::Result<__bindings::PriceResult, $crate::PluginError> {
+                    <$plugin as $crate::pricing::Pricing>::price(cart)
+                        .map(|operations| __bindings::PriceResult { operations })
+                }
+            }
+
+            $crate::__private::pricing::__export_pricing!(
+                __CartridgeExport with_types_in $crate::__private::pricing
+            );
+
+            // Keeps this world's component-type section, and only this one, in the binary.
+            #[used]
+            static __CARTRIDGE_WORLD: &[u8] =
+                &$crate::__private::pricing::__WIT_BINDGEN_COMPONENT_TYPE;
+        };
+    };
+    (fraud, $plugin:ty) => {
+        const _: () = {
+            use $crate::__private::fraud::exports::cartridge::plugin::fraud as __bindings;
+
+            struct __CartridgeExport;
+
+            impl __bindings::Guest for __CartridgeExport {
+                fn assess(
+                    checkout: __bindings::Checkout,
+                ) -> ::core::result::Result<__bindings::Assessment, $crate::PluginError> {
+                    <$plugin as $crate::fraud::Fraud>::assess(checkout)
+                }
+            }
+
+            $crate::__private::fraud::__export_fraud!(
+                __CartridgeExport with_types_in $crate::__private::fraud
+            );
+
+            #[used]
+            static __CARTRIDGE_WORLD: &[u8] =
+                &$crate::__private::fraud::__WIT_BINDGEN_COMPONENT_TYPE;
+        };
+    };
+    (personalization, $plugin:ty) => {
+        const _: () = {
+            use $crate::__private::personalization::exports::cartridge::plugin::personalization as __bindings;
+
+            struct __CartridgeExport;
+
+            impl __bindings::Guest for __CartridgeExport {
+                fn rank(
+                    context: __bindings::Context,
+                ) -> ::core::result::Result<__bindings::Ranking, $crate::PluginError> {
+                    <$plugin as $crate::personalization::Personalization>::rank(context)
+                }
+            }
+
+            $crate::__private::personalization::__export_personalization!(
+                __CartridgeExport with_types_in $crate::__private::personalization
+            );
+
+            #[used]
+            static __CARTRIDGE_WORLD: &[u8] =
+                &$crate::__private::personalization::__WIT_BINDGEN_COMPONENT_TYPE;
+        };
+    };
+    (payment, $plugin:ty) => {
+        const _: () = {
+            use $crate::__private::payment::exports::cartridge::plugin::payment as __bindings;
+
+            struct __CartridgeExport;
+
+            impl __bindings::Guest for __CartridgeExport {
+                fn authorize(
+                    request: __bindings::AuthorizeRequest,
+                ) -> ::core::result::Result<__bindings::PaymentResult, __bindings::PaymentError> {
+                    <$plugin as $crate::payment::Payment>::authorize(request)
+                }
+                fn capture(
+                    request: __bindings::CaptureRequest,
+                ) -> ::core::result::Result<__bindings::PaymentResult, __bindings::PaymentError> {
+                    <$plugin as $crate::payment::Payment>::capture(request)
+                }
+                fn refund(
+                    request: __bindings::RefundRequest,
+                ) -> ::core::result::Result<__bindings::PaymentResult, __bindings::PaymentError> {
+                    <$plugin as $crate::payment::Payment>::refund(request)
+                }
+                fn void(
+                    request: __bindings::VoidRequest,
+                ) -> ::core::result::Result<__bindings::PaymentResult, __bindings::PaymentError> {
+                    <$plugin as $crate::payment::Payment>::void(request)
+                }
+                fn parse_webhook(
+                    request: __bindings::WebhookRequest,
+                ) -> ::core::result::Result<__bindings::WebhookEvent, __bindings::WebhookError> {
+                    <$plugin as $crate::payment::Payment>::parse_webhook(request)
+                }
+            }
+
+            $crate::__private::payment::__export_payment!(
+                __CartridgeExport with_types_in $crate::__private::payment
+            );
+
+            #[used]
+            static __CARTRIDGE_WORLD: &[u8] =
+                &$crate::__private::payment::__WIT_BINDGEN_COMPONENT_TYPE;
+        };
+    };
+}

@@ -1,0 +1,73 @@
+//! The payment hook: a connector between the host's payment state machine and one gateway.
+//!
+//! The host decides when to authorise, capture, refund or void and checks the amounts; the
+//! connector turns each step into gateway calls and maps the gateway's answer to a
+//! [`PaymentResult`] or a [`PaymentError`] with a [`PaymentErrorCode`]. Each request carries an
+//! `operation_id` that stays the same when the host retries the step: pass it to the gateway as
+//! its idempotency key so that a retry never charges twice.
+
+pub use crate::__private::payment::exports::cartridge::plugin::payment::{
+    AuthorizeRequest, CaptureRequest, PaymentError, PaymentErrorCode, PaymentResult, PaymentStatus,
+    RefundRequest, VoidRequest, WebhookError, WebhookEvent, WebhookEventKind, WebhookRequest,
+};
+pub use crate::{Attribute, Money, Timestamp};
+
+/// A payment connector. `authorize` is required; the other steps default to refusing with
+/// [`PaymentErrorCode::InvalidRequest`], for gateways that do not support them.
+pub trait Payment {
+    /// Holds `request.amount` on the payment method behind `request.payment_token`.
+    fn authorize(request: AuthorizeRequest) -> Result<PaymentResult, PaymentError>;
+
+    /// Captures some or all of an authorisation.
+    fn capture(request: CaptureRequest) -> Result<PaymentResult, PaymentError> {
+        Err(PaymentError::unsupported(
+            "capture",
+            &request.gateway_reference,
+        ))
+    }
+
+    /// Refunds some or all of what was captured.
+    fn refund(request: RefundRequest) -> Result<PaymentResult, PaymentError> {
+        Err(PaymentError::unsupported(
+            "refund",
+            &request.gateway_reference,
+        ))
+    }
+
+    /// Releases an authorisation.
+    fn void(request: VoidRequest) -> Result<PaymentResult, PaymentError> {
+        Err(PaymentError::unsupported(
+            "void",
+            &request.gateway_reference,
+        ))
+    }
+
+    /// Verifies and decodes a webhook delivery.
+    fn parse_webhook(_request: WebhookRequest) -> Result<WebhookEvent, WebhookError> {
+        Err(WebhookError::Malformed(
+            "this connector does not accept webhooks".to_owned(),
+        ))
+    }
+}
+
+impl PaymentError {
+    /// An error with a code and a message for the operator.
+    pub fn new(code: PaymentErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            gateway_code: None,
+            gateway_reference: None,
+        }
+    }
+
+    fn unsupported(step: &str, reference: &str) -> Self {
+        Self {
+            gateway_reference: Some(reference.to_owned()),
+            ..Self::new(
+                PaymentErrorCode::InvalidRequest,
+                format!("this connector does not support {step}"),
+            )
+        }
+    }
+}
