@@ -8,12 +8,14 @@
 //! - [`plugin`]: the plugin runtime — contract bindings, sandbox, loading, calling, named
 //!   errors, output validation.
 //! - [`pricing`]: applies validated price operations from several plugins to a cart.
+//! - [`hooks`]: runs every plugin of a hook in order under each one's failure policy.
 //! - [`cli`]: the `cartridge` command line (`serve`, `plugin new|build|run`).
 //! - [`server`]: the HTTP application.
 //!
 //! Boundaries: nothing outside [`plugin`] touches wasmtime; plugins never see the database.
 
 pub mod cli;
+pub mod hooks;
 pub mod plugin;
 pub mod pricing;
 pub mod server;

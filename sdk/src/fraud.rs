@@ -29,9 +29,10 @@ impl Assessment {
 
     /// An assessment from a score and reasons, deciding by two thresholds: `score >= deny_at`
     /// denies, `score >= review_at` holds for review, anything lower is allowed. The score is
-    /// capped at 100.
+    /// capped at 100; a `review_at` above `deny_at` is treated as `deny_at` (no review band).
     pub fn from_score(score: u32, reasons: Vec<Reason>, review_at: u32, deny_at: u32) -> Self {
         let score = score.min(100);
+        let review_at = review_at.min(deny_at);
         let decision = if score >= deny_at {
             Decision::Deny
         } else if score >= review_at {

@@ -123,6 +123,28 @@ pub mod __private {
     }
 
     pub use pricing::cartridge::plugin::host as host_bindings;
+
+    /// Runs at the start of every exported call. Installs, once, a panic hook that writes the
+    /// panic's location and message to standard error, where the host picks it up to explain
+    /// the trap. The standard hook would first read `RUST_BACKTRACE` from the environment,
+    /// which the sandbox denies.
+    pub fn enter() {
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                let message = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                match info.location() {
+                    Some(at) => eprintln!("panicked at {}:{}: {message}", at.file(), at.line()),
+                    None => eprintln!("panicked: {message}"),
+                }
+            }));
+        });
+    }
 }
 
 mod types {
@@ -262,6 +284,7 @@ macro_rules! export_plugin {
                 fn price(
                     cart: __bindings::Cart,
                 ) -> ::core::result::Result<__bindings::PriceResult, $crate::PluginError> {
+                    $crate::__private::enter();
                     <$plugin as $crate::pricing::Pricing>::price(cart)
                         .map(|operations| __bindings::PriceResult { operations })
                 }
@@ -272,6 +295,7 @@ macro_rules! export_plugin {
             );
 
             // Keeps this world's component-type section, and only this one, in the binary.
+            #[cfg(target_arch = "wasm32")]
             #[used]
             static __CARTRIDGE_WORLD: &[u8] =
                 &$crate::__private::pricing::__WIT_BINDGEN_COMPONENT_TYPE;
@@ -287,6 +311,7 @@ macro_rules! export_plugin {
                 fn assess(
                     checkout: __bindings::Checkout,
                 ) -> ::core::result::Result<__bindings::Assessment, $crate::PluginError> {
+                    $crate::__private::enter();
                     <$plugin as $crate::fraud::Fraud>::assess(checkout)
                 }
             }
@@ -295,6 +320,7 @@ macro_rules! export_plugin {
                 __CartridgeExport with_types_in $crate::__private::fraud
             );
 
+            #[cfg(target_arch = "wasm32")]
             #[used]
             static __CARTRIDGE_WORLD: &[u8] =
                 &$crate::__private::fraud::__WIT_BINDGEN_COMPONENT_TYPE;
@@ -310,6 +336,7 @@ macro_rules! export_plugin {
                 fn rank(
                     context: __bindings::Context,
                 ) -> ::core::result::Result<__bindings::Ranking, $crate::PluginError> {
+                    $crate::__private::enter();
                     <$plugin as $crate::personalization::Personalization>::rank(context)
                 }
             }
@@ -318,6 +345,7 @@ macro_rules! export_plugin {
                 __CartridgeExport with_types_in $crate::__private::personalization
             );
 
+            #[cfg(target_arch = "wasm32")]
             #[used]
             static __CARTRIDGE_WORLD: &[u8] =
                 &$crate::__private::personalization::__WIT_BINDGEN_COMPONENT_TYPE;
@@ -333,26 +361,31 @@ macro_rules! export_plugin {
                 fn authorize(
                     request: __bindings::AuthorizeRequest,
                 ) -> ::core::result::Result<__bindings::PaymentResult, __bindings::PaymentError> {
+                    $crate::__private::enter();
                     <$plugin as $crate::payment::Payment>::authorize(request)
                 }
                 fn capture(
                     request: __bindings::CaptureRequest,
                 ) -> ::core::result::Result<__bindings::PaymentResult, __bindings::PaymentError> {
+                    $crate::__private::enter();
                     <$plugin as $crate::payment::Payment>::capture(request)
                 }
                 fn refund(
                     request: __bindings::RefundRequest,
                 ) -> ::core::result::Result<__bindings::PaymentResult, __bindings::PaymentError> {
+                    $crate::__private::enter();
                     <$plugin as $crate::payment::Payment>::refund(request)
                 }
                 fn void(
                     request: __bindings::VoidRequest,
                 ) -> ::core::result::Result<__bindings::PaymentResult, __bindings::PaymentError> {
+                    $crate::__private::enter();
                     <$plugin as $crate::payment::Payment>::void(request)
                 }
                 fn parse_webhook(
                     request: __bindings::WebhookRequest,
                 ) -> ::core::result::Result<__bindings::WebhookEvent, __bindings::WebhookError> {
+                    $crate::__private::enter();
                     <$plugin as $crate::payment::Payment>::parse_webhook(request)
                 }
             }
@@ -361,6 +394,7 @@ macro_rules! export_plugin {
                 __CartridgeExport with_types_in $crate::__private::payment
             );
 
+            #[cfg(target_arch = "wasm32")]
             #[used]
             static __CARTRIDGE_WORLD: &[u8] =
                 &$crate::__private::payment::__WIT_BINDGEN_COMPONENT_TYPE;

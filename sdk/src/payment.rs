@@ -50,7 +50,37 @@ pub trait Payment {
     }
 }
 
+impl PaymentResult {
+    /// A successful step that moved `amount` on the gateway's payment `gateway_reference`.
+    pub fn new(status: PaymentStatus, gateway_reference: impl Into<String>, amount: Money) -> Self {
+        Self {
+            status,
+            gateway_reference: gateway_reference.into(),
+            amount,
+            step_reference: None,
+        }
+    }
+
+    /// Adds the gateway's id for the capture or refund object this step created.
+    pub fn with_step_reference(mut self, reference: impl Into<String>) -> Self {
+        self.step_reference = Some(reference.into());
+        self
+    }
+}
+
 impl PaymentError {
+    /// Adds the gateway's own code, verbatim (e.g. `card_declined`).
+    pub fn with_gateway_code(mut self, code: impl Into<String>) -> Self {
+        self.gateway_code = Some(code.into());
+        self
+    }
+
+    /// Adds the gateway's reference for the attempt.
+    pub fn with_gateway_reference(mut self, reference: impl Into<String>) -> Self {
+        self.gateway_reference = Some(reference.into());
+        self
+    }
+
     /// An error with a code and a message for the operator.
     pub fn new(code: PaymentErrorCode, message: impl Into<String>) -> Self {
         Self {

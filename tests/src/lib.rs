@@ -1,1 +1,114 @@
+//! # cartridge-tests
+//!
+//! End-to-end tests of the host live in `tests/tests/*.rs`; this library is what they share:
+//! the plugins of `plugins/` (examples and hostile ones), built for wasm32-wasip2 once per test
+//! process with the same cargo that runs the tests.
+//!
+//! It depends on nothing of the host, so the host's own integration tests (the CLI's) can use
+//! it too.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The plugins workspace.
+pub fn plugins_root() -> PathBuf {
+    repo_root().join("plugins")
+}
+
+/// Where the plugins workspace puts its release build.
+pub fn plugins_target_dir() -> PathBuf {
+    plugins_root().join("target")
+}
+
+/// The built plugins.
+#[derive(Debug)]
+pub struct BuiltPlugins {
+    release_dir: PathBuf,
+}
+
+impl BuiltPlugins {
+    /// The component of plugin `name` (its crate name, e.g. `tiered-discount`).
+    pub fn wasm(&self, name: &str) -> PathBuf {
+        self.release_dir
+            .join(format!("{}.wasm", name.replace('-', "_")))
+    }
+
+    /// The component's bytes.
+    pub fn wasm_bytes(&self, name: &str) -> Vec<u8> {
+        let path = self.wasm(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    /// The crate directory of plugin `name`: `plugins/examples/<name>` or
+    /// `plugins/hostile/<name>`.
+    pub fn crate_dir(&self, name: &str) -> PathBuf {
+        let root = plugins_root();
+        let example = root.join("examples").join(name);
+        if example.is_dir() {
+            example
+        } else {
+            root.join("hostile").join(name)
+        }
+    }
+
+    /// The text of plugin `name`'s `plugin.toml`.
+    pub fn manifest_text(&self, name: &str) -> String {
+        let path = self.crate_dir(name).join("plugin.toml");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    /// A fixture input of plugin `name` (`fixtures/<file>` in its crate).
+    pub fn fixture(&self, name: &str, file: &str) -> PathBuf {
+        self.crate_dir(name).join("fixtures").join(file)
+    }
+
+    /// Writes an installable bundle of plugin `name` (`plugin.toml` + `<name>.wasm`) into
+    /// `dir/<name>` and returns that directory.
+    pub fn bundle_into(&self, name: &str, dir: &Path) -> PathBuf {
+        let bundle = dir.join(name);
+        std::fs::create_dir_all(&bundle).unwrap_or_else(|e| panic!("creating bundle: {e}"));
+        std::fs::write(bundle.join("plugin.toml"), self.manifest_text(name))
+            .unwrap_or_else(|e| panic!("writing manifest: {e}"));
+        std::fs::copy(self.wasm(name), bundle.join(format!("{name}.wasm")))
+            .unwrap_or_else(|e| panic!("copying component: {e}"));
+        bundle
+    }
+}
+
+/// Builds every plugin in `plugins/` (release, wasm32-wasip2) the first time it is called in
+/// this process and returns where they are. Panics with cargo's output if the build fails:
+/// a test cannot run without its plugins.
+pub fn plugins() -> &'static BuiltPlugins {
+    static BUILT: OnceLock<BuiltPlugins> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let output = Command::new(cargo)
+            .current_dir(plugins_root())
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+            .env("CARGO_TARGET_DIR", plugins_target_dir())
+            // The outer build's flags are for the host, not for wasm.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build the plugins: {e}"));
+        assert!(
+            output.status.success(),
+            "building the plugins failed (is the wasm32-wasip2 target installed? \
+             `rustup target add wasm32-wasip2`):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        BuiltPlugins {
+            release_dir: plugins_target_dir().join("wasm32-wasip2").join("release"),
+        }
+    })
+}

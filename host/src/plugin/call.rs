@@ -46,6 +46,8 @@ pub struct Plugin {
     config: Arc<BTreeMap<String, String>>,
     id: Arc<str>,
     consume_fuel: bool,
+    /// Keeps the epoch ticker running while this plugin can be called.
+    _ticker: Arc<super::runtime::EpochTicker>,
 }
 
 /// What a call cost.
@@ -86,6 +88,7 @@ impl Plugin {
         size: usize,
         pre: HookPre,
         consume_fuel: bool,
+        ticker: Arc<super::runtime::EpochTicker>,
     ) -> Self {
         let config = Arc::new(manifest.config.clone());
         let id = Arc::from(manifest.id());
@@ -97,6 +100,7 @@ impl Plugin {
             config,
             id,
             consume_fuel,
+            _ticker: ticker,
         }
     }
 
@@ -257,6 +261,35 @@ impl Plugin {
             validate::webhook_event(event).map_err(|reason| self.invalid(reason))?;
         }
         Ok(call)
+    }
+
+    /// Instantiates once and calls the pricing hook `iterations` times on the same instance;
+    /// returns the time the calls took. For the benchmark that compares a live instance with
+    /// the fresh instance every real call gets; the pipeline never reuses instances.
+    #[doc(hidden)]
+    pub async fn bench_price_on_one_instance(
+        &self,
+        cart: &pricing::Cart,
+        iterations: u32,
+    ) -> anyhow::Result<Duration> {
+        let HookPre::Pricing(pre) = &self.pre else {
+            anyhow::bail!("not a pricing plugin");
+        };
+        let (mut store, _) = self.new_store(pre.engine());
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = pre.instantiate_async(&mut store).await?;
+        let started = Instant::now();
+        for _ in 0..iterations {
+            if self.consume_fuel {
+                store.set_fuel(UNMETERED_FUEL)?;
+            }
+            let result = instance
+                .cartridge_plugin_pricing()
+                .call_price(&mut store, cart)
+                .await?;
+            std::hint::black_box(result.map_err(|e| anyhow::anyhow!(e.message))?);
+        }
+        Ok(started.elapsed())
     }
 
     fn new_store(&self, engine: &wasmtime::Engine) -> (Store<StoreState>, Instant) {
@@ -444,13 +477,13 @@ pub enum PaymentRequest {
 }
 
 impl PaymentRequest {
-    /// The amount the step asks to move, if it names one.
+    /// The amount the step asks to move (for a void, the amount released).
     pub fn amount(&self) -> Option<&super::bindings::types::Money> {
         match self {
             PaymentRequest::Authorize(r) => Some(&r.amount),
             PaymentRequest::Capture(r) => Some(&r.amount),
             PaymentRequest::Refund(r) => Some(&r.amount),
-            PaymentRequest::Void(_) => None,
+            PaymentRequest::Void(r) => Some(&r.amount),
         }
     }
 }

@@ -169,7 +169,7 @@ struct RawManifest {
     capabilities: Vec<String>,
     limits: Option<RawLimits>,
     #[serde(default)]
-    config: BTreeMap<String, String>,
+    config: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +226,19 @@ impl Manifest {
                 fuel: l.fuel,
             },
         };
+        let config = raw
+            .config
+            .into_iter()
+            .map(|(key, value)| match value {
+                toml::Value::String(s) => Ok((key, s)),
+                toml::Value::Integer(i) => Ok((key, i.to_string())),
+                toml::Value::Float(f) => Ok((key, f.to_string())),
+                toml::Value::Boolean(b) => Ok((key, b.to_string())),
+                _ => Err(ManifestError(format!(
+                    "config.{key} must be a string, a number or a boolean"
+                ))),
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
         let manifest = Manifest {
             failure_policy: raw
                 .failure_policy
@@ -237,7 +250,7 @@ impl Manifest {
             description: raw.description,
             capabilities: raw.capabilities,
             limits,
-            config: raw.config,
+            config,
         };
         manifest.validate()?;
         Ok(manifest)
@@ -334,7 +347,7 @@ mod tests {
     #[test]
     fn limits_and_policy_can_be_set() {
         let text = format!(
-            "{MINIMAL}\nfailure-policy = \"fail-closed\"\n[limits]\nmemory-mib = 4\nfuel = 1000\n[config]\ntiers = \"3:500\"\n"
+            "{MINIMAL}\nfailure-policy = \"fail-closed\"\n[limits]\nmemory-mib = 4\nfuel = 1000\n[config]\ntiers = \"3:500\"\nreview-at = 50\nstrict = true\n"
         );
         let m = Manifest::parse(&text).expect("valid");
         assert_eq!(m.failure_policy, FailurePolicy::FailClosed);
@@ -342,6 +355,8 @@ mod tests {
         assert_eq!(m.limits.deadline_ms, 20);
         assert_eq!(m.limits.fuel, Some(1000));
         assert_eq!(m.config.get("tiers").map(String::as_str), Some("3:500"));
+        assert_eq!(m.config.get("review-at").map(String::as_str), Some("50"));
+        assert_eq!(m.config.get("strict").map(String::as_str), Some("true"));
     }
 
     #[test]
@@ -367,6 +382,10 @@ mod tests {
                 "filesystem",
             ),
             (format!("{MINIMAL}\nunknown-key = 1\n"), "unknown field"),
+            (
+                format!("{MINIMAL}\n[config]\nnested = {{ a = 1 }}\n"),
+                "config.nested",
+            ),
             (MINIMAL.replace("1.0.0", "one"), "version"),
             ("not toml at all [".to_owned(), "invalid manifest"),
         ];

@@ -56,7 +56,9 @@ pub struct Runtime {
     linker: Linker<StoreState>,
     config: RuntimeConfig,
     engine_hash: String,
-    ticker: Option<EpochTicker>,
+    /// Shared with every plugin loaded here: the ticker runs as long as anything can still
+    /// call into the engine, and stops when the last of them is dropped.
+    ticker: Arc<EpochTicker>,
 }
 
 impl Runtime {
@@ -69,13 +71,13 @@ impl Runtime {
             engine.precompile_compatibility_hash().hash(&mut hasher);
             format!("{:016x}", hasher.finish())
         };
-        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
+        let ticker = Arc::new(EpochTicker::start(engine.clone(), config.epoch_tick)?);
         Ok(Self {
             engine,
             linker,
             config,
             engine_hash,
-            ticker: Some(ticker),
+            ticker,
         })
     }
 
@@ -132,6 +134,7 @@ impl Runtime {
             wasm.len(),
             pre,
             self.config.consume_fuel,
+            self.ticker.clone(),
         ))
     }
 
@@ -177,14 +180,6 @@ impl Runtime {
         // SAFETY: `artifact` was produced by `precompile_component` on this very engine a
         // moment ago.
         unsafe { Component::deserialize(&self.engine, artifact) }.map_err(compile_error)
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        if let Some(ticker) = self.ticker.take() {
-            ticker.stop();
-        }
     }
 }
 
@@ -303,10 +298,12 @@ fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()
 }
 
 /// Advances the engine's epoch on its own OS thread. A tokio task would be starved exactly
-/// when it matters: under load, with every worker busy running plugins.
-struct EpochTicker {
+/// when it matters: under load, with every worker busy running plugins. Without ticks no
+/// deadline would ever fire, so the runtime and every plugin hold it, and it stops only when
+/// the last of them is dropped.
+pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<()>,
+    handle: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
@@ -321,11 +318,18 @@ impl EpochTicker {
                     engine.increment_epoch();
                 }
             })?;
-        Ok(Self { stop, handle })
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
     }
+}
 
-    fn stop(self) {
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.handle.join();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
     }
 }

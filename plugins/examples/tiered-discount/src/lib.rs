@@ -53,7 +53,11 @@ impl Pricing for TieredDiscount {
             .filter_map(|line| {
                 let &(min, bp) = tiers.iter().rev().find(|(min, _)| line.quantity >= *min)?;
                 let label = format!("{} off {min} or more", percent_label(bp));
-                Some(Operation::line_discount(&line.id, DiscountValue::BasisPoints(bp), label))
+                Some(Operation::line_discount(
+                    &line.id,
+                    DiscountValue::BasisPoints(bp),
+                    label,
+                ))
             })
             .collect())
     }
@@ -119,14 +123,27 @@ mod tests {
 
     #[test]
     fn a_cart_below_every_tier_is_left_alone() {
-        assert!(TieredDiscount::price(cart(&[1, 2])).expect("priced").is_empty());
+        assert!(
+            TieredDiscount::price(cart(&[1, 2]))
+                .expect("priced")
+                .is_empty()
+        );
     }
 
     #[test]
     fn tiers_parse_from_configuration_and_bad_ones_are_refused() {
-        assert_eq!(parse_tiers("10:1000, 2:250").expect("valid"), vec![(2, 250), (10, 1000)]);
-        assert_eq!(parse_tiers("2:x").expect_err("invalid").code, "invalid-config");
-        assert_eq!(parse_tiers("2:10001").expect_err("over 100 %").code, "invalid-config");
+        assert_eq!(
+            parse_tiers("10:1000, 2:250").expect("valid"),
+            vec![(2, 250), (10, 1000)]
+        );
+        assert_eq!(
+            parse_tiers("2:x").expect_err("invalid").code,
+            "invalid-config"
+        );
+        assert_eq!(
+            parse_tiers("2:10001").expect_err("over 100 %").code,
+            "invalid-config"
+        );
     }
 
     #[test]

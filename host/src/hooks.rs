@@ -1,0 +1,181 @@
+//! Running a hook: every active plugin of a kind, in the operator's order, under each plugin's
+//! failure policy.
+//!
+//! A fail-open plugin that fails is skipped and its failure recorded; a fail-closed plugin that
+//! fails stops the hook with its error. The outcome records which plugin versions decided, so
+//! that an order can say what priced and checked it.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::plugin::bindings::{fraud, personalization, pricing};
+use crate::plugin::{FailurePolicy, HookError, Plugin, PluginRef};
+use crate::pricing::{PluginOperations, PricedCart};
+
+/// What the pricing hook decided.
+#[derive(Debug, Clone, Serialize)]
+pub struct PricingOutcome {
+    /// The cart with every applied discount.
+    pub priced: PricedCart,
+    /// The plugins whose decisions were applied, in order.
+    pub decided_by: Vec<PluginRef>,
+    /// Fail-open plugins that failed and were skipped.
+    pub skipped: Vec<SkippedPlugin>,
+}
+
+/// A fail-open plugin that failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedPlugin {
+    /// Which plugin.
+    pub plugin: PluginRef,
+    /// Its error code.
+    pub code: &'static str,
+    /// What happened.
+    pub message: String,
+}
+
+impl SkippedPlugin {
+    fn from(error: &HookError) -> Self {
+        Self {
+            plugin: error.plugin.clone(),
+            code: error.code(),
+            message: error.kind.to_string(),
+        }
+    }
+}
+
+fn tolerate(
+    plugin: &Plugin,
+    error: HookError,
+    skipped: &mut Vec<SkippedPlugin>,
+) -> Result<(), HookError> {
+    match plugin.manifest().failure_policy {
+        FailurePolicy::FailClosed => Err(error),
+        FailurePolicy::FailOpen => {
+            tracing::warn!(plugin = %error.plugin, code = error.code(), "fail-open plugin skipped: {}", error.kind);
+            skipped.push(SkippedPlugin::from(&error));
+            Ok(())
+        }
+    }
+}
+
+/// Prices `cart` with the pricing plugins, in order.
+pub async fn price(
+    plugins: &[Arc<Plugin>],
+    cart: &pricing::Cart,
+) -> Result<PricingOutcome, HookError> {
+    let mut decisions = Vec::with_capacity(plugins.len());
+    let mut skipped = Vec::new();
+    for plugin in plugins {
+        match plugin.price(cart).await {
+            Ok(call) => decisions.push(PluginOperations {
+                plugin: plugin.reference(),
+                operations: call.output.operations,
+            }),
+            Err(error) => tolerate(plugin, error, &mut skipped)?,
+        }
+    }
+    Ok(PricingOutcome {
+        priced: crate::pricing::apply(cart, &decisions),
+        decided_by: decisions.into_iter().map(|d| d.plugin).collect(),
+        skipped,
+    })
+}
+
+/// What the fraud hook decided: the strictest decision and the highest score of the plugins
+/// that answered, with all their reasons.
+#[derive(Debug, Clone, Serialize)]
+pub struct FraudOutcome {
+    /// Allow, review or deny.
+    pub decision: fraud::Decision,
+    /// The highest score.
+    pub score: u8,
+    /// Every reason given, with the plugin that gave it.
+    pub reasons: Vec<(String, fraud::Reason)>,
+    /// The plugins that answered.
+    pub decided_by: Vec<PluginRef>,
+    /// Fail-open plugins that failed and were skipped.
+    pub skipped: Vec<SkippedPlugin>,
+}
+
+fn strictness(decision: fraud::Decision) -> u8 {
+    match decision {
+        fraud::Decision::Allow => 0,
+        fraud::Decision::Review => 1,
+        fraud::Decision::Deny => 2,
+    }
+}
+
+/// Assesses `checkout` with the fraud plugins.
+pub async fn assess(
+    plugins: &[Arc<Plugin>],
+    checkout: &fraud::Checkout,
+) -> Result<FraudOutcome, HookError> {
+    let mut outcome = FraudOutcome {
+        decision: fraud::Decision::Allow,
+        score: 0,
+        reasons: Vec::new(),
+        decided_by: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for plugin in plugins {
+        match plugin.assess(checkout).await {
+            Ok(call) => {
+                let a = call.output;
+                if strictness(a.decision) > strictness(outcome.decision) {
+                    outcome.decision = a.decision;
+                }
+                outcome.score = outcome.score.max(a.score);
+                let id = plugin.manifest().id();
+                outcome
+                    .reasons
+                    .extend(a.reasons.into_iter().map(|r| (id.clone(), r)));
+                outcome.decided_by.push(plugin.reference());
+            }
+            Err(error) => tolerate(plugin, error, &mut outcome.skipped)?,
+        }
+    }
+    Ok(outcome)
+}
+
+/// What the personalization hook decided.
+#[derive(Debug, Clone, Serialize)]
+pub struct RankingOutcome {
+    /// The ranking (the default order when no plugin answered).
+    pub ranking: personalization::Ranking,
+    /// The plugin that ranked, if any did.
+    pub decided_by: Option<PluginRef>,
+    /// Fail-open plugins that failed and were skipped.
+    pub skipped: Vec<SkippedPlugin>,
+}
+
+/// Ranks with the first personalization plugin that answers; with none, the default order.
+pub async fn rank(
+    plugins: &[Arc<Plugin>],
+    context: &personalization::Context,
+) -> Result<RankingOutcome, HookError> {
+    let mut skipped = Vec::new();
+    for plugin in plugins {
+        match plugin.rank(context).await {
+            Ok(call) => {
+                return Ok(RankingOutcome {
+                    ranking: call.output,
+                    decided_by: Some(plugin.reference()),
+                    skipped,
+                });
+            }
+            Err(error) => tolerate(plugin, error, &mut skipped)?,
+        }
+    }
+    let ranked: Vec<String> = context.candidates.iter().map(|c| c.sku.clone()).collect();
+    let limit = usize::try_from(context.limit).unwrap_or(usize::MAX);
+    Ok(RankingOutcome {
+        ranking: personalization::Ranking {
+            recommended: ranked.iter().take(limit).cloned().collect(),
+            ranked,
+        },
+        decided_by: None,
+        skipped,
+    })
+}

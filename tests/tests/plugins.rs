@@ -1,0 +1,487 @@
+//! The plugin runtime end to end: real components built from `plugins/`, loaded and called
+//! through the host's runtime exactly as the server does.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cartridge_host::hooks;
+use cartridge_host::plugin::bindings::pricing::{Action, Cart, CartLine, DiscountValue};
+use cartridge_host::plugin::bindings::types::Money;
+use cartridge_host::plugin::{
+    FailurePolicy, HookErrorKind, HookKind, Manifest, Plugin, Runtime, RuntimeConfig,
+};
+use cartridge_tests::plugins;
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        max_instances: 64,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime")
+}
+
+fn manifest(name: &str) -> Manifest {
+    Manifest::parse(&plugins().manifest_text(name)).expect("example manifests are valid")
+}
+
+fn load(runtime: &Runtime, name: &str) -> Plugin {
+    load_as(runtime, name, manifest(name))
+}
+
+fn load_as(runtime: &Runtime, name: &str, manifest: Manifest) -> Plugin {
+    runtime
+        .load(manifest, &plugins().wasm_bytes(name))
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
+
+fn configured(runtime: &Runtime, name: &str, pairs: &[(&str, &str)]) -> Plugin {
+    let overrides: BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    load(runtime, name).with_config(&overrides)
+}
+
+fn eur(amount: u64) -> Money {
+    Money {
+        amount,
+        currency: "EUR".into(),
+    }
+}
+
+/// A cart with one line per quantity, each unit at 10.00 EUR.
+fn cart(quantities: &[u32]) -> Cart {
+    Cart {
+        id: "cart-1".into(),
+        currency: "EUR".into(),
+        lines: quantities
+            .iter()
+            .enumerate()
+            .map(|(i, &quantity)| CartLine {
+                id: format!("line-{i}"),
+                product_id: format!("product-{i}"),
+                sku: format!("SKU-{i}"),
+                variant_attributes: vec![],
+                categories: vec!["apparel".into()],
+                quantity,
+                unit_price: eur(1000),
+            })
+            .collect(),
+        customer: None,
+        coupon_codes: vec![],
+        shipping: Some(eur(495)),
+        now: 1_764_000_000_000,
+    }
+}
+
+async fn error_of(plugin: &Plugin, cart: &Cart) -> HookErrorKind {
+    match plugin.price(cart).await {
+        Ok(call) => panic!(
+            "{} should have failed, returned {:?}",
+            plugin.manifest().id(),
+            call.output
+        ),
+        Err(e) => {
+            assert_eq!(
+                e.plugin.name,
+                plugin.manifest().name,
+                "error names the plugin"
+            );
+            assert_eq!(
+                e.plugin.version,
+                plugin.manifest().version,
+                "and its version"
+            );
+            assert_eq!(e.plugin.hook, HookKind::Pricing, "and the hook");
+            e.kind
+        }
+    }
+}
+
+/// After any failure, a good plugin on the same runtime still works.
+async fn still_serving(runtime: &Runtime) {
+    let good = load(runtime, "tiered-discount");
+    let call = good
+        .price(&cart(&[3]))
+        .await
+        .expect("a good plugin still works");
+    assert_eq!(call.output.operations.len(), 1);
+}
+
+#[tokio::test]
+async fn a_pricing_plugin_prices_a_cart_inside_the_sandbox_and_reports_its_costs() {
+    let runtime = runtime();
+    let plugin = load(&runtime, "tiered-discount");
+    let call = plugin.price(&cart(&[1, 3, 12, 30])).await.expect("priced");
+    let discounts: Vec<(String, u32)> = call
+        .output
+        .operations
+        .iter()
+        .map(|op| match &op.action {
+            Action::LineDiscount(d) => match d.value {
+                DiscountValue::BasisPoints(bp) => (d.line_id.clone(), bp),
+                ref other => panic!("unexpected value {other:?}"),
+            },
+            other => panic!("unexpected action {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        discounts,
+        vec![
+            ("line-1".to_owned(), 500),
+            ("line-2".to_owned(), 1000),
+            ("line-3".to_owned(), 1500)
+        ]
+    );
+    let stats = &call.stats;
+    let fuel = stats.fuel_consumed.expect("fuel is counted by default");
+    assert!(fuel > 1_000 && fuel < 11_000_000, "fuel used: {fuel}");
+    assert!(stats.peak_memory_bytes > 0);
+    assert!(stats.peak_memory_bytes <= plugin.manifest().limits.memory_bytes());
+    assert!(stats.output_bytes > 0);
+}
+
+#[tokio::test]
+async fn operator_configuration_overrides_the_manifest_defaults() {
+    let runtime = runtime();
+    let plugin = configured(&runtime, "tiered-discount", &[("tiers", "2:2500")]);
+    let call = plugin.price(&cart(&[2])).await.expect("priced");
+    assert_eq!(call.output.operations[0].label, "25 % off 2 or more");
+
+    let broken = configured(&runtime, "tiered-discount", &[("tiers", "lots")]);
+    match error_of(&broken, &cart(&[2])).await {
+        HookErrorKind::PluginError { code, .. } => assert_eq!(code, "invalid-config"),
+        other => panic!("expected the plugin's own error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_endless_loop_is_stopped_at_its_deadline() {
+    let runtime = runtime();
+    let plugin = load(&runtime, "loop-forever");
+    let deadline = plugin.manifest().limits.deadline();
+    let started = Instant::now();
+    let kind = error_of(&plugin, &cart(&[1])).await;
+    let took = started.elapsed();
+    assert_eq!(kind, HookErrorKind::DeadlineExceeded { deadline });
+    assert!(
+        took >= deadline,
+        "stopped after {took:?}, before its deadline"
+    );
+    // Generous: this machine is shared. What matters is that it stops at all, promptly.
+    assert!(
+        took < deadline + Duration::from_millis(500),
+        "stopped only after {took:?}"
+    );
+    still_serving(&runtime).await;
+}
+
+#[tokio::test]
+async fn an_instruction_budget_stops_a_loop_deterministically() {
+    let runtime = runtime();
+    let mut m = manifest("loop-forever");
+    m.limits.fuel = Some(2_000_000);
+    m.limits.deadline_ms = 10_000;
+    let plugin = load_as(&runtime, "loop-forever", m);
+    assert_eq!(
+        error_of(&plugin, &cart(&[1])).await,
+        HookErrorKind::FuelExhausted { budget: 2_000_000 }
+    );
+    still_serving(&runtime).await;
+}
+
+#[tokio::test]
+async fn a_gigabyte_allocation_is_stopped_at_the_memory_cap() {
+    let runtime = runtime();
+    let plugin = load(&runtime, "memory-hog");
+    let limit = plugin.manifest().limits.memory_bytes();
+    match error_of(&plugin, &cart(&[1])).await {
+        HookErrorKind::MemoryLimitExceeded {
+            limit: reported,
+            requested,
+        } => {
+            assert_eq!(reported, limit);
+            assert!(requested >= 1 << 30, "asked for {requested}");
+        }
+        other => panic!("expected memory_limit_exceeded, got {other:?}"),
+    }
+    still_serving(&runtime).await;
+}
+
+#[tokio::test]
+async fn endless_recursion_traps() {
+    let runtime = runtime();
+    let plugin = load(&runtime, "deep-recursion");
+    let kind = error_of(&plugin, &cart(&[1])).await;
+    assert_eq!(kind.code(), "trap", "{kind:?}");
+    still_serving(&runtime).await;
+}
+
+#[tokio::test]
+async fn a_panic_is_reported_with_the_plugins_own_message() {
+    let runtime = runtime();
+    let plugin = load(&runtime, "panicker");
+    match error_of(&plugin, &cart(&[1])).await {
+        HookErrorKind::Trap { message } => {
+            assert!(
+                message.contains("panicker gave up on cart cart-1"),
+                "message: {message}"
+            );
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    still_serving(&runtime).await;
+}
+
+#[tokio::test]
+async fn an_oversized_output_is_refused() {
+    let runtime = runtime();
+    let plugin = load(&runtime, "huge-output");
+    match error_of(&plugin, &cart(&[1])).await {
+        HookErrorKind::OutputTooLarge { size, limit } => assert!(size > limit),
+        other => panic!("expected output_too_large, got {other:?}"),
+    }
+    still_serving(&runtime).await;
+}
+
+#[tokio::test]
+async fn inadmissible_operations_are_refused_as_invalid_output() {
+    let runtime = runtime();
+    for (mode, expected) in [
+        ("above-price", "more than the unit price"),
+        ("unknown-line", "no cart line has id"),
+        ("wrong-currency", "\"XXX\""),
+        ("unentered-code", "did not enter"),
+    ] {
+        let plugin = configured(&runtime, "invalid-output", &[("mode", mode)]);
+        match error_of(&plugin, &cart(&[1])).await {
+            HookErrorKind::InvalidOutput { reason } => {
+                assert!(reason.contains(expected), "{mode}: {reason}");
+            }
+            other => panic!("{mode}: expected invalid_output, got {other:?}"),
+        }
+    }
+    still_serving(&runtime).await;
+}
+
+#[tokio::test]
+async fn reaching_for_files_environment_or_network_is_denied() {
+    let runtime = runtime();
+    for (mode, capability) in [
+        ("file", "filesystem"),
+        ("env", "environment"),
+        ("socket", "network"),
+        ("dns", "network"),
+    ] {
+        let plugin = configured(&runtime, "sandbox-escape", &[("mode", mode)]);
+        match error_of(&plugin, &cart(&[1])).await {
+            HookErrorKind::CapabilityDenied { capability: what } => {
+                assert!(what.starts_with(capability), "{mode}: {what}");
+            }
+            other => panic!("{mode}: expected capability_denied, got {other:?}"),
+        }
+    }
+    still_serving(&runtime).await;
+}
+
+#[tokio::test]
+async fn logging_is_capped_per_call() {
+    let runtime = runtime();
+    let plugin = load(&runtime, "chatty");
+    let call = plugin
+        .price(&cart(&[1]))
+        .await
+        .expect("chatty still answers");
+    let logged: usize = call.stats.logs.iter().map(|l| l.message.len()).sum();
+    assert!(
+        logged <= cartridge_host::plugin::LOG_CAP_BYTES,
+        "{logged} bytes kept"
+    );
+    assert!(logged > 0);
+    assert_eq!(
+        call.stats.logs.len() + call.stats.logs_dropped as usize,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_plugin_does_not_hold_up_other_calls() {
+    let runtime = Arc::new(runtime());
+    let mut slow = manifest("loop-forever");
+    slow.limits.deadline_ms = 1_500;
+    let looping = Arc::new(load_as(&runtime, "loop-forever", slow));
+    let good = Arc::new(load(&runtime, "tiered-discount"));
+
+    // Occupy both workers' worth of runaway plugins, then call the good one meanwhile.
+    let runaways: Vec<_> = (0..4)
+        .map(|_| {
+            let looping = looping.clone();
+            tokio::spawn(async move { looping.price(&cart(&[1])).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    for _ in 0..50 {
+        good.price(&cart(&[3, 10]))
+            .await
+            .expect("good plugin answers");
+    }
+    let took = started.elapsed();
+    for r in runaways {
+        let outcome = r.await.expect("task");
+        assert_eq!(
+            outcome.expect_err("runaway stopped").code(),
+            "deadline_exceeded"
+        );
+    }
+    // The good calls interleave with the runaways (which yield at every epoch tick) instead
+    // of waiting for them to be stopped.
+    assert!(
+        took < Duration::from_millis(1_400),
+        "50 good calls took {took:?} while runaways ran"
+    );
+}
+
+#[tokio::test]
+async fn when_every_instance_slot_is_busy_the_call_is_refused_as_unavailable() {
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 1,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let mut slow = manifest("loop-forever");
+    slow.limits.deadline_ms = 1_000;
+    let looping = Arc::new(load_as(&runtime, "loop-forever", slow));
+    let good = load(&runtime, "tiered-discount");
+    let busy = {
+        let looping = looping.clone();
+        tokio::spawn(async move { looping.price(&cart(&[1])).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    match error_of(&good, &cart(&[3])).await {
+        HookErrorKind::Unavailable { reason } => assert!(reason.contains("limit"), "{reason}"),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    let _ = busy.await;
+    good.price(&cart(&[3])).await.expect("a slot is free again");
+}
+
+#[tokio::test]
+async fn loading_refuses_what_is_not_a_plugin_of_the_claimed_hook() {
+    let runtime = runtime();
+    let wasm = plugins().wasm_bytes("tiered-discount");
+
+    let err = runtime
+        .load(manifest("tiered-discount"), b"\0asm garbage")
+        .err()
+        .expect("garbage refused");
+    assert_eq!(err.code(), "invalid_component");
+
+    let mut as_fraud = manifest("tiered-discount");
+    as_fraud.hook = HookKind::Fraud;
+    let err = runtime
+        .load(as_fraud, &wasm)
+        .err()
+        .expect("wrong hook refused");
+    assert_eq!(err.code(), "wrong_export");
+    assert!(
+        err.to_string().contains("cartridge:plugin/fraud@0.1.0"),
+        "{err}"
+    );
+
+    let text = plugins()
+        .manifest_text("tiered-discount")
+        .replace("contract = \"0.1.0\"", "contract = \"0.2.0\"");
+    let err = Manifest::parse(&text).expect_err("unsupported contract");
+    assert!(err.to_string().contains("0.2.0"));
+}
+
+#[tokio::test]
+async fn compiled_plugins_are_cached_and_a_damaged_cache_entry_is_recompiled() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let config = RuntimeConfig {
+        cache_dir: Some(cache.path().to_owned()),
+        max_instances: 8,
+        ..RuntimeConfig::default()
+    };
+    let cached = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.path())
+            .expect("cache dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .collect()
+    };
+    {
+        let runtime = Runtime::new(config.clone()).expect("runtime");
+        load(&runtime, "tiered-discount");
+    }
+    let entries = cached();
+    assert_eq!(entries.len(), 1, "one artifact per component and engine");
+    let digest = {
+        let runtime = Runtime::new(config.clone()).expect("runtime");
+        let plugin = load(&runtime, "tiered-discount");
+        plugin
+            .price(&cart(&[3]))
+            .await
+            .expect("works from the cache");
+        plugin.digest().to_owned()
+    };
+    assert!(
+        entries[0]
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&digest)),
+        "artifacts are named by the component's digest"
+    );
+
+    std::fs::write(&entries[0], b"not an artifact").expect("damage");
+    let runtime = Runtime::new(config).expect("runtime");
+    let plugin = load(&runtime, "tiered-discount");
+    plugin.price(&cart(&[3])).await.expect("recompiled");
+    assert_ne!(
+        std::fs::read(&entries[0]).expect("rewritten"),
+        b"not an artifact"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_fail_open_pricing_plugin_is_skipped_and_recorded() {
+    let runtime = runtime();
+    let chain = vec![
+        Arc::new(load(&runtime, "panicker")),
+        Arc::new(load(&runtime, "tiered-discount")),
+    ];
+    let outcome = hooks::price(&chain, &cart(&[3])).await.expect("fail-open");
+    assert_eq!(outcome.priced.line_discounts, 150);
+    assert_eq!(outcome.decided_by.len(), 1);
+    assert_eq!(outcome.decided_by[0].name, "tiered-discount");
+    assert_eq!(outcome.skipped.len(), 1);
+    assert_eq!(outcome.skipped[0].code, "trap");
+}
+
+#[tokio::test]
+async fn a_failing_fail_closed_pricing_plugin_stops_the_hook() {
+    let runtime = runtime();
+    let mut strict = manifest("panicker");
+    strict.failure_policy = FailurePolicy::FailClosed;
+    let chain = vec![
+        Arc::new(load(&runtime, "tiered-discount")),
+        Arc::new(load_as(&runtime, "panicker", strict)),
+    ];
+    let err = hooks::price(&chain, &cart(&[3]))
+        .await
+        .expect_err("fail-closed");
+    assert_eq!(err.code(), "trap");
+    assert_eq!(err.plugin.name, "panicker");
+}
+
+#[tokio::test]
+async fn deadlines_still_fire_after_the_runtime_that_loaded_the_plugin_is_dropped() {
+    let plugin = {
+        let runtime = runtime();
+        load(&runtime, "loop-forever")
+    };
+    let kind = error_of(&plugin, &cart(&[1])).await;
+    assert_eq!(kind.code(), "deadline_exceeded");
+}
