@@ -34,7 +34,7 @@ async fn coupon_codes_and_buy_three_get_one_stack_as_the_merchant_expects() {
     let runtime = runtime();
     let coupons = Arc::new(load(&runtime, "coupon-promotions"));
     let cart: pricing::Cart = fixture("coupon-promotions", "cart-with-codes.json");
-    let outcome = hooks::price(&[coupons.clone()], &cart)
+    let outcome = hooks::price(std::slice::from_ref(&coupons), &cart)
         .await
         .expect("priced");
     let labels: Vec<&str> = outcome
@@ -61,7 +61,7 @@ async fn coupon_codes_and_buy_three_get_one_stack_as_the_merchant_expects() {
     // Without codes only the multi-buy remains; with no qualifying lines, nothing.
     let mut plain = cart.clone();
     plain.coupon_codes.clear();
-    let outcome = hooks::price(&[coupons.clone()], &plain)
+    let outcome = hooks::price(std::slice::from_ref(&coupons), &plain)
         .await
         .expect("priced");
     assert!(outcome.priced.applied.iter().all(|a| a.code.is_none()));
