@@ -15,7 +15,7 @@ use cartridge_host::plugin::bindings::pricing::{
     Action, Cart, CartLine, DiscountValue, LineDiscount, Operation, Stacking,
 };
 use cartridge_host::plugin::bindings::types::Money;
-use cartridge_host::plugin::{Manifest, Runtime, RuntimeConfig};
+use cartridge_host::plugin::{Manifest, Plugin, Runtime, RuntimeConfig};
 
 fn cart() -> Cart {
     Cart {
@@ -75,12 +75,16 @@ struct Plan {
     batch: u32,
 }
 
-async fn fresh(runtime: &Runtime, plan: &Plan) -> anyhow::Result<Duration> {
+fn tiered(runtime: &Runtime) -> anyhow::Result<Plugin> {
     let plugins = cartridge_tests::plugins();
-    let plugin = runtime.load(
+    Ok(runtime.load(
         Manifest::parse(&plugins.manifest_text("tiered-discount"))?,
         &plugins.wasm_bytes("tiered-discount"),
-    )?;
+    )?)
+}
+
+async fn fresh(runtime: &Runtime, plan: &Plan) -> anyhow::Result<Duration> {
+    let plugin = tiered(runtime)?;
     let cart = cart();
     for _ in 0..plan.batch {
         plugin.price(&cart).await?;
@@ -97,11 +101,7 @@ async fn fresh(runtime: &Runtime, plan: &Plan) -> anyhow::Result<Duration> {
 }
 
 async fn live(runtime: &Runtime, plan: &Plan) -> anyhow::Result<Duration> {
-    let plugins = cartridge_tests::plugins();
-    let plugin = runtime.load(
-        Manifest::parse(&plugins.manifest_text("tiered-discount"))?,
-        &plugins.wasm_bytes("tiered-discount"),
-    )?;
+    let plugin = tiered(runtime)?;
     let cart = cart();
     plugin
         .bench_price_on_one_instance(&cart, plan.batch)
@@ -161,15 +161,7 @@ async fn main() -> anyhow::Result<()> {
     let native = native(&plan);
     // The same operations, or the comparison means nothing.
     assert_eq!(
-        with_fuel
-            .load(
-                Manifest::parse(&cartridge_tests::plugins().manifest_text("tiered-discount"))?,
-                &cartridge_tests::plugins().wasm_bytes("tiered-discount"),
-            )?
-            .price(&cart())
-            .await?
-            .output
-            .operations,
+        tiered(&with_fuel)?.price(&cart()).await?.output.operations,
         native_tiered(&cart()),
         "the native rule must match the plugin"
     );
