@@ -38,6 +38,29 @@ enum Command {
     /// Write, build and try plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Apply pending database migrations and exit (`serve` also applies them at start-up).
+    Migrate(DatabaseArgs),
+}
+
+/// Which database to use.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://path` or `postgres://user@host/db`. Default: a SQLite file in the data
+    /// directory.
+    #[arg(long, env = "CARTRIDGE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where the host keeps its data (the SQLite file, the compiled-plugin cache).
+    #[arg(long, env = "CARTRIDGE_DATA_DIR", default_value = ".cartridge")]
+    pub data_dir: PathBuf,
+}
+
+impl DatabaseArgs {
+    /// The database URL in force.
+    pub fn url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("cartridge.db").display()))
+    }
 }
 
 /// Options of `cartridge serve`.
@@ -54,9 +77,9 @@ pub struct ServeArgs {
         default_value = "plugins-installed"
     )]
     pub plugins_dir: PathBuf,
-    /// Where the host keeps its data (the compiled-plugin cache, for now).
-    #[arg(long, env = "CARTRIDGE_DATA_DIR", default_value = ".cartridge")]
-    pub data_dir: PathBuf,
+    /// The database and the data directory.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +156,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             })
         }
         Command::Plugin(PluginCommand::Run(args)) => run_hook(args).await,
+        Command::Migrate(args) => migrate(&args).await.map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -141,6 +165,23 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Opens the database (creating the data directory for SQLite) and applies migrations.
+pub async fn open_database(args: &DatabaseArgs) -> anyhow::Result<crate::db::Db> {
+    if args.database_url.is_none() {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    }
+    let db = crate::db::Db::connect(&args.url()).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+async fn migrate(args: &DatabaseArgs) -> anyhow::Result<()> {
+    open_database(args).await?;
+    eprintln!("migrations applied");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

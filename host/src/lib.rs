@@ -9,13 +9,18 @@
 //!   errors, output validation.
 //! - [`pricing`]: applies validated price operations from several plugins to a cart.
 //! - [`hooks`]: runs every plugin of a hook in order under each one's failure policy.
+//! - [`db`]: SQLite or PostgreSQL behind one pool, and the migrations.
+//! - [`inventory`]: multi-location stock with reservations that cannot oversell.
 //! - [`cli`]: the `cartridge` command line (`serve`, `plugin new|build|run`).
 //! - [`server`]: the HTTP application.
 //!
-//! Boundaries: nothing outside [`plugin`] touches wasmtime; plugins never see the database.
+//! Boundaries: nothing outside [`plugin`] touches wasmtime; plugins never see the database;
+//! SQL lives in the modules that own the tables.
 
 pub mod cli;
+pub mod db;
 pub mod hooks;
+pub mod inventory;
 pub mod plugin;
 pub mod pricing;
 pub mod server;

@@ -93,8 +93,10 @@ impl Application {
 
 /// `cartridge serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Migrations run at start-up; the commerce routes that use the pool come with the core.
+    let _db = crate::cli::open_database(&args.database).await?;
     let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(args.data_dir.join("cache")),
+        cache_dir: Some(args.database.data_dir.join("cache")),
         ..RuntimeConfig::default()
     })?;
     let plugins = load_plugins(&runtime, &args.plugins_dir)?;

@@ -112,3 +112,79 @@ pub fn plugins() -> &'static BuiltPlugins {
         }
     })
 }
+
+/// The environment variable that points the tests at a PostgreSQL server (a URL whose user may
+/// create databases). Without it, database tests run on SQLite only.
+pub const POSTGRES_URL_VAR: &str = "CARTRIDGE_TEST_DATABASE_URL";
+
+/// A fresh, empty database for one test.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// Its URL.
+    pub url: String,
+    /// `sqlite` or `postgres`, for messages.
+    pub backend: &'static str,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    /// Drops a PostgreSQL test database (SQLite files go with their temporary directory).
+    /// Call it at the end of a test; a failing test leaves its database for inspection.
+    pub async fn drop_database(self) {
+        if let Some((admin_url, name)) = &self.postgres {
+            use sqlx::Connection;
+            if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
+        }
+    }
+}
+
+/// One fresh database per backend under test: always SQLite (a file in a temporary
+/// directory), and PostgreSQL when [`POSTGRES_URL_VAR`] is set. On CI it must be set: a test
+/// that silently skipped PostgreSQL would prove nothing about it.
+pub async fn test_databases() -> Vec<TestDatabase> {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let mut databases = vec![TestDatabase {
+        url: format!("sqlite://{}", dir.path().join("cartridge.db").display()),
+        backend: "sqlite",
+        _dir: Some(dir),
+        postgres: None,
+    }];
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(admin_url) => databases.push(fresh_postgres(&admin_url).await),
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{POSTGRES_URL_VAR} must be set on CI: the PostgreSQL tests would not run"
+            );
+            eprintln!("note: {POSTGRES_URL_VAR} is not set; testing on SQLite only");
+        }
+    }
+    databases
+}
+
+async fn fresh_postgres(admin_url: &str) -> TestDatabase {
+    use sqlx::Connection;
+    let name = format!("cartridge_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {admin_url}: {e}"));
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(base, _)| base)
+        .unwrap_or(admin_url);
+    TestDatabase {
+        url: format!("{base}/{name}"),
+        backend: "postgres",
+        _dir: None,
+        postgres: Some((admin_url.to_owned(), name)),
+    }
+}

@@ -1,0 +1,379 @@
+//! Inventory on a real database — SQLite always, PostgreSQL when configured — each test on a
+//! fresh one. The oversell cases are the ones every public platform has got wrong.
+
+use std::sync::Arc;
+
+use cartridge_host::db::Db;
+use cartridge_host::inventory::{Allocation, Inventory, InventoryError};
+use cartridge_tests::test_databases;
+
+const NOW: i64 = 1_764_000_000_000;
+const MINUTE: i64 = 60_000;
+
+/// A migrated database with two locations (`eu` ships first) and two SKUs.
+async fn store(url: &str) -> (Db, Inventory) {
+    let db = Db::connect(url).await.expect("connect");
+    db.migrate().await.expect("migrate");
+    for (sql, args) in [
+        (
+            "INSERT INTO products (id, title, created_at) VALUES ($1, $2, $3)",
+            ["tee", "Tee", ""],
+        ),
+        (
+            "INSERT INTO variants (sku, product_id, title) VALUES ($1, $2, $3)",
+            ["TEE-M", "tee", "M"],
+        ),
+        (
+            "INSERT INTO variants (sku, product_id, title) VALUES ($1, $2, $3)",
+            ["TEE-L", "tee", "L"],
+        ),
+    ] {
+        let mut q = sqlx::query(sql).bind(args[0]).bind(args[1]);
+        q = if args[2].is_empty() {
+            q.bind(NOW)
+        } else {
+            q.bind(args[2])
+        };
+        q.execute(db.pool()).await.expect("seed");
+    }
+    let inventory = Inventory::new(db.clone());
+    inventory
+        .upsert_location("eu", "Berlin", 1)
+        .await
+        .expect("location");
+    inventory
+        .upsert_location("us", "Reno", 2)
+        .await
+        .expect("location");
+    (db, inventory)
+}
+
+fn demand(items: &[(&str, i64)]) -> Vec<(String, i64)> {
+    items.iter().map(|(s, q)| (s.to_string(), *q)).collect()
+}
+
+#[tokio::test]
+async fn stock_moves_from_reserved_to_committed_to_shipped_and_every_step_is_recorded() {
+    for t in test_databases().await {
+        let (_db, inv) = store(&t.url).await;
+        inv.adjust("TEE-M", "eu", 5, "receive", NOW)
+            .await
+            .expect("receive");
+        let got = inv
+            .reserve("order-1", &demand(&[("TEE-M", 2)]), NOW, NOW + 15 * MINUTE)
+            .await
+            .expect("reserve");
+        assert_eq!(
+            got,
+            vec![Allocation {
+                sku: "TEE-M".into(),
+                location_id: "eu".into(),
+                quantity: 2
+            }]
+        );
+        let level = &inv.levels("TEE-M", NOW).await.expect("levels")[0];
+        assert_eq!(
+            (
+                level.on_hand,
+                level.reserved,
+                level.committed,
+                level.available
+            ),
+            (5, 2, 0, 3),
+            "{}",
+            t.backend
+        );
+
+        inv.commit("order-1", NOW + 1).await.expect("commit");
+        let level = &inv.levels("TEE-M", NOW).await.expect("levels")[0];
+        assert_eq!(
+            (
+                level.on_hand,
+                level.reserved,
+                level.committed,
+                level.available
+            ),
+            (5, 0, 2, 3),
+            "{}",
+            t.backend
+        );
+
+        inv.ship("order-1", NOW + 2).await.expect("ship");
+        let level = &inv.levels("TEE-M", NOW).await.expect("levels")[0];
+        assert_eq!(
+            (
+                level.on_hand,
+                level.reserved,
+                level.committed,
+                level.available
+            ),
+            (3, 0, 0, 3),
+            "{}",
+            t.backend
+        );
+
+        let kinds: Vec<String> = inv
+            .movements("TEE-M", "eu")
+            .await
+            .expect("movements")
+            .into_iter()
+            .map(|(kind, qty, _)| format!("{kind}:{qty}"))
+            .collect();
+        assert_eq!(
+            kinds,
+            ["receive:5", "reserve:2", "commit:2", "ship:-2"],
+            "{}",
+            t.backend
+        );
+        t.drop_database().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_buyers_for_the_last_unit_make_exactly_one_sale() {
+    for t in test_databases().await {
+        let (_db, inv) = store(&t.url).await;
+        inv.adjust("TEE-L", "eu", 1, "receive", NOW)
+            .await
+            .expect("receive");
+        let inv = Arc::new(inv);
+        let buyers: Vec<_> = (0..200)
+            .map(|i| {
+                let inv = inv.clone();
+                tokio::spawn(async move {
+                    inv.reserve(
+                        &format!("buyer-{i}"),
+                        &demand(&[("TEE-L", 1)]),
+                        NOW,
+                        NOW + MINUTE,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut sold = 0;
+        for buyer in buyers {
+            match buyer.await.expect("task") {
+                Ok(_) => sold += 1,
+                Err(InventoryError::Insufficient { available, .. }) => assert_eq!(available, 0),
+                Err(other) => panic!("{}: unexpected {other}", t.backend),
+            }
+        }
+        assert_eq!(
+            sold, 1,
+            "{}: exactly one buyer gets the last unit",
+            t.backend
+        );
+        let level = &inv.levels("TEE-L", NOW).await.expect("levels")[0];
+        assert_eq!((level.reserved, level.available), (1, 0), "{}", t.backend);
+        t.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn two_lines_of_one_sku_are_checked_together_and_nothing_is_half_reserved() {
+    for t in test_databases().await {
+        let (_db, inv) = store(&t.url).await;
+        inv.adjust("TEE-M", "eu", 3, "receive", NOW)
+            .await
+            .expect("receive");
+        inv.adjust("TEE-L", "eu", 10, "receive", NOW)
+            .await
+            .expect("receive");
+        // Each line alone fits; together they do not.
+        let err = inv
+            .reserve(
+                "c",
+                &demand(&[("TEE-L", 1), ("TEE-M", 2), ("TEE-M", 2)]),
+                NOW,
+                NOW + MINUTE,
+            )
+            .await
+            .expect_err("4 of 3");
+        match err {
+            InventoryError::Insufficient {
+                sku,
+                requested,
+                available,
+            } => {
+                assert_eq!(
+                    (sku.as_str(), requested, available),
+                    ("TEE-M", 4, 3),
+                    "{}",
+                    t.backend
+                );
+            }
+            other => panic!("{}: unexpected {other}", t.backend),
+        }
+        assert_eq!(
+            inv.available("TEE-L", NOW).await.expect("available"),
+            10,
+            "{}: all or nothing",
+            t.backend
+        );
+        assert_eq!(inv.available("TEE-M", NOW).await.expect("available"), 3);
+        t.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn an_expired_reservation_stops_counting_at_once_and_cannot_be_committed() {
+    for t in test_databases().await {
+        let (_db, inv) = store(&t.url).await;
+        inv.adjust("TEE-M", "eu", 1, "receive", NOW)
+            .await
+            .expect("receive");
+        inv.reserve("slow", &demand(&[("TEE-M", 1)]), NOW, NOW + MINUTE)
+            .await
+            .expect("reserve");
+        assert_eq!(
+            inv.available("TEE-M", NOW + MINUTE - 1).await.expect("a"),
+            0
+        );
+        // The moment it expires the unit is available again: no cleanup job ran.
+        assert_eq!(
+            inv.available("TEE-M", NOW + MINUTE).await.expect("a"),
+            1,
+            "{}",
+            t.backend
+        );
+        inv.reserve(
+            "fast",
+            &demand(&[("TEE-M", 1)]),
+            NOW + MINUTE,
+            NOW + 2 * MINUTE,
+        )
+        .await
+        .expect("the expired unit can be sold again");
+        let err = inv.commit("slow", NOW + MINUTE).await.expect_err("expired");
+        assert_eq!(err.code(), "reservation_expired", "{}", t.backend);
+        inv.commit("fast", NOW + MINUTE + 1).await.expect("commit");
+        t.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn allocation_follows_location_priority() {
+    for t in test_databases().await {
+        let (_db, inv) = store(&t.url).await;
+        inv.adjust("TEE-M", "us", 5, "receive", NOW)
+            .await
+            .expect("receive");
+        inv.adjust("TEE-M", "eu", 2, "receive", NOW)
+            .await
+            .expect("receive");
+        let got = inv
+            .reserve("c", &demand(&[("TEE-M", 4)]), NOW, NOW + MINUTE)
+            .await
+            .expect("reserve");
+        assert_eq!(
+            got,
+            vec![
+                Allocation {
+                    sku: "TEE-M".into(),
+                    location_id: "eu".into(),
+                    quantity: 2
+                },
+                Allocation {
+                    sku: "TEE-M".into(),
+                    location_id: "us".into(),
+                    quantity: 2
+                },
+            ],
+            "{}",
+            t.backend
+        );
+        t.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn release_cancel_and_restock_happen_exactly_once() {
+    for t in test_databases().await {
+        let (_db, inv) = store(&t.url).await;
+        inv.adjust("TEE-M", "eu", 4, "receive", NOW)
+            .await
+            .expect("receive");
+
+        inv.reserve("abandoned", &demand(&[("TEE-M", 3)]), NOW, NOW + MINUTE)
+            .await
+            .expect("r");
+        assert_eq!(inv.release("abandoned", NOW).await.expect("release"), 3);
+        assert_eq!(inv.release("abandoned", NOW).await.expect("again"), 0);
+        assert_eq!(inv.available("TEE-M", NOW).await.expect("a"), 4);
+
+        inv.reserve("cancelled", &demand(&[("TEE-M", 2)]), NOW, NOW + MINUTE)
+            .await
+            .expect("r");
+        inv.commit("cancelled", NOW).await.expect("commit");
+        inv.cancel("cancelled", NOW).await.expect("cancel");
+        assert_eq!(
+            inv.cancel("cancelled", NOW)
+                .await
+                .expect_err("twice")
+                .code(),
+            "invalid_state"
+        );
+        assert_eq!(
+            inv.available("TEE-M", NOW).await.expect("a"),
+            4,
+            "{}",
+            t.backend
+        );
+
+        inv.reserve("shipped", &demand(&[("TEE-M", 1)]), NOW, NOW + MINUTE)
+            .await
+            .expect("r");
+        inv.commit("shipped", NOW).await.expect("commit");
+        inv.ship("shipped", NOW).await.expect("ship");
+        assert!(
+            inv.restock("return-1", "TEE-M", "eu", 1, NOW)
+                .await
+                .expect("restock")
+        );
+        assert!(
+            !inv.restock("return-1", "TEE-M", "eu", 1, NOW)
+                .await
+                .expect("again")
+        );
+        let level = &inv.levels("TEE-M", NOW).await.expect("levels")[0];
+        assert_eq!((level.on_hand, level.available), (4, 4), "{}", t.backend);
+        t.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_quantities_unknown_skus_and_write_offs_of_sold_stock_are_refused() {
+    for t in test_databases().await {
+        let (_db, inv) = store(&t.url).await;
+        inv.adjust("TEE-M", "eu", 2, "receive", NOW)
+            .await
+            .expect("receive");
+        for qty in [0, -1] {
+            let err = inv
+                .reserve("c", &demand(&[("TEE-M", qty)]), NOW, NOW + MINUTE)
+                .await;
+            assert_eq!(err.expect_err("refused").code(), "invalid_quantity");
+        }
+        let err = inv
+            .reserve("c", &demand(&[("NOPE", 1)]), NOW, NOW + MINUTE)
+            .await;
+        assert_eq!(err.expect_err("refused").code(), "unknown_sku");
+        let err = inv.adjust("NOPE", "eu", 1, "receive", NOW).await;
+        assert_eq!(err.expect_err("refused").code(), "unknown_sku");
+        let err = inv.adjust("TEE-M", "mars", 1, "receive", NOW).await;
+        assert_eq!(err.expect_err("refused").code(), "unknown_location");
+
+        inv.reserve("c", &demand(&[("TEE-M", 2)]), NOW, NOW + MINUTE)
+            .await
+            .expect("reserve");
+        let err = inv
+            .adjust("TEE-M", "eu", -1, "damaged", NOW)
+            .await
+            .expect_err("reserved stock");
+        assert_eq!(err.code(), "insufficient_stock", "{}", t.backend);
+        let level = &inv.levels("TEE-M", NOW).await.expect("levels")[0];
+        assert_eq!(level.on_hand, 2, "{}: nothing changed", t.backend);
+        t.drop_database().await;
+    }
+}
