@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// The database and the data directory.
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// A bootstrap admin bearer token (stored hashed). Without one, a token is generated and
+    /// printed at start-up.
+    #[arg(long, env = "CARTRIDGE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,11 +12,15 @@
 //! - [`db`]: SQLite or PostgreSQL behind one pool, and the migrations.
 //! - [`inventory`]: multi-location stock with reservations that cannot oversell.
 //! - [`cli`]: the `cartridge` command line (`serve`, `plugin new|build|run`).
-//! - [`server`]: the HTTP application.
+//! - [`catalog`], [`carts`]: products and carts.
+//! - [`api`]: the HTTP routes, authentication and error convention; [`server`] starts them.
 //!
 //! Boundaries: nothing outside [`plugin`] touches wasmtime; plugins never see the database;
 //! SQL lives in the modules that own the tables.
 
+pub mod api;
+pub mod carts;
+pub mod catalog;
 pub mod cli;
 pub mod db;
 pub mod hooks;

@@ -1,0 +1,218 @@
+//! `/admin`: catalog, inventory and plugins, for merchants and operators. Every handler takes
+//! [`Admin`], so no route here answers without an admin token.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Admin, ApiError, AppState, now_ms};
+use crate::catalog::NewProduct;
+use crate::plugin::bindings::{fraud, personalization, pricing};
+use crate::plugin::{HookKind, PaymentRequest};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/products", post(create_product))
+        .route("/products/{id}", get(product))
+        .route("/products/{id}/archive", post(archive_product))
+        .route("/categories", post(create_category))
+        .route("/locations", post(upsert_location))
+        .route("/inventory/{sku}", get(stock))
+        .route("/inventory/{sku}/{location}/adjust", post(adjust_stock))
+        .route("/plugins", get(list_plugins))
+        .route("/plugins/{name}/invoke", post(invoke))
+}
+
+async fn create_product(
+    _: Admin,
+    State(state): State<AppState>,
+    body: Result<Json<NewProduct>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let Json(new) = body?;
+    let product = state.catalog.create_product(&new, now_ms()).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(json!(product))))
+}
+
+async fn product(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let product = state
+        .catalog
+        .product(&id, true)
+        .await?
+        .ok_or_else(|| ApiError::not_found("not_found", format!("no product {id:?}")))?;
+    Ok(Json(json!(product)))
+}
+
+async fn archive_product(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(state.catalog.archive(&id, now_ms()).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCategory {
+    id: String,
+    name: String,
+    parent: Option<String>,
+}
+
+async fn create_category(
+    _: Admin,
+    State(state): State<AppState>,
+    body: Result<Json<NewCategory>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(c) = body?;
+    state
+        .catalog
+        .create_category(&c.id, c.parent.as_deref(), &c.name)
+        .await?;
+    Ok(Json(
+        json!({"id": c.id, "name": c.name, "parent": c.parent}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Location {
+    id: String,
+    name: String,
+    #[serde(default = "default_priority")]
+    priority: i32,
+}
+
+fn default_priority() -> i32 {
+    100
+}
+
+async fn upsert_location(
+    _: Admin,
+    State(state): State<AppState>,
+    body: Result<Json<Location>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(l) = body?;
+    if !crate::catalog::is_sku(&l.id) || l.name.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "a location needs an id (letters, digits, '.', '_', '-') and a name",
+        ));
+    }
+    state
+        .inventory
+        .upsert_location(&l.id, &l.name, l.priority)
+        .await?;
+    Ok(Json(
+        json!({"id": l.id, "name": l.name, "priority": l.priority}),
+    ))
+}
+
+async fn stock(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(sku): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({"levels": state.inventory.levels(&sku, now_ms()).await?}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Adjustment {
+    delta: i64,
+    reason: String,
+}
+
+async fn adjust_stock(
+    _: Admin,
+    State(state): State<AppState>,
+    Path((sku, location)): Path<(String, String)>,
+    body: Result<Json<Adjustment>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(a) = body?;
+    if a.delta == 0 || a.delta.abs() > 1_000_000 {
+        return Err(ApiError::invalid(
+            "delta must be non-zero and at most 1,000,000 either way",
+        ));
+    }
+    if a.reason.trim().is_empty() || a.reason.len() > 64 {
+        return Err(ApiError::invalid("reason must be 1 to 64 characters"));
+    }
+    let level = state
+        .inventory
+        .adjust(&sku, &location, a.delta, &a.reason, now_ms())
+        .await?;
+    Ok(Json(json!(level)))
+}
+
+async fn list_plugins(_: Admin, State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "plugins": state.plugins.values().map(|p| json!({
+            "name": p.manifest().name,
+            "version": p.manifest().version,
+            "hook": p.hook(),
+            "contract": p.manifest().contract,
+            "digest": p.digest(),
+            "size": p.size(),
+            "failure_policy": p.manifest().failure_policy,
+            "limits": p.manifest().limits,
+        })).collect::<Vec<_>>()
+    }))
+}
+
+/// Runs one plugin's hook on a JSON input: `cartridge plugin run` over HTTP.
+async fn invoke(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(input) = body?;
+    let plugin = state.plugins.get(&name).ok_or_else(|| {
+        ApiError::not_found("unknown_plugin", format!("no plugin named {name:?}"))
+    })?;
+    let bad_input = |e: serde_json::Error| {
+        ApiError::invalid(format!("not a valid {} input: {e}", plugin.hook()))
+    };
+    let (output, stats) = match plugin.hook() {
+        HookKind::Pricing => {
+            let cart: pricing::Cart = serde_json::from_value(input).map_err(bad_input)?;
+            let call = plugin.price(&cart).await?;
+            let priced = crate::pricing::apply(
+                &cart,
+                &[crate::pricing::PluginOperations {
+                    plugin: plugin.reference(),
+                    operations: call.output.operations.clone(),
+                }],
+            );
+            (
+                json!({"operations": call.output.operations, "priced": priced}),
+                call.stats,
+            )
+        }
+        HookKind::Fraud => {
+            let checkout: fraud::Checkout = serde_json::from_value(input).map_err(bad_input)?;
+            let call = plugin.assess(&checkout).await?;
+            (json!(call.output), call.stats)
+        }
+        HookKind::Personalization => {
+            let context: personalization::Context =
+                serde_json::from_value(input).map_err(bad_input)?;
+            let call = plugin.rank(&context).await?;
+            (json!(call.output), call.stats)
+        }
+        HookKind::Payment => {
+            let request: PaymentRequest = serde_json::from_value(input).map_err(bad_input)?;
+            let call = plugin.payment(&request).await?;
+            (json!(call.output), call.stats)
+        }
+    };
+    Ok(Json(json!({"output": output, "stats": stats})))
+}

@@ -1,0 +1,155 @@
+//! One error type at the HTTP boundary: a status, a stable code and a message, as
+//! `{"error": {"code": …, "message": …}}`. Internal failures are logged with their cause and
+//! answered with an opaque 500; nothing internal is echoed.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::carts::CartError;
+use crate::catalog::CatalogError;
+use crate::inventory::InventoryError;
+use crate::plugin::HookError;
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 401: no credential, or one that opens nothing here.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    }
+
+    /// 404 for `what`.
+    pub fn not_found(code: &'static str, what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, what)
+    }
+
+    /// 422: well-formed but unacceptable input.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
+    }
+
+    /// 500, logging the cause.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!("internal error: {cause:#}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let code = match rejection {
+            JsonRejection::JsonDataError(_) => "invalid_input",
+            JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
+            _ if status == StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            _ => "malformed_json",
+        };
+        Self::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            rejection.body_text(),
+        )
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            rejection.body_text(),
+        )
+    }
+}
+
+impl From<HookError> for ApiError {
+    fn from(e: HookError) -> Self {
+        // The plugin failed, not the caller and not the host.
+        Self::new(StatusCode::BAD_GATEWAY, e.code(), e.to_string())
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        let status = match &e {
+            CatalogError::Invalid(_) | CatalogError::UnknownCategory(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            CatalogError::SkuTaken(_) => StatusCode::CONFLICT,
+            CatalogError::NotFound(_) => StatusCode::NOT_FOUND,
+            CatalogError::Database(cause) => return Self::internal(cause),
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<CartError> for ApiError {
+    fn from(e: CartError) -> Self {
+        let status = match &e {
+            CartError::NotFound | CartError::LineNotFound => StatusCode::NOT_FOUND,
+            CartError::NotForSale(_) | CartError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CartError::Database(cause) => return Self::internal(cause),
+            CartError::Catalog(cause) => return Self::internal(cause),
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<InventoryError> for ApiError {
+    fn from(e: InventoryError) -> Self {
+        let status = match &e {
+            InventoryError::Insufficient { .. } | InventoryError::WouldGoNegative { .. } => {
+                StatusCode::CONFLICT
+            }
+            InventoryError::UnknownSku(_) | InventoryError::UnknownLocation(_) => {
+                StatusCode::NOT_FOUND
+            }
+            InventoryError::InvalidQuantity(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            InventoryError::Expired(_) | InventoryError::NothingTo { .. } => StatusCode::CONFLICT,
+            InventoryError::Database(cause) => return Self::internal(cause),
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}

@@ -1,0 +1,151 @@
+//! The HTTP API: routes, the shared state, authentication and the error convention.
+//!
+//! - `/health`, `/ready`: liveness and readiness (the database answers).
+//! - `/admin/…`: the operator's and merchant's API; every route needs an admin bearer token.
+//! - `/store/…`: the storefront; a cart is reached with its id and its `X-Cart-Token`.
+//!
+//! Every error is `{"error": {"code", "message"}}` with a stable code ([`ApiError`]).
+
+mod admin;
+mod error;
+mod storefront;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+pub use error::ApiError;
+
+use crate::carts::Carts;
+use crate::catalog::Catalog;
+use crate::db::Db;
+use crate::inventory::Inventory;
+use crate::plugin::{HookKind, Plugin};
+
+/// Largest request body accepted.
+pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
+
+/// Shared state of the application.
+#[derive(Clone)]
+pub struct AppState {
+    db: Db,
+    catalog: Catalog,
+    inventory: Inventory,
+    carts: Carts,
+    plugins: Arc<BTreeMap<String, Arc<Plugin>>>,
+}
+
+impl AppState {
+    /// State over a migrated database, with these plugins installed.
+    pub fn new(db: Db, plugins: Vec<Plugin>) -> Self {
+        let catalog = Catalog::new(db.clone());
+        Self {
+            inventory: Inventory::new(db.clone()),
+            carts: Carts::new(db.clone(), catalog.clone()),
+            catalog,
+            plugins: Arc::new(
+                plugins
+                    .into_iter()
+                    .map(|p| (p.manifest().name.clone(), Arc::new(p)))
+                    .collect(),
+            ),
+            db,
+        }
+    }
+
+    /// The active plugins of a hook, in hook order (by name, until the registry orders them).
+    pub fn hook(&self, kind: HookKind) -> Vec<Arc<Plugin>> {
+        self.plugins
+            .values()
+            .filter(|p| p.hook() == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// Stores `token` (hashed) as an admin credential named `name`.
+    pub async fn add_admin_token(&self, name: &str, token: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO admin_tokens (token_hash, name, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (token_hash) DO NOTHING",
+        )
+        .bind(digest(token))
+        .bind(name)
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+}
+
+/// The application's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .nest("/admin", admin::routes())
+        .nest("/store", storefront::routes())
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    sqlx::query("SELECT 1")
+        .execute(state.db.pool())
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Proof that the request carries an admin bearer token.
+pub struct Admin {
+    /// The token's name.
+    pub name: String,
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        let row = sqlx::query("SELECT name FROM admin_tokens WHERE token_hash = $1")
+            .bind(digest(token))
+            .fetch_optional(state.db.pool())
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .ok_or_else(ApiError::unauthorized)?;
+        Ok(Admin {
+            name: sqlx::Row::try_get(&row, "name").map_err(|e| ApiError::internal(&e))?,
+        })
+    }
+}

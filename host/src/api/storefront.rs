@@ -1,0 +1,189 @@
+//! `/store`: what shoppers use. Product listings show active products only; a cart is reached
+//! with its id and its secret token in `X-Cart-Token`, and anything else about it is a 404.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::routing::{get, patch, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, now_ms};
+use crate::carts::CartContents;
+use crate::catalog::ProductFilter;
+use crate::plugin::HookKind;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/products", get(list_products))
+        .route("/products/{id}", get(product))
+        .route("/carts", post(create_cart))
+        .route("/carts/{id}", get(cart))
+        .route("/carts/{id}/lines", post(add_line))
+        .route(
+            "/carts/{id}/lines/{line}",
+            patch(set_quantity).delete(remove_line),
+        )
+        .route("/carts/{id}/coupons", put(set_coupons))
+}
+
+async fn list_products(
+    State(state): State<AppState>,
+    filter: Result<Query<ProductFilter>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(filter) = filter?;
+    Ok(Json(
+        json!({"products": state.catalog.list(&filter).await?}),
+    ))
+}
+
+async fn product(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let product = state
+        .catalog
+        .product(&id, false)
+        .await?
+        .ok_or_else(|| ApiError::not_found("not_found", format!("no product {id:?}")))?;
+    Ok(Json(json!(product)))
+}
+
+/// The cart named in the path, opened with the `X-Cart-Token` header.
+struct CartAccess(String);
+
+impl FromRequestParts<AppState> for CartAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Path(params): Path<Vec<(String, String)>> =
+            Path::from_request_parts(parts, state).await?;
+        let id = params
+            .into_iter()
+            .find(|(k, _)| k == "id")
+            .map(|(_, v)| v)
+            .ok_or_else(|| ApiError::not_found("cart_not_found", "no such cart"))?;
+        let token = parts
+            .headers
+            .get("x-cart-token")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ApiError::not_found("cart_not_found", "no such cart"))?;
+        state.carts.authorize(&id, token).await?;
+        Ok(CartAccess(id))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCart {
+    currency: String,
+}
+
+async fn create_cart(
+    State(state): State<AppState>,
+    body: Result<Json<NewCart>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(new) = body?;
+    let now = now_ms();
+    let (id, token) = state.carts.create(&new.currency, now).await?;
+    let contents = state.carts.contents(&id).await?;
+    let mut body = priced(&state, contents, now).await?;
+    body["token"] = json!(token);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn cart(
+    State(state): State<AppState>,
+    CartAccess(id): CartAccess,
+) -> Result<Json<Value>, ApiError> {
+    let contents = state.carts.contents(&id).await?;
+    Ok(Json(priced(&state, contents, now_ms()).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewLine {
+    sku: String,
+    quantity: i64,
+}
+
+async fn add_line(
+    State(state): State<AppState>,
+    CartAccess(id): CartAccess,
+    body: Result<Json<NewLine>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(line) = body?;
+    let now = now_ms();
+    let contents = state
+        .carts
+        .add_line(&id, &line.sku, line.quantity, now)
+        .await?;
+    Ok(Json(priced(&state, contents, now).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Quantity {
+    quantity: i64,
+}
+
+async fn set_quantity(
+    State(state): State<AppState>,
+    CartAccess(id): CartAccess,
+    Path((_, line)): Path<(String, String)>,
+    body: Result<Json<Quantity>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(q) = body?;
+    let now = now_ms();
+    let contents = state
+        .carts
+        .set_quantity(&id, &line, q.quantity, now)
+        .await?;
+    Ok(Json(priced(&state, contents, now).await?))
+}
+
+async fn remove_line(
+    State(state): State<AppState>,
+    CartAccess(id): CartAccess,
+    Path((_, line)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let now = now_ms();
+    let contents = state.carts.remove_line(&id, &line, now).await?;
+    Ok(Json(priced(&state, contents, now).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Coupons {
+    codes: Vec<String>,
+}
+
+async fn set_coupons(
+    State(state): State<AppState>,
+    CartAccess(id): CartAccess,
+    body: Result<Json<Coupons>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(c) = body?;
+    let now = now_ms();
+    let contents = state.carts.set_coupons(&id, &c.codes, now).await?;
+    Ok(Json(priced(&state, contents, now).await?))
+}
+
+/// The cart priced by the active pricing plugins, in hook order. A failing fail-open plugin
+/// is skipped (and listed); a failing fail-closed one fails the request with its named error.
+async fn priced(state: &AppState, contents: CartContents, now: i64) -> Result<Value, ApiError> {
+    let (input, unavailable) = state.carts.pricing_input(&contents, now).await?;
+    let outcome = crate::hooks::price(&state.hook(HookKind::Pricing), &input).await?;
+    Ok(json!({
+        "id": contents.id,
+        "currency": contents.currency,
+        "lines": contents.lines,
+        "coupon_codes": contents.coupon_codes,
+        "unavailable": unavailable,
+        "pricing": outcome.priced,
+        "priced_by": outcome.decided_by,
+        "skipped_plugins": outcome.skipped,
+    }))
+}

@@ -1,0 +1,373 @@
+//! Carts: lines of SKUs in one currency, coupon codes, and a secret token.
+//!
+//! A cart is reached with its id *and* its token (the token is stored as a SHA-256 digest);
+//! a wrong token looks exactly like an unknown cart. Prices are never stored on the cart: it
+//! is priced when read, from the catalog and the active pricing plugins.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::catalog::Catalog;
+use crate::db::Db;
+use crate::plugin::bindings::pricing;
+use crate::plugin::bindings::types::{Attribute, Money};
+
+/// Largest quantity of one line.
+pub const MAX_LINE_QUANTITY: i64 = 999;
+/// Most lines in a cart.
+pub const MAX_LINES: usize = 100;
+/// Most coupon codes on a cart.
+pub const MAX_COUPONS: usize = 10;
+
+/// Why a cart operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CartError {
+    /// Unknown cart, or the wrong token for it.
+    #[error("no such cart")]
+    NotFound,
+    /// Unknown line.
+    #[error("no such line in this cart")]
+    LineNotFound,
+    /// The SKU does not exist, is archived, or has no price in the cart's currency.
+    #[error("SKU {0:?} is not for sale in this cart's currency")]
+    NotForSale(String),
+    /// Bad input; the message says what.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+}
+
+impl CartError {
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CartError::NotFound => "cart_not_found",
+            CartError::LineNotFound => "line_not_found",
+            CartError::NotForSale(_) => "not_for_sale",
+            CartError::Invalid(_) => "invalid_input",
+            CartError::Database(_) | CartError::Catalog(_) => "internal",
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, CartError>;
+
+/// A cart's contents, unpriced.
+#[derive(Debug, Clone, Serialize)]
+pub struct CartContents {
+    /// Its id.
+    pub id: String,
+    /// Its currency.
+    pub currency: String,
+    /// Its owner, if a customer is signed in.
+    pub customer_id: Option<String>,
+    /// Its lines, in the order they were added.
+    pub lines: Vec<CartLine>,
+    /// Entered coupon codes, upper-case.
+    pub coupon_codes: Vec<String>,
+}
+
+/// One line.
+#[derive(Debug, Clone, Serialize)]
+pub struct CartLine {
+    /// Its id.
+    pub id: String,
+    /// The SKU.
+    pub sku: String,
+    /// Units.
+    pub quantity: i64,
+}
+
+/// The carts service.
+#[derive(Debug, Clone)]
+pub struct Carts {
+    db: Db,
+    catalog: Catalog,
+}
+
+fn digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn check_quantity(quantity: i64) -> Result<()> {
+    if !(1..=MAX_LINE_QUANTITY).contains(&quantity) {
+        return Err(CartError::Invalid(format!(
+            "quantity must be 1 to {MAX_LINE_QUANTITY}, got {quantity}"
+        )));
+    }
+    Ok(())
+}
+
+impl Carts {
+    /// Carts over `db`.
+    pub fn new(db: Db, catalog: Catalog) -> Self {
+        Self { db, catalog }
+    }
+
+    /// Creates an empty cart; returns its id and its secret token (shown once).
+    pub async fn create(&self, currency: &str, now: i64) -> Result<(String, String)> {
+        if !crate::catalog::is_currency(currency) {
+            return Err(CartError::Invalid(format!(
+                "{currency:?} is not an ISO 4217 currency code"
+            )));
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let token = format!(
+            "ct_{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        sqlx::query("INSERT INTO carts (id, token_hash, currency, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
+            .bind(&id)
+            .bind(digest(&token))
+            .bind(currency)
+            .bind(now)
+            .execute(self.db.pool())
+            .await?;
+        Ok((id, token))
+    }
+
+    /// Checks that `token` opens cart `id`.
+    pub async fn authorize(&self, id: &str, token: &str) -> Result<()> {
+        let row = sqlx::query("SELECT token_hash FROM carts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(CartError::NotFound)?;
+        let stored: String = row.try_get("token_hash")?;
+        // Both sides are digests of fixed length, so comparing them leaks nothing useful.
+        if stored != digest(token) {
+            return Err(CartError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// The cart's contents.
+    pub async fn contents(&self, id: &str) -> Result<CartContents> {
+        let cart = sqlx::query("SELECT id, currency, customer_id FROM carts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(CartError::NotFound)?;
+        let lines = sqlx::query(
+            "SELECT id, sku, quantity FROM cart_lines WHERE cart_id = $1 ORDER BY position, id",
+        )
+        .bind(id)
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(CartLine {
+                id: r.try_get("id")?,
+                sku: r.try_get("sku")?,
+                quantity: r.try_get("quantity")?,
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+        let coupon_codes =
+            sqlx::query("SELECT code FROM cart_coupons WHERE cart_id = $1 ORDER BY code")
+                .bind(id)
+                .fetch_all(self.db.pool())
+                .await?
+                .iter()
+                .map(|r| r.try_get("code"))
+                .collect::<std::result::Result<Vec<String>, _>>()?;
+        Ok(CartContents {
+            id: cart.try_get("id")?,
+            currency: cart.try_get("currency")?,
+            customer_id: cart.try_get("customer_id")?,
+            lines,
+            coupon_codes,
+        })
+    }
+
+    /// Adds `quantity` of `sku`; adding a SKU already in the cart adds to its line.
+    pub async fn add_line(
+        &self,
+        id: &str,
+        sku: &str,
+        quantity: i64,
+        now: i64,
+    ) -> Result<CartContents> {
+        check_quantity(quantity)?;
+        let contents = self.contents(id).await?;
+        if self
+            .catalog
+            .priced_variant(sku, &contents.currency)
+            .await?
+            .is_none()
+        {
+            return Err(CartError::NotForSale(sku.to_owned()));
+        }
+        match contents.lines.iter().find(|l| l.sku == sku) {
+            Some(line) => {
+                check_quantity(line.quantity + quantity)?;
+                sqlx::query("UPDATE cart_lines SET quantity = quantity + $2 WHERE id = $1")
+                    .bind(&line.id)
+                    .bind(quantity)
+                    .execute(self.db.pool())
+                    .await?;
+            }
+            None => {
+                if contents.lines.len() >= MAX_LINES {
+                    return Err(CartError::Invalid(format!(
+                        "a cart holds at most {MAX_LINES} lines"
+                    )));
+                }
+                sqlx::query("INSERT INTO cart_lines (id, cart_id, sku, quantity, position) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(id)
+                    .bind(sku)
+                    .bind(quantity)
+                    .bind(now)
+                    .execute(self.db.pool())
+                    .await?;
+            }
+        }
+        self.touch(id, now).await?;
+        self.contents(id).await
+    }
+
+    /// Sets a line's quantity.
+    pub async fn set_quantity(
+        &self,
+        id: &str,
+        line_id: &str,
+        quantity: i64,
+        now: i64,
+    ) -> Result<CartContents> {
+        check_quantity(quantity)?;
+        let updated =
+            sqlx::query("UPDATE cart_lines SET quantity = $3 WHERE id = $1 AND cart_id = $2")
+                .bind(line_id)
+                .bind(id)
+                .bind(quantity)
+                .execute(self.db.pool())
+                .await?
+                .rows_affected();
+        if updated == 0 {
+            return Err(CartError::LineNotFound);
+        }
+        self.touch(id, now).await?;
+        self.contents(id).await
+    }
+
+    /// Removes a line.
+    pub async fn remove_line(&self, id: &str, line_id: &str, now: i64) -> Result<CartContents> {
+        let removed = sqlx::query("DELETE FROM cart_lines WHERE id = $1 AND cart_id = $2")
+            .bind(line_id)
+            .bind(id)
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Err(CartError::LineNotFound);
+        }
+        self.touch(id, now).await?;
+        self.contents(id).await
+    }
+
+    /// Replaces the cart's coupon codes (upper-cased, without duplicates).
+    pub async fn set_coupons(&self, id: &str, codes: &[String], now: i64) -> Result<CartContents> {
+        let codes: BTreeSet<String> = codes.iter().map(|c| c.trim().to_uppercase()).collect();
+        if codes.len() > MAX_COUPONS {
+            return Err(CartError::Invalid(format!(
+                "at most {MAX_COUPONS} coupon codes"
+            )));
+        }
+        for code in &codes {
+            if code.is_empty()
+                || code.len() > 64
+                || !code
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(CartError::Invalid(format!(
+                    "coupon code {code:?}: use 1 to 64 letters, digits, '-' or '_'"
+                )));
+            }
+        }
+        self.contents(id).await?;
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM cart_coupons WHERE cart_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for code in &codes {
+            sqlx::query("INSERT INTO cart_coupons (cart_id, code) VALUES ($1, $2)")
+                .bind(id)
+                .bind(code)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.touch(id, now).await?;
+        self.contents(id).await
+    }
+
+    async fn touch(&self, id: &str, now: i64) -> Result<()> {
+        sqlx::query("UPDATE carts SET updated_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The cart as the pricing hook sees it, with catalog prices. Lines whose SKU is no longer
+    /// for sale in the cart's currency are left out and returned separately.
+    pub async fn pricing_input(
+        &self,
+        contents: &CartContents,
+        now: i64,
+    ) -> Result<(pricing::Cart, Vec<String>)> {
+        let mut lines = Vec::with_capacity(contents.lines.len());
+        let mut unavailable = Vec::new();
+        for line in &contents.lines {
+            let Some(variant) = self
+                .catalog
+                .priced_variant(&line.sku, &contents.currency)
+                .await?
+            else {
+                unavailable.push(line.sku.clone());
+                continue;
+            };
+            lines.push(pricing::CartLine {
+                id: line.id.clone(),
+                product_id: variant.product_id,
+                sku: line.sku.clone(),
+                variant_attributes: variant
+                    .options
+                    .into_iter()
+                    .map(|(name, value)| Attribute { name, value })
+                    .collect(),
+                categories: variant.categories,
+                quantity: u32::try_from(line.quantity).unwrap_or(u32::MAX),
+                unit_price: Money {
+                    amount: u64::try_from(variant.unit_price).unwrap_or(0),
+                    currency: contents.currency.clone(),
+                },
+            });
+        }
+        Ok((
+            pricing::Cart {
+                id: contents.id.clone(),
+                currency: contents.currency.clone(),
+                lines,
+                customer: None,
+                coupon_codes: contents.coupon_codes.clone(),
+                shipping: None,
+                now,
+            },
+            unavailable,
+        ))
+    }
+}

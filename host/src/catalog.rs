@@ -1,0 +1,536 @@
+//! The catalog: products with variants (unique SKUs, options, a price per currency),
+//! categories and free-form attributes.
+//!
+//! Input types validate themselves on the way in (`NewProduct::validate`); the functions here
+//! take validated input and own all the catalog's SQL.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::db::Db;
+
+/// Why a catalog operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The input breaks a rule; the message says which.
+    #[error("{0}")]
+    Invalid(String),
+    /// A SKU that already exists.
+    #[error("SKU {0:?} already exists")]
+    SkuTaken(String),
+    /// An unknown category.
+    #[error("no category {0:?}")]
+    UnknownCategory(String),
+    /// An unknown product.
+    #[error("no product {0:?}")]
+    NotFound(String),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl CatalogError {
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CatalogError::Invalid(_) => "invalid_input",
+            CatalogError::SkuTaken(_) => "sku_taken",
+            CatalogError::UnknownCategory(_) => "unknown_category",
+            CatalogError::NotFound(_) => "not_found",
+            CatalogError::Database(_) => "internal",
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, CatalogError>;
+
+/// A product to create.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProduct {
+    /// 1 to 200 characters.
+    pub title: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Category ids.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// Free-form attributes ("material" = "cotton").
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// At least one.
+    pub variants: Vec<NewVariant>,
+}
+
+/// A variant to create.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewVariant {
+    /// Letters, digits, `.`, `_` and `-`; 1 to 64 characters; unique.
+    pub sku: String,
+    /// e.g. "M / Black".
+    pub title: String,
+    /// Options such as size and colour.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Price per ISO 4217 currency, in minor units.
+    pub prices: BTreeMap<String, u32>,
+}
+
+fn check_text(what: &str, value: &str, max: usize) -> Result<()> {
+    let n = value.chars().count();
+    if n == 0 || n > max || value.chars().any(char::is_control) {
+        return Err(CatalogError::Invalid(format!(
+            "{what} must be 1 to {max} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `code` looks like an ISO 4217 currency code.
+pub fn is_currency(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// Whether `sku` is a well-formed SKU.
+pub fn is_sku(sku: &str) -> bool {
+    !sku.is_empty()
+        && sku.len() <= 64
+        && sku
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl NewProduct {
+    /// Checks every rule that does not need the database.
+    pub fn validate(&self) -> Result<()> {
+        check_text("title", &self.title, 200)?;
+        if self.description.chars().count() > 10_000 {
+            return Err(CatalogError::Invalid(
+                "description is over 10,000 characters".into(),
+            ));
+        }
+        if self.variants.is_empty() || self.variants.len() > 100 {
+            return Err(CatalogError::Invalid(
+                "a product has 1 to 100 variants".into(),
+            ));
+        }
+        if self.attributes.len() > 50 {
+            return Err(CatalogError::Invalid("at most 50 attributes".into()));
+        }
+        for (name, value) in &self.attributes {
+            check_text("attribute name", name, 64)?;
+            check_text("attribute value", value, 256)?;
+        }
+        let mut skus = std::collections::HashSet::new();
+        for v in &self.variants {
+            if !is_sku(&v.sku) {
+                return Err(CatalogError::Invalid(format!(
+                    "SKU {:?}: use 1 to 64 letters, digits, '.', '_' or '-'",
+                    v.sku
+                )));
+            }
+            if !skus.insert(v.sku.as_str()) {
+                return Err(CatalogError::Invalid(format!(
+                    "SKU {:?} appears twice",
+                    v.sku
+                )));
+            }
+            check_text("variant title", &v.title, 200)?;
+            if v.prices.is_empty() {
+                return Err(CatalogError::Invalid(format!(
+                    "SKU {:?} has no price",
+                    v.sku
+                )));
+            }
+            for currency in v.prices.keys() {
+                if !is_currency(currency) {
+                    return Err(CatalogError::Invalid(format!(
+                        "{currency:?} is not an ISO 4217 currency code"
+                    )));
+                }
+            }
+            for (name, value) in &v.options {
+                check_text("option name", name, 64)?;
+                check_text("option value", value, 128)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A product as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Product {
+    /// Its id.
+    pub id: String,
+    /// Its title.
+    pub title: String,
+    /// Its description.
+    pub description: String,
+    /// `active` or `archived`.
+    pub status: String,
+    /// Category ids.
+    pub categories: Vec<String>,
+    /// Attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// Variants, by SKU.
+    pub variants: Vec<Variant>,
+}
+
+/// A variant as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Variant {
+    /// Its SKU.
+    pub sku: String,
+    /// Its title.
+    pub title: String,
+    /// Its options.
+    pub options: BTreeMap<String, String>,
+    /// Price per currency, minor units.
+    pub prices: BTreeMap<String, i64>,
+}
+
+/// How to filter a listing.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ProductFilter {
+    /// Only products in this category or any category below it.
+    pub category: Option<String>,
+    /// Only products whose title contains this text (case-insensitive).
+    pub q: Option<String>,
+    /// Only products with this attribute, as `name:value`.
+    pub attribute: Option<String>,
+    /// At most this many (1 to 100, default 20).
+    pub limit: Option<u32>,
+    /// Skip this many.
+    pub offset: Option<u32>,
+}
+
+/// What a cart line needs to know about its variant.
+#[derive(Debug, Clone)]
+pub struct PricedVariant {
+    /// The product.
+    pub product_id: String,
+    /// Unit price in the cart's currency.
+    pub unit_price: i64,
+    /// The product's categories, ancestors first.
+    pub categories: Vec<String>,
+    /// The variant's options.
+    pub options: BTreeMap<String, String>,
+}
+
+/// The catalog service.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    db: Db,
+}
+
+impl Catalog {
+    /// The catalog over `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Creates a category below `parent` (or at the top).
+    pub async fn create_category(&self, id: &str, parent: Option<&str>, name: &str) -> Result<()> {
+        if !is_sku(id) {
+            return Err(CatalogError::Invalid(format!(
+                "category id {id:?}: use letters, digits, '.', '_' or '-'"
+            )));
+        }
+        check_text("category name", name, 100)?;
+        if let Some(parent) = parent
+            && !self.category_exists(parent).await?
+        {
+            return Err(CatalogError::UnknownCategory(parent.to_owned()));
+        }
+        sqlx::query("INSERT INTO categories (id, parent_id, name) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET name = excluded.name")
+            .bind(id)
+            .bind(parent)
+            .bind(name)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn category_exists(&self, id: &str) -> Result<bool> {
+        Ok(sqlx::query("SELECT id FROM categories WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .is_some())
+    }
+
+    /// Creates a product with its variants, all or nothing.
+    pub async fn create_product(&self, new: &NewProduct, now: i64) -> Result<Product> {
+        new.validate()?;
+        for category in &new.categories {
+            if !self.category_exists(category).await? {
+                return Err(CatalogError::UnknownCategory(category.clone()));
+            }
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("INSERT INTO products (id, title, description, status, created_at, updated_at) VALUES ($1, $2, $3, 'active', $4, $4)")
+            .bind(&id)
+            .bind(&new.title)
+            .bind(&new.description)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        for category in &new.categories {
+            sqlx::query("INSERT INTO product_categories (product_id, category_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(&id)
+                .bind(category)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (name, value) in &new.attributes {
+            sqlx::query(
+                "INSERT INTO product_attributes (product_id, name, value) VALUES ($1, $2, $3)",
+            )
+            .bind(&id)
+            .bind(name)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for v in &new.variants {
+            let inserted = sqlx::query("INSERT INTO variants (sku, product_id, title) VALUES ($1, $2, $3) ON CONFLICT (sku) DO NOTHING")
+                .bind(&v.sku)
+                .bind(&id)
+                .bind(&v.title)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if inserted == 0 {
+                return Err(CatalogError::SkuTaken(v.sku.clone()));
+            }
+            for (currency, amount) in &v.prices {
+                sqlx::query(
+                    "INSERT INTO variant_prices (sku, currency, amount) VALUES ($1, $2, $3)",
+                )
+                .bind(&v.sku)
+                .bind(currency)
+                .bind(i64::from(*amount))
+                .execute(&mut *tx)
+                .await?;
+            }
+            for (name, value) in &v.options {
+                sqlx::query("INSERT INTO variant_options (sku, name, value) VALUES ($1, $2, $3)")
+                    .bind(&v.sku)
+                    .bind(name)
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        self.product(&id, true)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(id))
+    }
+
+    /// Archives a product: it leaves the storefront; orders keep referring to it.
+    pub async fn archive(&self, id: &str, now: i64) -> Result<Product> {
+        let updated =
+            sqlx::query("UPDATE products SET status = 'archived', updated_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(now)
+                .execute(self.db.pool())
+                .await?
+                .rows_affected();
+        if updated == 0 {
+            return Err(CatalogError::NotFound(id.to_owned()));
+        }
+        self.product(id, true)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(id.to_owned()))
+    }
+
+    /// One product; archived ones only when `include_archived`.
+    pub async fn product(&self, id: &str, include_archived: bool) -> Result<Option<Product>> {
+        let Some(row) =
+            sqlx::query("SELECT id, title, description, status FROM products WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.db.pool())
+                .await?
+        else {
+            return Ok(None);
+        };
+        let status: String = row.try_get("status")?;
+        if status == "archived" && !include_archived {
+            return Ok(None);
+        }
+        let categories = sqlx::query(
+            "SELECT category_id FROM product_categories WHERE product_id = $1 ORDER BY category_id",
+        )
+        .bind(id)
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get("category_id"))
+        .collect::<std::result::Result<Vec<String>, _>>()?;
+        let attributes = pairs(
+            sqlx::query("SELECT name, value FROM product_attributes WHERE product_id = $1")
+                .bind(id)
+                .fetch_all(self.db.pool())
+                .await?,
+        )?;
+        let mut variants = Vec::new();
+        for v in sqlx::query("SELECT sku, title FROM variants WHERE product_id = $1 ORDER BY sku")
+            .bind(id)
+            .fetch_all(self.db.pool())
+            .await?
+        {
+            let sku: String = v.try_get("sku")?;
+            let options = pairs(
+                sqlx::query("SELECT name, value FROM variant_options WHERE sku = $1")
+                    .bind(&sku)
+                    .fetch_all(self.db.pool())
+                    .await?,
+            )?;
+            let mut prices = BTreeMap::new();
+            for p in sqlx::query("SELECT currency, amount FROM variant_prices WHERE sku = $1")
+                .bind(&sku)
+                .fetch_all(self.db.pool())
+                .await?
+            {
+                prices.insert(p.try_get("currency")?, p.try_get("amount")?);
+            }
+            variants.push(Variant {
+                title: v.try_get("title")?,
+                sku,
+                options,
+                prices,
+            });
+        }
+        Ok(Some(Product {
+            id: row.try_get("id")?,
+            title: row.try_get("title")?,
+            description: row.try_get("description")?,
+            status,
+            categories,
+            attributes,
+            variants,
+        }))
+    }
+
+    /// Active products matching `filter`, newest first.
+    pub async fn list(&self, filter: &ProductFilter) -> Result<Vec<Product>> {
+        let limit = i64::from(filter.limit.unwrap_or(20).clamp(1, 100));
+        let offset = i64::from(filter.offset.unwrap_or(0));
+        let categories = match &filter.category {
+            Some(root) => self.category_and_descendants(root).await?,
+            None => Vec::new(),
+        };
+        let (attr_name, attr_value) = match &filter.attribute {
+            Some(a) => {
+                let (n, v) = a.split_once(':').ok_or_else(|| {
+                    CatalogError::Invalid("attribute filter must be name:value".into())
+                })?;
+                (Some(n.to_owned()), Some(v.to_owned()))
+            }
+            None => (None, None),
+        };
+        let q = filter.q.as_ref().map(|q| format!("%{}%", q.to_lowercase()));
+        // The category list is matched as a delimited string so that one statement, with a
+        // fixed number of parameters, serves both backends.
+        let category_list = format!(",{},", categories.join(","));
+        let rows = sqlx::query(
+            "SELECT p.id FROM products p WHERE p.status = 'active' \
+             AND ($1 IS NULL OR LOWER(p.title) LIKE $1) \
+             AND ($2 IS NULL OR EXISTS (SELECT 1 FROM product_attributes a WHERE a.product_id = p.id AND a.name = $2 AND a.value = $3)) \
+             AND ($4 = 0 OR EXISTS (SELECT 1 FROM product_categories c WHERE c.product_id = p.id AND $5 LIKE '%,' || c.category_id || ',%')) \
+             ORDER BY p.created_at DESC, p.id DESC LIMIT $6 OFFSET $7",
+        )
+        .bind(q)
+        .bind(attr_name)
+        .bind(attr_value)
+        .bind(i64::from(filter.category.is_some()))
+        .bind(category_list)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut products = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            if let Some(p) = self.product(&id, false).await? {
+                products.push(p);
+            }
+        }
+        Ok(products)
+    }
+
+    async fn category_and_descendants(&self, root: &str) -> Result<Vec<String>> {
+        if !self.category_exists(root).await? {
+            return Err(CatalogError::UnknownCategory(root.to_owned()));
+        }
+        let mut all = vec![root.to_owned()];
+        let mut frontier = vec![root.to_owned()];
+        while let Some(parent) = frontier.pop() {
+            for row in sqlx::query("SELECT id FROM categories WHERE parent_id = $1")
+                .bind(&parent)
+                .fetch_all(self.db.pool())
+                .await?
+            {
+                let id: String = row.try_get("id")?;
+                if !all.contains(&id) {
+                    all.push(id.clone());
+                    frontier.push(id);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// What pricing needs to know about `sku` in `currency`; none if the SKU is unknown, its
+    /// product archived, or it has no price in that currency.
+    pub async fn priced_variant(&self, sku: &str, currency: &str) -> Result<Option<PricedVariant>> {
+        let Some(row) = sqlx::query(
+            "SELECT v.product_id, pr.amount FROM variants v \
+             JOIN products p ON p.id = v.product_id \
+             JOIN variant_prices pr ON pr.sku = v.sku AND pr.currency = $2 \
+             WHERE v.sku = $1 AND p.status = 'active'",
+        )
+        .bind(sku)
+        .bind(currency)
+        .fetch_optional(self.db.pool())
+        .await?
+        else {
+            return Ok(None);
+        };
+        let product_id: String = row.try_get("product_id")?;
+        let categories = sqlx::query(
+            "SELECT category_id FROM product_categories WHERE product_id = $1 ORDER BY category_id",
+        )
+        .bind(&product_id)
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get("category_id"))
+        .collect::<std::result::Result<Vec<String>, _>>()?;
+        let options = pairs(
+            sqlx::query("SELECT name, value FROM variant_options WHERE sku = $1")
+                .bind(sku)
+                .fetch_all(self.db.pool())
+                .await?,
+        )?;
+        Ok(Some(PricedVariant {
+            unit_price: row.try_get("amount")?,
+            product_id,
+            categories,
+            options,
+        }))
+    }
+}
+
+fn pairs(rows: Vec<sqlx::any::AnyRow>) -> Result<BTreeMap<String, String>> {
+    rows.iter()
+        .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
+        .collect()
+}

@@ -1,0 +1,641 @@
+//! The HTTP API end to end: the real application on port 0, a fresh database per test (SQLite
+//! always, PostgreSQL when configured), real plugins built from `plugins/`.
+
+use std::net::SocketAddr;
+
+use cartridge_host::api::AppState;
+use cartridge_host::db::Db;
+use cartridge_host::plugin::{Runtime, RuntimeConfig};
+use cartridge_host::server::{Application, load_plugins};
+use cartridge_tests::{TestDatabase, plugins, test_databases};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "adm_test_token";
+
+struct TestApp {
+    base: String,
+    client: reqwest::Client,
+    db: TestDatabase,
+    _plugins: tempfile::TempDir,
+}
+
+struct Response {
+    status: u16,
+    body: Value,
+}
+
+async fn spawn_app(db: TestDatabase, installed: &[&str]) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in installed {
+        plugins().bundle_into(name, dir.path());
+    }
+    // A broken bundle must not stop the others from loading.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    std::fs::write(broken.join("plugin.toml"), "name = \"broken\"").expect("write");
+
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 32,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let loaded = load_plugins(&runtime, dir.path()).expect("load");
+    let pool = Db::connect(&db.url).await.expect("connect");
+    pool.migrate().await.expect("migrate");
+    let state = AppState::new(pool, loaded);
+    state.add_admin_token("test", ADMIN).await.expect("token");
+    let app = Application::build(SocketAddr::from(([127, 0, 0, 1], 0)), state)
+        .await
+        .expect("bind");
+    let addr = app.local_addr().expect("addr");
+    tokio::spawn(app.run());
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        db,
+        _plugins: dir,
+    }
+}
+
+impl TestApp {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Response {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        let r = req.send().await.expect("request");
+        Response {
+            status: r.status().as_u16(),
+            body: r.json().await.unwrap_or(Value::Null),
+        }
+    }
+
+    async fn admin(&self, method: Method, path: &str, body: Value) -> Response {
+        let body = (method != Method::GET).then(|| body.to_string());
+        self.send(
+            method,
+            path,
+            &[("authorization", &format!("Bearer {ADMIN}"))],
+            body,
+        )
+        .await
+    }
+
+    async fn cart(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Response {
+        self.send(
+            method,
+            path,
+            &[("x-cart-token", token)],
+            body.map(|b| b.to_string()),
+        )
+        .await
+    }
+
+    /// A small catalog: a tee in two sizes (EUR 19.99) in "apparel/shirts", socks, 10 of each
+    /// in stock.
+    async fn seed(&self) -> String {
+        for (id, parent) in [("apparel", None), ("shirts", Some("apparel"))] {
+            let r = self
+                .admin(
+                    Method::POST,
+                    "/admin/categories",
+                    json!({"id": id, "name": id, "parent": parent}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        let r = self
+            .admin(
+                Method::POST,
+                "/admin/locations",
+                json!({"id": "eu", "name": "Berlin", "priority": 1}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = self
+            .admin(
+                Method::POST,
+                "/admin/products",
+                json!({
+                    "title": "Organic Tee",
+                    "categories": ["shirts"],
+                    "attributes": {"material": "cotton"},
+                    "variants": [
+                        {"sku": "TEE-M", "title": "M", "options": {"size": "M"}, "prices": {"EUR": 1999}},
+                        {"sku": "TEE-L", "title": "L", "options": {"size": "L"}, "prices": {"EUR": 1999}}
+                    ]
+                }),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let tee = r.body["id"].as_str().expect("id").to_owned();
+        let r = self
+            .admin(
+                Method::POST,
+                "/admin/products",
+                json!({"title": "Wool Socks", "attributes": {"material": "wool"},
+                       "variants": [{"sku": "SOCK", "title": "One size", "prices": {"EUR": 500, "USD": 600}}]}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        for sku in ["TEE-M", "TEE-L", "SOCK"] {
+            let r = self
+                .admin(
+                    Method::POST,
+                    &format!("/admin/inventory/{sku}/eu/adjust"),
+                    json!({"delta": 10, "reason": "receive"}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        tee
+    }
+
+    async fn new_cart(&self) -> (String, String) {
+        let r = self
+            .send(
+                Method::POST,
+                "/store/carts",
+                &[],
+                Some(json!({"currency": "EUR"}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        (
+            r.body["id"].as_str().expect("id").to_owned(),
+            r.body["token"].as_str().expect("token").to_owned(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn health_readiness_and_plugins_are_served() {
+    for db in test_databases().await {
+        let app = spawn_app(db, &["tiered-discount", "loop-forever"]).await;
+        assert_eq!(
+            app.send(Method::GET, "/health", &[], None).await.status,
+            200
+        );
+        assert_eq!(app.send(Method::GET, "/ready", &[], None).await.status, 200);
+        let r = app.admin(Method::GET, "/admin/plugins", Value::Null).await;
+        let names: Vec<&str> = r.body["plugins"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(names, vec!["loop-forever", "tiered-discount"]);
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn the_catalog_is_managed_by_admins_and_browsed_by_shoppers() {
+    for db in test_databases().await {
+        let app = spawn_app(db, &[]).await;
+        let tee = app.seed().await;
+        let list = |query: &'static str| {
+            let app = &app;
+            async move {
+                let r = app
+                    .send(Method::GET, &format!("/store/products{query}"), &[], None)
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                r.body["products"]
+                    .as_array()
+                    .expect("list")
+                    .iter()
+                    .map(|p| p["title"].as_str().unwrap_or_default().to_owned())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(list("").await, vec!["Wool Socks", "Organic Tee"]);
+        assert_eq!(
+            list("?category=apparel").await,
+            vec!["Organic Tee"],
+            "subcategories count"
+        );
+        assert_eq!(list("?q=SOCK").await, vec!["Wool Socks"]);
+        assert_eq!(
+            list("?attribute=material:cotton").await,
+            vec!["Organic Tee"]
+        );
+        assert_eq!(list("?limit=1&offset=1").await, vec!["Organic Tee"]);
+
+        let r = app
+            .send(Method::GET, &format!("/store/products/{tee}"), &[], None)
+            .await;
+        assert_eq!(r.body["variants"][0]["prices"]["EUR"], 1999);
+
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/products/{tee}/archive"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(r.body["status"], "archived");
+        assert_eq!(
+            list("").await,
+            vec!["Wool Socks"],
+            "archived products leave the store"
+        );
+        let r = app
+            .send(Method::GET, &format!("/store/products/{tee}"), &[], None)
+            .await;
+        assert_eq!(r.status, 404);
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn a_cart_is_priced_by_the_active_pricing_plugins() {
+    for db in test_databases().await {
+        let app = spawn_app(db, &["tiered-discount", "coupon-promotions"]).await;
+        app.seed().await;
+        let (cart, token) = app.new_cart().await;
+        let path = format!("/store/carts/{cart}/lines");
+        let r = app
+            .cart(
+                Method::POST,
+                &path,
+                &token,
+                Some(json!({"sku": "TEE-M", "quantity": 3})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        // tiered-discount: 5 % off 3 or more.
+        assert_eq!(r.body["pricing"]["subtotal"], 5997);
+        assert_eq!(r.body["pricing"]["line_discounts"], 299);
+        let r = app
+            .cart(
+                Method::POST,
+                &path,
+                &token,
+                Some(json!({"sku": "SOCK", "quantity": 1})),
+            )
+            .await;
+        let sock_line = r.body["lines"][1]["id"].as_str().expect("line").to_owned();
+        let r = app
+            .cart(
+                Method::PUT,
+                &format!("/store/carts/{cart}/coupons"),
+                &token,
+                Some(json!({"codes": ["welcome10"]})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["coupon_codes"], json!(["WELCOME10"]));
+        let applied = r.body["pricing"]["applied"].as_array().expect("applied");
+        assert!(
+            applied.iter().any(|a| a["code"] == "WELCOME10"),
+            "{applied:?}"
+        );
+        assert_eq!(r.body["priced_by"].as_array().map(Vec::len), Some(2));
+
+        let r = app
+            .cart(
+                Method::PATCH,
+                &format!("/store/carts/{cart}/lines/{sock_line}"),
+                &token,
+                Some(json!({"quantity": 2})),
+            )
+            .await;
+        assert_eq!(r.body["lines"][1]["quantity"], 2);
+        let r = app
+            .cart(
+                Method::DELETE,
+                &format!("/store/carts/{cart}/lines/{sock_line}"),
+                &token,
+                None,
+            )
+            .await;
+        assert_eq!(r.body["lines"].as_array().map(Vec::len), Some(1));
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_fail_open_pricing_plugin_does_not_break_the_cart() {
+    for db in test_databases().await {
+        let app = spawn_app(db, &["panicker", "tiered-discount"]).await;
+        app.seed().await;
+        let (cart, token) = app.new_cart().await;
+        let r = app
+            .cart(
+                Method::POST,
+                &format!("/store/carts/{cart}/lines"),
+                &token,
+                Some(json!({"sku": "TEE-M", "quantity": 3})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["pricing"]["line_discounts"], 299);
+        assert_eq!(r.body["skipped_plugins"][0]["code"], "trap");
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn carts_and_admin_routes_open_only_with_the_right_credential() {
+    for db in test_databases().await {
+        let app = spawn_app(db, &["tiered-discount"]).await;
+        let tee = app.seed().await;
+        let (cart, token) = app.new_cart().await;
+        let (other_cart, other_token) = app.new_cart().await;
+        let r = app
+            .cart(
+                Method::POST,
+                &format!("/store/carts/{cart}/lines"),
+                &token,
+                Some(json!({"sku": "TEE-M", "quantity": 1})),
+            )
+            .await;
+        let line = r.body["lines"][0]["id"].as_str().expect("line").to_owned();
+
+        // Another cart's token, no token, a made-up cart: all look like "no such cart".
+        for (path, tok) in [
+            (format!("/store/carts/{cart}"), other_token.as_str()),
+            (format!("/store/carts/{cart}"), ""),
+            (format!("/store/carts/{other_cart}"), token.as_str()),
+            (
+                "/store/carts/00000000-0000-0000-0000-000000000000".to_owned(),
+                token.as_str(),
+            ),
+        ] {
+            let r = app.cart(Method::GET, &path, tok, None).await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (404, Some("cart_not_found")),
+                "{path}"
+            );
+        }
+        // Changing a line of this cart through another cart's id and token does nothing.
+        let r = app
+            .cart(
+                Method::DELETE,
+                &format!("/store/carts/{other_cart}/lines/{line}"),
+                &other_token,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 404);
+        let r = app
+            .cart(Method::GET, &format!("/store/carts/{cart}"), &token, None)
+            .await;
+        assert_eq!(
+            r.body["lines"].as_array().map(Vec::len),
+            Some(1),
+            "the line is still there"
+        );
+
+        // Every admin route refuses no token, a wrong token, and a cart token.
+        let admin_routes = [
+            (Method::GET, "/admin/plugins".to_owned()),
+            (
+                Method::POST,
+                "/admin/plugins/tiered-discount/invoke".to_owned(),
+            ),
+            (Method::POST, "/admin/products".to_owned()),
+            (Method::GET, format!("/admin/products/{tee}")),
+            (Method::POST, format!("/admin/products/{tee}/archive")),
+            (Method::POST, "/admin/categories".to_owned()),
+            (Method::POST, "/admin/locations".to_owned()),
+            (Method::GET, "/admin/inventory/TEE-M".to_owned()),
+            (Method::POST, "/admin/inventory/TEE-M/eu/adjust".to_owned()),
+        ];
+        for (method, path) in &admin_routes {
+            for auth in [
+                None,
+                Some("Bearer wrong".to_owned()),
+                Some(format!("Bearer {token}")),
+            ] {
+                let headers: Vec<(&str, &str)> =
+                    auth.iter().map(|a| ("authorization", a.as_str())).collect();
+                let r = app
+                    .send(method.clone(), path, &headers, Some("{}".into()))
+                    .await;
+                assert_eq!(r.status, 401, "{method} {path} with {auth:?}: {}", r.body);
+            }
+        }
+        let r = app
+            .admin(Method::GET, "/admin/inventory/TEE-M", Value::Null)
+            .await;
+        assert_eq!(r.body["levels"][0]["on_hand"], 10, "nothing changed");
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_client_error_and_changes_nothing() {
+    for db in test_databases().await {
+        let app = spawn_app(db, &["tiered-discount", "loop-forever"]).await;
+        app.seed().await;
+        let (cart, token) = app.new_cart().await;
+        let lines = format!("/store/carts/{cart}/lines");
+        let cases: Vec<(Method, String, String, u16, &str)> = vec![
+            (
+                Method::POST,
+                lines.clone(),
+                "{not json".into(),
+                400,
+                "malformed_json",
+            ),
+            (
+                Method::POST,
+                lines.clone(),
+                json!({"sku": "TEE-M", "quantity": "two"}).to_string(),
+                422,
+                "invalid_input",
+            ),
+            (
+                Method::POST,
+                lines.clone(),
+                json!({"sku": "TEE-M", "quantity": 0}).to_string(),
+                422,
+                "invalid_input",
+            ),
+            (
+                Method::POST,
+                lines.clone(),
+                json!({"sku": "TEE-M", "quantity": -3}).to_string(),
+                422,
+                "invalid_input",
+            ),
+            (
+                Method::POST,
+                lines.clone(),
+                json!({"sku": "TEE-M", "quantity": 100000}).to_string(),
+                422,
+                "invalid_input",
+            ),
+            (
+                Method::POST,
+                lines.clone(),
+                json!({"sku": "NOPE", "quantity": 1}).to_string(),
+                422,
+                "not_for_sale",
+            ),
+            (
+                Method::POST,
+                lines.clone(),
+                json!({"sku": "TEE-M", "quantity": 1, "price": 1}).to_string(),
+                422,
+                "invalid_input",
+            ),
+            (
+                Method::POST,
+                lines.clone(),
+                format!("{{\"sku\": \"{}\"}}", "x".repeat(1024 * 1024)),
+                413,
+                "payload_too_large",
+            ),
+            (
+                Method::PATCH,
+                format!("{lines}/nope"),
+                json!({"quantity": 1}).to_string(),
+                404,
+                "line_not_found",
+            ),
+            (
+                Method::PUT,
+                format!("/store/carts/{cart}/coupons"),
+                json!({"codes": ["no spaces allowed"]}).to_string(),
+                422,
+                "invalid_input",
+            ),
+        ];
+        for (method, path, body, status, code) in cases {
+            let r = app
+                .send(
+                    method.clone(),
+                    &path,
+                    &[("x-cart-token", &token)],
+                    Some(body),
+                )
+                .await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{method} {path}: {}",
+                r.body
+            );
+        }
+        let r = app
+            .send(
+                Method::POST,
+                "/store/carts",
+                &[],
+                Some(json!({"currency": "euro"}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 422);
+        let r = app
+            .send(Method::GET, "/store/products?limit=lots", &[], None)
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (400, Some("invalid_query"))
+        );
+
+        let bad_products = [
+            json!({"title": "", "variants": [{"sku": "A", "title": "a", "prices": {"EUR": 1}}]}),
+            json!({"title": "x", "variants": []}),
+            json!({"title": "x", "variants": [{"sku": "has space", "title": "a", "prices": {"EUR": 1}}]}),
+            json!({"title": "x", "variants": [{"sku": "A", "title": "a", "prices": {"euro": 1}}]}),
+            json!({"title": "x", "variants": [{"sku": "A", "title": "a", "prices": {"EUR": -1}}]}),
+            json!({"title": "x", "categories": ["nope"], "variants": [{"sku": "A", "title": "a", "prices": {"EUR": 1}}]}),
+        ];
+        for product in bad_products {
+            let r = app
+                .admin(Method::POST, "/admin/products", product.clone())
+                .await;
+            assert_eq!(r.status, 422, "{product}: {}", r.body);
+        }
+        let r = app
+            .admin(Method::POST, "/admin/products", json!({"title": "Dup", "variants": [{"sku": "TEE-M", "title": "again", "prices": {"EUR": 1}}]}))
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (409, Some("sku_taken"))
+        );
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/inventory/TEE-M/eu/adjust",
+                json!({"delta": -11, "reason": "lost"}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (409, Some("insufficient_stock"))
+        );
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/plugins/loop-forever/invoke",
+                json!({"id": "c"}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("invalid_input"))
+        );
+
+        // Nothing of the above changed the store.
+        let r = app.send(Method::GET, "/store/products", &[], None).await;
+        assert_eq!(r.body["products"].as_array().map(Vec::len), Some(2));
+        let r = app
+            .cart(Method::GET, &format!("/store/carts/{cart}"), &token, None)
+            .await;
+        assert_eq!(r.body["lines"].as_array().map(Vec::len), Some(0));
+        let r = app
+            .admin(Method::GET, "/admin/inventory/TEE-M", Value::Null)
+            .await;
+        assert_eq!(r.body["levels"][0]["on_hand"], 10);
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_plugin_invocation_is_a_bad_gateway_with_its_named_error() {
+    for db in test_databases().await {
+        let app = spawn_app(db, &["tiered-discount", "loop-forever"]).await;
+        let cart: Value = serde_json::from_str(
+            &std::fs::read_to_string(plugins().fixture("tiered-discount", "cart.json"))
+                .expect("fixture"),
+        )
+        .expect("json");
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/plugins/loop-forever/invoke",
+                cart.clone(),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (502, Some("deadline_exceeded"))
+        );
+        let r = app
+            .admin(Method::POST, "/admin/plugins/tiered-discount/invoke", cart)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["output"]["priced"]["line_discounts"], 2398);
+        let r = app
+            .admin(Method::POST, "/admin/plugins/nope/invoke", json!({}))
+            .await;
+        assert_eq!(r.status, 404);
+        app.db.drop_database().await;
+    }
+}
