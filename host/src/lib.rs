@@ -12,7 +12,7 @@
 //! - [`db`]: SQLite or PostgreSQL behind one pool, and the migrations.
 //! - [`inventory`]: multi-location stock with reservations that cannot oversell.
 //! - [`cli`]: the `cartridge` command line (`serve`, `plugin new|build|run`).
-//! - [`catalog`], [`carts`]: products and carts.
+//! - [`catalog`], [`carts`], [`orders`]: products, carts, checkout and orders.
 //! - [`api`]: the HTTP routes, authentication and error convention; [`server`] starts them.
 //!
 //! Boundaries: nothing outside [`plugin`] touches wasmtime; plugins never see the database;
@@ -25,6 +25,7 @@ pub mod cli;
 pub mod db;
 pub mod hooks;
 pub mod inventory;
+pub mod orders;
 pub mod plugin;
 pub mod pricing;
 pub mod server;

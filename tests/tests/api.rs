@@ -639,3 +639,428 @@ async fn a_failing_plugin_invocation_is_a_bad_gateway_with_its_named_error() {
         app.db.drop_database().await;
     }
 }
+
+const SHOP: &[&str] = &["tiered-discount", "rules-fraud", "test-gateway"];
+
+fn address(country: &str) -> Value {
+    json!({"name": "Ada Buyer", "line1": "Main St 1", "city": "Berlin", "postal_code": "10115", "country": country})
+}
+
+fn checkout_body(token: &str, billing_country: &str) -> Value {
+    json!({
+        "email": "ada@example.com",
+        "shipping_address": address("DE"),
+        "billing_address": address(billing_country),
+        "payment_token": token,
+    })
+}
+
+impl TestApp {
+    async fn cart_with(&self, sku: &str, quantity: i64) -> (String, String) {
+        let (cart, token) = self.new_cart().await;
+        let r = self
+            .cart(
+                Method::POST,
+                &format!("/store/carts/{cart}/lines"),
+                &token,
+                Some(json!({"sku": sku, "quantity": quantity})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        (cart, token)
+    }
+
+    async fn checkout(&self, cart: &str, token: &str, key: &str, body: &Value) -> Response {
+        self.send(
+            Method::POST,
+            &format!("/store/carts/{cart}/checkout"),
+            &[("x-cart-token", token), ("idempotency-key", key)],
+            Some(body.to_string()),
+        )
+        .await
+    }
+
+    async fn level(&self, sku: &str) -> Value {
+        self.admin(Method::GET, &format!("/admin/inventory/{sku}"), Value::Null)
+            .await
+            .body["levels"][0]
+            .clone()
+    }
+}
+
+#[tokio::test]
+async fn a_shopper_checks_out_and_the_order_is_captured_and_fulfilled() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let (cart, token) = app.cart_with("TEE-M", 3).await;
+        let r = app
+            .checkout(&cart, &token, "k1", &checkout_body("tok_visa", "DE"))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let order = r.body["id"].as_str().expect("id").to_owned();
+        assert_eq!(r.body["status"], "placed");
+        assert_eq!(r.body["payment_status"], "authorized");
+        assert_eq!(r.body["fulfilment_status"], "unfulfilled");
+        assert_eq!(r.body["total"], 5997 - 299);
+        assert_eq!(r.body["payment"]["authorized"], 5997 - 299);
+        assert_eq!(
+            r.body["decisions"]["priced_by"][0]["name"],
+            "tiered-discount"
+        );
+        assert_eq!(
+            r.body["decisions"]["fraud"]["decided_by"][0]["name"],
+            "rules-fraud"
+        );
+        assert_eq!(r.body["decisions"]["payment"]["name"], "test-gateway");
+        let level = app.level("TEE-M").await;
+        assert_eq!(
+            (level["committed"].as_i64(), level["reserved"].as_i64()),
+            (Some(3), Some(0))
+        );
+
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/orders/{order}/capture"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["payment_status"].as_str()),
+            (200, Some("captured")),
+            "{}",
+            r.body
+        );
+        assert_eq!(r.body["payment"]["captured"], 5997 - 299);
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/orders/{order}/fulfil"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(r.body["fulfilment_status"], "fulfilled", "{}", r.body);
+        let level = app.level("TEE-M").await;
+        assert_eq!(
+            (level["on_hand"].as_i64(), level["committed"].as_i64()),
+            (Some(7), Some(0))
+        );
+
+        for action in ["fulfil", "cancel", "capture"] {
+            let r = app
+                .admin(
+                    Method::POST,
+                    &format!("/admin/orders/{order}/{action}"),
+                    Value::Null,
+                )
+                .await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (409, Some("invalid_transition")),
+                "{action}"
+            );
+        }
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn a_declined_payment_releases_the_stock_and_a_cancel_voids_and_restocks() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let (cart, token) = app.cart_with("TEE-L", 2).await;
+        let r = app
+            .checkout(
+                &cart,
+                &token,
+                "k1",
+                &checkout_body("tok_chargeDeclinedInsufficientFunds", "DE"),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (402, Some("payment_refused")),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("insufficientfunds"))
+        );
+        let level = app.level("TEE-L").await;
+        assert_eq!(
+            (level["reserved"].as_i64(), level["available"].as_i64()),
+            (Some(0), Some(10))
+        );
+
+        let r = app
+            .checkout(&cart, &token, "k2", &checkout_body("tok_visa", "DE"))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let order = r.body["id"].as_str().expect("id").to_owned();
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/orders/{order}/cancel"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(
+            (r.body["status"].as_str(), r.body["payment_status"].as_str()),
+            (Some("cancelled"), Some("voided")),
+            "{}",
+            r.body
+        );
+        let level = app.level("TEE-L").await;
+        assert_eq!(
+            (level["committed"].as_i64(), level["available"].as_i64()),
+            (Some(0), Some(10))
+        );
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/orders/{order}/cancel"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(r.status, 409, "a second cancel changes nothing");
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn the_fraud_hook_denies_or_holds_risky_checkouts() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/inventory/TEE-M/eu/adjust",
+                json!({"delta": 500, "reason": "receive"}),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        // 300 × 19.99 less 15 % (5,097.45) for a first order, billed abroad: score 95, denied.
+        let (cart, token) = app.cart_with("TEE-M", 300).await;
+        let r = app
+            .checkout(&cart, &token, "k", &checkout_body("tok_visa", "FR"))
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("checkout_denied")),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("address-mismatch"))
+        );
+        assert_eq!(
+            app.level("TEE-M").await["reserved"],
+            0,
+            "nothing reserved for a denied checkout"
+        );
+
+        // 130 × 19.99 less 15 % (2,208.90) billed abroad: score 70, held for review but placed.
+        let (cart, token) = app.cart_with("TEE-M", 130).await;
+        let r = app
+            .checkout(&cart, &token, "k", &checkout_body("tok_visa", "FR"))
+            .await;
+        assert_eq!(
+            (r.status, r.body["status"].as_str()),
+            (201, Some("on_hold")),
+            "{}",
+            r.body
+        );
+        assert_eq!(r.body["decisions"]["fraud"]["decision"], "Review");
+        let order = r.body["id"].as_str().expect("id").to_owned();
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/orders/{order}/fulfil"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(r.status, 409, "an order on hold does not ship");
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn checkout_is_idempotent_per_key() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let (cart, token) = app.cart_with("SOCK", 2).await;
+        let body = checkout_body("tok_visa", "DE");
+        let r = app
+            .send(
+                Method::POST,
+                &format!("/store/carts/{cart}/checkout"),
+                &[("x-cart-token", &token)],
+                Some(body.to_string()),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (400, Some("idempotency_key_required"))
+        );
+
+        let first = app.checkout(&cart, &token, "same", &body).await;
+        assert_eq!(first.status, 201, "{}", first.body);
+        let again = app.checkout(&cart, &token, "same", &body).await;
+        assert_eq!(
+            (again.status, &again.body),
+            (201, &first.body),
+            "replayed, not re-run"
+        );
+        let other = app
+            .checkout(
+                &cart,
+                &token,
+                "same",
+                &checkout_body("tok_mastercard", "DE"),
+            )
+            .await;
+        assert_eq!(
+            (other.status, other.body["error"]["code"].as_str()),
+            (422, Some("idempotency_key_reused"))
+        );
+        assert_eq!(app.level("SOCK").await["committed"], 2, "one order");
+
+        // Fifty concurrent attempts with one fresh key: one order, one charge.
+        let (cart, token) = app.cart_with("TEE-L", 1).await;
+        let app = std::sync::Arc::new(app);
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (app, cart, token, body) =
+                    (app.clone(), cart.clone(), token.clone(), body.clone());
+                tokio::spawn(async move { app.checkout(&cart, &token, "burst", &body).await })
+            })
+            .collect();
+        let mut orders = std::collections::HashSet::new();
+        for t in tasks {
+            let r = t.await.expect("task");
+            match r.status {
+                201 => {
+                    orders.insert(r.body["id"].as_str().expect("id").to_owned());
+                }
+                409 => assert_eq!(r.body["error"]["code"], "request_in_progress"),
+                other => panic!("unexpected {other}: {}", r.body),
+            }
+        }
+        assert_eq!(orders.len(), 1, "exactly one order");
+        assert_eq!(app.level("TEE-L").await["committed"], 1);
+        let app = std::sync::Arc::into_inner(app).expect("sole owner");
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_shoppers_checking_out_the_last_unit_make_one_order() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/inventory/TEE-M/eu/adjust",
+                json!({"delta": -9, "reason": "sold elsewhere"}),
+            )
+            .await;
+        assert_eq!(r.body["available"], 1);
+        let mut carts = Vec::new();
+        for _ in 0..200 {
+            carts.push(app.cart_with("TEE-M", 1).await);
+        }
+        let app = std::sync::Arc::new(app);
+        let tasks: Vec<_> = carts
+            .into_iter()
+            .map(|(cart, token)| {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    app.checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
+                        .await
+                })
+            })
+            .collect();
+        let mut placed = 0;
+        for t in tasks {
+            let r = t.await.expect("task");
+            match r.status {
+                201 => placed += 1,
+                409 => assert_eq!(r.body["error"]["code"], "insufficient_stock", "{}", r.body),
+                other => panic!("unexpected {other}: {}", r.body),
+            }
+        }
+        assert_eq!(placed, 1);
+        let level = app.level("TEE-M").await;
+        assert_eq!(
+            (
+                level["on_hand"].as_i64(),
+                level["committed"].as_i64(),
+                level["available"].as_i64()
+            ),
+            (Some(1), Some(1), Some(0))
+        );
+        let app = std::sync::Arc::into_inner(app).expect("sole owner");
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn an_empty_cart_or_a_bad_checkout_is_refused() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let (cart, token) = app.new_cart().await;
+        let r = app
+            .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("empty_cart"))
+        );
+        let (cart, token) = app.cart_with("SOCK", 1).await;
+        for (key, body) in [
+            (
+                "a",
+                json!({"email": "nope", "shipping_address": address("DE"), "payment_token": "tok_visa"}),
+            ),
+            (
+                "b",
+                json!({"email": "a@b.c", "shipping_address": address("Germany"), "payment_token": "tok_visa"}),
+            ),
+            (
+                "c",
+                json!({"email": "a@b.c", "shipping_address": address("DE"), "payment_token": ""}),
+            ),
+            (
+                "d",
+                json!({"email": "a@b.c", "shipping_address": address("DE"), "payment_token": "tok_visa", "card_number": "4242424242424242"}),
+            ),
+        ] {
+            let r = app.checkout(&cart, &token, key, &body).await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (422, Some("invalid_input")),
+                "{body}: {}",
+                r.body
+            );
+        }
+        assert_eq!(app.level("SOCK").await["reserved"], 0);
+        let r = app
+            .admin(Method::GET, "/admin/orders/nope", Value::Null)
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (404, Some("order_not_found"))
+        );
+        app.db.drop_database().await;
+    }
+}

@@ -374,16 +374,14 @@ async fn loading_refuses_what_is_not_a_plugin_of_the_claimed_hook() {
 
     let err = runtime
         .load(manifest("tiered-discount"), b"\0asm garbage")
-        .err()
-        .expect("garbage refused");
+        .expect_err("garbage refused");
     assert_eq!(err.code(), "invalid_component");
 
     let mut as_fraud = manifest("tiered-discount");
     as_fraud.hook = HookKind::Fraud;
     let err = runtime
         .load(as_fraud, &wasm)
-        .err()
-        .expect("wrong hook refused");
+        .expect_err("wrong hook refused");
     assert_eq!(err.code(), "wrong_export");
     assert!(
         err.to_string().contains("cartridge:plugin/fraud@0.1.0"),

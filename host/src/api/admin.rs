@@ -22,6 +22,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/locations", post(upsert_location))
         .route("/inventory/{sku}", get(stock))
         .route("/inventory/{sku}/{location}/adjust", post(adjust_stock))
+        .route("/orders/{id}", get(order))
+        .route("/orders/{id}/fulfil", post(fulfil))
+        .route("/orders/{id}/capture", post(capture))
+        .route("/orders/{id}/cancel", post(cancel))
         .route("/plugins", get(list_plugins))
         .route("/plugins/{name}/invoke", post(invoke))
 }
@@ -150,6 +154,57 @@ async fn adjust_stock(
         .adjust(&sku, &location, a.delta, &a.reason, now_ms())
         .await?;
     Ok(Json(json!(level)))
+}
+
+async fn order(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.orders.order(&id).await?))
+}
+
+async fn fulfil(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.orders.fulfil(&id, now_ms()).await?))
+}
+
+/// The payment connector that took the order's payment.
+async fn connector_of(
+    state: &AppState,
+    id: &str,
+) -> Result<std::sync::Arc<crate::plugin::Plugin>, ApiError> {
+    let order = state.orders.order(id).await?;
+    let recorded = order["payment"]["plugin"].as_str().unwrap_or_default();
+    let name = recorded.split('@').next().unwrap_or_default();
+    state.plugins.get(name).cloned().ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "connector_unavailable",
+            format!("the payment connector {recorded:?} is not installed"),
+        )
+    })
+}
+
+async fn capture(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let connector = connector_of(&state, &id).await?;
+    Ok(Json(state.orders.capture(&id, &connector, now_ms()).await?))
+}
+
+async fn cancel(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let connector = connector_of(&state, &id).await?;
+    Ok(Json(state.orders.cancel(&id, &connector, now_ms()).await?))
 }
 
 async fn list_plugins(_: Admin, State(state): State<AppState>) -> Json<Value> {

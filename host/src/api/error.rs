@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::carts::CartError;
 use crate::catalog::CatalogError;
 use crate::inventory::InventoryError;
+use crate::orders::OrderError;
 use crate::plugin::HookError;
 
 /// An error response.
@@ -61,13 +62,21 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        (self.status, Json(self.body())).into_response()
     }
 }
 
@@ -151,5 +160,44 @@ impl From<InventoryError> for ApiError {
             InventoryError::Database(cause) => return Self::internal(cause),
         };
         Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
+        match e {
+            OrderError::Hook(hook) => hook.into(),
+            OrderError::Inventory(inventory) => inventory.into(),
+            OrderError::Cart(cart) => cart.into(),
+            OrderError::Database(cause) => Self::internal(&cause),
+            OrderError::Denied(reasons) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "checkout_denied",
+                format!(
+                    "checkout refused by the fraud check: {}",
+                    reasons.join(", ")
+                ),
+            ),
+            OrderError::PaymentRefused { code, message } => Self::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "payment_refused",
+                format!("{message} ({code})"),
+            ),
+            other => {
+                let (status, code) = match &other {
+                    OrderError::EmptyCart => (StatusCode::UNPROCESSABLE_ENTITY, "empty_cart"),
+                    OrderError::Unavailable(_) => (StatusCode::CONFLICT, "not_for_sale"),
+                    OrderError::NoPaymentConnector => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "no_payment_connector")
+                    }
+                    OrderError::NotFound => (StatusCode::NOT_FOUND, "order_not_found"),
+                    OrderError::InvalidTransition { .. } => {
+                        (StatusCode::CONFLICT, "invalid_transition")
+                    }
+                    _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+                };
+                Self::new(status, code, other.to_string())
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 mod admin;
 mod error;
+mod idempotency;
 mod storefront;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use crate::carts::Carts;
 use crate::catalog::Catalog;
 use crate::db::Db;
 use crate::inventory::Inventory;
+use crate::orders::{CheckoutPlugins, Orders};
 use crate::plugin::{HookKind, Plugin};
 
 /// Largest request body accepted.
@@ -39,6 +41,7 @@ pub struct AppState {
     catalog: Catalog,
     inventory: Inventory,
     carts: Carts,
+    orders: Orders,
     plugins: Arc<BTreeMap<String, Arc<Plugin>>>,
 }
 
@@ -46,9 +49,12 @@ impl AppState {
     /// State over a migrated database, with these plugins installed.
     pub fn new(db: Db, plugins: Vec<Plugin>) -> Self {
         let catalog = Catalog::new(db.clone());
+        let inventory = Inventory::new(db.clone());
+        let carts = Carts::new(db.clone(), catalog.clone());
         Self {
-            inventory: Inventory::new(db.clone()),
-            carts: Carts::new(db.clone(), catalog.clone()),
+            orders: Orders::new(db.clone(), inventory.clone(), carts.clone()),
+            inventory,
+            carts,
             catalog,
             plugins: Arc::new(
                 plugins
@@ -67,6 +73,16 @@ impl AppState {
             .filter(|p| p.hook() == kind)
             .cloned()
             .collect()
+    }
+
+    /// The plugins a checkout runs, as they are now: one checkout sees one set from start to
+    /// end.
+    pub fn checkout_plugins(&self) -> CheckoutPlugins {
+        CheckoutPlugins {
+            pricing: self.hook(HookKind::Pricing),
+            fraud: self.hook(HookKind::Fraud),
+            payment: self.hook(HookKind::Payment),
+        }
     }
 
     /// Stores `token` (hashed) as an admin credential named `name`.

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::{ApiError, AppState, now_ms};
 use crate::carts::CartContents;
 use crate::catalog::ProductFilter;
+use crate::orders::CheckoutRequest;
 use crate::plugin::HookKind;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -27,6 +28,39 @@ pub(super) fn routes() -> Router<AppState> {
             patch(set_quantity).delete(remove_line),
         )
         .route("/carts/{id}/coupons", put(set_coupons))
+        .route("/carts/{id}/checkout", post(checkout))
+}
+
+/// Checks the cart out. Requires an `Idempotency-Key`: a retry with the same key and body gets
+/// the first answer, never a second order or charge.
+async fn checkout(
+    State(state): State<AppState>,
+    CartAccess(id): CartAccess,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let key = super::idempotency::key(&headers)?;
+    let Json(body) = body?;
+    let now = now_ms();
+    let scope = format!("checkout:{id}");
+    match super::idempotency::begin(&state.db, &scope, &key, &body, now).await? {
+        super::idempotency::Begin::Replay(status, body) => return Ok((status, Json(body))),
+        super::idempotency::Begin::Run => {}
+    }
+    let outcome = match serde_json::from_value::<CheckoutRequest>(body) {
+        Err(e) => Err(ApiError::invalid(format!("not a valid checkout: {e}"))),
+        Ok(request) => state
+            .orders
+            .checkout(&id, &request, &state.checkout_plugins(), now)
+            .await
+            .map_err(ApiError::from),
+    };
+    let (status, body) = match outcome {
+        Ok(order) => (StatusCode::CREATED, order),
+        Err(e) => (e.status(), e.body()),
+    };
+    super::idempotency::finish(&state.db, &scope, &key, status, &body).await;
+    Ok((status, Json(body)))
 }
 
 async fn list_products(

@@ -50,6 +50,16 @@ pub struct Plugin {
     _ticker: Arc<super::runtime::EpochTicker>,
 }
 
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("id", &self.id)
+            .field("hook", &self.manifest.hook)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a call cost.
 #[derive(Debug, Clone, Serialize)]
 pub struct CallStats {

@@ -1,0 +1,133 @@
+//! `Idempotency-Key` for requests that must not run twice (checkout; payment operations).
+//!
+//! The first request with a key runs and its response is stored; a repeat with the same body
+//! gets the stored response again, a repeat with a different body gets 422, and a repeat while
+//! the first still runs gets 409 and may retry. Keys are scoped (e.g. to a cart) and kept at
+//! least 24 hours. A response that is a server-side failure (5xx) is not stored: the operation
+//! was rolled back, so a retry may run it again.
+
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use super::ApiError;
+use crate::db::Db;
+
+/// The longest key accepted.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// What to do with a request.
+pub enum Begin {
+    /// First time: run it, then [`finish`].
+    Run,
+    /// Seen and finished: answer this.
+    Replay(StatusCode, Value),
+}
+
+/// The `Idempotency-Key` header, required.
+pub fn key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .unwrap_or_default();
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_required",
+            format!("an Idempotency-Key header of 1 to {MAX_KEY_LEN} characters is required"),
+        ));
+    }
+    Ok(key.to_owned())
+}
+
+/// Claims `key` in `scope` for a request whose canonical body is `body`.
+pub async fn begin(
+    db: &Db,
+    scope: &str,
+    key: &str,
+    body: &Value,
+    now: i64,
+) -> Result<Begin, ApiError> {
+    let hash = hex::encode(Sha256::digest(body.to_string().as_bytes()));
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) \
+         VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (scope, key) DO NOTHING",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(&hash)
+    .bind(now)
+    .execute(db.pool())
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Begin::Run);
+    }
+    let row = sqlx::query(
+        "SELECT request_hash, state, response_status, response_body FROM idempotency_keys WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .fetch_one(db.pool())
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
+    let stored_hash: String = row
+        .try_get("request_hash")
+        .map_err(|e| ApiError::internal(&e))?;
+    if stored_hash != hash {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request",
+        ));
+    }
+    let state: String = row.try_get("state").map_err(|e| ApiError::internal(&e))?;
+    if state != "done" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "request_in_progress",
+            "a request with this Idempotency-Key is still running; retry shortly",
+        ));
+    }
+    let status: i32 = row
+        .try_get("response_status")
+        .map_err(|e| ApiError::internal(&e))?;
+    let body: String = row
+        .try_get("response_body")
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Begin::Replay(
+        u16::try_from(status)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK),
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    ))
+}
+
+/// Stores the response of a request that ran (or forgets the key after a server failure).
+pub async fn finish(db: &Db, scope: &str, key: &str, status: StatusCode, body: &Value) {
+    let result = if status.is_server_error() {
+        sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
+            .bind(scope)
+            .bind(key)
+            .execute(db.pool())
+            .await
+    } else {
+        sqlx::query(
+            "UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = $4 \
+             WHERE scope = $1 AND key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(i32::from(status.as_u16()))
+        .bind(body.to_string())
+        .execute(db.pool())
+        .await
+    };
+    if let Err(e) = result {
+        tracing::error!(scope, key, "could not store the idempotent response: {e}");
+    }
+}

@@ -1,0 +1,711 @@
+//! Checkout and orders.
+//!
+//! [`Orders::checkout`] turns a cart into an order in one request: re-price → fraud check →
+//! reserve stock → authorise payment → record the order and commit the stock. Every failure
+//! after a side effect undoes it: a declined payment releases the reservation; a failure after
+//! authorisation voids it. No path leaves a charge without an order or stock reserved beyond
+//! its expiry. The order records which plugin versions priced and checked it.
+//!
+//! Order status, payment status and fulfilment status are kept apart, and each operation
+//! checks the transition it makes ([`OrderError::InvalidTransition`] → 409).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::carts::Carts;
+use crate::db::Db;
+use crate::hooks;
+use crate::inventory::{Inventory, InventoryError};
+use crate::plugin::bindings::types::{Address as WitAddress, Money};
+use crate::plugin::bindings::{fraud, payment};
+use crate::plugin::{HookError, PaymentRequest, Plugin};
+
+/// How long checkout holds stock while payment runs.
+pub const RESERVATION_TTL_MS: i64 = 15 * 60 * 1000;
+
+/// Why a checkout or an order operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    /// The cart has no lines.
+    #[error("the cart is empty")]
+    EmptyCart,
+    /// Some lines are no longer for sale.
+    #[error("no longer for sale: {0:?}")]
+    Unavailable(Vec<String>),
+    /// The fraud check refused the checkout.
+    #[error("checkout refused by the fraud check")]
+    Denied(Vec<String>),
+    /// The gateway refused the payment.
+    #[error("payment {code}: {message}")]
+    PaymentRefused {
+        /// Our payment error code, e.g. `insufficient-funds`.
+        code: String,
+        /// For the shopper.
+        message: String,
+    },
+    /// No payment connector is installed.
+    #[error("no payment connector is installed")]
+    NoPaymentConnector,
+    /// Input that makes no sense.
+    #[error("{0}")]
+    Invalid(String),
+    /// The order does not exist.
+    #[error("no such order")]
+    NotFound,
+    /// The operation is not allowed in the order's current state.
+    #[error("cannot {action} an order that is {state}")]
+    InvalidTransition {
+        /// What was asked.
+        action: &'static str,
+        /// Where the order stands.
+        state: String,
+    },
+    /// A plugin failed and its policy is fail-closed.
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    /// Stock.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    /// Carts.
+    #[error(transparent)]
+    Cart(#[from] crate::carts::CartError),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+type Result<T> = std::result::Result<T, OrderError>;
+
+/// A postal address as the API takes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    /// Recipient.
+    pub name: String,
+    /// Street.
+    pub line1: String,
+    /// More street.
+    #[serde(default)]
+    pub line2: Option<String>,
+    /// City.
+    pub city: String,
+    /// Region or state.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Postal code.
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2.
+    pub country: String,
+}
+
+impl Address {
+    fn validate(&self, what: &str) -> Result<()> {
+        for (field, value, max) in [
+            ("name", &self.name, 200),
+            ("line1", &self.line1, 200),
+            ("city", &self.city, 100),
+            ("postal_code", &self.postal_code, 20),
+        ] {
+            if value.trim().is_empty() || value.chars().count() > max {
+                return Err(OrderError::Invalid(format!(
+                    "{what}.{field} must be 1 to {max} characters"
+                )));
+            }
+        }
+        if self.country.len() != 2 || !self.country.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(OrderError::Invalid(format!(
+                "{what}.country must be an ISO 3166-1 alpha-2 code"
+            )));
+        }
+        Ok(())
+    }
+
+    fn to_wit(&self) -> WitAddress {
+        WitAddress {
+            name: Some(self.name.clone()),
+            line1: Some(self.line1.clone()),
+            line2: self.line2.clone(),
+            city: Some(self.city.clone()),
+            region: self.region.clone(),
+            postal_code: Some(self.postal_code.clone()),
+            country: self.country.clone(),
+        }
+    }
+}
+
+/// What the shopper sends to check out. Card data never comes here: only a gateway token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutRequest {
+    /// Where to send the receipt.
+    pub email: String,
+    /// Where to ship.
+    pub shipping_address: Address,
+    /// Billing address; the shipping address when absent.
+    #[serde(default)]
+    pub billing_address: Option<Address>,
+    /// The payment gateway's token for the payment method.
+    pub payment_token: String,
+    /// The shopper's IP, as the storefront saw it.
+    #[serde(default)]
+    pub client_ip: Option<String>,
+}
+
+/// The plugins a checkout runs, each list in hook order.
+#[derive(Debug, Clone, Default)]
+pub struct CheckoutPlugins {
+    /// Pricing.
+    pub pricing: Vec<Arc<Plugin>>,
+    /// Fraud.
+    pub fraud: Vec<Arc<Plugin>>,
+    /// Payment connectors; the first one takes the payment.
+    pub payment: Vec<Arc<Plugin>>,
+}
+
+/// The orders service.
+#[derive(Debug, Clone)]
+pub struct Orders {
+    db: Db,
+    inventory: Inventory,
+    carts: Carts,
+}
+
+fn sum(values: impl Iterator<Item = u64>) -> i64 {
+    i64::try_from(values.sum::<u64>()).unwrap_or(i64::MAX)
+}
+
+fn signed(amount: u64) -> i64 {
+    i64::try_from(amount).unwrap_or(i64::MAX)
+}
+
+fn money(amount: i64, currency: &str) -> Money {
+    Money {
+        amount: u64::try_from(amount).unwrap_or(0),
+        currency: currency.to_owned(),
+    }
+}
+
+impl Orders {
+    /// Orders over `db`.
+    pub fn new(db: Db, inventory: Inventory, carts: Carts) -> Self {
+        Self {
+            db,
+            inventory,
+            carts,
+        }
+    }
+
+    /// Checks out cart `cart_id`. Returns the order as [`Orders::order`] shows it.
+    pub async fn checkout(
+        &self,
+        cart_id: &str,
+        request: &CheckoutRequest,
+        plugins: &CheckoutPlugins,
+        now: i64,
+    ) -> Result<Value> {
+        if !request.email.contains('@') || request.email.len() > 254 {
+            return Err(OrderError::Invalid("email is not an email address".into()));
+        }
+        request.shipping_address.validate("shipping_address")?;
+        let billing = request
+            .billing_address
+            .clone()
+            .unwrap_or_else(|| request.shipping_address.clone());
+        billing.validate("billing_address")?;
+        if request.payment_token.is_empty() || request.payment_token.len() > 255 {
+            return Err(OrderError::Invalid(
+                "payment_token must be 1 to 255 characters".into(),
+            ));
+        }
+        let connector = plugins
+            .payment
+            .first()
+            .ok_or(OrderError::NoPaymentConnector)?;
+
+        // 1. Re-price from the catalog and the pricing plugins: never trust an earlier quote.
+        let contents = self.carts.contents(cart_id).await?;
+        let (cart, unavailable) = self.carts.pricing_input(&contents, now).await?;
+        if !unavailable.is_empty() {
+            return Err(OrderError::Unavailable(unavailable));
+        }
+        if cart.lines.is_empty() {
+            return Err(OrderError::EmptyCart);
+        }
+        let pricing = hooks::price(&plugins.pricing, &cart).await?;
+        let priced = &pricing.priced;
+        let currency = priced.currency.clone();
+
+        // 2. Fraud.
+        let history = self.history(&request.email, now).await?;
+        let checkout = fraud::Checkout {
+            id: cart_id.to_owned(),
+            currency: currency.clone(),
+            subtotal: money(signed(priced.subtotal), &currency),
+            discount_total: money(
+                signed(priced.line_discounts + priced.order_discount + priced.shipping_discount),
+                &currency,
+            ),
+            shipping_total: money(
+                signed(priced.shipping - priced.shipping_discount),
+                &currency,
+            ),
+            total: money(signed(priced.total), &currency),
+            lines: priced
+                .lines
+                .iter()
+                .zip(&cart.lines)
+                .map(|(p, c)| fraud::CheckoutLine {
+                    sku: p.sku.clone(),
+                    product_id: c.product_id.clone(),
+                    quantity: p.quantity,
+                    total: money(signed(p.total), &currency),
+                    categories: c.categories.clone(),
+                })
+                .collect(),
+            customer: fraud::Customer {
+                id: contents.customer_id.clone(),
+                email: request.email.clone(),
+                tags: vec![],
+                history: fraud::CustomerHistory {
+                    order_count: history.0,
+                    orders_last_24h: history.1,
+                    failed_payments_last_24h: 0,
+                    lifetime_spend: money(history.2, &currency),
+                    chargebacks: 0,
+                    first_seen: history.3,
+                },
+            },
+            billing_address: Some(billing.to_wit()),
+            shipping_address: Some(request.shipping_address.to_wit()),
+            client_ip: request.client_ip.clone(),
+            payment: fraud::PaymentMethod {
+                kind: "card".into(),
+                brand: None,
+                last4: None,
+                issuer_country: None,
+                fingerprint: None,
+                metadata: vec![],
+            },
+            now,
+        };
+        let verdict = hooks::assess(&plugins.fraud, &checkout).await?;
+        if verdict.decision == fraud::Decision::Deny {
+            return Err(OrderError::Denied(
+                verdict
+                    .reasons
+                    .iter()
+                    .map(|(_, r)| r.code.clone())
+                    .collect(),
+            ));
+        }
+        let status = if verdict.decision == fraud::Decision::Review {
+            "on_hold"
+        } else {
+            "placed"
+        };
+
+        // 3. Reserve stock under the order's id.
+        let order_id = uuid::Uuid::now_v7().to_string();
+        let demand: Vec<(String, i64)> = priced
+            .lines
+            .iter()
+            .map(|l| (l.sku.clone(), i64::from(l.quantity)))
+            .collect();
+        self.inventory
+            .reserve(&order_id, &demand, now, now + RESERVATION_TTL_MS)
+            .await?;
+
+        // 4. Authorise the payment; undo the reservation on any failure.
+        let authorize = PaymentRequest::Authorize(payment::AuthorizeRequest {
+            operation_id: format!("{order_id}:authorize"),
+            order_reference: order_id.clone(),
+            amount: money(signed(priced.total), &currency),
+            payment_token: request.payment_token.clone(),
+            customer_email: Some(request.email.clone()),
+            metadata: vec![],
+            now,
+        });
+        let authorized = match connector.payment(&authorize).await {
+            Ok(call) => match call.output {
+                Ok(result) => result,
+                Err(refusal) => {
+                    self.inventory.release(&order_id, now).await?;
+                    return Err(OrderError::PaymentRefused {
+                        code: format!("{:?}", refusal.code).to_lowercase(),
+                        message: "the payment was declined".into(),
+                    });
+                }
+            },
+            Err(e) => {
+                self.inventory.release(&order_id, now).await?;
+                return Err(e.into());
+            }
+        };
+
+        // 5. Record the order and commit the stock; on failure void the authorisation.
+        let decisions = json!({
+            "priced_by": pricing.decided_by,
+            "pricing_skipped": pricing.skipped,
+            "applied": priced.applied,
+            "fraud": {"decision": verdict.decision, "score": verdict.score, "decided_by": verdict.decided_by,
+                      "reasons": verdict.reasons.iter().map(|(p, r)| json!({"plugin": p, "code": r.code, "message": r.message})).collect::<Vec<_>>(),
+                      "skipped": verdict.skipped},
+            "payment": connector.reference(),
+        });
+        let recorded = self
+            .record(
+                &order_id,
+                cart_id,
+                request,
+                &billing,
+                status,
+                priced,
+                &decisions,
+                connector,
+                &authorized,
+                now,
+            )
+            .await;
+        let committed = match recorded {
+            Ok(()) => self.inventory.commit(&order_id, now).await.map(|_| ()),
+            Err(e) => Err(InventoryError::Database(e)),
+        };
+        if let Err(e) = committed {
+            tracing::error!(order = %order_id, "order could not be completed, voiding: {e}");
+            let void = PaymentRequest::Void(payment::VoidRequest {
+                operation_id: format!("{order_id}:void"),
+                gateway_reference: authorized.gateway_reference.clone(),
+                amount: authorized.amount.clone(),
+                now,
+            });
+            if let Err(void_error) = connector.payment(&void).await {
+                tracing::error!(order = %order_id, "void failed; reconcile by gateway reference {}: {void_error}", authorized.gateway_reference);
+            }
+            let _ = self.inventory.release(&order_id, now).await;
+            let _ = sqlx::query(
+                "UPDATE orders SET status = 'cancelled', payment_status = 'voided' WHERE id = $1",
+            )
+            .bind(&order_id)
+            .execute(self.db.pool())
+            .await;
+            return Err(e.into());
+        }
+        self.order(&order_id).await
+    }
+
+    /// (order count, orders in the last 24 h, lifetime spend, first order time) for an email.
+    async fn history(&self, email: &str, now: i64) -> Result<(u32, u32, i64, Option<i64>)> {
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n, \
+             CAST(COALESCE(SUM(CASE WHEN created_at > $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS recent, \
+             CAST(COALESCE(SUM(total), 0) AS BIGINT) AS spend, MIN(created_at) AS first \
+             FROM orders WHERE email = $1 AND status <> 'cancelled'",
+        )
+        .bind(email)
+        .bind(now - 24 * 60 * 60 * 1000)
+        .fetch_one(self.db.pool())
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        let recent: i64 = row.try_get("recent")?;
+        Ok((
+            u32::try_from(n).unwrap_or(u32::MAX),
+            u32::try_from(recent).unwrap_or(u32::MAX),
+            row.try_get("spend")?,
+            row.try_get("first")?,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        order_id: &str,
+        cart_id: &str,
+        request: &CheckoutRequest,
+        billing: &Address,
+        status: &str,
+        priced: &crate::pricing::PricedCart,
+        decisions: &Value,
+        connector: &Plugin,
+        authorized: &payment::PaymentResult,
+        now: i64,
+    ) -> std::result::Result<(), sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO orders (id, cart_id, email, status, payment_status, fulfilment_status, currency, \
+             subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'authorized', 'unfulfilled', $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+        )
+        .bind(order_id)
+        .bind(cart_id)
+        .bind(&request.email)
+        .bind(status)
+        .bind(&priced.currency)
+        .bind(signed(priced.subtotal))
+        .bind(sum([priced.line_discounts, priced.order_discount, priced.shipping_discount].into_iter()))
+        .bind(signed(priced.shipping - priced.shipping_discount))
+        .bind(signed(priced.total))
+        .bind(json!(request.shipping_address).to_string())
+        .bind(json!(billing).to_string())
+        .bind(decisions.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (i, line) in priced.lines.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price, discount, total) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(order_id)
+            .bind(i32::try_from(i).unwrap_or(i32::MAX))
+            .bind(&line.sku)
+            .bind(i64::from(line.quantity))
+            .bind(signed(line.unit_price))
+            .bind(signed(line.discount))
+            .bind(signed(line.total))
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO payments (order_id, plugin, gateway_reference, currency, authorized) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(order_id)
+        .bind(connector.manifest().id())
+        .bind(&authorized.gateway_reference)
+        .bind(&authorized.amount.currency)
+        .bind(signed(authorized.amount.amount))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// An order with its lines and payment.
+    pub async fn order(&self, id: &str) -> Result<Value> {
+        let row = sqlx::query("SELECT * FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(OrderError::NotFound)?;
+        let lines: Vec<Value> = sqlx::query("SELECT sku, quantity, unit_price, discount, total FROM order_lines WHERE order_id = $1 ORDER BY line_no")
+            .bind(id)
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(|r| -> std::result::Result<Value, sqlx::Error> {
+                Ok(json!({
+                    "sku": r.try_get::<String, _>("sku")?,
+                    "quantity": r.try_get::<i64, _>("quantity")?,
+                    "unit_price": r.try_get::<i64, _>("unit_price")?,
+                    "discount": r.try_get::<i64, _>("discount")?,
+                    "total": r.try_get::<i64, _>("total")?,
+                }))
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let pay = sqlx::query("SELECT plugin, gateway_reference, authorized, captured, refunded FROM payments WHERE order_id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        let payment = match pay {
+            Some(p) => json!({
+                "plugin": p.try_get::<String, _>("plugin")?,
+                "gateway_reference": p.try_get::<String, _>("gateway_reference")?,
+                "authorized": p.try_get::<i64, _>("authorized")?,
+                "captured": p.try_get::<i64, _>("captured")?,
+                "refunded": p.try_get::<i64, _>("refunded")?,
+            }),
+            None => Value::Null,
+        };
+        let text = |name: &str| -> std::result::Result<Value, sqlx::Error> {
+            let s: String = row.try_get(name)?;
+            Ok(serde_json::from_str(&s).unwrap_or(Value::Null))
+        };
+        Ok(json!({
+            "id": row.try_get::<String, _>("id")?,
+            "email": row.try_get::<String, _>("email")?,
+            "status": row.try_get::<String, _>("status")?,
+            "payment_status": row.try_get::<String, _>("payment_status")?,
+            "fulfilment_status": row.try_get::<String, _>("fulfilment_status")?,
+            "currency": row.try_get::<String, _>("currency")?,
+            "subtotal": row.try_get::<i64, _>("subtotal")?,
+            "discount_total": row.try_get::<i64, _>("discount_total")?,
+            "shipping_total": row.try_get::<i64, _>("shipping_total")?,
+            "total": row.try_get::<i64, _>("total")?,
+            "shipping_address": text("shipping_address")?,
+            "billing_address": text("billing_address")?,
+            "decisions": text("decisions")?,
+            "lines": lines,
+            "payment": payment,
+            "created_at": row.try_get::<i64, _>("created_at")?,
+        }))
+    }
+
+    async fn states(&self, id: &str) -> Result<(String, String, String)> {
+        let row = sqlx::query(
+            "SELECT status, payment_status, fulfilment_status FROM orders WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.db.pool())
+        .await?
+        .ok_or(OrderError::NotFound)?;
+        Ok((
+            row.try_get("status")?,
+            row.try_get("payment_status")?,
+            row.try_get("fulfilment_status")?,
+        ))
+    }
+
+    /// Ships the whole order from its committed stock.
+    pub async fn fulfil(&self, id: &str, now: i64) -> Result<Value> {
+        let (status, _, fulfilment) = self.states(id).await?;
+        if status != "placed" || fulfilment != "unfulfilled" {
+            return Err(OrderError::InvalidTransition {
+                action: "fulfil",
+                state: format!("{status}/{fulfilment}"),
+            });
+        }
+        // The guarded update makes a concurrent second fulfilment a no-op, not a double ship.
+        let claimed = sqlx::query("UPDATE orders SET fulfilment_status = 'fulfilled', updated_at = $2 WHERE id = $1 AND status = 'placed' AND fulfilment_status = 'unfulfilled'")
+            .bind(id)
+            .bind(now)
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+        if claimed == 0 {
+            return Err(OrderError::InvalidTransition {
+                action: "fulfil",
+                state: "fulfilled".into(),
+            });
+        }
+        self.inventory.ship(id, now).await?;
+        self.order(id).await
+    }
+
+    /// Captures the authorised payment in full.
+    pub async fn capture(&self, id: &str, connector: &Plugin, now: i64) -> Result<Value> {
+        let (status, payment_status, _) = self.states(id).await?;
+        if payment_status != "authorized" || status == "cancelled" {
+            return Err(OrderError::InvalidTransition {
+                action: "capture",
+                state: format!("{status}/{payment_status}"),
+            });
+        }
+        let pay = sqlx::query(
+            "SELECT gateway_reference, currency, authorized FROM payments WHERE order_id = $1",
+        )
+        .bind(id)
+        .fetch_one(self.db.pool())
+        .await?;
+        let currency: String = pay.try_get("currency")?;
+        let authorized: i64 = pay.try_get("authorized")?;
+        let request = PaymentRequest::Capture(payment::CaptureRequest {
+            operation_id: format!("{id}:capture"),
+            gateway_reference: pay.try_get("gateway_reference")?,
+            amount: money(authorized, &currency),
+            final_capture: true,
+            now,
+        });
+        let result =
+            connector
+                .payment(&request)
+                .await?
+                .output
+                .map_err(|e| OrderError::PaymentRefused {
+                    code: format!("{:?}", e.code).to_lowercase(),
+                    message: "the capture was refused".into(),
+                })?;
+        let captured = signed(result.amount.amount);
+        let updated =
+            sqlx::query("UPDATE payments SET captured = $2 WHERE order_id = $1 AND captured = 0")
+                .bind(id)
+                .bind(captured)
+                .execute(self.db.pool())
+                .await?
+                .rows_affected();
+        if updated == 1 {
+            sqlx::query(
+                "UPDATE orders SET payment_status = 'captured', updated_at = $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(self.db.pool())
+            .await?;
+        }
+        self.order(id).await
+    }
+
+    /// Cancels an order that has not shipped: voids (or refunds) the payment and puts the stock
+    /// back. Exactly once.
+    pub async fn cancel(&self, id: &str, connector: &Plugin, now: i64) -> Result<Value> {
+        let (status, payment_status, fulfilment) = self.states(id).await?;
+        if status == "cancelled" || fulfilment != "unfulfilled" {
+            return Err(OrderError::InvalidTransition {
+                action: "cancel",
+                state: format!("{status}/{fulfilment}"),
+            });
+        }
+        let claimed = sqlx::query("UPDATE orders SET status = 'cancelled', updated_at = $2 WHERE id = $1 AND status <> 'cancelled' AND fulfilment_status = 'unfulfilled'")
+            .bind(id)
+            .bind(now)
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+        if claimed == 0 {
+            return Err(OrderError::InvalidTransition {
+                action: "cancel",
+                state: "cancelled".into(),
+            });
+        }
+        let pay = sqlx::query("SELECT gateway_reference, currency, authorized, captured FROM payments WHERE order_id = $1")
+            .bind(id)
+            .fetch_one(self.db.pool())
+            .await?;
+        let reference: String = pay.try_get("gateway_reference")?;
+        let currency: String = pay.try_get("currency")?;
+        let (request, new_status) = if payment_status == "authorized" {
+            let authorized: i64 = pay.try_get("authorized")?;
+            (
+                PaymentRequest::Void(payment::VoidRequest {
+                    operation_id: format!("{id}:void"),
+                    gateway_reference: reference,
+                    amount: money(authorized, &currency),
+                    now,
+                }),
+                "voided",
+            )
+        } else {
+            let captured: i64 = pay.try_get("captured")?;
+            (
+                PaymentRequest::Refund(payment::RefundRequest {
+                    operation_id: format!("{id}:cancel-refund"),
+                    gateway_reference: reference,
+                    amount: money(captured, &currency),
+                    reason: Some("order cancelled".into()),
+                    now,
+                }),
+                "refunded",
+            )
+        };
+        match connector.payment(&request).await.map(|c| c.output) {
+            Ok(Ok(_)) => {
+                sqlx::query("UPDATE orders SET payment_status = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(new_status)
+                    .execute(self.db.pool())
+                    .await?;
+                if new_status == "refunded" {
+                    sqlx::query("UPDATE payments SET refunded = captured WHERE order_id = $1")
+                        .bind(id)
+                        .execute(self.db.pool())
+                        .await?;
+                }
+            }
+            other => {
+                tracing::error!(order = %id, "cancelled, but the payment step failed; reconcile: {other:?}")
+            }
+        }
+        self.inventory.cancel(id, now).await?;
+        self.order(id).await
+    }
+}
