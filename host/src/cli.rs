@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// printed at start-up.
     #[arg(long, env = "CARTRIDGE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Seed the demo store (catalog, two stock locations, stock) into an empty catalog.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 #[derive(Debug, Subcommand)]

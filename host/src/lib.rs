@@ -13,6 +13,7 @@
 //! - [`inventory`]: multi-location stock with reservations that cannot oversell.
 //! - [`cli`]: the `cartridge` command line (`serve`, `plugin new|build|run`).
 //! - [`catalog`], [`carts`], [`orders`]: products, carts, checkout and orders.
+//! - [`demo`]: the demo store's catalog and stock.
 //! - [`api`]: the HTTP routes, authentication and error convention; [`server`] starts them.
 //!
 //! Boundaries: nothing outside [`plugin`] touches wasmtime; plugins never see the database;
@@ -23,6 +24,7 @@ pub mod carts;
 pub mod catalog;
 pub mod cli;
 pub mod db;
+pub mod demo;
 pub mod hooks;
 pub mod inventory;
 pub mod orders;

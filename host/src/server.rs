@@ -45,6 +45,13 @@ impl Application {
 /// `cartridge serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let db = crate::cli::open_database(&args.database).await?;
+    if args.demo {
+        let catalog = crate::catalog::Catalog::new(db.clone());
+        let inventory = crate::inventory::Inventory::new(db.clone());
+        if crate::demo::seed(&catalog, &inventory, crate::api::now_ms()).await? {
+            tracing::info!("demo store seeded");
+        }
+    }
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(args.database.data_dir.join("cache")),
         ..RuntimeConfig::default()

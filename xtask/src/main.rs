@@ -1,6 +1,7 @@
 //! `cargo xtask <verb>`: the project's tasks, in Rust rather than shell.
 //!
-//! - `demo`: build the example plugins, bundle them, and run the host with them loaded.
+//! - `demo`: build the example plugins and run the host as a demo store on SQLite, with them
+//!   active.
 //! - `test`: everything CI checks — the whole test suite (host, SDK doc examples, end-to-end
 //!   tests, the plugins' own unit tests), formatting and clippy.
 //! - `bench`: the benchmarks (release build).
@@ -120,23 +121,21 @@ fn demo(extra: &[String]) -> anyhow::Result<()> {
             bundle.join(format!("{name}.wasm")),
         )?;
     }
-    let fixture = root().join("plugins/examples/tiered-discount/fixtures/cart.json");
     eprintln!(
-        "\nCartridge demo: {} plugins installed in {}.\nOnce it listens, try:\n  \
-         curl -s localhost:8080/plugins\n  \
-         curl -s -X POST localhost:8080/plugins/tiered-discount/invoke -H 'content-type: application/json' --data @{}\n",
+        "\nCartridge demo store: {} plugins installed in {}; admin token `demo-admin`.\n\
+         Once it listens on 127.0.0.1:8080, shop with the curl commands in README.md, e.g.\n  \
+         curl -s localhost:8080/store/products\n  \
+         curl -s localhost:8080/admin/plugins -H 'authorization: Bearer demo-admin'\n",
         DEMO_PLUGINS.len(),
         installed.display(),
-        fixture.display()
     );
     run(cargo()
+        .args(["run", "--release", "-p", "cartridge-host", "--"])
         .args([
-            "run",
-            "--release",
-            "-p",
-            "cartridge-host",
-            "--",
             "serve",
+            "--demo",
+            "--admin-token",
+            "demo-admin",
             "--plugins-dir",
         ])
         .arg(&installed)
