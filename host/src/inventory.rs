@@ -442,6 +442,14 @@ impl Inventory {
         self.settle(reference, "ship", now).await
     }
 
+    /// What was shipped for `reference`, by location.
+    pub async fn shipped(&self, reference: &str) -> Result<Vec<Allocation>> {
+        let mut tx = self.db.pool().begin().await?;
+        let shipped = reservations_in(&mut tx, reference, "shipped").await?;
+        tx.commit().await?;
+        Ok(shipped.into_iter().map(|(a, _)| a).collect())
+    }
+
     /// Cancels an order's committed stock before it ships: it becomes available again.
     /// Exactly once: a second cancel finds nothing committed.
     pub async fn cancel(&self, reference: &str, now: i64) -> Result<Vec<Allocation>> {

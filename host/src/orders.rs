@@ -63,6 +63,14 @@ pub enum OrderError {
         /// Where the order stands.
         state: String,
     },
+    /// A refund above what is captured and not yet refunded.
+    #[error("cannot refund {requested}: only {refundable} is captured and not yet refunded")]
+    RefundTooLarge {
+        /// What was asked.
+        requested: i64,
+        /// What may still be refunded.
+        refundable: i64,
+    },
     /// A plugin failed and its policy is fail-closed.
     #[error(transparent)]
     Hook(#[from] HookError),
@@ -706,6 +714,176 @@ impl Orders {
             }
         }
         self.inventory.cancel(id, now).await?;
+        self.order(id).await
+    }
+
+    /// Refunds `amount` of what was captured. Concurrent refunds can never add up to more than
+    /// the captured amount: each claims its amount with a guarded update before the gateway is
+    /// asked, and gives it back if the gateway refuses.
+    pub async fn refund(
+        &self,
+        id: &str,
+        amount: i64,
+        reason: Option<String>,
+        connector: &Plugin,
+        now: i64,
+    ) -> Result<Value> {
+        if amount <= 0 {
+            return Err(OrderError::Invalid("amount must be at least 1".into()));
+        }
+        self.states(id).await?;
+        let claimed = sqlx::query(
+            "UPDATE payments SET refunded = refunded + $2 WHERE order_id = $1 AND refunded + $2 <= captured",
+        )
+        .bind(id)
+        .bind(amount)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            let row =
+                sqlx::query("SELECT captured - refunded AS left FROM payments WHERE order_id = $1")
+                    .bind(id)
+                    .fetch_one(self.db.pool())
+                    .await?;
+            return Err(OrderError::RefundTooLarge {
+                requested: amount,
+                refundable: row.try_get("left")?,
+            });
+        }
+        let pay =
+            sqlx::query("SELECT gateway_reference, currency FROM payments WHERE order_id = $1")
+                .bind(id)
+                .fetch_one(self.db.pool())
+                .await?;
+        let request = PaymentRequest::Refund(payment::RefundRequest {
+            operation_id: format!("{id}:refund:{}", uuid::Uuid::now_v7()),
+            gateway_reference: pay.try_get("gateway_reference")?,
+            amount: money(amount, &pay.try_get::<String, _>("currency")?),
+            reason,
+            now,
+        });
+        let outcome = connector.payment(&request).await;
+        let refused = match outcome {
+            Ok(call) => call.output.err().map(|e| OrderError::PaymentRefused {
+                code: format!("{:?}", e.code).to_lowercase(),
+                message: "the refund was refused".into(),
+            }),
+            Err(e) => Some(e.into()),
+        };
+        if let Some(error) = refused {
+            sqlx::query("UPDATE payments SET refunded = refunded - $2 WHERE order_id = $1")
+                .bind(id)
+                .bind(amount)
+                .execute(self.db.pool())
+                .await?;
+            return Err(error);
+        }
+        sqlx::query(
+            "UPDATE orders SET payment_status = CASE WHEN (SELECT refunded FROM payments WHERE order_id = $1) \
+             >= (SELECT captured FROM payments WHERE order_id = $1) THEN 'refunded' ELSE 'partially_refunded' END, \
+             updated_at = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(self.db.pool())
+        .await?;
+        self.order(id).await
+    }
+
+    /// Receives returned units of a shipped order and puts them back on hand where they
+    /// shipped from. Never more than was sold comes back, and the same `return_id` is
+    /// processed once, however often it is sent.
+    pub async fn receive_return(
+        &self,
+        id: &str,
+        return_id: &str,
+        lines: &[(String, i64)],
+        now: i64,
+    ) -> Result<Value> {
+        if return_id.is_empty() || return_id.len() > 64 {
+            return Err(OrderError::Invalid(
+                "return_id must be 1 to 64 characters".into(),
+            ));
+        }
+        if lines.is_empty() || lines.iter().any(|(_, q)| *q <= 0) {
+            return Err(OrderError::Invalid(
+                "a return needs lines with quantities of at least 1".into(),
+            ));
+        }
+        let (status, _, fulfilment) = self.states(id).await?;
+        if fulfilment != "fulfilled" {
+            return Err(OrderError::InvalidTransition {
+                action: "return",
+                state: format!("{status}/{fulfilment}"),
+            });
+        }
+        let shipped = self.inventory.shipped(id).await?;
+        let mut tx = self.db.pool().begin().await?;
+        // Serialises returns of this order: the order row is locked until commit.
+        sqlx::query("UPDATE orders SET updated_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let mut restock = Vec::new();
+        for (sku, quantity) in lines {
+            let seen = sqlx::query(
+                "SELECT quantity, location_id FROM order_returns WHERE return_id = $1 AND sku = $2",
+            )
+            .bind(return_id)
+            .bind(sku)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = seen {
+                // Already received under this return id: restock again (idempotent) in case
+                // an earlier attempt stopped half-way.
+                restock.push((
+                    sku.clone(),
+                    row.try_get::<String, _>("location_id")?,
+                    row.try_get::<i64, _>("quantity")?,
+                ));
+                continue;
+            }
+            let sold: i64 = shipped
+                .iter()
+                .filter(|a| &a.sku == sku)
+                .map(|a| a.quantity)
+                .sum();
+            let returned: i64 = sqlx::query("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) AS n FROM order_returns WHERE order_id = $1 AND sku = $2")
+                .bind(id)
+                .bind(sku)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+            if returned + quantity > sold {
+                return Err(OrderError::Invalid(format!(
+                    "{sku}: {quantity} returned but only {} of {sold} sold can still come back",
+                    sold - returned
+                )));
+            }
+            let location = shipped
+                .iter()
+                .find(|a| &a.sku == sku)
+                .map(|a| a.location_id.clone())
+                .unwrap_or_default();
+            sqlx::query("INSERT INTO order_returns (order_id, return_id, sku, location_id, quantity, received_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(id)
+                .bind(return_id)
+                .bind(sku)
+                .bind(&location)
+                .bind(quantity)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            restock.push((sku.clone(), location, *quantity));
+        }
+        tx.commit().await?;
+        for (sku, location, quantity) in restock {
+            self.inventory
+                .restock(&format!("{id}:{return_id}"), &sku, &location, quantity, now)
+                .await?;
+        }
         self.order(id).await
     }
 }

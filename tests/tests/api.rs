@@ -1064,3 +1064,174 @@ async fn an_empty_cart_or_a_bad_checkout_is_refused() {
         app.db.drop_database().await;
     }
 }
+
+impl TestApp {
+    /// A captured order for 3 × TEE-M (total 56.98 after the tiered discount).
+    async fn captured_order(&self) -> String {
+        let (cart, token) = self.cart_with("TEE-M", 3).await;
+        let r = self
+            .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let order = r.body["id"].as_str().expect("id").to_owned();
+        let r = self
+            .admin(
+                Method::POST,
+                &format!("/admin/orders/{order}/capture"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(r.body["payment"]["captured"], 5698);
+        order
+    }
+
+    async fn refund(&self, order: &str, key: &str, amount: i64) -> Response {
+        self.send(
+            Method::POST,
+            &format!("/admin/orders/{order}/refunds"),
+            &[
+                ("authorization", &format!("Bearer {ADMIN}")),
+                ("idempotency-key", key),
+            ],
+            Some(json!({"amount": amount}).to_string()),
+        )
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refunds_are_partial_idempotent_and_never_exceed_what_was_captured() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let order = app.captured_order().await;
+        let r = app.refund(&order, "r1", 1000).await;
+        assert_eq!(
+            (r.status, r.body["payment_status"].as_str()),
+            (200, Some("partially_refunded")),
+            "{}",
+            r.body
+        );
+        let again = app.refund(&order, "r1", 1000).await;
+        assert_eq!(
+            again.body, r.body,
+            "the same key is replayed, not refunded twice"
+        );
+        assert_eq!(again.body["payment"]["refunded"], 1000);
+        let r = app.refund(&order, "r2", 5000).await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (409, Some("refund_exceeds_captured"))
+        );
+        let r = app.refund(&order, "r3", 0).await;
+        assert_eq!(r.status, 422);
+
+        // 4,698 left; twenty concurrent refunds of 500 each: exactly nine go through.
+        let app = std::sync::Arc::new(app);
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let (app, order) = (app.clone(), order.clone());
+                tokio::spawn(async move { app.refund(&order, &format!("c{i}"), 500).await.status })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                200 => ok += 1,
+                409 => {}
+                other => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(ok, 9);
+        let r = app
+            .admin(Method::GET, &format!("/admin/orders/{order}"), Value::Null)
+            .await;
+        assert_eq!(r.body["payment"]["refunded"], 5500);
+        let r = app.refund(&order, "last", 198).await;
+        assert_eq!(r.body["payment_status"], "refunded", "{}", r.body);
+        let app = std::sync::Arc::into_inner(app).expect("sole owner");
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn a_received_return_restocks_once_and_never_more_than_was_sold() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let order = app.captured_order().await;
+        let returns = format!("/admin/orders/{order}/returns");
+        let r = app
+            .admin(
+                Method::POST,
+                &returns,
+                json!({"return_id": "rma-1", "lines": [{"sku": "TEE-M", "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (409, Some("invalid_transition")),
+            "not shipped yet"
+        );
+        app.admin(
+            Method::POST,
+            &format!("/admin/orders/{order}/fulfil"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(app.level("TEE-M").await["on_hand"], 7);
+
+        let r = app
+            .admin(
+                Method::POST,
+                &returns,
+                json!({"return_id": "rma-1", "lines": [{"sku": "TEE-M", "quantity": 2}]}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(app.level("TEE-M").await["on_hand"], 9);
+        let r = app
+            .admin(
+                Method::POST,
+                &returns,
+                json!({"return_id": "rma-1", "lines": [{"sku": "TEE-M", "quantity": 2}]}),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            app.level("TEE-M").await["on_hand"],
+            9,
+            "the same return restocks once"
+        );
+        let r = app
+            .admin(
+                Method::POST,
+                &returns,
+                json!({"return_id": "rma-2", "lines": [{"sku": "TEE-M", "quantity": 2}]}),
+            )
+            .await;
+        assert_eq!(
+            r.status, 422,
+            "only one of three can still come back: {}",
+            r.body
+        );
+        let r = app
+            .admin(
+                Method::POST,
+                &returns,
+                json!({"return_id": "rma-3", "lines": [{"sku": "MUG", "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "not part of the order");
+        let r = app
+            .admin(
+                Method::POST,
+                &returns,
+                json!({"return_id": "rma-2", "lines": [{"sku": "TEE-M", "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(app.level("TEE-M").await["on_hand"], 10);
+        app.db.drop_database().await;
+    }
+}

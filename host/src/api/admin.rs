@@ -26,6 +26,8 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/orders/{id}/fulfil", post(fulfil))
         .route("/orders/{id}/capture", post(capture))
         .route("/orders/{id}/cancel", post(cancel))
+        .route("/orders/{id}/refunds", post(refund))
+        .route("/orders/{id}/returns", post(receive_return))
         .route("/plugins", get(list_plugins))
         .route("/plugins/{name}/invoke", post(invoke))
 }
@@ -205,6 +207,91 @@ async fn cancel(
 ) -> Result<Json<Value>, ApiError> {
     let connector = connector_of(&state, &id).await?;
     Ok(Json(state.orders.cancel(&id, &connector, now_ms()).await?))
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct Refund {
+    amount: u32,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Refunds part or all of what was captured. Requires an `Idempotency-Key`.
+async fn refund(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<Refund>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let key = super::idempotency::key(&headers)?;
+    let Json(refund) = body?;
+    let scope = format!("refund:{id}");
+    let canonical = json!(refund);
+    let now = now_ms();
+    if let super::idempotency::Begin::Replay(status, body) =
+        super::idempotency::begin(&state.db, &scope, &key, &canonical, now).await?
+    {
+        return Ok((status, Json(body)));
+    }
+    let outcome = async {
+        let connector = connector_of(&state, &id).await?;
+        Ok::<_, ApiError>(
+            state
+                .orders
+                .refund(
+                    &id,
+                    i64::from(refund.amount),
+                    refund.reason.clone(),
+                    &connector,
+                    now,
+                )
+                .await?,
+        )
+    }
+    .await;
+    let (status, body) = match outcome {
+        Ok(order) => (axum::http::StatusCode::OK, order),
+        Err(e) => (e.status(), e.body()),
+    };
+    super::idempotency::finish(&state.db, &scope, &key, status, &body).await;
+    Ok((status, Json(body)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReturnLine {
+    sku: String,
+    quantity: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Return {
+    return_id: String,
+    lines: Vec<ReturnLine>,
+}
+
+/// Receives a return: the units go back on hand, exactly once per `return_id`.
+async fn receive_return(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<Return>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(r) = body?;
+    let lines: Vec<(String, i64)> = r
+        .lines
+        .into_iter()
+        .map(|l| (l.sku, i64::from(l.quantity)))
+        .collect();
+    Ok(Json(
+        state
+            .orders
+            .receive_return(&id, &r.return_id, &lines, now_ms())
+            .await?,
+    ))
 }
 
 async fn list_plugins(_: Admin, State(state): State<AppState>) -> Json<Value> {

@@ -194,6 +194,9 @@ impl From<OrderError> for ApiError {
                     OrderError::InvalidTransition { .. } => {
                         (StatusCode::CONFLICT, "invalid_transition")
                     }
+                    OrderError::RefundTooLarge { .. } => {
+                        (StatusCode::CONFLICT, "refund_exceeds_captured")
+                    }
                     _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
                 };
                 Self::new(status, code, other.to_string())
