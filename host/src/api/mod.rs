@@ -105,6 +105,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .nest("/admin", admin::routes())
         .nest("/store", storefront::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
@@ -118,6 +119,17 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         .await
         .map_err(|e| ApiError::internal(&e))?;
     Ok(Json(json!({"status": "ready"})))
+}
+
+/// Prometheus metrics: per-plugin calls by outcome and latency.
+async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::plugin::metrics::render(),
+    )
 }
 
 /// Now, in Unix milliseconds.

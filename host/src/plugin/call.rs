@@ -151,8 +151,8 @@ impl Plugin {
         }
     }
 
-    /// Prices a cart.
-    pub async fn price(
+    /// `price` without the metrics.
+    async fn price_unobserved(
         &self,
         cart: &pricing::Cart,
     ) -> Result<Call<pricing::PriceResult>, HookError> {
@@ -174,8 +174,8 @@ impl Plugin {
         Ok(call)
     }
 
-    /// Assesses a checkout for fraud.
-    pub async fn assess(
+    /// `assess` without the metrics.
+    async fn assess_unobserved(
         &self,
         checkout: &fraud::Checkout,
     ) -> Result<Call<fraud::Assessment>, HookError> {
@@ -197,9 +197,8 @@ impl Plugin {
         Ok(call)
     }
 
-    /// Ranks candidates for a shopper. The ranking that comes back holds only candidates, each
-    /// once, with the candidates the plugin left out appended in their default order.
-    pub async fn rank(
+    /// `rank` without the metrics.
+    async fn rank_unobserved(
         &self,
         context: &personalization::Context,
     ) -> Result<Call<personalization::Ranking>, HookError> {
@@ -221,9 +220,8 @@ impl Plugin {
         Ok(call)
     }
 
-    /// Runs one payment step. The gateway's refusal is a successful call whose output is
-    /// `Err(PaymentError)`: the connector did its job.
-    pub async fn payment(
+    /// `payment` without the metrics.
+    async fn payment_unobserved(
         &self,
         request: &PaymentRequest,
     ) -> Result<Call<Result<payment::PaymentResult, payment::PaymentError>>, HookError> {
@@ -249,8 +247,8 @@ impl Plugin {
         Ok(call)
     }
 
-    /// Verifies and decodes a payment webhook.
-    pub async fn parse_webhook(
+    /// `parse_webhook` without the metrics.
+    async fn parse_webhook_unobserved(
         &self,
         request: &payment::WebhookRequest,
     ) -> Result<Call<Result<payment::WebhookEvent, payment::WebhookError>>, HookError> {
@@ -271,6 +269,63 @@ impl Plugin {
             validate::webhook_event(event).map_err(|reason| self.invalid(reason))?;
         }
         Ok(call)
+    }
+
+    /// Prices a cart.
+    pub async fn price(
+        &self,
+        cart: &pricing::Cart,
+    ) -> Result<Call<pricing::PriceResult>, HookError> {
+        self.observed(self.price_unobserved(cart)).await
+    }
+
+    /// Assesses a checkout for fraud.
+    pub async fn assess(
+        &self,
+        checkout: &fraud::Checkout,
+    ) -> Result<Call<fraud::Assessment>, HookError> {
+        self.observed(self.assess_unobserved(checkout)).await
+    }
+
+    /// Ranks candidates for a shopper. The ranking that comes back holds only candidates, each
+    /// once, with the candidates the plugin left out appended in their default order.
+    pub async fn rank(
+        &self,
+        context: &personalization::Context,
+    ) -> Result<Call<personalization::Ranking>, HookError> {
+        self.observed(self.rank_unobserved(context)).await
+    }
+
+    /// Runs one payment step. The gateway's refusal is a successful call whose output is
+    /// `Err(PaymentError)`: the connector did its job.
+    pub async fn payment(
+        &self,
+        request: &PaymentRequest,
+    ) -> Result<Call<Result<payment::PaymentResult, payment::PaymentError>>, HookError> {
+        self.observed(self.payment_unobserved(request)).await
+    }
+
+    /// Verifies and decodes a payment webhook.
+    pub async fn parse_webhook(
+        &self,
+        request: &payment::WebhookRequest,
+    ) -> Result<Call<Result<payment::WebhookEvent, payment::WebhookError>>, HookError> {
+        self.observed(self.parse_webhook_unobserved(request)).await
+    }
+
+    /// Runs a call and records its outcome and latency in the metrics.
+    async fn observed<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<Call<T>, HookError>>,
+    ) -> Result<Call<T>, HookError> {
+        let started = Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        super::metrics::record(&self.reference(), outcome, started.elapsed());
+        result
     }
 
     /// Instantiates once and calls the pricing hook `iterations` times on the same instance;

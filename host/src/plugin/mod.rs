@@ -11,6 +11,7 @@ pub mod bindings;
 mod call;
 pub mod error;
 pub mod manifest;
+pub mod metrics;
 mod runtime;
 mod sandbox;
 pub mod validate;

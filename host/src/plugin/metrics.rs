@@ -1,0 +1,95 @@
+//! Per-plugin call metrics in the Prometheus text format: calls by outcome (`ok` or the named
+//! error code) and a latency histogram, labelled by plugin, version and hook. One registry per
+//! process, as Prometheus clients keep it; `/metrics` renders it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use super::PluginRef;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 11] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25,
+];
+
+#[derive(Default)]
+struct Series {
+    outcomes: BTreeMap<&'static str, u64>,
+    buckets: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+type Registry = BTreeMap<(String, String, &'static str), Series>;
+
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
+
+/// Records one call of `plugin` that ended in `outcome` after `duration`.
+pub(crate) fn record(plugin: &PluginRef, outcome: &'static str, duration: Duration) {
+    let Ok(mut registry) = REGISTRY.lock() else {
+        return;
+    };
+    let series = registry
+        .entry((
+            plugin.name.clone(),
+            plugin.version.to_string(),
+            plugin.hook.as_str(),
+        ))
+        .or_default();
+    *series.outcomes.entry(outcome).or_default() += 1;
+    let secs = duration.as_secs_f64();
+    for (bucket, le) in series.buckets.iter_mut().zip(BUCKETS) {
+        if secs <= le {
+            *bucket += 1;
+        }
+    }
+    series.sum += secs;
+    series.count += 1;
+}
+
+/// The registry in the Prometheus text exposition format.
+pub fn render() -> String {
+    let mut out = String::new();
+    let Ok(registry) = REGISTRY.lock() else {
+        return out;
+    };
+    out.push_str("# HELP cartridge_plugin_calls_total Plugin hook calls by outcome (ok or the error code).\n");
+    out.push_str("# TYPE cartridge_plugin_calls_total counter\n");
+    for ((plugin, version, hook), series) in registry.iter() {
+        for (outcome, n) in &series.outcomes {
+            let _ = writeln!(
+                out,
+                "cartridge_plugin_calls_total{{plugin=\"{plugin}\",version=\"{version}\",hook=\"{hook}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+    out.push_str("# HELP cartridge_plugin_call_duration_seconds Plugin hook call latency, instantiation included.\n");
+    out.push_str("# TYPE cartridge_plugin_call_duration_seconds histogram\n");
+    for ((plugin, version, hook), series) in registry.iter() {
+        let labels = format!("plugin=\"{plugin}\",version=\"{version}\",hook=\"{hook}\"");
+        for (n, le) in series.buckets.iter().zip(BUCKETS) {
+            let _ = writeln!(
+                out,
+                "cartridge_plugin_call_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "cartridge_plugin_call_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+            series.count
+        );
+        let _ = writeln!(
+            out,
+            "cartridge_plugin_call_duration_seconds_sum{{{labels}}} {}",
+            series.sum
+        );
+        let _ = writeln!(
+            out,
+            "cartridge_plugin_call_duration_seconds_count{{{labels}}} {}",
+            series.count
+        );
+    }
+    out
+}
