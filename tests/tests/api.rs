@@ -1235,3 +1235,45 @@ async fn a_received_return_restocks_once_and_never_more_than_was_sold() {
         app.db.drop_database().await;
     }
 }
+
+#[tokio::test]
+async fn every_route_in_the_openapi_document_exists() {
+    let db = test_databases().await.into_iter().next().expect("sqlite");
+    let app = spawn_app(db, &[]).await;
+    let r = app.send(Method::GET, "/openapi.json", &[], None).await;
+    assert_eq!(r.body["openapi"], "3.1.0");
+    let documented: Vec<(String, String)> = r.body["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .expect("operations")
+                .keys()
+                .map(|m| (m.clone(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        documented.len(),
+        cartridge_host::api::openapi::documented_routes().count()
+    );
+    for (method, path) in documented {
+        let concrete = path
+            .replace("{id}", "x")
+            .replace("{line}", "x")
+            .replace("{sku}", "x")
+            .replace("{location}", "x")
+            .replace("{name}", "x");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let r = app
+            .send(method.clone(), &concrete, &[], Some("{}".into()))
+            .await;
+        // A route that does not exist answers 404 or 405 with no JSON body.
+        assert!(
+            !(matches!(r.status, 404 | 405) && r.body.is_null()),
+            "{method} {path} is documented but not routed"
+        );
+    }
+    app.db.drop_database().await;
+}

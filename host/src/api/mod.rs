@@ -5,10 +5,12 @@
 //! - `/store/…`: the storefront; a cart is reached with its id and its `X-Cart-Token`.
 //!
 //! Every error is `{"error": {"code", "message"}}` with a stable code ([`ApiError`]).
+//! `/openapi.json` documents all of it.
 
 mod admin;
 mod error;
 mod idempotency;
+pub mod openapi;
 mod storefront;
 
 use std::collections::BTreeMap;
@@ -106,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .nest("/admin", admin::routes())
         .nest("/store", storefront::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))

@@ -1,0 +1,231 @@
+//! `/openapi.json`: the API's routes, who may call them, and the error convention, as an
+//! OpenAPI 3.1 document. The route table here is checked against the router by the API tests
+//! (every documented route answers), so the document cannot drift into routes that do not
+//! exist.
+
+use serde_json::{Map, Value, json};
+
+/// Who may call a route.
+#[derive(Clone, Copy)]
+enum Access {
+    Anyone,
+    CartToken,
+    CartTokenIdempotent,
+    Admin,
+    AdminIdempotent,
+}
+
+/// (method, path, access, summary).
+const ROUTES: &[(&str, &str, Access, &str)] = &[
+    ("get", "/health", Access::Anyone, "Liveness"),
+    (
+        "get",
+        "/ready",
+        Access::Anyone,
+        "Readiness: the database answers",
+    ),
+    ("get", "/metrics", Access::Anyone, "Prometheus metrics"),
+    ("get", "/openapi.json", Access::Anyone, "This document"),
+    (
+        "get",
+        "/store/products",
+        Access::Anyone,
+        "Active products; filters: category (with sub-categories), q, attribute=name:value, limit, offset",
+    ),
+    (
+        "get",
+        "/store/products/{id}",
+        Access::Anyone,
+        "One active product",
+    ),
+    (
+        "post",
+        "/store/carts",
+        Access::Anyone,
+        "Create a cart; the response holds its secret token",
+    ),
+    (
+        "get",
+        "/store/carts/{id}",
+        Access::CartToken,
+        "The cart, priced by the pricing plugins",
+    ),
+    (
+        "post",
+        "/store/carts/{id}/lines",
+        Access::CartToken,
+        "Add a SKU (quantity 1 to 999)",
+    ),
+    (
+        "patch",
+        "/store/carts/{id}/lines/{line}",
+        Access::CartToken,
+        "Change a line's quantity",
+    ),
+    (
+        "delete",
+        "/store/carts/{id}/lines/{line}",
+        Access::CartToken,
+        "Remove a line",
+    ),
+    (
+        "put",
+        "/store/carts/{id}/coupons",
+        Access::CartToken,
+        "Set the entered coupon codes",
+    ),
+    (
+        "post",
+        "/store/carts/{id}/checkout",
+        Access::CartTokenIdempotent,
+        "Check out: re-price, fraud check, reserve, authorise, place the order",
+    ),
+    (
+        "post",
+        "/admin/products",
+        Access::Admin,
+        "Create a product with its variants",
+    ),
+    (
+        "get",
+        "/admin/products/{id}",
+        Access::Admin,
+        "One product, archived or not",
+    ),
+    (
+        "post",
+        "/admin/products/{id}/archive",
+        Access::Admin,
+        "Archive a product",
+    ),
+    (
+        "post",
+        "/admin/categories",
+        Access::Admin,
+        "Create or rename a category",
+    ),
+    (
+        "post",
+        "/admin/locations",
+        Access::Admin,
+        "Create or change a stock location",
+    ),
+    (
+        "get",
+        "/admin/inventory/{sku}",
+        Access::Admin,
+        "Stock levels of a SKU per location",
+    ),
+    (
+        "post",
+        "/admin/inventory/{sku}/{location}/adjust",
+        Access::Admin,
+        "Receive or write off stock",
+    ),
+    (
+        "get",
+        "/admin/orders/{id}",
+        Access::Admin,
+        "One order with its lines, payment and the plugin decisions",
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/capture",
+        Access::Admin,
+        "Capture the authorised payment",
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/fulfil",
+        Access::Admin,
+        "Ship the order",
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/cancel",
+        Access::Admin,
+        "Cancel: void or refund, and restock",
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/refunds",
+        Access::AdminIdempotent,
+        "Refund part of what was captured",
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/returns",
+        Access::Admin,
+        "Receive returned units (restocks once per return id)",
+    ),
+    ("get", "/admin/plugins", Access::Admin, "Installed plugins"),
+    (
+        "post",
+        "/admin/plugins/{name}/invoke",
+        Access::Admin,
+        "Run one plugin's hook on a JSON input",
+    ),
+];
+
+/// The (method, path) pairs documented, for the test that checks them against the router.
+pub fn documented_routes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ROUTES.iter().map(|(method, path, _, _)| (*method, *path))
+}
+
+/// The OpenAPI document.
+pub fn document() -> Value {
+    let mut paths: Map<String, Value> = Map::new();
+    for (method, path, access, summary) in ROUTES {
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut headers: Vec<Value> = params;
+        if matches!(access, Access::CartToken | Access::CartTokenIdempotent) {
+            headers.push(json!({"name": "X-Cart-Token", "in": "header", "required": true, "schema": {"type": "string"}}));
+        }
+        if matches!(
+            access,
+            Access::CartTokenIdempotent | Access::AdminIdempotent
+        ) {
+            headers.push(json!({"name": "Idempotency-Key", "in": "header", "required": true,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "description": "The first response is stored and replayed; another body with the same key is 422; while the first runs, 409."}));
+        }
+        let security = if matches!(access, Access::Admin | Access::AdminIdempotent) {
+            json!([{"admin": []}])
+        } else {
+            json!([])
+        };
+        let operation = json!({
+            "summary": summary,
+            "parameters": headers,
+            "security": security,
+            "responses": {
+                "2XX": {"description": "Success", "content": {"application/json": {}}},
+                "4XX": {"description": "The caller's mistake", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "5XX": {"description": "A failing plugin (502, with its named error) or an internal failure", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            }
+        });
+        let entry = paths.entry((*path).to_owned()).or_insert_with(|| json!({}));
+        if let Some(obj) = entry.as_object_mut() {
+            obj.insert((*method).to_owned(), operation);
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Cartridge", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Commerce whose business rules are sandboxed WebAssembly plugins."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {"type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "string", "description": "Stable, machine-readable"},
+                                   "message": {"type": "string"}}}}
+            }}
+        }
+    })
+}
