@@ -12,7 +12,8 @@
 //! - [`db`]: SQLite or PostgreSQL behind one pool, and the migrations.
 //! - [`inventory`]: multi-location stock with reservations that cannot oversell.
 //! - [`cli`]: the `cartridge` command line (`serve`, `plugin new|build|run`).
-//! - [`catalog`], [`carts`], [`orders`]: products, carts, checkout and orders.
+//! - [`catalog`], [`carts`], [`orders`], [`customers`]: products, carts, checkout and orders,
+//!   accounts.
 //! - [`demo`]: the demo store's catalog and stock.
 //! - [`api`]: the HTTP routes, authentication and error convention; [`server`] starts them.
 //!
@@ -23,6 +24,7 @@ pub mod api;
 pub mod carts;
 pub mod catalog;
 pub mod cli;
+pub mod customers;
 pub mod db;
 pub mod demo;
 pub mod hooks;

@@ -443,8 +443,9 @@ impl Orders {
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(
             "INSERT INTO orders (id, cart_id, email, status, payment_status, fulfilment_status, currency, \
-             subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'authorized', 'unfulfilled', $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+             subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at, customer_id) \
+             VALUES ($1, $2, $3, $4, 'authorized', 'unfulfilled', $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, \
+             (SELECT customer_id FROM carts WHERE id = $2))",
         )
         .bind(order_id)
         .bind(cart_id)
@@ -532,6 +533,7 @@ impl Orders {
         Ok(json!({
             "id": row.try_get::<String, _>("id")?,
             "email": row.try_get::<String, _>("email")?,
+            "customer_id": row.try_get::<Option<String>, _>("customer_id")?,
             "status": row.try_get::<String, _>("status")?,
             "payment_status": row.try_get::<String, _>("payment_status")?,
             "fulfilment_status": row.try_get::<String, _>("fulfilment_status")?,
@@ -547,6 +549,31 @@ impl Orders {
             "payment": payment,
             "created_at": row.try_get::<i64, _>("created_at")?,
         }))
+    }
+
+    /// The orders of a customer, newest first.
+    pub async fn for_customer(&self, customer_id: &str) -> Result<Vec<Value>> {
+        let ids = sqlx::query("SELECT id FROM orders WHERE customer_id = $1 ORDER BY created_at DESC, id DESC LIMIT 100")
+            .bind(customer_id)
+            .fetch_all(self.db.pool())
+            .await?;
+        let mut orders = Vec::with_capacity(ids.len());
+        for row in ids {
+            orders.push(self.order(&row.try_get::<String, _>("id")?).await?);
+        }
+        Ok(orders)
+    }
+
+    /// Whether order `id` belongs to `customer_id`.
+    pub async fn owned_by(&self, id: &str, customer_id: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("SELECT id FROM orders WHERE id = $1 AND customer_id = $2")
+                .bind(id)
+                .bind(customer_id)
+                .fetch_optional(self.db.pool())
+                .await?
+                .is_some(),
+        )
     }
 
     async fn states(&self, id: &str) -> Result<(String, String, String)> {

@@ -1277,3 +1277,175 @@ async fn every_route_in_the_openapi_document_exists() {
     }
     app.db.drop_database().await;
 }
+
+impl TestApp {
+    async fn customer(&self, email: &str) -> String {
+        let r = self
+            .send(
+                Method::POST,
+                "/store/customers",
+                &[],
+                Some(
+                    json!({"email": email, "password": "correct horse battery", "name": "Ada"})
+                        .to_string(),
+                ),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let r = self
+            .send(
+                Method::POST,
+                "/store/customers/login",
+                &[],
+                Some(json!({"email": email, "password": "correct horse battery"}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["token"].as_str().expect("token").to_owned()
+    }
+}
+
+#[tokio::test]
+async fn customers_see_their_own_carts_and_orders_and_nobody_elses() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let ada = app.customer("ada@example.com").await;
+        let bob = app.customer("bob@example.com").await;
+        let as_ada = format!("Bearer {ada}");
+        let as_bob = format!("Bearer {bob}");
+
+        // Ada's cart opens with her login alone.
+        let r = app
+            .send(
+                Method::POST,
+                "/store/carts",
+                &[("authorization", &as_ada)],
+                Some(json!({"currency": "EUR"}).to_string()),
+            )
+            .await;
+        let cart = r.body["id"].as_str().expect("cart").to_owned();
+        let r = app
+            .send(
+                Method::POST,
+                &format!("/store/carts/{cart}/lines"),
+                &[("authorization", &as_ada)],
+                Some(json!({"sku": "SOCK", "quantity": 1}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = app
+            .send(
+                Method::GET,
+                &format!("/store/carts/{cart}"),
+                &[("authorization", &as_bob)],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 404, "Bob cannot open Ada's cart");
+        let r = app
+            .send(
+                Method::POST,
+                &format!("/store/carts/{cart}/checkout"),
+                &[("authorization", &as_ada), ("idempotency-key", "k")],
+                Some(checkout_body("tok_visa", "DE").to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let order = r.body["id"].as_str().expect("order").to_owned();
+
+        let r = app
+            .send(
+                Method::GET,
+                "/store/customers/me/orders",
+                &[("authorization", &as_ada)],
+                None,
+            )
+            .await;
+        assert_eq!(r.body["orders"][0]["id"], order.as_str());
+        let r = app
+            .send(
+                Method::GET,
+                "/store/customers/me/orders",
+                &[("authorization", &as_bob)],
+                None,
+            )
+            .await;
+        assert_eq!(r.body["orders"], json!([]));
+        let r = app
+            .send(
+                Method::GET,
+                &format!("/store/orders/{order}"),
+                &[("authorization", &as_ada)],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let r = app
+            .send(
+                Method::GET,
+                &format!("/store/orders/{order}"),
+                &[("authorization", &as_bob)],
+                None,
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (404, Some("order_not_found"))
+        );
+        let r = app
+            .send(Method::GET, &format!("/store/orders/{order}"), &[], None)
+            .await;
+        assert_eq!(r.status, 401);
+
+        // A customer token is no admin credential.
+        for (method, path) in [
+            (Method::GET, format!("/admin/orders/{order}")),
+            (Method::POST, format!("/admin/orders/{order}/cancel")),
+        ] {
+            let r = app
+                .send(
+                    method,
+                    &path,
+                    &[("authorization", &as_ada)],
+                    Some("{}".into()),
+                )
+                .await;
+            assert_eq!(r.status, 401);
+        }
+
+        let login =
+            |email: &str, password: &str| json!({"email": email, "password": password}).to_string();
+        for body in [
+            login("ada@example.com", "wrong password!"),
+            login("nobody@example.com", "correct horse battery"),
+        ] {
+            let r = app
+                .send(Method::POST, "/store/customers/login", &[], Some(body))
+                .await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (401, Some("invalid_credentials"))
+            );
+        }
+        let r = app
+            .send(Method::POST, "/store/customers", &[], Some(json!({"email": "ADA@example.com", "password": "another long one", "name": "A"}).to_string()))
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (409, Some("email_taken"))
+        );
+        let r = app
+            .send(
+                Method::POST,
+                "/store/customers",
+                &[],
+                Some(
+                    json!({"email": "c@example.com", "password": "short", "name": "C"}).to_string(),
+                ),
+            )
+            .await;
+        assert_eq!(r.status, 422);
+        app.db.drop_database().await;
+    }
+}

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::carts::CartError;
 use crate::catalog::CatalogError;
+use crate::customers::CustomerError;
 use crate::inventory::InventoryError;
 use crate::orders::OrderError;
 use crate::plugin::HookError;
@@ -202,5 +203,18 @@ impl From<OrderError> for ApiError {
                 Self::new(status, code, other.to_string())
             }
         }
+    }
+}
+
+impl From<CustomerError> for ApiError {
+    fn from(e: CustomerError) -> Self {
+        let status = match &e {
+            CustomerError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CustomerError::EmailTaken => StatusCode::CONFLICT,
+            CustomerError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            CustomerError::Hashing => return Self::internal(&e),
+            CustomerError::Database(cause) => return Self::internal(cause),
+        };
+        Self::new(status, e.code(), e.to_string())
     }
 }

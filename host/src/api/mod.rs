@@ -28,6 +28,7 @@ pub use error::ApiError;
 
 use crate::carts::Carts;
 use crate::catalog::Catalog;
+use crate::customers::Customers;
 use crate::db::Db;
 use crate::inventory::Inventory;
 use crate::orders::{CheckoutPlugins, Orders};
@@ -44,6 +45,7 @@ pub struct AppState {
     inventory: Inventory,
     carts: Carts,
     orders: Orders,
+    customers: Customers,
     plugins: Arc<BTreeMap<String, Arc<Plugin>>>,
 }
 
@@ -55,6 +57,7 @@ impl AppState {
         let carts = Carts::new(db.clone(), catalog.clone());
         Self {
             orders: Orders::new(db.clone(), inventory.clone(), carts.clone()),
+            customers: Customers::new(db.clone()),
             inventory,
             carts,
             catalog,
@@ -178,5 +181,41 @@ impl FromRequestParts<AppState> for Admin {
         Ok(Admin {
             name: sqlx::Row::try_get(&row, "name").map_err(|e| ApiError::internal(&e))?,
         })
+    }
+}
+
+/// Proof that the request carries a valid customer bearer token.
+pub struct SignedIn {
+    /// The customer's id.
+    pub customer_id: String,
+}
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        let customer_id = state
+            .customers
+            .authenticate(token, now_ms())
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+        Ok(SignedIn { customer_id })
+    }
+}
+
+/// The signed-in customer, if the request carries a valid customer token.
+pub struct MaybeSignedIn(pub Option<String>);
+
+impl FromRequestParts<AppState> for MaybeSignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match bearer(parts) {
+            None => Ok(MaybeSignedIn(None)),
+            Some(token) => Ok(MaybeSignedIn(
+                state.customers.authenticate(token, now_ms()).await?,
+            )),
+        }
     }
 }

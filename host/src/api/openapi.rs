@@ -11,6 +11,7 @@ enum Access {
     Anyone,
     CartToken,
     CartTokenIdempotent,
+    Customer,
     Admin,
     AdminIdempotent,
 }
@@ -79,6 +80,30 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         "/store/carts/{id}/checkout",
         Access::CartTokenIdempotent,
         "Check out: re-price, fraud check, reserve, authorise, place the order",
+    ),
+    (
+        "post",
+        "/store/customers",
+        Access::Anyone,
+        "Register an account (argon2id-hashed password)",
+    ),
+    (
+        "post",
+        "/store/customers/login",
+        Access::Anyone,
+        "Log in: a bearer token valid for 30 days",
+    ),
+    (
+        "get",
+        "/store/customers/me/orders",
+        Access::Customer,
+        "The signed-in customer's orders",
+    ),
+    (
+        "get",
+        "/store/orders/{id}",
+        Access::Customer,
+        "One of the signed-in customer's orders",
     ),
     (
         "post",
@@ -183,7 +208,8 @@ pub fn document() -> Value {
             .collect();
         let mut headers: Vec<Value> = params;
         if matches!(access, Access::CartToken | Access::CartTokenIdempotent) {
-            headers.push(json!({"name": "X-Cart-Token", "in": "header", "required": true, "schema": {"type": "string"}}));
+            headers.push(json!({"name": "X-Cart-Token", "in": "header", "required": false, "schema": {"type": "string"},
+                "description": "The cart's secret token; not needed when its owner is signed in"}));
         }
         if matches!(
             access,
@@ -193,10 +219,12 @@ pub fn document() -> Value {
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                 "description": "The first response is stored and replayed; another body with the same key is 422; while the first runs, 409."}));
         }
-        let security = if matches!(access, Access::Admin | Access::AdminIdempotent) {
-            json!([{"admin": []}])
-        } else {
-            json!([])
+        let security = match access {
+            Access::Admin | Access::AdminIdempotent => json!([{"admin": []}]),
+            Access::Customer => json!([{"customer": []}]),
+            // A signed-in owner may open their cart with their customer token instead.
+            Access::CartToken | Access::CartTokenIdempotent => json!([{}, {"customer": []}]),
+            Access::Anyone => json!([]),
         };
         let operation = json!({
             "summary": summary,
@@ -219,7 +247,8 @@ pub fn document() -> Value {
                  "description": "Commerce whose business rules are sandboxed WebAssembly plugins."},
         "paths": paths,
         "components": {
-            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"},
+                                "customer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": {
                 "type": "object", "required": ["error"],
                 "properties": {"error": {"type": "object", "required": ["code", "message"],

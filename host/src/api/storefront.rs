@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, now_ms};
+use super::{ApiError, AppState, MaybeSignedIn, SignedIn, now_ms};
 use crate::carts::CartContents;
 use crate::catalog::ProductFilter;
 use crate::orders::CheckoutRequest;
@@ -29,6 +29,67 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/carts/{id}/coupons", put(set_coupons))
         .route("/carts/{id}/checkout", post(checkout))
+        .route("/customers", post(register))
+        .route("/customers/login", post(login))
+        .route("/customers/me/orders", get(my_orders))
+        .route("/orders/{id}", get(my_order))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    email: String,
+    password: String,
+    name: String,
+}
+
+async fn register(
+    State(state): State<AppState>,
+    body: Result<Json<Registration>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(r) = body?;
+    let customer = state
+        .customers
+        .register(&r.email, &r.password, &r.name, now_ms())
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(customer))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    email: String,
+    password: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    body: Result<Json<Login>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(l) = body?;
+    let (customer, token) = state
+        .customers
+        .login(&l.email, &l.password, now_ms())
+        .await?;
+    Ok(Json(json!({"customer": customer, "token": token})))
+}
+
+async fn my_orders(State(state): State<AppState>, me: SignedIn) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({"orders": state.orders.for_customer(&me.customer_id).await?}),
+    ))
+}
+
+/// One of the signed-in customer's orders; anyone else's is a 404.
+async fn my_order(
+    State(state): State<AppState>,
+    me: SignedIn,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.orders.owned_by(&id, &me.customer_id).await? {
+        return Err(ApiError::not_found("order_not_found", "no such order"));
+    }
+    Ok(Json(state.orders.order(&id).await?))
 }
 
 /// Checks the cart out. Requires an `Idempotency-Key`: a retry with the same key and body gets
@@ -85,7 +146,7 @@ async fn product(
     Ok(Json(json!(product)))
 }
 
-/// The cart named in the path, opened with the `X-Cart-Token` header.
+/// The cart named in the path, opened with its `X-Cart-Token` or by its signed-in owner.
 struct CartAccess(String);
 
 impl FromRequestParts<AppState> for CartAccess {
@@ -103,8 +164,12 @@ impl FromRequestParts<AppState> for CartAccess {
             .headers
             .get("x-cart-token")
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::not_found("cart_not_found", "no such cart"))?;
-        state.carts.authorize(&id, token).await?;
+            .map(str::to_owned);
+        let MaybeSignedIn(customer) = MaybeSignedIn::from_request_parts(parts, state).await?;
+        state
+            .carts
+            .authorize(&id, token.as_deref(), customer.as_deref())
+            .await?;
         Ok(CartAccess(id))
     }
 }
@@ -117,11 +182,15 @@ struct NewCart {
 
 async fn create_cart(
     State(state): State<AppState>,
+    MaybeSignedIn(customer): MaybeSignedIn,
     body: Result<Json<NewCart>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(new) = body?;
     let now = now_ms();
-    let (id, token) = state.carts.create(&new.currency, now).await?;
+    let (id, token) = state
+        .carts
+        .create(&new.currency, customer.as_deref(), now)
+        .await?;
     let contents = state.carts.contents(&id).await?;
     let mut body = priced(&state, contents, now).await?;
     body["token"] = json!(token);
