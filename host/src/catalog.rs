@@ -488,6 +488,28 @@ impl Catalog {
         Ok(all)
     }
 
+    /// The product and categories of `sku`, archived or not (for order history).
+    pub async fn variant_origin(&self, sku: &str) -> Result<Option<(String, Vec<String>)>> {
+        let Some(row) = sqlx::query("SELECT product_id FROM variants WHERE sku = $1")
+            .bind(sku)
+            .fetch_optional(self.db.pool())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let product_id: String = row.try_get("product_id")?;
+        let categories = sqlx::query(
+            "SELECT category_id FROM product_categories WHERE product_id = $1 ORDER BY category_id",
+        )
+        .bind(&product_id)
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get("category_id"))
+        .collect::<std::result::Result<Vec<String>, _>>()?;
+        Ok(Some((product_id, categories)))
+    }
+
     /// What pricing needs to know about `sku` in `currency`; none if the SKU is unknown, its
     /// product archived, or it has no price in that currency.
     pub async fn priced_variant(&self, sku: &str, currency: &str) -> Result<Option<PricedVariant>> {

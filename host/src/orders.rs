@@ -564,6 +564,28 @@ impl Orders {
         Ok(orders)
     }
 
+    /// What a customer bought, most recent first (at most 200 lines): (order id, SKU,
+    /// quantity, time).
+    pub async fn purchases(&self, customer_id: &str) -> Result<Vec<(String, String, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT o.id, l.sku, l.quantity, o.created_at FROM order_lines l JOIN orders o ON o.id = l.order_id \
+             WHERE o.customer_id = $1 AND o.status <> 'cancelled' ORDER BY o.created_at DESC, l.line_no LIMIT 200",
+        )
+        .bind(customer_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("sku")?,
+                    r.try_get("quantity")?,
+                    r.try_get("created_at")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Whether order `id` belongs to `customer_id`.
     pub async fn owned_by(&self, id: &str, customer_id: &str) -> Result<bool> {
         Ok(

@@ -1449,3 +1449,144 @@ async fn customers_see_their_own_carts_and_orders_and_nobody_elses() {
         app.db.drop_database().await;
     }
 }
+
+async fn titles(app: &TestApp, path: &str, auth: &[(&str, &str)]) -> (Vec<String>, Value) {
+    let r = app.send(Method::GET, path, auth, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let titles = r.body["products"]
+        .as_array()
+        .expect("products")
+        .iter()
+        .map(|p| p["title"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    (titles, r.body["ranked_by"].clone())
+}
+
+async fn ada_bought_a_tee(app: &TestApp) -> String {
+    let ada = app.customer("ada@example.com").await;
+    let auth = format!("Bearer {ada}");
+    let r = app
+        .send(
+            Method::POST,
+            "/store/carts",
+            &[("authorization", &auth)],
+            Some(json!({"currency": "EUR"}).to_string()),
+        )
+        .await;
+    let cart = r.body["id"].as_str().expect("cart").to_owned();
+    app.send(
+        Method::POST,
+        &format!("/store/carts/{cart}/lines"),
+        &[("authorization", &auth)],
+        Some(json!({"sku": "TEE-L", "quantity": 1}).to_string()),
+    )
+    .await;
+    let r = app
+        .send(
+            Method::POST,
+            &format!("/store/carts/{cart}/checkout"),
+            &[("authorization", &auth), ("idempotency-key", "k")],
+            Some(checkout_body("tok_visa", "DE").to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    auth
+}
+
+#[tokio::test]
+async fn personalization_reorders_the_store_for_a_known_customer_and_falls_back_on_failure() {
+    for db in test_databases().await {
+        let mut installed = SHOP.to_vec();
+        installed.push("affinity-personalization");
+        let app = spawn_app(db, &installed).await;
+        app.seed().await;
+        let ada = ada_bought_a_tee(&app).await;
+        let (anonymous, by) = titles(&app, "/store/products", &[]).await;
+        assert_eq!(anonymous, ["Wool Socks", "Organic Tee"]);
+        assert!(by.is_null());
+        let (for_ada, by) = titles(&app, "/store/products", &[("authorization", &ada)]).await;
+        assert_eq!(
+            for_ada,
+            ["Organic Tee", "Wool Socks"],
+            "Ada bought shirts before"
+        );
+        assert_eq!(by["decided_by"]["name"], "affinity-personalization");
+        let (picks, _) = titles(
+            &app,
+            "/store/recommendations?limit=1",
+            &[("authorization", &ada)],
+        )
+        .await;
+        assert_eq!(picks.len(), 1);
+        let (picks, _) = titles(&app, "/store/recommendations?limit=2", &[]).await;
+        assert_eq!(
+            picks,
+            ["Wool Socks", "Organic Tee"],
+            "default order when anonymous"
+        );
+        app.db.drop_database().await;
+    }
+    for db in test_databases().await {
+        let mut installed = SHOP.to_vec();
+        installed.push("panicking-personalization");
+        let app = spawn_app(db, &installed).await;
+        app.seed().await;
+        let ada = ada_bought_a_tee(&app).await;
+        let (for_ada, by) = titles(&app, "/store/products", &[("authorization", &ada)]).await;
+        assert_eq!(
+            for_ada,
+            ["Wool Socks", "Organic Tee"],
+            "the default order stands"
+        );
+        assert_eq!(by["skipped"][0]["code"], "trap");
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_fraud_or_payment_plugin_stops_the_checkout_and_holds_no_stock() {
+    for (broken, installed) in [
+        (
+            "fraud",
+            ["tiered-discount", "panicking-fraud", "test-gateway"],
+        ),
+        (
+            "payment",
+            ["tiered-discount", "rules-fraud", "panicking-gateway"],
+        ),
+    ] {
+        for db in test_databases().await {
+            let app = spawn_app(db, &installed).await;
+            app.seed().await;
+            let (cart, token) = app.cart_with("TEE-M", 2).await;
+            let r = app
+                .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
+                .await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (502, Some("trap")),
+                "{broken}: {}",
+                r.body
+            );
+            assert!(
+                r.body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("broken")),
+                "{}",
+                r.body
+            );
+            let level = app.level("TEE-M").await;
+            assert_eq!(
+                (level["reserved"].as_i64(), level["committed"].as_i64()),
+                (Some(0), Some(0)),
+                "{broken}"
+            );
+            // The failure was not stored under the key: once fixed, the same retry can succeed.
+            let again = app
+                .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
+                .await;
+            assert_eq!(again.status, 502);
+            app.db.drop_database().await;
+        }
+    }
+}

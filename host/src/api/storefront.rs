@@ -20,6 +20,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/products", get(list_products))
         .route("/products/{id}", get(product))
+        .route("/recommendations", get(recommendations))
         .route("/carts", post(create_cart))
         .route("/carts/{id}", get(cart))
         .route("/carts/{id}/lines", post(add_line))
@@ -124,13 +125,150 @@ async fn checkout(
     Ok((status, Json(body)))
 }
 
+/// Active products. For a signed-in customer the personalization plugins re-rank the page;
+/// if they fail, the default order stands.
 async fn list_products(
     State(state): State<AppState>,
+    MaybeSignedIn(customer): MaybeSignedIn,
     filter: Result<Query<ProductFilter>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(filter) = filter?;
+    let products = state.catalog.list(&filter).await?;
+    let (products, ranked_by) = personalize(&state, customer.as_deref(), products, 0).await?;
     Ok(Json(
-        json!({"products": state.catalog.list(&filter).await?}),
+        json!({"products": products.0, "ranked_by": ranked_by}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecommendationQuery {
+    limit: Option<u32>,
+}
+
+/// Products recommended for the shopper (the default order for anonymous shoppers or when no
+/// personalization plugin answers).
+async fn recommendations(
+    State(state): State<AppState>,
+    MaybeSignedIn(customer): MaybeSignedIn,
+    query: Result<Query<RecommendationQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let limit = q.limit.unwrap_or(4).clamp(1, 20);
+    let candidates = state
+        .catalog
+        .list(&ProductFilter {
+            limit: Some(100),
+            ..ProductFilter::default()
+        })
+        .await?;
+    let (products, ranked_by) = personalize(&state, customer.as_deref(), candidates, limit).await?;
+    Ok(Json(
+        json!({"products": products.1, "ranked_by": ranked_by}),
+    ))
+}
+
+/// Ranks `products` (and picks `limit` recommendations) with the personalization hook. Each
+/// product is represented by its first variant. Returns (ranked, recommended) and the plugin
+/// that ranked, if any.
+async fn personalize(
+    state: &AppState,
+    customer: Option<&str>,
+    products: Vec<crate::catalog::Product>,
+    limit: u32,
+) -> Result<
+    (
+        (Vec<crate::catalog::Product>, Vec<crate::catalog::Product>),
+        Value,
+    ),
+    ApiError,
+> {
+    use crate::plugin::bindings::personalization::{Candidate, Context, Purchase};
+    use crate::plugin::bindings::types::{Attribute, Money};
+    let plugins = state.hook(HookKind::Personalization);
+    let default_picks = |products: &[crate::catalog::Product]| {
+        products
+            .iter()
+            .take(limit as usize)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let Some(customer) = customer.filter(|_| !plugins.is_empty() && !products.is_empty()) else {
+        let picks = default_picks(&products);
+        return Ok(((products, picks), Value::Null));
+    };
+    let mut purchases = Vec::new();
+    for (order_id, sku, quantity, at) in state.orders.purchases(customer).await? {
+        if let Some((product_id, categories)) = state.catalog.variant_origin(&sku).await? {
+            purchases.push(Purchase {
+                sku,
+                product_id,
+                categories,
+                quantity: u32::try_from(quantity).unwrap_or(u32::MAX),
+                at,
+                order_id,
+            });
+        }
+    }
+    let candidates: Vec<Candidate> = products
+        .iter()
+        .filter_map(|p| {
+            let v = p.variants.first()?;
+            let (currency, amount) = v.prices.iter().next()?;
+            Some(Candidate {
+                sku: v.sku.clone(),
+                product_id: p.id.clone(),
+                title: p.title.clone(),
+                categories: p.categories.clone(),
+                price: Money {
+                    amount: u64::try_from(*amount).unwrap_or(0),
+                    currency: currency.clone(),
+                },
+                attributes: p
+                    .attributes
+                    .iter()
+                    .map(|(name, value)| Attribute {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+            })
+        })
+        .collect();
+    let context = Context {
+        customer_id: Some(customer.to_owned()),
+        customer_tags: vec![],
+        purchases,
+        cart_skus: vec![],
+        candidates,
+        limit,
+        now: now_ms(),
+    };
+    let outcome = crate::hooks::rank(&plugins, &context).await?;
+    let by_sku = |sku: &String| {
+        products
+            .iter()
+            .find(|p| p.variants.first().is_some_and(|v| &v.sku == sku))
+            .cloned()
+    };
+    let mut ranked: Vec<crate::catalog::Product> =
+        outcome.ranking.ranked.iter().filter_map(by_sku).collect();
+    // Products without a variant to rank them by keep their place at the end.
+    let unranked: Vec<crate::catalog::Product> = products
+        .iter()
+        .filter(|p| !ranked.iter().any(|r| r.id == p.id))
+        .cloned()
+        .collect();
+    ranked.extend(unranked);
+    let recommended = outcome
+        .ranking
+        .recommended
+        .iter()
+        .filter_map(by_sku)
+        .collect();
+    Ok((
+        (ranked, recommended),
+        json!({"decided_by": outcome.decided_by, "skipped": outcome.skipped}),
     ))
 }
 
