@@ -4,7 +4,8 @@
 //!   active.
 //! - `test`: everything CI checks — the whole test suite (host, SDK doc examples, end-to-end
 //!   tests, the plugins' own unit tests), formatting and clippy.
-//! - `bench`: the benchmarks (release build).
+//! - `bench`: the benchmarks (release build): the hook call, and checkout over HTTP on SQLite
+//!   (and PostgreSQL when `CARTRIDGE_TEST_DATABASE_URL` is set).
 //! - `plugins`: build the plugins workspace for wasm32-wasip2.
 //!
 //! Each verb first makes sure the wasm32-wasip2 target is installed, so the README's two
@@ -176,5 +177,17 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     build_plugins()?;
     run(cargo()
         .args(["bench", "-p", "cartridge-host", "--bench", "hooks", "--"])
-        .args(extra))
+        .args(extra))?;
+    run(cargo()
+        .args(["bench", "-p", "cartridge-host", "--bench", "checkout", "--"])
+        .args(extra)
+        .env_remove("CARTRIDGE_BENCH_DATABASE_URL"))?;
+    // The same on PostgreSQL when the test server is configured.
+    if let Ok(url) = std::env::var("CARTRIDGE_TEST_DATABASE_URL") {
+        run(cargo()
+            .args(["bench", "-p", "cartridge-host", "--bench", "checkout", "--"])
+            .args(extra)
+            .env("CARTRIDGE_BENCH_DATABASE_URL", url))?;
+    }
+    Ok(())
 }
