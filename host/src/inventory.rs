@@ -442,6 +442,120 @@ impl Inventory {
         self.settle(reference, "ship", now).await
     }
 
+    /// Ships `items` (SKU, quantity) of what is committed for `reference`, taking from
+    /// locations in priority order. Part of a reservation can ship: the rest stays committed.
+    pub async fn ship_items(
+        &self,
+        reference: &str,
+        items: &[(String, i64)],
+        now: i64,
+    ) -> Result<Vec<Allocation>> {
+        if let Some((_, q)) = items.iter().find(|(_, q)| *q <= 0) {
+            return Err(InventoryError::InvalidQuantity(*q));
+        }
+        let mut tx = self.db.pool().begin().await?;
+        let rows = sqlx::query(
+            "SELECT r.id, r.sku, r.location_id, r.quantity FROM reservations r \
+             JOIN stock_locations s ON s.id = r.location_id \
+             WHERE r.reference = $1 AND r.state = 'committed' ORDER BY r.sku, s.priority, r.location_id",
+        )
+        .bind(reference)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut committed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            committed.push((
+                r.try_get::<String, _>("id")?,
+                r.try_get::<String, _>("sku")?,
+                r.try_get::<String, _>("location_id")?,
+                r.try_get::<i64, _>("quantity")?,
+            ));
+        }
+        let mut shipped = Vec::new();
+        for (sku, quantity) in items {
+            let mut remaining = *quantity;
+            for (id, _, location, held) in committed.iter().filter(|c| &c.1 == sku) {
+                if remaining == 0 {
+                    break;
+                }
+                let take = remaining.min(*held);
+                remaining -= take;
+                shipped.push((
+                    id.clone(),
+                    sku.clone(),
+                    location.clone(),
+                    take,
+                    take == *held,
+                ));
+            }
+            if remaining > 0 {
+                return Err(InventoryError::NothingTo {
+                    action: "ship that much",
+                    reference: format!("{reference} ({sku})"),
+                });
+            }
+        }
+        let mut levels: Vec<(&String, &String)> = shipped.iter().map(|s| (&s.1, &s.2)).collect();
+        levels.sort();
+        levels.dedup();
+        for (sku, location) in levels {
+            lock_level(&mut tx, sku, location).await?;
+        }
+        let mut allocations = Vec::with_capacity(shipped.len());
+        for (id, sku, location, take, whole) in shipped {
+            if whole {
+                sqlx::query("UPDATE reservations SET state = 'shipped' WHERE id = $1")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                sqlx::query("UPDATE reservations SET quantity = quantity - $2 WHERE id = $1")
+                    .bind(&id)
+                    .bind(take)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO reservations (id, reference, sku, location_id, quantity, state, expires_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, 'shipped', $6, $6)",
+                )
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(reference)
+                .bind(&sku)
+                .bind(&location)
+                .bind(take)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE inventory_levels SET committed = committed - $3, on_hand = on_hand - $3 \
+                 WHERE sku = $1 AND location_id = $2",
+            )
+            .bind(&sku)
+            .bind(&location)
+            .bind(take)
+            .execute(&mut *tx)
+            .await?;
+            movement(
+                &mut tx,
+                &sku,
+                &location,
+                "ship",
+                -take,
+                Some(reference),
+                now,
+            )
+            .await?;
+            allocations.push(Allocation {
+                sku,
+                location_id: location,
+                quantity: take,
+            });
+        }
+        tx.commit().await?;
+        Ok(allocations)
+    }
+
     /// What was shipped for `reference`, by location.
     pub async fn shipped(&self, reference: &str) -> Result<Vec<Allocation>> {
         let mut tx = self.db.pool().begin().await?;

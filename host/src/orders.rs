@@ -526,6 +526,30 @@ impl Orders {
             }),
             None => Value::Null,
         };
+        let mut fulfilments = Vec::new();
+        for f in sqlx::query("SELECT id, carrier, tracking, created_at FROM fulfilments WHERE order_id = $1 ORDER BY created_at, id")
+            .bind(id)
+            .fetch_all(self.db.pool())
+            .await?
+        {
+            let fid: String = f.try_get("id")?;
+            let lines: Vec<Value> = sqlx::query("SELECT sku, quantity FROM fulfilment_lines WHERE fulfilment_id = $1 ORDER BY sku")
+                .bind(&fid)
+                .fetch_all(self.db.pool())
+                .await?
+                .iter()
+                .map(|l| -> std::result::Result<Value, sqlx::Error> {
+                    Ok(json!({"sku": l.try_get::<String, _>("sku")?, "quantity": l.try_get::<i64, _>("quantity")?}))
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            fulfilments.push(json!({
+                "id": fid,
+                "carrier": f.try_get::<Option<String>, _>("carrier")?,
+                "tracking": f.try_get::<Option<String>, _>("tracking")?,
+                "created_at": f.try_get::<i64, _>("created_at")?,
+                "lines": lines,
+            }));
+        }
         let text = |name: &str| -> std::result::Result<Value, sqlx::Error> {
             let s: String = row.try_get(name)?;
             Ok(serde_json::from_str(&s).unwrap_or(Value::Null))
@@ -546,6 +570,7 @@ impl Orders {
             "billing_address": text("billing_address")?,
             "decisions": text("decisions")?,
             "lines": lines,
+            "fulfilments": fulfilments,
             "payment": payment,
             "created_at": row.try_get::<i64, _>("created_at")?,
         }))
@@ -613,29 +638,111 @@ impl Orders {
         ))
     }
 
-    /// Ships the whole order from its committed stock.
-    pub async fn fulfil(&self, id: &str, now: i64) -> Result<Value> {
-        let (status, _, fulfilment) = self.states(id).await?;
-        if status != "placed" || fulfilment != "unfulfilled" {
+    /// Ships some or all of what is left to ship (`items`; everything left when none), with an
+    /// optional carrier and tracking number. The order is `partially_fulfilled` until every
+    /// unit has shipped. Never more than was ordered ships.
+    pub async fn fulfil(
+        &self,
+        id: &str,
+        items: Option<Vec<(String, i64)>>,
+        carrier: Option<String>,
+        tracking: Option<String>,
+        now: i64,
+    ) -> Result<Value> {
+        for (what, value) in [("carrier", &carrier), ("tracking", &tracking)] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.trim().is_empty() || v.len() > 128)
+            {
+                return Err(OrderError::Invalid(format!(
+                    "{what} must be 1 to 128 characters"
+                )));
+            }
+        }
+        let mut tx = self.db.pool().begin().await?;
+        // Lock the order row: concurrent fulfilments of one order take turns.
+        let locked = sqlx::query("UPDATE orders SET updated_at = $2 WHERE id = $1 AND status = 'placed' AND fulfilment_status <> 'fulfilled'")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if locked == 0 {
+            drop(tx);
+            let (status, _, fulfilment) = self.states(id).await?;
             return Err(OrderError::InvalidTransition {
                 action: "fulfil",
                 state: format!("{status}/{fulfilment}"),
             });
         }
-        // The guarded update makes a concurrent second fulfilment a no-op, not a double ship.
-        let claimed = sqlx::query("UPDATE orders SET fulfilment_status = 'fulfilled', updated_at = $2 WHERE id = $1 AND status = 'placed' AND fulfilment_status = 'unfulfilled'")
-            .bind(id)
-            .bind(now)
-            .execute(self.db.pool())
-            .await?
-            .rows_affected();
-        if claimed == 0 {
-            return Err(OrderError::InvalidTransition {
-                action: "fulfil",
-                state: "fulfilled".into(),
-            });
+        let mut remaining: Vec<(String, i64)> = Vec::new();
+        for row in sqlx::query(
+            "SELECT l.sku, CAST(SUM(l.quantity) AS BIGINT) AS ordered, \
+             CAST(COALESCE((SELECT SUM(fl.quantity) FROM fulfilment_lines fl JOIN fulfilments f ON f.id = fl.fulfilment_id \
+               WHERE f.order_id = l.order_id AND fl.sku = l.sku), 0) AS BIGINT) AS shipped \
+             FROM order_lines l WHERE l.order_id = $1 GROUP BY l.order_id, l.sku ORDER BY l.sku",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let ordered: i64 = row.try_get("ordered")?;
+            let shipped: i64 = row.try_get("shipped")?;
+            remaining.push((row.try_get("sku")?, ordered - shipped));
         }
-        self.inventory.ship(id, now).await?;
+        let items: Vec<(String, i64)> = match items {
+            None => remaining.iter().filter(|(_, q)| *q > 0).cloned().collect(),
+            Some(items) => {
+                for (sku, quantity) in &items {
+                    let left = remaining
+                        .iter()
+                        .find(|(s, _)| s == sku)
+                        .map_or(0, |(_, q)| *q);
+                    if *quantity <= 0 || *quantity > left {
+                        return Err(OrderError::Invalid(format!(
+                            "{sku}: cannot ship {quantity}, {left} left to ship"
+                        )));
+                    }
+                }
+                items
+            }
+        };
+        if items.is_empty() {
+            return Err(OrderError::Invalid("nothing to ship".into()));
+        }
+        let fulfilment_id = uuid::Uuid::now_v7().to_string();
+        sqlx::query("INSERT INTO fulfilments (id, order_id, carrier, tracking, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&fulfilment_id)
+            .bind(id)
+            .bind(&carrier)
+            .bind(&tracking)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        for (sku, quantity) in &items {
+            sqlx::query(
+                "INSERT INTO fulfilment_lines (fulfilment_id, sku, quantity) VALUES ($1, $2, $3)",
+            )
+            .bind(&fulfilment_id)
+            .bind(sku)
+            .bind(quantity)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let everything = remaining.iter().all(|(sku, left)| {
+            items.iter().find(|(s, _)| s == sku).map_or(0, |(_, q)| *q) == *left
+        });
+        sqlx::query("UPDATE orders SET fulfilment_status = $2 WHERE id = $1")
+            .bind(id)
+            .bind(if everything {
+                "fulfilled"
+            } else {
+                "partially_fulfilled"
+            })
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.inventory.ship_items(id, &items, now).await?;
         self.order(id).await
     }
 

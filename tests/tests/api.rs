@@ -1590,3 +1590,86 @@ async fn a_failing_fraud_or_payment_plugin_stops_the_checkout_and_holds_no_stock
         }
     }
 }
+
+#[tokio::test]
+async fn an_order_ships_in_parts_with_tracking_and_never_more_than_was_ordered() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let (cart, token) = app.cart_with("TEE-M", 3).await;
+        app.cart(
+            Method::POST,
+            &format!("/store/carts/{cart}/lines"),
+            &token,
+            Some(json!({"sku": "SOCK", "quantity": 2})),
+        )
+        .await;
+        let r = app
+            .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
+            .await;
+        let order = r.body["id"].as_str().expect("id").to_owned();
+        let fulfil = format!("/admin/orders/{order}/fulfil");
+
+        let r = app
+            .admin(Method::POST, &fulfil, json!({"carrier": "DHL", "tracking": "00340434", "lines": [{"sku": "TEE-M", "quantity": 2}]}))
+            .await;
+        assert_eq!(
+            (r.status, r.body["fulfilment_status"].as_str()),
+            (200, Some("partially_fulfilled")),
+            "{}",
+            r.body
+        );
+        assert_eq!(r.body["fulfilments"][0]["tracking"], "00340434");
+        let level = app.level("TEE-M").await;
+        assert_eq!(
+            (level["on_hand"].as_i64(), level["committed"].as_i64()),
+            (Some(8), Some(1))
+        );
+
+        let r = app
+            .admin(
+                Method::POST,
+                &fulfil,
+                json!({"lines": [{"sku": "TEE-M", "quantity": 2}]}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "only one tee is left to ship: {}", r.body);
+        let r = app
+            .admin(
+                Method::POST,
+                &fulfil,
+                json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "not in the order");
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/orders/{order}/cancel"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(r.status, 409, "part of it has shipped");
+
+        // The rest, with no lines given: everything left.
+        let r = app
+            .admin(
+                Method::POST,
+                &fulfil,
+                json!({"carrier": "UPS", "tracking": "1Z999"}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["fulfilment_status"].as_str()),
+            (200, Some("fulfilled")),
+            "{}",
+            r.body
+        );
+        assert_eq!(r.body["fulfilments"].as_array().map(Vec::len), Some(2));
+        assert_eq!(app.level("TEE-M").await["committed"], 0);
+        assert_eq!(app.level("SOCK").await["on_hand"], 8);
+        let r = app.admin(Method::POST, &fulfil, Value::Null).await;
+        assert_eq!(r.status, 409);
+        app.db.drop_database().await;
+    }
+}

@@ -166,12 +166,42 @@ async fn order(
     Ok(Json(state.orders.order(&id).await?))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fulfilment {
+    #[serde(default)]
+    carrier: Option<String>,
+    #[serde(default)]
+    tracking: Option<String>,
+    /// What ships; everything left when absent.
+    #[serde(default)]
+    lines: Option<Vec<ReturnLine>>,
+}
+
 async fn fulfil(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    body: Result<Json<Option<Fulfilment>>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.orders.fulfil(&id, now_ms()).await?))
+    let Json(f) = body?;
+    let f = f.unwrap_or(Fulfilment {
+        carrier: None,
+        tracking: None,
+        lines: None,
+    });
+    let items = f.lines.map(|lines| {
+        lines
+            .into_iter()
+            .map(|l| (l.sku, i64::from(l.quantity)))
+            .collect()
+    });
+    Ok(Json(
+        state
+            .orders
+            .fulfil(&id, items, f.carrier, f.tracking, now_ms())
+            .await?,
+    ))
 }
 
 /// The payment connector that took the order's payment.

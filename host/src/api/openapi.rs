@@ -163,7 +163,7 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         "post",
         "/admin/orders/{id}/fulfil",
         Access::Admin,
-        "Ship the order",
+        "Ship some or all of what is left, with carrier and tracking",
     ),
     (
         "post",
