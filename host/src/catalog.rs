@@ -162,6 +162,23 @@ impl NewProduct {
     }
 }
 
+/// Changes to a product; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductUpdate {
+    /// New title.
+    pub title: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New category ids (replacing the old).
+    pub categories: Option<Vec<String>>,
+    /// New attributes (replacing the old).
+    pub attributes: Option<BTreeMap<String, String>>,
+    /// New prices per SKU of this product: SKU → currency → minor units. Prices not named
+    /// stay as they are.
+    pub prices: Option<BTreeMap<String, BTreeMap<String, u32>>>,
+}
+
 /// A product as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Product {
@@ -332,6 +349,106 @@ impl Catalog {
         self.product(&id, true)
             .await?
             .ok_or_else(|| CatalogError::NotFound(id))
+    }
+
+    /// Updates a product, all or nothing. Carts are priced when read, so a new price applies
+    /// to every cart from then on; placed orders keep the price they were placed at.
+    pub async fn update(&self, id: &str, update: &ProductUpdate, now: i64) -> Result<Product> {
+        let current = self
+            .product(id, true)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(id.to_owned()))?;
+        if let Some(title) = &update.title {
+            check_text("title", title, 200)?;
+        }
+        if update
+            .description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > 10_000)
+        {
+            return Err(CatalogError::Invalid(
+                "description is over 10,000 characters".into(),
+            ));
+        }
+        if let Some(attributes) = &update.attributes {
+            for (name, value) in attributes {
+                check_text("attribute name", name, 64)?;
+                check_text("attribute value", value, 256)?;
+            }
+        }
+        for category in update.categories.iter().flatten() {
+            if !self.category_exists(category).await? {
+                return Err(CatalogError::UnknownCategory(category.clone()));
+            }
+        }
+        for (sku, prices) in update.prices.iter().flatten() {
+            if !current.variants.iter().any(|v| &v.sku == sku) {
+                return Err(CatalogError::Invalid(format!(
+                    "SKU {sku:?} is not a variant of this product"
+                )));
+            }
+            if let Some(currency) = prices.keys().find(|c| !is_currency(c)) {
+                return Err(CatalogError::Invalid(format!(
+                    "{currency:?} is not an ISO 4217 currency code"
+                )));
+            }
+        }
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query(
+            "UPDATE products SET title = $2, description = $3, updated_at = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(update.title.as_ref().unwrap_or(&current.title))
+        .bind(update.description.as_ref().unwrap_or(&current.description))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(categories) = &update.categories {
+            sqlx::query("DELETE FROM product_categories WHERE product_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            for category in categories {
+                sqlx::query("INSERT INTO product_categories (product_id, category_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(id)
+                    .bind(category)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if let Some(attributes) = &update.attributes {
+            sqlx::query("DELETE FROM product_attributes WHERE product_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            for (name, value) in attributes {
+                sqlx::query(
+                    "INSERT INTO product_attributes (product_id, name, value) VALUES ($1, $2, $3)",
+                )
+                .bind(id)
+                .bind(name)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for (sku, prices) in update.prices.iter().flatten() {
+            for (currency, amount) in prices {
+                sqlx::query(
+                    "INSERT INTO variant_prices (sku, currency, amount) VALUES ($1, $2, $3) \
+                     ON CONFLICT (sku, currency) DO UPDATE SET amount = excluded.amount",
+                )
+                .bind(sku)
+                .bind(currency)
+                .bind(i64::from(*amount))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        self.product(id, true)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(id.to_owned()))
     }
 
     /// Archives a product: it leaves the storefront; orders keep referring to it.

@@ -449,7 +449,7 @@ impl Orders {
         )
         .bind(order_id)
         .bind(cart_id)
-        .bind(&request.email)
+        .bind(request.email.trim().to_lowercase())
         .bind(status)
         .bind(&priced.currency)
         .bind(signed(priced.subtotal))
@@ -574,6 +574,31 @@ impl Orders {
             "payment": payment,
             "created_at": row.try_get::<i64, _>("created_at")?,
         }))
+    }
+
+    /// Orders for the merchant, newest first, optionally of one status or email.
+    pub async fn search(
+        &self,
+        status: Option<&str>,
+        email: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Value>> {
+        let ids = sqlx::query(
+            "SELECT id FROM orders WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR email = $2) \
+             ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
+        )
+        .bind(status)
+        .bind(email.map(str::to_lowercase))
+        .bind(i64::from(limit.clamp(1, 100)))
+        .bind(i64::from(offset))
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut orders = Vec::with_capacity(ids.len());
+        for row in ids {
+            orders.push(self.order(&row.try_get::<String, _>("id")?).await?);
+        }
+        Ok(orders)
     }
 
     /// The orders of a customer, newest first.

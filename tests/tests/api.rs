@@ -399,26 +399,30 @@ async fn carts_and_admin_routes_open_only_with_the_right_credential() {
             "the line is still there"
         );
 
-        // Every admin route refuses no token, a wrong token, and a cart token.
-        let admin_routes = [
-            (Method::GET, "/admin/plugins".to_owned()),
-            (
-                Method::POST,
-                "/admin/plugins/tiered-discount/invoke".to_owned(),
-            ),
-            (Method::POST, "/admin/products".to_owned()),
-            (Method::GET, format!("/admin/products/{tee}")),
-            (Method::POST, format!("/admin/products/{tee}/archive")),
-            (Method::POST, "/admin/categories".to_owned()),
-            (Method::POST, "/admin/locations".to_owned()),
-            (Method::GET, "/admin/inventory/TEE-M".to_owned()),
-            (Method::POST, "/admin/inventory/TEE-M/eu/adjust".to_owned()),
-        ];
+        // Every admin route (as the OpenAPI document lists them) refuses no token, a wrong
+        // token, a cart token and a customer token.
+        let customer = app.customer("eve@example.com").await;
+        let admin_routes: Vec<(Method, String)> = cartridge_host::api::openapi::documented_routes()
+            .filter(|(_, path)| path.starts_with("/admin"))
+            .map(|(method, path)| {
+                let concrete = path
+                    .replace("{id}", &tee)
+                    .replace("{sku}", "TEE-M")
+                    .replace("{location}", "eu")
+                    .replace("{name}", "tiered-discount");
+                (
+                    Method::from_bytes(method.to_uppercase().as_bytes()).expect("method"),
+                    concrete,
+                )
+            })
+            .collect();
+        assert!(admin_routes.len() >= 15, "{admin_routes:?}");
         for (method, path) in &admin_routes {
             for auth in [
                 None,
                 Some("Bearer wrong".to_owned()),
                 Some(format!("Bearer {token}")),
+                Some(format!("Bearer {customer}")),
             ] {
                 let headers: Vec<(&str, &str)> =
                     auth.iter().map(|a| ("authorization", a.as_str())).collect();
@@ -1670,6 +1674,92 @@ async fn an_order_ships_in_parts_with_tracking_and_never_more_than_was_ordered()
         assert_eq!(app.level("SOCK").await["on_hand"], 8);
         let r = app.admin(Method::POST, &fulfil, Value::Null).await;
         assert_eq!(r.status, 409);
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn a_price_change_reprices_open_carts_but_not_placed_orders_and_orders_can_be_searched() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        let tee = app.seed().await;
+        let (placed_cart, placed_token) = app.cart_with("TEE-M", 1).await;
+        let r = app
+            .checkout(
+                &placed_cart,
+                &placed_token,
+                "k",
+                &checkout_body("tok_visa", "DE"),
+            )
+            .await;
+        let order = r.body["id"].as_str().expect("id").to_owned();
+        let (cart, token) = app.cart_with("TEE-M", 1).await;
+
+        let r = app
+            .admin(
+                Method::PATCH,
+                &format!("/admin/products/{tee}"),
+                json!({"title": "Organic Tee 2", "prices": {"TEE-M": {"EUR": 2499}}}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["title"].as_str()),
+            (200, Some("Organic Tee 2")),
+            "{}",
+            r.body
+        );
+        let r = app
+            .cart(Method::GET, &format!("/store/carts/{cart}"), &token, None)
+            .await;
+        assert_eq!(
+            r.body["pricing"]["subtotal"], 2499,
+            "open carts see the new price"
+        );
+        let r = app
+            .admin(Method::GET, &format!("/admin/orders/{order}"), Value::Null)
+            .await;
+        assert_eq!(
+            r.body["lines"][0]["unit_price"], 1999,
+            "the order keeps its price"
+        );
+
+        for (body, status) in [
+            (json!({"title": ""}), 422),
+            (json!({"prices": {"SOCK": {"EUR": 1}}}), 422),
+            (json!({"prices": {"TEE-M": {"eur": 1}}}), 422),
+            (json!({"categories": ["nope"]}), 422),
+            (json!({"stock": 5}), 422),
+        ] {
+            let r = app
+                .admin(
+                    Method::PATCH,
+                    &format!("/admin/products/{tee}"),
+                    body.clone(),
+                )
+                .await;
+            assert_eq!(r.status, status, "{body}: {}", r.body);
+        }
+        let r = app
+            .admin(Method::PATCH, "/admin/products/nope", json!({"title": "x"}))
+            .await;
+        assert_eq!(r.status, 404);
+
+        let r = app
+            .admin(
+                Method::GET,
+                "/admin/orders?email=ADA@example.com",
+                Value::Null,
+            )
+            .await;
+        assert_eq!(r.body["orders"][0]["id"], order.as_str());
+        let r = app
+            .admin(Method::GET, "/admin/orders?status=cancelled", Value::Null)
+            .await;
+        assert_eq!(r.body["orders"], json!([]));
+        let r = app
+            .admin(Method::GET, "/admin/orders?limit=many", Value::Null)
+            .await;
+        assert_eq!(r.status, 400);
         app.db.drop_database().await;
     }
 }

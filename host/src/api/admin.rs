@@ -16,12 +16,13 @@ use crate::plugin::{HookKind, PaymentRequest};
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/products", post(create_product))
-        .route("/products/{id}", get(product))
+        .route("/products/{id}", get(product).patch(update_product))
         .route("/products/{id}/archive", post(archive_product))
         .route("/categories", post(create_category))
         .route("/locations", post(upsert_location))
         .route("/inventory/{sku}", get(stock))
         .route("/inventory/{sku}/{location}/adjust", post(adjust_stock))
+        .route("/orders", get(orders))
         .route("/orders/{id}", get(order))
         .route("/orders/{id}/fulfil", post(fulfil))
         .route("/orders/{id}/capture", post(capture))
@@ -53,6 +54,45 @@ async fn product(
         .await?
         .ok_or_else(|| ApiError::not_found("not_found", format!("no product {id:?}")))?;
     Ok(Json(json!(product)))
+}
+
+async fn update_product(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<crate::catalog::ProductUpdate>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(update) = body?;
+    Ok(Json(json!(
+        state.catalog.update(&id, &update, now_ms()).await?
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderQuery {
+    status: Option<String>,
+    email: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+async fn orders(
+    _: Admin,
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<OrderQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::extract::Query(q) = query?;
+    let orders = state
+        .orders
+        .search(
+            q.status.as_deref(),
+            q.email.as_deref(),
+            q.limit.unwrap_or(20),
+            q.offset.unwrap_or(0),
+        )
+        .await?;
+    Ok(Json(json!({"orders": orders})))
 }
 
 async fn archive_product(

@@ -183,6 +183,18 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         Access::Admin,
         "Receive returned units (restocks once per return id)",
     ),
+    (
+        "patch",
+        "/admin/products/{id}",
+        Access::Admin,
+        "Change title, description, categories, attributes or prices",
+    ),
+    (
+        "get",
+        "/admin/orders",
+        Access::Admin,
+        "Orders, newest first; filters: status, email, limit, offset",
+    ),
     ("get", "/admin/plugins", Access::Admin, "Installed plugins"),
     (
         "post",
