@@ -346,13 +346,12 @@ impl Carts {
     ) -> Result<(pricing::Cart, Vec<String>)> {
         let mut lines = Vec::with_capacity(contents.lines.len());
         let mut unavailable = Vec::new();
-        let skus: Vec<String> = contents.lines.iter().map(|l| l.sku.clone()).collect();
-        let mut variants = self
-            .catalog
-            .priced_variants(&skus, &contents.currency)
-            .await?;
         for line in &contents.lines {
-            let Some(variant) = variants.remove(&line.sku) else {
+            let Some(variant) = self
+                .catalog
+                .priced_variant(&line.sku, &contents.currency)
+                .await?
+            else {
                 unavailable.push(line.sku.clone());
                 continue;
             };

@@ -630,99 +630,41 @@ impl Catalog {
     /// What pricing needs to know about `sku` in `currency`; none if the SKU is unknown, its
     /// product archived, or it has no price in that currency.
     pub async fn priced_variant(&self, sku: &str, currency: &str) -> Result<Option<PricedVariant>> {
-        Ok(self
-            .priced_variants(&[sku.to_owned()], currency)
-            .await?
-            .remove(sku))
-    }
-
-    /// [`Catalog::priced_variant`] for many SKUs at once, in three statements whatever their
-    /// number: a cart is priced on every read and at checkout.
-    pub async fn priced_variants(
-        &self,
-        skus: &[String],
-        currency: &str,
-    ) -> Result<std::collections::HashMap<String, PricedVariant>> {
-        let mut found = std::collections::HashMap::new();
-        if skus.is_empty() {
-            return Ok(found);
-        }
-        let list = |from: usize| {
-            (from..from + skus.len())
-                .map(|n| format!("${n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let variant_sql = format!(
-            "SELECT v.sku, v.product_id, pr.amount FROM variants v \
+        let Some(row) = sqlx::query(
+            "SELECT v.product_id, pr.amount FROM variants v \
              JOIN products p ON p.id = v.product_id \
-             JOIN variant_prices pr ON pr.sku = v.sku AND pr.currency = $1 \
-             WHERE p.status = 'active' AND v.sku IN ({})",
-            list(2)
-        );
-        let mut query = sqlx::query(&variant_sql).bind(currency);
-        for sku in skus {
-            query = query.bind(sku);
-        }
-        let rows = query
-            .fetch_all(self.db.pool())
-            .await?
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("sku")?,
-                    r.try_get("product_id")?,
-                    r.try_get("amount")?,
-                ))
-            })
-            .collect::<Result<Vec<(String, String, i64)>>>()?;
-        if rows.is_empty() {
-            return Ok(found);
-        }
-        let products: Vec<&String> = rows.iter().map(|(_, p, _)| p).collect();
-        let product_list = (1..=products.len())
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let category_sql = format!(
-            "SELECT product_id, category_id FROM product_categories WHERE product_id IN ({product_list}) ORDER BY category_id"
-        );
-        let mut categories_query = sqlx::query(&category_sql);
-        for product in &products {
-            categories_query = categories_query.bind(*product);
-        }
-        let categories = categories_query.fetch_all(self.db.pool()).await?;
-        let option_sql = format!(
-            "SELECT sku, name, value FROM variant_options WHERE sku IN ({})",
-            list(1)
-        );
-        let mut options_query = sqlx::query(&option_sql);
-        for sku in skus {
-            options_query = options_query.bind(sku);
-        }
-        let options = options_query.fetch_all(self.db.pool()).await?;
-        for (sku, product_id, amount) in rows {
-            let mut variant = PricedVariant {
-                product_id: product_id.clone(),
-                unit_price: amount,
-                categories: Vec::new(),
-                options: BTreeMap::new(),
-            };
-            for row in &categories {
-                if row.try_get::<String, _>("product_id")? == product_id {
-                    variant.categories.push(row.try_get("category_id")?);
-                }
-            }
-            for row in &options {
-                if row.try_get::<String, _>("sku")? == sku {
-                    variant
-                        .options
-                        .insert(row.try_get("name")?, row.try_get("value")?);
-                }
-            }
-            found.insert(sku, variant);
-        }
-        Ok(found)
+             JOIN variant_prices pr ON pr.sku = v.sku AND pr.currency = $2 \
+             WHERE v.sku = $1 AND p.status = 'active'",
+        )
+        .bind(sku)
+        .bind(currency)
+        .fetch_optional(self.db.pool())
+        .await?
+        else {
+            return Ok(None);
+        };
+        let product_id: String = row.try_get("product_id")?;
+        let categories = sqlx::query(
+            "SELECT category_id FROM product_categories WHERE product_id = $1 ORDER BY category_id",
+        )
+        .bind(&product_id)
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get("category_id"))
+        .collect::<std::result::Result<Vec<String>, _>>()?;
+        let options = pairs(
+            sqlx::query("SELECT name, value FROM variant_options WHERE sku = $1")
+                .bind(sku)
+                .fetch_all(self.db.pool())
+                .await?,
+        )?;
+        Ok(Some(PricedVariant {
+            unit_price: row.try_get("amount")?,
+            product_id,
+            categories,
+            options,
+        }))
     }
 }
 
