@@ -482,15 +482,7 @@ impl Catalog {
         if status == "archived" && !include_archived {
             return Ok(None);
         }
-        let categories = sqlx::query(
-            "SELECT category_id FROM product_categories WHERE product_id = $1 ORDER BY category_id",
-        )
-        .bind(id)
-        .fetch_all(self.db.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get("category_id"))
-        .collect::<std::result::Result<Vec<String>, _>>()?;
+        let categories = self.categories_of(id).await?;
         let attributes = pairs(
             sqlx::query("SELECT name, value FROM product_attributes WHERE product_id = $1")
                 .bind(id)
@@ -504,12 +496,7 @@ impl Catalog {
             .await?
         {
             let sku: String = v.try_get("sku")?;
-            let options = pairs(
-                sqlx::query("SELECT name, value FROM variant_options WHERE sku = $1")
-                    .bind(&sku)
-                    .fetch_all(self.db.pool())
-                    .await?,
-            )?;
+            let options = self.options_of(&sku).await?;
             let mut prices = BTreeMap::new();
             for p in sqlx::query("SELECT currency, amount FROM variant_prices WHERE sku = $1")
                 .bind(&sku)
@@ -605,6 +592,29 @@ impl Catalog {
         Ok(all)
     }
 
+    /// A product's category ids, sorted.
+    async fn categories_of(&self, product_id: &str) -> Result<Vec<String>> {
+        sqlx::query(
+            "SELECT category_id FROM product_categories WHERE product_id = $1 ORDER BY category_id",
+        )
+        .bind(product_id)
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(|r| Ok(r.try_get("category_id")?))
+        .collect()
+    }
+
+    /// A variant's options.
+    async fn options_of(&self, sku: &str) -> Result<BTreeMap<String, String>> {
+        pairs(
+            sqlx::query("SELECT name, value FROM variant_options WHERE sku = $1")
+                .bind(sku)
+                .fetch_all(self.db.pool())
+                .await?,
+        )
+    }
+
     /// The product and categories of `sku`, archived or not (for order history).
     pub async fn variant_origin(&self, sku: &str) -> Result<Option<(String, Vec<String>)>> {
         let Some(row) = sqlx::query("SELECT product_id FROM variants WHERE sku = $1")
@@ -615,15 +625,7 @@ impl Catalog {
             return Ok(None);
         };
         let product_id: String = row.try_get("product_id")?;
-        let categories = sqlx::query(
-            "SELECT category_id FROM product_categories WHERE product_id = $1 ORDER BY category_id",
-        )
-        .bind(&product_id)
-        .fetch_all(self.db.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get("category_id"))
-        .collect::<std::result::Result<Vec<String>, _>>()?;
+        let categories = self.categories_of(&product_id).await?;
         Ok(Some((product_id, categories)))
     }
 
@@ -644,21 +646,8 @@ impl Catalog {
             return Ok(None);
         };
         let product_id: String = row.try_get("product_id")?;
-        let categories = sqlx::query(
-            "SELECT category_id FROM product_categories WHERE product_id = $1 ORDER BY category_id",
-        )
-        .bind(&product_id)
-        .fetch_all(self.db.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get("category_id"))
-        .collect::<std::result::Result<Vec<String>, _>>()?;
-        let options = pairs(
-            sqlx::query("SELECT name, value FROM variant_options WHERE sku = $1")
-                .bind(sku)
-                .fetch_all(self.db.pool())
-                .await?,
-        )?;
+        let categories = self.categories_of(&product_id).await?;
+        let options = self.options_of(sku).await?;
         Ok(Some(PricedVariant {
             unit_price: row.try_get("amount")?,
             product_id,
