@@ -550,6 +550,22 @@ impl Orders {
                 "lines": lines,
             }));
         }
+        let returns: Vec<Value> = sqlx::query("SELECT id, lines, reason, status, created_at FROM return_requests WHERE order_id = $1 ORDER BY created_at, id")
+            .bind(id)
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(|r| -> std::result::Result<Value, sqlx::Error> {
+                let lines: String = r.try_get("lines")?;
+                Ok(json!({
+                    "id": r.try_get::<String, _>("id")?,
+                    "lines": serde_json::from_str::<Value>(&lines).unwrap_or(Value::Null),
+                    "reason": r.try_get::<Option<String>, _>("reason")?,
+                    "status": r.try_get::<String, _>("status")?,
+                    "created_at": r.try_get::<i64, _>("created_at")?,
+                }))
+            })
+            .collect::<std::result::Result<_, _>>()?;
         let text = |name: &str| -> std::result::Result<Value, sqlx::Error> {
             let s: String = row.try_get(name)?;
             Ok(serde_json::from_str(&s).unwrap_or(Value::Null))
@@ -571,6 +587,7 @@ impl Orders {
             "decisions": text("decisions")?,
             "lines": lines,
             "fulfilments": fulfilments,
+            "return_requests": returns,
             "payment": payment,
             "created_at": row.try_get::<i64, _>("created_at")?,
         }))
@@ -972,6 +989,65 @@ impl Orders {
         self.order(id).await
     }
 
+    /// Records a customer's request to return `lines` of a shipped order. The request's id is
+    /// the `return_id` the merchant receives it under.
+    pub async fn request_return(
+        &self,
+        id: &str,
+        customer_id: &str,
+        lines: &[(String, i64)],
+        reason: Option<String>,
+        now: i64,
+    ) -> Result<Value> {
+        if lines.is_empty() || lines.len() > 100 || lines.iter().any(|(_, q)| *q <= 0) {
+            return Err(OrderError::Invalid(
+                "a return needs 1 to 100 lines with quantities of at least 1".into(),
+            ));
+        }
+        if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+            return Err(OrderError::Invalid("reason is over 500 characters".into()));
+        }
+        let (status, _, fulfilment) = self.states(id).await?;
+        if fulfilment == "unfulfilled" {
+            return Err(OrderError::InvalidTransition {
+                action: "return",
+                state: format!("{status}/{fulfilment}"),
+            });
+        }
+        let shipped = self.inventory.shipped(id).await?;
+        for (sku, quantity) in lines {
+            let sold: i64 = shipped
+                .iter()
+                .filter(|a| &a.sku == sku)
+                .map(|a| a.quantity)
+                .sum();
+            if *quantity > sold {
+                return Err(OrderError::Invalid(format!(
+                    "{sku}: {quantity} asked back but {sold} shipped"
+                )));
+            }
+        }
+        let request_id = format!("rr_{}", uuid::Uuid::now_v7().simple());
+        let lines_json = json!(
+            lines
+                .iter()
+                .map(|(sku, q)| json!({"sku": sku, "quantity": q}))
+                .collect::<Vec<_>>()
+        );
+        sqlx::query("INSERT INTO return_requests (id, order_id, customer_id, lines, reason, status, created_at) VALUES ($1, $2, $3, $4, $5, 'requested', $6)")
+            .bind(&request_id)
+            .bind(id)
+            .bind(customer_id)
+            .bind(lines_json.to_string())
+            .bind(&reason)
+            .bind(now)
+            .execute(self.db.pool())
+            .await?;
+        Ok(
+            json!({"id": request_id, "order_id": id, "status": "requested", "lines": lines_json, "reason": reason}),
+        )
+    }
+
     /// Receives returned units of a shipped order and puts them back on hand where they
     /// shipped from. Never more than was sold comes back, and the same `return_id` is
     /// processed once, however often it is sent.
@@ -1065,6 +1141,13 @@ impl Orders {
                 .restock(&format!("{id}:{return_id}"), &sku, &location, quantity, now)
                 .await?;
         }
+        sqlx::query(
+            "UPDATE return_requests SET status = 'received' WHERE id = $1 AND order_id = $2",
+        )
+        .bind(return_id)
+        .bind(id)
+        .execute(self.db.pool())
+        .await?;
         self.order(id).await
     }
 }

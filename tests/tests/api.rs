@@ -1763,3 +1763,91 @@ async fn a_price_change_reprices_open_carts_but_not_placed_orders_and_orders_can
         app.db.drop_database().await;
     }
 }
+
+#[tokio::test]
+async fn a_customer_asks_to_return_and_the_merchant_receives_it() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let ada = ada_bought_a_tee(&app).await;
+        let r = app
+            .send(
+                Method::GET,
+                "/store/customers/me/orders",
+                &[("authorization", &ada)],
+                None,
+            )
+            .await;
+        let order = r.body["orders"][0]["id"]
+            .as_str()
+            .expect("order")
+            .to_owned();
+        let ask = |body: Value, auth: String| {
+            let app = &app;
+            let order = order.clone();
+            async move {
+                app.send(
+                    Method::POST,
+                    &format!("/store/orders/{order}/returns"),
+                    &[("authorization", &auth)],
+                    Some(body.to_string()),
+                )
+                .await
+            }
+        };
+        let r = ask(
+            json!({"lines": [{"sku": "TEE-L", "quantity": 1}]}),
+            ada.clone(),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (409, Some("invalid_transition")),
+            "not shipped yet"
+        );
+        app.admin(
+            Method::POST,
+            &format!("/admin/orders/{order}/fulfil"),
+            Value::Null,
+        )
+        .await;
+
+        let r = ask(
+            json!({"lines": [{"sku": "TEE-L", "quantity": 2}]}),
+            ada.clone(),
+        )
+        .await;
+        assert_eq!(r.status, 422, "only one was bought: {}", r.body);
+        let bob = app.customer("bob@example.com").await;
+        let r = ask(
+            json!({"lines": [{"sku": "TEE-L", "quantity": 1}]}),
+            format!("Bearer {bob}"),
+        )
+        .await;
+        assert_eq!(r.status, 404, "not Bob's order");
+        let r = ask(
+            json!({"lines": [{"sku": "TEE-L", "quantity": 1}], "reason": "too small"}),
+            ada.clone(),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let request = r.body["id"].as_str().expect("request").to_owned();
+        assert_eq!(
+            app.level("TEE-L").await["on_hand"],
+            9,
+            "nothing restocked before it arrives"
+        );
+
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/orders/{order}/returns"),
+                json!({"return_id": request, "lines": [{"sku": "TEE-L", "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["return_requests"][0]["status"], "received");
+        assert_eq!(app.level("TEE-L").await["on_hand"], 10);
+        app.db.drop_database().await;
+    }
+}

@@ -83,6 +83,12 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
     ),
     (
         "post",
+        "/store/orders/{id}/returns",
+        Access::Customer,
+        "Ask to return units of a shipped order; the merchant receives it under the request's id",
+    ),
+    (
+        "post",
         "/store/customers",
         Access::Anyone,
         "Register an account (argon2id-hashed password)",

@@ -34,6 +34,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/customers/login", post(login))
         .route("/customers/me/orders", get(my_orders))
         .route("/orders/{id}", get(my_order))
+        .route("/orders/{id}/returns", post(request_return))
 }
 
 #[derive(Deserialize)]
@@ -79,6 +80,44 @@ async fn my_orders(State(state): State<AppState>, me: SignedIn) -> Result<Json<V
     Ok(Json(
         json!({"orders": state.orders.for_customer(&me.customer_id).await?}),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReturnLine {
+    sku: String,
+    quantity: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReturnRequest {
+    lines: Vec<ReturnLine>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Asks to return units of one of the signed-in customer's shipped orders.
+async fn request_return(
+    State(state): State<AppState>,
+    me: SignedIn,
+    Path(id): Path<String>,
+    body: Result<Json<ReturnRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(r) = body?;
+    if !state.orders.owned_by(&id, &me.customer_id).await? {
+        return Err(ApiError::not_found("order_not_found", "no such order"));
+    }
+    let lines: Vec<(String, i64)> = r
+        .lines
+        .into_iter()
+        .map(|l| (l.sku, i64::from(l.quantity)))
+        .collect();
+    let request = state
+        .orders
+        .request_return(&id, &me.customer_id, &lines, r.reason, now_ms())
+        .await?;
+    Ok((StatusCode::CREATED, Json(request)))
 }
 
 /// One of the signed-in customer's orders; anyone else's is a 404.
