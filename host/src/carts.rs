@@ -86,6 +86,21 @@ pub struct CartLine {
     pub quantity: i64,
 }
 
+/// Checkout details saved on a cart.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CartDetails {
+    /// Where to send the receipt.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Where to ship.
+    #[serde(default)]
+    pub shipping_address: Option<crate::orders::Address>,
+    /// Where to bill; the shipping address when absent.
+    #[serde(default)]
+    pub billing_address: Option<crate::orders::Address>,
+}
+
 /// The carts service.
 #[derive(Debug, Clone)]
 pub struct Carts {
@@ -326,6 +341,52 @@ impl Carts {
         tx.commit().await?;
         self.touch(id, now).await?;
         self.contents(id).await
+    }
+
+    /// Saves what the shopper entered for checkout (email, addresses), replacing what was
+    /// there; checkout uses it for anything its request leaves out.
+    pub async fn set_details(
+        &self,
+        id: &str,
+        details: &CartDetails,
+        now: i64,
+    ) -> Result<CartDetails> {
+        if let Some(email) = &details.email
+            && (!email.contains('@') || email.len() > 254)
+        {
+            return Err(CartError::Invalid("email is not an email address".into()));
+        }
+        for (what, address) in [
+            ("shipping_address", &details.shipping_address),
+            ("billing_address", &details.billing_address),
+        ] {
+            if let Some(address) = address {
+                address
+                    .validate(what)
+                    .map_err(|e| CartError::Invalid(e.to_string()))?;
+            }
+        }
+        let text = serde_json::to_string(details).map_err(|e| CartError::Invalid(e.to_string()))?;
+        sqlx::query("UPDATE carts SET details = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(text)
+            .bind(now)
+            .execute(self.db.pool())
+            .await?;
+        Ok(details.clone())
+    }
+
+    /// What the shopper entered for checkout, if anything.
+    pub async fn details(&self, id: &str) -> Result<CartDetails> {
+        let row = sqlx::query("SELECT details FROM carts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(CartError::NotFound)?;
+        let text: Option<String> = row.try_get("details")?;
+        Ok(text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default())
     }
 
     async fn touch(&self, id: &str, now: i64) -> Result<()> {

@@ -110,7 +110,8 @@ pub struct Address {
 }
 
 impl Address {
-    fn validate(&self, what: &str) -> Result<()> {
+    /// Checks the address; `what` names it in the error.
+    pub fn validate(&self, what: &str) -> Result<()> {
         for (field, value, max) in [
             ("name", &self.name, 200),
             ("line1", &self.line1, 200),

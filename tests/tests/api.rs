@@ -1851,3 +1851,62 @@ async fn a_customer_asks_to_return_and_the_merchant_receives_it() {
         app.db.drop_database().await;
     }
 }
+
+#[tokio::test]
+async fn details_saved_on_the_cart_complete_the_checkout() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let (cart, token) = app.cart_with("SOCK", 1).await;
+        let details = format!("/store/carts/{cart}/details");
+        let r = app
+            .cart(
+                Method::PUT,
+                &details,
+                &token,
+                Some(json!({"email": "not-an-email"})),
+            )
+            .await;
+        assert_eq!(r.status, 422);
+        let r = app
+            .cart(
+                Method::PUT,
+                &details,
+                &token,
+                Some(json!({"shipping_address": address("Germany")})),
+            )
+            .await;
+        assert_eq!(r.status, 422);
+        let r = app
+            .cart(
+                Method::PUT,
+                &details,
+                &token,
+                Some(json!({"email": "ada@example.com", "shipping_address": address("DE")})),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["details"]["email"].as_str()),
+            (200, Some("ada@example.com")),
+            "{}",
+            r.body
+        );
+        let r = app
+            .checkout(&cart, &token, "k", &json!({"payment_token": "tok_visa"}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.body["email"], "ada@example.com");
+        assert_eq!(r.body["shipping_address"]["country"], "DE");
+        let (other, other_token) = app.cart_with("SOCK", 1).await;
+        let r = app
+            .checkout(
+                &other,
+                &other_token,
+                "k",
+                &json!({"payment_token": "tok_visa"}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "no email or address anywhere: {}", r.body);
+        app.db.drop_database().await;
+    }
+}

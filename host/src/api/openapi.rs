@@ -82,6 +82,12 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         "Check out: re-price, fraud check, reserve, authorise, place the order",
     ),
     (
+        "put",
+        "/store/carts/{id}/details",
+        Access::CartToken,
+        "Save email and addresses for checkout",
+    ),
+    (
         "post",
         "/store/orders/{id}/returns",
         Access::Customer,

@@ -29,6 +29,7 @@ pub(super) fn routes() -> Router<AppState> {
             patch(set_quantity).delete(remove_line),
         )
         .route("/carts/{id}/coupons", put(set_coupons))
+        .route("/carts/{id}/details", put(set_details))
         .route("/carts/{id}/checkout", post(checkout))
         .route("/customers", post(register))
         .route("/customers/login", post(login))
@@ -132,6 +133,19 @@ async fn my_order(
     Ok(Json(state.orders.order(&id).await?))
 }
 
+async fn set_details(
+    State(state): State<AppState>,
+    CartAccess(id): CartAccess,
+    body: Result<Json<crate::carts::CartDetails>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(details) = body?;
+    let saved = state.carts.set_details(&id, &details, now_ms()).await?;
+    let contents = state.carts.contents(&id).await?;
+    let mut body = priced(&state, contents, now_ms()).await?;
+    body["details"] = json!(saved);
+    Ok(Json(body))
+}
+
 /// Checks the cart out. Requires an `Idempotency-Key`: a retry with the same key and body gets
 /// the first answer, never a second order or charge.
 async fn checkout(
@@ -147,6 +161,16 @@ async fn checkout(
     match super::idempotency::begin(&state.db, &scope, &key, &body, now).await? {
         super::idempotency::Begin::Replay(status, body) => return Ok((status, Json(body))),
         super::idempotency::Begin::Run => {}
+    }
+    // What the request leaves out comes from the details saved on the cart.
+    let mut body = body;
+    if let Value::Object(fields) = &mut body {
+        let saved = json!(state.carts.details(&id).await?);
+        for key in ["email", "shipping_address", "billing_address"] {
+            if !fields.contains_key(key) && !saved[key].is_null() {
+                fields.insert(key.to_owned(), saved[key].clone());
+            }
+        }
     }
     let outcome = match serde_json::from_value::<CheckoutRequest>(body) {
         Err(e) => Err(ApiError::invalid(format!("not a valid checkout: {e}"))),
