@@ -115,7 +115,19 @@ pub fn router(state: AppState) -> Router {
         .nest("/admin", admin::routes())
         .nest("/store", storefront::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |request: &axum::http::Request<axum::body::Body>| {
+                    // The route's template, not the concrete path: ids stay out of span names
+                    // and metrics stay bounded.
+                    let route = request
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("unmatched", axum::extract::MatchedPath::as_str);
+                    tracing::info_span!("http", method = %request.method(), route)
+                },
+            ),
+        )
         .with_state(state)
 }
 
