@@ -70,6 +70,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let _maintenance = state.spawn_maintenance();
     let app = Application::build(args.addr, state).await?;
     tracing::info!(addr = %app.local_addr()?, "cartridge listening");
     app.run().await?;

@@ -1910,3 +1910,34 @@ async fn details_saved_on_the_cart_complete_the_checkout() {
         app.db.drop_database().await;
     }
 }
+
+#[tokio::test]
+async fn idempotency_keys_expire_after_a_day_and_abandoned_ones_are_released() {
+    use cartridge_host::api::idempotency::{ABANDONED_AFTER_MS, KEEP_MS, sweep};
+    for db in test_databases().await {
+        let pool = Db::connect(&db.url).await.expect("connect");
+        pool.migrate().await.expect("migrate");
+        let now: i64 = 1_800_000_000_000;
+        for (key, state, age) in [
+            ("fresh-done", "done", 1_000),
+            ("old-done", "done", KEEP_MS + 1),
+            ("fresh-running", "running", 1_000),
+            ("abandoned", "running", ABANDONED_AFTER_MS + 1),
+        ] {
+            sqlx::query("INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) VALUES ('s', $1, 'h', $2, $3)")
+                .bind(key)
+                .bind(state)
+                .bind(now - age)
+                .execute(pool.pool())
+                .await
+                .expect("insert");
+        }
+        assert_eq!(sweep(&pool, now).await.expect("sweep"), 2);
+        let left: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys ORDER BY key")
+            .fetch_all(pool.pool())
+            .await
+            .expect("keys");
+        assert_eq!(left, ["fresh-done", "fresh-running"], "{}", db.backend);
+        db.drop_database().await;
+    }
+}

@@ -131,3 +131,22 @@ pub async fn finish(db: &Db, scope: &str, key: &str, status: StatusCode, body: &
         tracing::error!(scope, key, "could not store the idempotent response: {e}");
     }
 }
+
+/// How long a stored response is replayed.
+pub const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
+/// A key still `running` after this long belongs to a request that died with its process; it
+/// is released so that the client's retry can run.
+pub const ABANDONED_AFTER_MS: i64 = 10 * 60 * 1000;
+
+/// Forgets keys older than [`KEEP_MS`] and releases keys abandoned while running. Returns how
+/// many keys were removed.
+pub async fn sweep(db: &Db, now: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM idempotency_keys WHERE created_at < $1 OR (state = 'running' AND created_at < $2)",
+    )
+    .bind(now - KEEP_MS)
+    .bind(now - ABANDONED_AFTER_MS)
+    .execute(db.pool())
+    .await?
+    .rows_affected())
+}

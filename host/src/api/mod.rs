@@ -9,7 +9,7 @@
 
 mod admin;
 mod error;
-mod idempotency;
+pub mod idempotency;
 pub mod openapi;
 mod storefront;
 
@@ -88,6 +88,23 @@ impl AppState {
             fraud: self.hook(HookKind::Fraud),
             payment: self.hook(HookKind::Payment),
         }
+    }
+
+    /// Sweeps expired and abandoned idempotency keys every few minutes, for as long as the
+    /// returned task runs.
+    pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+            loop {
+                every.tick().await;
+                match idempotency::sweep(&db, now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(keys = n, "idempotency keys swept"),
+                    Err(e) => tracing::warn!("idempotency sweep failed: {e}"),
+                }
+            }
+        })
     }
 
     /// Stores `token` (hashed) as an admin credential named `name`.
