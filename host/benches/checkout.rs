@@ -213,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
     let benching = std::env::args().any(|a| a == "--bench");
     let (total, concurrency) = if benching { (3_000, 32) } else { (20, 4) };
     let database = std::env::var("CARTRIDGE_BENCH_DATABASE_URL").ok();
+    let mut bench_database: Option<(String, String)> = None;
     let (database_url, backend) = match &database {
         Some(admin_url) => {
             use sqlx::Connection;
@@ -224,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
             let base = admin_url
                 .rsplit_once('/')
                 .map_or(admin_url.as_str(), |(b, _)| b);
+            bench_database = Some((admin_url.clone(), name.clone()));
             (
                 Some(format!("{base}/{name}")),
                 "PostgreSQL (synchronous_commit = on)",
@@ -276,6 +278,13 @@ async fn main() -> anyhow::Result<()> {
     let flow_many = flow(concurrency, total / 2).await?;
     let rss = server.peak_rss_kib();
     drop(server);
+    if let Some((admin_url, name)) = bench_database {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut conn)
+            .await?;
+    }
 
     println!(
         "checkout over HTTP on loopback, {backend}; {total} checkouts at concurrency {concurrency}"
