@@ -14,13 +14,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
 use serde_json::json;
 
-use crate::plugin::bindings::{fraud, payment, personalization, pricing};
 use crate::plugin::{
-    Call, CallStats, HookError, HookKind, Manifest, OUTPUT_LIMIT_BYTES, PaymentRequest, Plugin,
-    Runtime, RuntimeConfig,
+    HookError, HookKind, Manifest, OUTPUT_LIMIT_BYTES, Plugin, Runtime, RuntimeConfig,
 };
 
 /// Cartridge: a commerce host whose business rules are WebAssembly plugins.
@@ -323,24 +320,6 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
 // ---------------------------------------------------------------------------------------------
 // plugin run
 
-/// A payment step or a webhook, as `plugin run` reads it.
-#[derive(Debug, serde::Deserialize)]
-#[serde(untagged)]
-enum PaymentInput {
-    Step(PaymentRequest),
-    Webhook {
-        #[allow(dead_code)]
-        step: WebhookStep,
-        request: payment::WebhookRequest,
-    },
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum WebhookStep {
-    ParseWebhook,
-}
-
 async fn run_hook(args: RunArgs) -> anyhow::Result<ExitCode> {
     let wasm =
         std::fs::read(&args.wasm).with_context(|| format!("reading {}", args.wasm.display()))?;
@@ -399,62 +378,19 @@ async fn run_hook(args: RunArgs) -> anyhow::Result<ExitCode> {
     let plugin = runtime
         .load(manifest, &wasm)
         .map_err(|e| anyhow::anyhow!("[{}] {e}", e.code()))?;
-    let parse_error = |e: serde_json::Error| {
-        anyhow::anyhow!("the input is not a valid {} input: {e}", plugin.hook())
-    };
-    let outcome = match plugin.hook() {
-        HookKind::Pricing => {
-            let cart: pricing::Cart = serde_json::from_str(&input).map_err(parse_error)?;
-            plugin.price(&cart).await.map(|call| {
-                let priced = crate::pricing::apply(
-                    &cart,
-                    &[crate::pricing::PluginOperations {
-                        plugin: plugin.reference(),
-                        operations: call.output.operations.clone(),
-                    }],
-                );
-                report(call, Some(serde_json::to_value(priced).unwrap_or_default()))
-            })
-        }
-        HookKind::Fraud => {
-            let checkout: fraud::Checkout = serde_json::from_str(&input).map_err(parse_error)?;
-            plugin.assess(&checkout).await.map(|c| report(c, None))
-        }
-        HookKind::Personalization => {
-            let context: personalization::Context =
-                serde_json::from_str(&input).map_err(parse_error)?;
-            plugin.rank(&context).await.map(|c| report(c, None))
-        }
-        HookKind::Payment => {
-            match serde_json::from_str::<PaymentInput>(&input).map_err(parse_error)? {
-                PaymentInput::Step(step) => plugin.payment(&step).await.map(|c| report(c, None)),
-                PaymentInput::Webhook { request, .. } => plugin
-                    .parse_webhook(&request)
-                    .await
-                    .map(|c| report(c, None)),
-            }
-        }
+    let input: serde_json::Value = serde_json::from_str(&input)
+        .map_err(|e| anyhow::anyhow!("the input is not valid JSON: {e}"))?;
+    let outcome = match crate::hooks::invoke(&plugin, input).await {
+        Ok(invocation) => Ok(invocation),
+        Err(crate::hooks::InvokeError::Hook(error)) => Err(error),
+        Err(bad @ crate::hooks::InvokeError::BadInput { .. }) => bail!("{bad}"),
     };
     print_outcome(&plugin, outcome, args.json)
 }
 
-struct Report {
-    output: serde_json::Value,
-    priced: Option<serde_json::Value>,
-    stats: CallStats,
-}
-
-fn report<T: Serialize>(call: Call<T>, priced: Option<serde_json::Value>) -> Report {
-    Report {
-        output: serde_json::to_value(&call.output).unwrap_or_default(),
-        priced,
-        stats: call.stats,
-    }
-}
-
 fn print_outcome(
     plugin: &Plugin,
-    outcome: Result<Report, HookError>,
+    outcome: Result<crate::hooks::Invocation, HookError>,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     let limits = plugin.manifest().limits;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::plugin::bindings::{fraud, personalization, pricing};
-use crate::plugin::{FailurePolicy, HookError, Plugin, PluginRef};
+use crate::plugin::bindings::{fraud, payment, personalization, pricing};
+use crate::plugin::{CallStats, FailurePolicy, HookError, PaymentRequest, Plugin, PluginRef};
 use crate::pricing::{PluginOperations, PricedCart};
 
 /// What the pricing hook decided.
@@ -177,5 +177,103 @@ pub async fn rank(
         },
         decided_by: None,
         skipped,
+    })
+}
+
+/// One hook call on a JSON input, as `cartridge plugin run` and the admin API's invoke run it.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The plugin's decision, as JSON.
+    pub output: serde_json::Value,
+    /// For pricing: the cart with the decision applied.
+    pub priced: Option<serde_json::Value>,
+    /// What the call cost.
+    pub stats: CallStats,
+}
+
+/// Why an invocation did not produce a decision.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The input is not the hook's input type.
+    #[error("not a valid {hook} input: {reason}")]
+    BadInput {
+        /// The plugin's hook.
+        hook: crate::plugin::HookKind,
+        /// What serde said.
+        reason: String,
+    },
+    /// The plugin failed.
+    #[error(transparent)]
+    Hook(#[from] HookError),
+}
+
+/// A payment step or a webhook delivery, as an invocation takes it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum PaymentInput {
+    Step(PaymentRequest),
+    Webhook {
+        #[allow(dead_code)]
+        step: WebhookStep,
+        request: payment::WebhookRequest,
+    },
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WebhookStep {
+    ParseWebhook,
+}
+
+/// Calls `plugin`'s hook on `input`: a cart, a checkout, a personalization context, or a
+/// payment step (`{"step": "authorize" | … | "parse_webhook", "request": {…}}`).
+pub async fn invoke(plugin: &Plugin, input: serde_json::Value) -> Result<Invocation, InvokeError> {
+    use crate::plugin::HookKind;
+    fn parse<T: serde::de::DeserializeOwned>(
+        plugin: &Plugin,
+        input: serde_json::Value,
+    ) -> Result<T, InvokeError> {
+        serde_json::from_value(input).map_err(|e| InvokeError::BadInput {
+            hook: plugin.hook(),
+            reason: e.to_string(),
+        })
+    }
+    fn done<T: Serialize>(call: crate::plugin::Call<T>) -> Invocation {
+        Invocation {
+            output: serde_json::to_value(&call.output).unwrap_or_default(),
+            priced: None,
+            stats: call.stats,
+        }
+    }
+    Ok(match plugin.hook() {
+        HookKind::Pricing => {
+            let cart: pricing::Cart = parse(plugin, input)?;
+            let call = plugin.price(&cart).await?;
+            let priced = crate::pricing::apply(
+                &cart,
+                &[PluginOperations {
+                    plugin: plugin.reference(),
+                    operations: call.output.operations.clone(),
+                }],
+            );
+            Invocation {
+                priced: serde_json::to_value(priced).ok(),
+                ..done(call)
+            }
+        }
+        HookKind::Fraud => done(
+            plugin
+                .assess(&parse::<fraud::Checkout>(plugin, input)?)
+                .await?,
+        ),
+        HookKind::Personalization => done(
+            plugin
+                .rank(&parse::<personalization::Context>(plugin, input)?)
+                .await?,
+        ),
+        HookKind::Payment => match parse::<PaymentInput>(plugin, input)? {
+            PaymentInput::Step(step) => done(plugin.payment(&step).await?),
+            PaymentInput::Webhook { request, .. } => done(plugin.parse_webhook(&request).await?),
+        },
     })
 }

@@ -635,7 +635,7 @@ async fn a_failing_plugin_invocation_is_a_bad_gateway_with_its_named_error() {
             .admin(Method::POST, "/admin/plugins/tiered-discount/invoke", cart)
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(r.body["output"]["priced"]["line_discounts"], 2398);
+        assert_eq!(r.body["priced"]["line_discounts"], 2398);
         let r = app
             .admin(Method::POST, "/admin/plugins/nope/invoke", json!({}))
             .await;

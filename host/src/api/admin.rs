@@ -10,8 +10,6 @@ use serde_json::{Value, json};
 
 use super::{Admin, ApiError, AppState, now_ms};
 use crate::catalog::NewProduct;
-use crate::plugin::bindings::{fraud, personalization, pricing};
-use crate::plugin::{HookKind, PaymentRequest};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -390,41 +388,15 @@ async fn invoke(
     let plugin = state.plugins.get(&name).ok_or_else(|| {
         ApiError::not_found("unknown_plugin", format!("no plugin named {name:?}"))
     })?;
-    let bad_input = |e: serde_json::Error| {
-        ApiError::invalid(format!("not a valid {} input: {e}", plugin.hook()))
-    };
-    let (output, stats) = match plugin.hook() {
-        HookKind::Pricing => {
-            let cart: pricing::Cart = serde_json::from_value(input).map_err(bad_input)?;
-            let call = plugin.price(&cart).await?;
-            let priced = crate::pricing::apply(
-                &cart,
-                &[crate::pricing::PluginOperations {
-                    plugin: plugin.reference(),
-                    operations: call.output.operations.clone(),
-                }],
-            );
-            (
-                json!({"operations": call.output.operations, "priced": priced}),
-                call.stats,
-            )
-        }
-        HookKind::Fraud => {
-            let checkout: fraud::Checkout = serde_json::from_value(input).map_err(bad_input)?;
-            let call = plugin.assess(&checkout).await?;
-            (json!(call.output), call.stats)
-        }
-        HookKind::Personalization => {
-            let context: personalization::Context =
-                serde_json::from_value(input).map_err(bad_input)?;
-            let call = plugin.rank(&context).await?;
-            (json!(call.output), call.stats)
-        }
-        HookKind::Payment => {
-            let request: PaymentRequest = serde_json::from_value(input).map_err(bad_input)?;
-            let call = plugin.payment(&request).await?;
-            (json!(call.output), call.stats)
-        }
-    };
-    Ok(Json(json!({"output": output, "stats": stats})))
+    let invocation = crate::hooks::invoke(plugin, input)
+        .await
+        .map_err(|e| match e {
+            crate::hooks::InvokeError::Hook(hook) => ApiError::from(hook),
+            bad => ApiError::invalid(bad.to_string()),
+        })?;
+    Ok(Json(json!({
+        "output": invocation.output,
+        "priced": invocation.priced,
+        "stats": invocation.stats,
+    })))
 }
