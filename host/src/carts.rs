@@ -237,29 +237,41 @@ impl Carts {
         {
             return Err(CartError::NotForSale(sku.to_owned()));
         }
-        match contents.lines.iter().find(|l| l.sku == sku) {
-            Some(line) => {
-                check_quantity(line.quantity + quantity)?;
-                sqlx::query("UPDATE cart_lines SET quantity = quantity + $2 WHERE id = $1")
-                    .bind(&line.id)
-                    .bind(quantity)
-                    .execute(self.db.pool())
-                    .await?;
-            }
-            None => {
-                if contents.lines.len() >= MAX_LINES {
-                    return Err(CartError::Invalid(format!(
-                        "a cart holds at most {MAX_LINES} lines"
-                    )));
-                }
-                sqlx::query("INSERT INTO cart_lines (id, cart_id, sku, quantity, position) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(id)
-                    .bind(sku)
-                    .bind(quantity)
-                    .bind(now)
-                    .execute(self.db.pool())
-                    .await?;
+        if contents.lines.len() >= MAX_LINES && !contents.lines.iter().any(|l| l.sku == sku) {
+            return Err(CartError::Invalid(format!(
+                "a cart holds at most {MAX_LINES} lines"
+            )));
+        }
+        // Guarded statements, not read-then-write: two requests adding the same SKU at once
+        // end as one line, and never above the maximum quantity.
+        let inserted = sqlx::query(
+            "INSERT INTO cart_lines (id, cart_id, sku, quantity, position) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (cart_id, sku) DO NOTHING",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(id)
+        .bind(sku)
+        .bind(quantity)
+        .bind(now)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let added = sqlx::query(
+                "UPDATE cart_lines SET quantity = quantity + $3 \
+                 WHERE cart_id = $1 AND sku = $2 AND quantity + $3 <= $4",
+            )
+            .bind(id)
+            .bind(sku)
+            .bind(quantity)
+            .bind(MAX_LINE_QUANTITY)
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+            if added == 0 {
+                return Err(CartError::Invalid(format!(
+                    "a line holds at most {MAX_LINE_QUANTITY} units"
+                )));
             }
         }
         self.touch(id, now).await?;

@@ -1941,3 +1941,47 @@ async fn idempotency_keys_expire_after_a_day_and_abandoned_ones_are_released() {
         db.drop_database().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_adds_of_one_sku_make_one_line_and_respect_the_maximum() {
+    for db in test_databases().await {
+        let app = std::sync::Arc::new(spawn_app(db, &[]).await);
+        app.seed().await;
+        let (cart, token) = app.new_cart().await;
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (app, cart, token) = (app.clone(), cart.clone(), token.clone());
+                tokio::spawn(async move {
+                    app.cart(
+                        Method::POST,
+                        &format!("/store/carts/{cart}/lines"),
+                        &token,
+                        Some(json!({"sku": "SOCK", "quantity": 100})),
+                    )
+                    .await
+                    .status
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.expect("task"));
+        }
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 422),
+            "never a 500: {statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            9,
+            "{statuses:?}"
+        );
+        let r = app
+            .cart(Method::GET, &format!("/store/carts/{cart}"), &token, None)
+            .await;
+        assert_eq!(r.body["lines"].as_array().map(Vec::len), Some(1));
+        assert_eq!(r.body["lines"][0]["quantity"], 900);
+        let app = std::sync::Arc::into_inner(app).expect("sole owner");
+        app.db.drop_database().await;
+    }
+}
