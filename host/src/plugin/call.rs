@@ -29,6 +29,7 @@ pub const OUTPUT_LIMIT_BYTES: usize = 64 * 1024;
 const UNMETERED_FUEL: u64 = i64::MAX as u64;
 
 /// The pre-linked component, typed by hook.
+#[derive(Clone)]
 pub(crate) enum HookPre {
     Pricing(pricing::PricingPluginPre<StoreState>),
     Fraud(fraud::FraudPluginPre<StoreState>),
@@ -37,7 +38,9 @@ pub(crate) enum HookPre {
 }
 
 /// A plugin version, compiled and ready to call. Immutable: a new version or new configuration
-/// is a new `Plugin`, so a call that started on one finishes on it.
+/// is a new `Plugin`, so a call that started on one finishes on it. Cloning is cheap (the
+/// compiled code is shared).
+#[derive(Clone)]
 pub struct Plugin {
     manifest: Manifest,
     digest: String,
@@ -46,6 +49,9 @@ pub struct Plugin {
     config: Arc<BTreeMap<String, String>>,
     id: Arc<str>,
     consume_fuel: bool,
+    /// The registry's watch: call log sample and crash-loop breaker. None when not installed
+    /// through the registry (the CLI, tests of the runtime).
+    watch: Option<Arc<super::watch::CallWatch>>,
     /// Keeps the epoch ticker running while this plugin can be called.
     _ticker: Arc<super::runtime::EpochTicker>,
 }
@@ -110,8 +116,32 @@ impl Plugin {
             config,
             id,
             consume_fuel,
+            watch: None,
             _ticker: ticker,
         }
+    }
+
+    /// The same plugin reporting its calls to `watch`.
+    pub fn watched(mut self, watch: Arc<super::watch::CallWatch>) -> Self {
+        self.watch = Some(watch);
+        self
+    }
+
+    /// The same plugin without the registry's watch: for shadow runs and admin invocations,
+    /// which must not feed the call log or the crash-loop breaker.
+    pub fn unwatched(mut self) -> Self {
+        self.watch = None;
+        self
+    }
+
+    /// The registry's watch, if installed through the registry.
+    pub fn watch(&self) -> Option<&Arc<super::watch::CallWatch>> {
+        self.watch.as_ref()
+    }
+
+    /// The operator's configuration laid over the manifest's defaults: what calls see.
+    pub fn config(&self) -> &BTreeMap<String, String> {
+        &self.config
     }
 
     /// The same plugin with the operator's configuration laid over the manifest's defaults.
@@ -276,7 +306,7 @@ impl Plugin {
         &self,
         cart: &pricing::Cart,
     ) -> Result<Call<pricing::PriceResult>, HookError> {
-        self.observed(self.price_unobserved(cart)).await
+        self.observed(Some(cart), self.price_unobserved(cart)).await
     }
 
     /// Assesses a checkout for fraud.
@@ -284,7 +314,8 @@ impl Plugin {
         &self,
         checkout: &fraud::Checkout,
     ) -> Result<Call<fraud::Assessment>, HookError> {
-        self.observed(self.assess_unobserved(checkout)).await
+        self.observed(Some(checkout), self.assess_unobserved(checkout))
+            .await
     }
 
     /// Ranks candidates for a shopper. The ranking that comes back holds only candidates, each
@@ -293,7 +324,8 @@ impl Plugin {
         &self,
         context: &personalization::Context,
     ) -> Result<Call<personalization::Ranking>, HookError> {
-        self.observed(self.rank_unobserved(context)).await
+        self.observed(Some(context), self.rank_unobserved(context))
+            .await
     }
 
     /// Runs one payment step. The gateway's refusal is a successful call whose output is
@@ -302,7 +334,10 @@ impl Plugin {
         &self,
         request: &PaymentRequest,
     ) -> Result<Call<Result<payment::PaymentResult, payment::PaymentError>>, HookError> {
-        self.observed(self.payment_unobserved(request)).await
+        // Payment steps are never logged: replaying one would move money, and their inputs are
+        // the customer's payment details.
+        self.observed(None::<&()>, self.payment_unobserved(request))
+            .await
     }
 
     /// Verifies and decodes a payment webhook.
@@ -310,21 +345,70 @@ impl Plugin {
         &self,
         request: &payment::WebhookRequest,
     ) -> Result<Call<Result<payment::WebhookEvent, payment::WebhookError>>, HookError> {
-        self.observed(self.parse_webhook_unobserved(request)).await
+        self.observed(None::<&()>, self.parse_webhook_unobserved(request))
+            .await
     }
 
-    /// Runs a call and records its outcome and latency in the metrics.
-    async fn observed<T>(
+    /// Runs a call unless the crash-loop breaker is open, records its outcome and latency in
+    /// the metrics, and tells the registry's watch (a sample of `input` and the output for the
+    /// call log, the outcome for the breaker).
+    async fn observed<I: Serialize, T: Serialize>(
         &self,
+        input: Option<&I>,
         call: impl std::future::Future<Output = Result<Call<T>, HookError>>,
     ) -> Result<Call<T>, HookError> {
+        if let Some(watch) = &self.watch
+            && watch.tripped()
+        {
+            let error = HookError {
+                plugin: self.reference(),
+                kind: HookErrorKind::Disabled {
+                    failures: watch.failures_in_a_row(),
+                },
+            };
+            super::metrics::record(&error.plugin, error.code(), Duration::ZERO);
+            return Err(error);
+        }
         let started = Instant::now();
         let result = call.await;
+        let duration = started.elapsed();
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
-        super::metrics::record(&self.reference(), outcome, started.elapsed());
+        super::metrics::record(&self.reference(), outcome, duration);
+        if let Some(watch) = &self.watch {
+            let plugin = self.reference();
+            if let Some(input) = input
+                && watch.sample()
+                && let Ok(input) = serde_json::to_string(input)
+            {
+                let (output, error) = match &result {
+                    Ok(call) => (serde_json::to_string(&call.output).ok(), None),
+                    Err(e) => (None, Some(format!("{}: {}", e.code(), e.kind))),
+                };
+                watch.log(super::watch::CallRecord {
+                    plugin: plugin.clone(),
+                    input,
+                    output,
+                    error,
+                    duration,
+                });
+            }
+            match &result {
+                // The sandbox stopped it or rejected its answer: a crash.
+                Err(e) if e.kind.is_crash() => {
+                    watch.outcome(&plugin, Some((e.code(), e.kind.to_string())));
+                }
+                // No slot free: says nothing about the plugin.
+                Err(HookError {
+                    kind: HookErrorKind::Unavailable { .. },
+                    ..
+                }) => {}
+                // It ran and answered, with a decision or an error of its own.
+                _ => watch.outcome(&plugin, None),
+            }
+        }
         result
     }
 

@@ -100,6 +100,13 @@ pub enum HookErrorKind {
         /// The plugin's message.
         message: String,
     },
+    /// The plugin is switched off by the crash-loop breaker after too many failures in a row;
+    /// it is not called until an operator enables it or activates another version.
+    #[error("disabled after {failures} consecutive failures")]
+    Disabled {
+        /// The failures in a row that tripped the breaker.
+        failures: u32,
+    },
     /// The host could not start the call: every instance slot is busy. Retryable.
     #[error("no instance slot available: {reason}")]
     Unavailable {
@@ -109,6 +116,18 @@ pub enum HookErrorKind {
 }
 
 impl HookErrorKind {
+    /// Whether the sandbox stopped the plugin or refused its answer — what the crash-loop
+    /// breaker counts. A `plugin-error` is the plugin answering; `unavailable` is the host's
+    /// capacity.
+    pub fn is_crash(&self) -> bool {
+        !matches!(
+            self,
+            HookErrorKind::PluginError { .. }
+                | HookErrorKind::Unavailable { .. }
+                | HookErrorKind::Disabled { .. }
+        )
+    }
+
     /// The stable code, as the API and metrics report it.
     pub fn code(&self) -> &'static str {
         match self {
@@ -120,6 +139,7 @@ impl HookErrorKind {
             HookErrorKind::OutputTooLarge { .. } => "output_too_large",
             HookErrorKind::CapabilityDenied { .. } => "capability_denied",
             HookErrorKind::PluginError { .. } => "plugin_error",
+            HookErrorKind::Disabled { .. } => "plugin_disabled",
             HookErrorKind::Unavailable { .. } => "unavailable",
         }
     }

@@ -26,6 +26,18 @@ type Registry = BTreeMap<(String, String, &'static str), Series>;
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
 
+/// Crash-loop trips per (plugin, version).
+static TRIPS: LazyLock<Mutex<BTreeMap<(String, String), u64>>> = LazyLock::new(Mutex::default);
+
+/// Records that the crash-loop breaker switched `plugin` off.
+pub(crate) fn record_trip(plugin: &PluginRef) {
+    if let Ok(mut trips) = TRIPS.lock() {
+        *trips
+            .entry((plugin.name.clone(), plugin.version.to_string()))
+            .or_default() += 1;
+    }
+}
+
 /// Records one call of `plugin` that ended in `outcome` after `duration`.
 pub(crate) fn record(plugin: &PluginRef, outcome: &'static str, duration: Duration) {
     let Ok(mut registry) = REGISTRY.lock() else {
@@ -90,6 +102,17 @@ pub fn render() -> String {
             "cartridge_plugin_call_duration_seconds_count{{{labels}}} {}",
             series.count
         );
+    }
+    drop(registry);
+    out.push_str("# HELP cartridge_plugin_crash_loop_trips_total Plugins switched off by the crash-loop breaker.\n");
+    out.push_str("# TYPE cartridge_plugin_crash_loop_trips_total counter\n");
+    if let Ok(trips) = TRIPS.lock() {
+        for ((plugin, version), n) in trips.iter() {
+            let _ = writeln!(
+                out,
+                "cartridge_plugin_crash_loop_trips_total{{plugin=\"{plugin}\",version=\"{version}\"}} {n}"
+            );
+        }
     }
     out
 }

@@ -6,6 +6,7 @@
 //! - [`HookError`] / [`LoadError`]: every failure, named.
 //! - `sandbox`: what an instance can reach (almost nothing); `validate`: what the host accepts
 //!   back.
+//! - [`watch`]: the call log sample and the crash-loop breaker of an installed plugin.
 
 pub mod bindings;
 mod call;
@@ -15,9 +16,11 @@ pub mod metrics;
 mod runtime;
 mod sandbox;
 pub mod validate;
+pub mod watch;
 
 pub use call::{Call, CallStats, OUTPUT_LIMIT_BYTES, PaymentRequest, Plugin};
 pub use error::{HookError, HookErrorKind, LoadError, PluginRef};
 pub use manifest::{FailurePolicy, HookKind, Limits, Manifest};
-pub use runtime::{Runtime, RuntimeConfig};
+pub use runtime::{Runtime, RuntimeConfig, component_path};
 pub use sandbox::{LOG_CAP_BYTES, LogLine};
+pub use watch::{CallWatch, WatchEvent, WatchPolicy};

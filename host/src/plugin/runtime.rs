@@ -254,7 +254,7 @@ fn check_exports(
 
 /// The component file in a plugin directory: `<name>.wasm`, `<name with underscores>.wasm`,
 /// or the only `.wasm` there is.
-fn component_path(dir: &Path, manifest: &Manifest) -> Result<PathBuf, LoadError> {
+pub fn component_path(dir: &Path, manifest: &Manifest) -> Result<PathBuf, LoadError> {
     for candidate in [
         format!("{}.wasm", manifest.name),
         format!("{}.wasm", manifest.name.replace('-', "_")),
