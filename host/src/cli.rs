@@ -84,6 +84,15 @@ pub struct ServeArgs {
     /// Seed the demo store (catalog, two stock locations, stock) into an empty catalog.
     #[arg(long)]
     pub demo: bool,
+    /// How often this host checks the registry for changes made through other hosts, in ms.
+    #[arg(long, env = "CARTRIDGE_REGISTRY_POLL_MS", default_value_t = 200)]
+    pub registry_poll_ms: u64,
+    /// Log one hook call in this many into the call log that shadow runs replay (0: none).
+    #[arg(long, env = "CARTRIDGE_CALL_LOG_EVERY", default_value_t = 10)]
+    pub call_log_every: u64,
+    /// Switch a plugin off after this many crashes in a row (0: never).
+    #[arg(long, env = "CARTRIDGE_CRASH_LOOP_AFTER", default_value_t = 20)]
+    pub crash_loop_after: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,8 +133,16 @@ struct RunArgs {
     hook: Option<HookKind>,
     /// The input, as JSON (a cart, a checkout, a personalization context, or a payment step
     /// `{"step": "authorize", "request": {...}}`). `-` reads standard input.
-    #[arg(long)]
-    input: PathBuf,
+    #[arg(long, required_unless_present = "replay")]
+    input: Option<PathBuf>,
+    /// Shadow run: instead of one input, replay the last N logged inputs of the plugin of the
+    /// same name from the registry (`--database-url`), next to its active version, and report
+    /// where the answers differ.
+    #[arg(long, value_name = "N", conflicts_with = "input")]
+    replay: Option<u32>,
+    /// The registry to replay from.
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// The manifest (default: plugin.toml beside the component, if there is one).
     #[arg(long)]
     manifest: Option<PathBuf>,
@@ -362,15 +379,6 @@ async fn run_hook(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(deadline) = args.deadline_ms {
         manifest.limits.deadline_ms = deadline;
     }
-    let input = if args.input == Path::new("-") {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
-        text
-    } else {
-        std::fs::read_to_string(&args.input)
-            .with_context(|| format!("reading {}", args.input.display()))?
-    };
-
     let runtime = Runtime::new(RuntimeConfig {
         max_instances: 4,
         ..RuntimeConfig::default()
@@ -378,6 +386,20 @@ async fn run_hook(args: RunArgs) -> anyhow::Result<ExitCode> {
     let plugin = runtime
         .load(manifest, &wasm)
         .map_err(|e| anyhow::anyhow!("[{}] {e}", e.code()))?;
+    if let Some(last) = args.replay {
+        return replay(runtime, plugin, &args.database, last, args.json).await;
+    }
+    let input = match args.input.as_deref() {
+        Some(path) if path == Path::new("-") => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+            text
+        }
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => bail!("--input or --replay is required"),
+    };
     let input: serde_json::Value = serde_json::from_str(&input)
         .map_err(|e| anyhow::anyhow!("the input is not valid JSON: {e}"))?;
     let outcome = match crate::hooks::invoke(&plugin, input).await {
@@ -386,6 +408,44 @@ async fn run_hook(args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(bad @ crate::hooks::InvokeError::BadInput { .. }) => bail!("{bad}"),
     };
     print_outcome(&plugin, outcome, args.json)
+}
+
+/// `plugin run --replay N`: the candidate against the registry's active version on the last N
+/// logged inputs. Exits 1 when any answer differs.
+async fn replay(
+    runtime: Runtime,
+    candidate: Plugin,
+    database: &DatabaseArgs,
+    last: u32,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let db = crate::db::Db::connect(&database.url()).await?;
+    let runtime = std::sync::Arc::new(runtime);
+    let name = candidate.manifest().name.clone();
+    let active = crate::registry::load_stored(&db, &runtime, &name, None).await?;
+    let report = crate::registry::replay::replay(&db, &candidate, active.as_ref(), last).await?;
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        writeln!(out, "candidate    {}", report.candidate)?;
+        writeln!(out, "baseline     {}", report.baseline)?;
+        writeln!(
+            out,
+            "replayed     {} inputs: {} identical, {} different ({} candidate errors)",
+            report.compared, report.identical, report.differed, report.candidate_errors
+        )?;
+        for d in &report.differences {
+            writeln!(out, "\ncall {} (at {}):", d.call_id, d.at)?;
+            writeln!(out, "  baseline   {}", serde_json::to_string(&d.baseline)?)?;
+            writeln!(out, "  candidate  {}", serde_json::to_string(&d.candidate)?)?;
+        }
+    }
+    Ok(if report.differed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn print_outcome(

@@ -9,6 +9,8 @@
 //!   errors, output validation.
 //! - [`pricing`]: applies validated price operations from several plugins to a cart.
 //! - [`hooks`]: runs every plugin of a hook in order under each one's failure policy.
+//! - [`registry`]: plugin versions in the database, hot swaps, the watched directory, shadow
+//!   runs; every host serves what it says.
 //! - [`db`]: SQLite or PostgreSQL behind one pool, and the migrations.
 //! - [`inventory`]: multi-location stock with reservations that cannot oversell.
 //! - [`cli`]: the `cartridge` command line (`serve`, `plugin new|build|run`).
@@ -32,4 +34,5 @@ pub mod inventory;
 pub mod orders;
 pub mod plugin;
 pub mod pricing;
+pub mod registry;
 pub mod server;

@@ -1,15 +1,21 @@
 //! Starting the HTTP application: [`Application::build`] binds its own listener (port 0 in
-//! tests) and serves [`crate::api::router`]; [`serve`] is `cartridge serve`.
+//! tests) and serves [`crate::api::router`]; [`open_registry`] loads the plugin registry and
+//! installs the plugins directory; [`serve`] is `cartridge serve`.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::api::{AppState, router};
 use crate::cli::ServeArgs;
-use crate::plugin::{Plugin, Runtime, RuntimeConfig};
+use crate::db::Db;
+use crate::plugin::{Runtime, RuntimeConfig, WatchPolicy};
+use crate::registry::directory::PluginsDirectory;
+use crate::registry::{Registry, RegistryConfig};
 
 /// A bound, not yet running application.
 pub struct Application {
@@ -56,8 +62,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cache_dir: Some(args.database.data_dir.join("cache")),
         ..RuntimeConfig::default()
     })?;
-    let plugins = load_plugins(&runtime, &args.plugins_dir)?;
-    let state = AppState::new(db, plugins);
+    let config = RegistryConfig {
+        watch: WatchPolicy {
+            sample_every: args.call_log_every,
+            trip_after: args.crash_loop_after,
+        },
+        poll_interval: Duration::from_millis(args.registry_poll_ms.max(10)),
+        ..RegistryConfig::default()
+    };
+    let (registry, directory) = open_registry(
+        db.clone(),
+        Arc::new(runtime),
+        config,
+        Some(&args.plugins_dir),
+    )
+    .await?;
+    let _registry_tasks = registry.spawn();
+    let _directory_watch = directory.map(|directory| {
+        tokio::spawn(directory.watch(Duration::from_millis(300), Duration::from_secs(10)))
+    });
+    let state = AppState::new(db, registry);
     match &args.admin_token {
         Some(token) => state.add_admin_token("bootstrap", token).await?,
         None => {
@@ -77,34 +101,33 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads every plugin bundle in `dir`. A bundle that fails to load is reported and skipped;
-/// it never stops the others.
-pub fn load_plugins(runtime: &Runtime, dir: &Path) -> anyhow::Result<Vec<Plugin>> {
-    let mut plugins = Vec::new();
-    if !dir.is_dir() {
-        tracing::warn!(dir = %dir.display(), "no plugins directory; starting without plugins");
-        return Ok(plugins);
-    }
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.join("plugin.toml").is_file())
-        .collect();
-    entries.sort();
-    for path in entries {
-        match runtime.load_dir(&path) {
-            Ok(plugin) => {
-                tracing::info!(
-                    plugin = %plugin.manifest().id(),
-                    hook = %plugin.hook(),
-                    "plugin loaded"
-                );
-                plugins.push(plugin);
+/// The registry over `db`, with the bundles of `plugins_dir` installed by one scan (a bundle
+/// that is refused is reported and skipped; it never stops the others). The returned
+/// directory follows later changes once its [`PluginsDirectory::watch`] runs.
+pub async fn open_registry(
+    db: Db,
+    runtime: Arc<Runtime>,
+    config: RegistryConfig,
+    plugins_dir: Option<&Path>,
+) -> anyhow::Result<(Registry, Option<PluginsDirectory>)> {
+    let registry = Registry::open(db, runtime, config).await?;
+    let directory = match plugins_dir {
+        Some(dir) if dir.is_dir() => {
+            let mut directory = PluginsDirectory::new(dir.to_owned(), registry.clone());
+            let report = directory.scan().await;
+            for (bundle, code, message) in &report.refused {
+                tracing::error!(bundle = %bundle.display(), code, "plugin not installed: {message}");
             }
-            Err(e) => {
-                tracing::error!(dir = %path.display(), code = e.code(), "plugin not loaded: {e}");
-            }
+            Some(directory)
         }
+        Some(dir) => {
+            tracing::warn!(dir = %dir.display(), "no plugins directory; serving what the registry holds");
+            None
+        }
+        None => None,
+    };
+    for plugin in registry.snapshot().plugins() {
+        tracing::info!(plugin = %plugin.manifest().id(), hook = %plugin.hook(), "plugin active");
     }
-    Ok(plugins)
+    Ok((registry, directory))
 }

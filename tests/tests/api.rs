@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use cartridge_host::api::AppState;
 use cartridge_host::db::Db;
 use cartridge_host::plugin::{Runtime, RuntimeConfig};
-use cartridge_host::server::{Application, load_plugins};
+use cartridge_host::registry::RegistryConfig;
+use cartridge_host::server::{Application, open_registry};
 use cartridge_tests::{TestDatabase, plugins, test_databases};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -40,10 +41,18 @@ async fn spawn_app(db: TestDatabase, installed: &[&str]) -> TestApp {
         ..RuntimeConfig::default()
     })
     .expect("runtime");
-    let loaded = load_plugins(&runtime, dir.path()).expect("load");
     let pool = Db::connect(&db.url).await.expect("connect");
     pool.migrate().await.expect("migrate");
-    let state = AppState::new(pool, loaded);
+    let (registry, _directory) = open_registry(
+        pool.clone(),
+        std::sync::Arc::new(runtime),
+        RegistryConfig::default(),
+        Some(dir.path()),
+    )
+    .await
+    .expect("registry");
+    registry.spawn();
+    let state = AppState::new(pool, registry);
     state.add_admin_token("test", ADMIN).await.expect("token");
     let app = Application::build(SocketAddr::from(([127, 0, 0, 1], 0)), state)
         .await
@@ -409,7 +418,10 @@ async fn carts_and_admin_routes_open_only_with_the_right_credential() {
                     .replace("{id}", &tee)
                     .replace("{sku}", "TEE-M")
                     .replace("{location}", "eu")
-                    .replace("{name}", "tiered-discount");
+                    .replace("{name}", "tiered-discount")
+                    .replace("{version}", "1.0.0")
+                    .replace("{capability}", "http")
+                    .replace("{hook}", "pricing");
                 (
                     Method::from_bytes(method.to_uppercase().as_bytes()).expect("method"),
                     concrete,
@@ -1268,7 +1280,10 @@ async fn every_route_in_the_openapi_document_exists() {
             .replace("{line}", "x")
             .replace("{sku}", "x")
             .replace("{location}", "x")
-            .replace("{name}", "x");
+            .replace("{name}", "x")
+            .replace("{version}", "1.0.0")
+            .replace("{capability}", "x")
+            .replace("{hook}", "pricing");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
         let r = app
             .send(method.clone(), &concrete, &[], Some("{}".into()))

@@ -27,8 +27,6 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/orders/{id}/cancel", post(cancel))
         .route("/orders/{id}/refunds", post(refund))
         .route("/orders/{id}/returns", post(receive_return))
-        .route("/plugins", get(list_plugins))
-        .route("/plugins/{name}/invoke", post(invoke))
 }
 
 async fn create_product(
@@ -250,7 +248,7 @@ async fn connector_of(
     let order = state.orders.order(id).await?;
     let recorded = order["payment"]["plugin"].as_str().unwrap_or_default();
     let name = recorded.split('@').next().unwrap_or_default();
-    state.plugins.get(name).cloned().ok_or_else(|| {
+    state.plugin(name).ok_or_else(|| {
         ApiError::new(
             axum::http::StatusCode::CONFLICT,
             "connector_unavailable",
@@ -360,43 +358,4 @@ async fn receive_return(
             .receive_return(&id, &r.return_id, &lines, now_ms())
             .await?,
     ))
-}
-
-async fn list_plugins(_: Admin, State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "plugins": state.plugins.values().map(|p| json!({
-            "name": p.manifest().name,
-            "version": p.manifest().version,
-            "hook": p.hook(),
-            "contract": p.manifest().contract,
-            "digest": p.digest(),
-            "size": p.size(),
-            "failure_policy": p.manifest().failure_policy,
-            "limits": p.manifest().limits,
-        })).collect::<Vec<_>>()
-    }))
-}
-
-/// Runs one plugin's hook on a JSON input: `cartridge plugin run` over HTTP.
-async fn invoke(
-    _: Admin,
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(input) = body?;
-    let plugin = state.plugins.get(&name).ok_or_else(|| {
-        ApiError::not_found("unknown_plugin", format!("no plugin named {name:?}"))
-    })?;
-    let invocation = crate::hooks::invoke(plugin, input)
-        .await
-        .map_err(|e| match e {
-            crate::hooks::InvokeError::Hook(hook) => ApiError::from(hook),
-            bad => ApiError::invalid(bad.to_string()),
-        })?;
-    Ok(Json(json!({
-        "output": invocation.output,
-        "priced": invocation.priced,
-        "stats": invocation.stats,
-    })))
 }

@@ -218,3 +218,21 @@ impl From<CustomerError> for ApiError {
         Self::new(status, e.code(), e.to_string())
     }
 }
+
+impl From<crate::registry::RegistryError> for ApiError {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        use crate::registry::RegistryError as E;
+        let status = match &e {
+            E::Rejected { .. } | E::UnknownCapability(_) | E::Invalid(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            E::UnknownPlugin(_) | E::UnknownVersion(..) => StatusCode::NOT_FOUND,
+            E::VersionExists(..)
+            | E::HookMismatch { .. }
+            | E::NoPreviousVersion(_)
+            | E::NotGranted(..) => StatusCode::CONFLICT,
+            E::Database(cause) => return Self::internal(cause),
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}

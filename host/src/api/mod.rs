@@ -11,9 +11,9 @@ mod admin;
 mod error;
 pub mod idempotency;
 pub mod openapi;
+mod plugins;
 mod storefront;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,6 +33,7 @@ use crate::db::Db;
 use crate::inventory::Inventory;
 use crate::orders::{CheckoutPlugins, Orders};
 use crate::plugin::{HookKind, Plugin};
+use crate::registry::Registry;
 
 /// Largest request body accepted.
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
@@ -46,12 +47,12 @@ pub struct AppState {
     carts: Carts,
     orders: Orders,
     customers: Customers,
-    plugins: Arc<BTreeMap<String, Arc<Plugin>>>,
+    registry: Registry,
 }
 
 impl AppState {
-    /// State over a migrated database, with these plugins installed.
-    pub fn new(db: Db, plugins: Vec<Plugin>) -> Self {
+    /// State over a migrated database, serving the plugins `registry` says are active.
+    pub fn new(db: Db, registry: Registry) -> Self {
         let catalog = Catalog::new(db.clone());
         let inventory = Inventory::new(db.clone());
         let carts = Carts::new(db.clone(), catalog.clone());
@@ -61,32 +62,34 @@ impl AppState {
             inventory,
             carts,
             catalog,
-            plugins: Arc::new(
-                plugins
-                    .into_iter()
-                    .map(|p| (p.manifest().name.clone(), Arc::new(p)))
-                    .collect(),
-            ),
+            registry,
             db,
         }
     }
 
-    /// The active plugins of a hook, in hook order (by name, until the registry orders them).
-    pub fn hook(&self, kind: HookKind) -> Vec<Arc<Plugin>> {
-        self.plugins
-            .values()
-            .filter(|p| p.hook() == kind)
-            .cloned()
-            .collect()
+    /// The plugin registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
-    /// The plugins a checkout runs, as they are now: one checkout sees one set from start to
-    /// end.
+    /// The active plugins of a hook, in the operator's order, as they are now.
+    pub fn hook(&self, kind: HookKind) -> Vec<Arc<Plugin>> {
+        self.registry.snapshot().hook(kind)
+    }
+
+    /// The active plugin named `name`, as it is now.
+    pub fn plugin(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.registry.snapshot().get(name)
+    }
+
+    /// The plugins a checkout runs, taken from one snapshot: one checkout sees one set of
+    /// versions from start to end, whatever is swapped meanwhile.
     pub fn checkout_plugins(&self) -> CheckoutPlugins {
+        let snapshot = self.registry.snapshot();
         CheckoutPlugins {
-            pricing: self.hook(HookKind::Pricing),
-            fraud: self.hook(HookKind::Fraud),
-            payment: self.hook(HookKind::Payment),
+            pricing: snapshot.hook(HookKind::Pricing),
+            fraud: snapshot.hook(HookKind::Fraud),
+            payment: snapshot.hook(HookKind::Payment),
         }
     }
 
@@ -129,7 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
-        .nest("/admin", admin::routes())
+        .nest("/admin", admin::routes().merge(plugins::routes()))
         .nest("/store", storefront::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(

@@ -1,0 +1,1183 @@
+//! The plugin registry: every uploaded plugin version with its component, which version of each
+//! plugin is active, its place in its hook, the operator's configuration and capability grants,
+//! and an audit log — all in the database, so that every host on it serves the same set.
+//!
+//! - Changing anything goes through [`Registry`]'s methods (the admin API and the watched
+//!   directory call the same ones). Each change is one transaction that also moves
+//!   `registry_state.generation` on, and writes an audit entry.
+//! - Serving reads a [`Snapshot`]: an immutable set of loaded plugins. A request takes one
+//!   snapshot and keeps it to its end, so a checkout sees one consistent set of plugin versions
+//!   and a call that started on the old version finishes on it. [`Registry::refresh`] builds the
+//!   next snapshot off the request path (compiling only what changed) and swaps it in at once.
+//! - Each host polls the generation (a one-row read) and refreshes when it moved: a change made
+//!   through any host reaches every host within the poll interval plus the load time.
+//! - A version is validated before it is stored: it compiles, targets a supported contract,
+//!   exports its hook, and a smoke call with a sample input passes within its limits. A version
+//!   that fails is refused with the reason and nothing served changes.
+//! - [`directory`]: the watched plugins directory; [`replay`]: shadow runs of a candidate
+//!   version on logged inputs.
+
+pub mod directory;
+pub mod replay;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+use tokio::sync::mpsc;
+
+use crate::db::Db;
+use crate::plugin::manifest::KNOWN_CAPABILITIES;
+use crate::plugin::{
+    CallWatch, HookKind, LoadError, Manifest, Plugin, Runtime, WatchEvent, WatchPolicy,
+};
+
+/// How the registry behaves on this host.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryConfig {
+    /// Call log sampling and the crash-loop breaker's threshold.
+    pub watch: WatchPolicy,
+    /// How often the host checks whether another host changed the registry.
+    pub poll_interval: Duration,
+    /// Logged calls kept per plugin.
+    pub call_log_keep: i64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            watch: WatchPolicy::default(),
+            poll_interval: Duration::from_millis(200),
+            call_log_keep: 1000,
+        }
+    }
+}
+
+/// Why a registry operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The upload failed validation; nothing was stored.
+    #[error("{message}")]
+    Rejected {
+        /// `invalid_manifest`, `invalid_component`, `wrong_export`, `capability_denied` or
+        /// `smoke_failed`.
+        code: &'static str,
+        /// The reason.
+        message: String,
+    },
+    /// No such plugin.
+    #[error("no plugin named {0:?}")]
+    UnknownPlugin(String),
+    /// No such version of the plugin.
+    #[error("plugin {0:?} has no version {1}")]
+    UnknownVersion(String, String),
+    /// The version exists with a different component: versions are immutable.
+    #[error("{0} {1} is already uploaded with a different component; publish a new version")]
+    VersionExists(String, String),
+    /// The upload serves another hook than the plugin's existing versions.
+    #[error("plugin {name:?} serves the {existing} hook, not {uploaded}")]
+    HookMismatch {
+        /// The plugin.
+        name: String,
+        /// Its hook.
+        existing: String,
+        /// The upload's hook.
+        uploaded: String,
+    },
+    /// Rollback without an earlier active version.
+    #[error("plugin {0:?} has no previous version to roll back to")]
+    NoPreviousVersion(String),
+    /// The version asks for a capability the operator has not granted.
+    #[error("plugin {0:?} needs the capability {1:?}, which is not granted")]
+    NotGranted(String, String),
+    /// No such capability in any supported contract.
+    #[error("unknown capability {0:?}: this host grants none beyond logging and configuration")]
+    UnknownCapability(String),
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl RegistryError {
+    /// The stable code, as the API reports it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RegistryError::Rejected { code, .. } => code,
+            RegistryError::UnknownPlugin(_) => "unknown_plugin",
+            RegistryError::UnknownVersion(..) => "unknown_version",
+            RegistryError::VersionExists(..) => "version_exists",
+            RegistryError::HookMismatch { .. } => "hook_mismatch",
+            RegistryError::NoPreviousVersion(_) => "no_previous_version",
+            RegistryError::NotGranted(..) => "capability_not_granted",
+            RegistryError::UnknownCapability(_) => "unknown_capability",
+            RegistryError::Invalid(_) => "invalid",
+            RegistryError::Database(_) => "internal",
+        }
+    }
+}
+
+impl From<LoadError> for RegistryError {
+    fn from(e: LoadError) -> Self {
+        RegistryError::Rejected {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What identifies a loaded plugin: when none of it changed, the loaded plugin is reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LoadKey {
+    name: String,
+    version: String,
+    digest: String,
+    config: String,
+    tripped: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    key: LoadKey,
+    position: i64,
+    plugin: Arc<Plugin>,
+}
+
+/// The plugins a host serves at one moment. Immutable; requests hold it while they run.
+#[derive(Debug)]
+pub struct Snapshot {
+    generation: i64,
+    entries: Vec<Entry>,
+}
+
+impl Snapshot {
+    /// The registry generation this snapshot reflects (-1 before the first load).
+    pub fn generation(&self) -> i64 {
+        self.generation
+    }
+
+    /// The active plugins of a hook, in hook order.
+    pub fn hook(&self, kind: HookKind) -> Vec<Arc<Plugin>> {
+        self.entries
+            .iter()
+            .filter(|e| e.plugin.hook() == kind)
+            .map(|e| e.plugin.clone())
+            .collect()
+    }
+
+    /// The active plugin named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.entries
+            .iter()
+            .find(|e| e.key.name == name)
+            .map(|e| e.plugin.clone())
+    }
+
+    /// Every active plugin, by hook and order.
+    pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.entries.iter().map(|e| &e.plugin)
+    }
+}
+
+/// A stored version, as uploads answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredVersion {
+    /// The plugin.
+    pub name: String,
+    /// The version.
+    pub version: String,
+    /// The hook.
+    pub hook: HookKind,
+    /// SHA-256 of the component.
+    pub digest: String,
+    /// The component's size in bytes.
+    pub size: i64,
+    /// False when the same component was already stored under this version.
+    pub created: bool,
+}
+
+/// The registry of one host, over the shared database.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    runtime: Arc<Runtime>,
+    config: RegistryConfig,
+    current: RwLock<Arc<Snapshot>>,
+    refreshing: tokio::sync::Mutex<()>,
+    events: mpsc::Sender<WatchEvent>,
+    receiver: std::sync::Mutex<Option<mpsc::Receiver<WatchEvent>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("generation", &self.snapshot().generation)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    crate::api::now_ms()
+}
+
+impl Registry {
+    /// The registry over a migrated database, loaded. Start [`Registry::spawn`] to follow
+    /// changes made by other hosts and to write the call log.
+    pub async fn open(
+        db: Db,
+        runtime: Arc<Runtime>,
+        config: RegistryConfig,
+    ) -> Result<Self, RegistryError> {
+        let (events, receiver) = mpsc::channel(4096);
+        let registry = Self {
+            inner: Arc::new(Inner {
+                db,
+                runtime,
+                config,
+                current: RwLock::new(Arc::new(Snapshot {
+                    generation: -1,
+                    entries: Vec::new(),
+                })),
+                refreshing: tokio::sync::Mutex::new(()),
+                events,
+                receiver: std::sync::Mutex::new(Some(receiver)),
+            }),
+        };
+        registry.refresh().await?;
+        Ok(registry)
+    }
+
+    /// The plugins served now. Hold it for the whole of a request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self.inner.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The runtime plugins are loaded into.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.inner.runtime
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// Starts the background work of this host: following the generation, and writing the
+    /// call log and breaker trips. Returns the tasks; they run until aborted.
+    pub fn spawn(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let follower = self.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(follower.inner.config.poll_interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if let Err(e) = follower.refresh().await {
+                    tracing::warn!("registry refresh failed: {e}");
+                }
+            }
+        }));
+        let receiver = match self.inner.receiver.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(receiver) = receiver {
+            let writer = self.clone();
+            tasks.push(tokio::spawn(
+                async move { writer.write_events(receiver).await },
+            ));
+        }
+        tasks
+    }
+
+    /// Builds the next snapshot if the registry changed since the current one, reusing every
+    /// plugin that did not change, and swaps it in. Returns whether anything was swapped.
+    pub async fn refresh(&self) -> Result<bool, RegistryError> {
+        let _one_at_a_time = self.inner.refreshing.lock().await;
+        let db = &self.inner.db;
+        let generation: i64 = sqlx::query("SELECT generation FROM registry_state WHERE id = 1")
+            .fetch_one(db.pool())
+            .await?
+            .try_get("generation")?;
+        let current = self.snapshot();
+        if generation == current.generation {
+            return Ok(false);
+        }
+        let rows = sqlx::query(
+            "SELECT p.name, p.position, p.config, p.tripped_at, v.version, v.digest, v.manifest \
+             FROM plugins p JOIN plugin_versions v \
+               ON v.plugin_name = p.name AND v.version = p.active_version \
+             WHERE p.enabled = 1",
+        )
+        .fetch_all(db.pool())
+        .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key = LoadKey {
+                name: row.try_get("name")?,
+                version: row.try_get("version")?,
+                digest: row.try_get("digest")?,
+                config: row.try_get("config")?,
+                tripped: row.try_get::<Option<i64>, _>("tripped_at")?.is_some(),
+            };
+            let position: i64 = row.try_get("position")?;
+            if let Some(same) = current.entries.iter().find(|e| e.key == key) {
+                entries.push(Entry {
+                    position,
+                    ..same.clone()
+                });
+                continue;
+            }
+            let manifest_text: String = row.try_get("manifest")?;
+            match self.load(&key, &manifest_text).await {
+                Ok(plugin) => entries.push(Entry {
+                    key,
+                    position,
+                    plugin: Arc::new(plugin),
+                }),
+                Err(e) => {
+                    // Validated on upload, so this is the host's own trouble (a changed
+                    // engine, a damaged row). Keep serving what served before.
+                    tracing::error!(plugin = %key.name, version = %key.version, "cannot load the active version: {e}");
+                    if let Some(old) = current.entries.iter().find(|e| e.key.name == key.name) {
+                        entries.push(old.clone());
+                    }
+                }
+            }
+        }
+        entries.sort_by(|a, b| {
+            (a.plugin.hook(), a.position, &a.key.name).cmp(&(
+                b.plugin.hook(),
+                b.position,
+                &b.key.name,
+            ))
+        });
+        let changed: Vec<String> = entries
+            .iter()
+            .filter(|e| !current.entries.iter().any(|c| c.key == e.key))
+            .map(|e| format!("{}@{}", e.key.name, e.key.version))
+            .collect();
+        let next = Arc::new(Snapshot {
+            generation,
+            entries,
+        });
+        match self.inner.current.write() {
+            Ok(mut slot) => *slot = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        tracing::info!(generation, loaded = ?changed, "plugin set swapped");
+        Ok(true)
+    }
+
+    /// Loads a stored version for serving: compiled off the async threads, configured, watched.
+    async fn load(&self, key: &LoadKey, manifest_text: &str) -> Result<Plugin, RegistryError> {
+        let component: Vec<u8> = sqlx::query(
+            "SELECT component FROM plugin_versions WHERE plugin_name = $1 AND version = $2",
+        )
+        .bind(&key.name)
+        .bind(&key.version)
+        .fetch_one(self.inner.db.pool())
+        .await?
+        .try_get("component")?;
+        let manifest = Manifest::parse(manifest_text).map_err(LoadError::from)?;
+        let config: BTreeMap<String, String> = serde_json::from_str(&key.config)
+            .map_err(|e| RegistryError::Invalid(format!("stored config: {e}")))?;
+        let plugin = self.compile(manifest, component).await?;
+        let watch = CallWatch::new(
+            self.inner.config.watch,
+            self.inner.events.clone(),
+            key.tripped,
+        );
+        Ok(plugin.with_config(&config).watched(Arc::new(watch)))
+    }
+
+    async fn compile(&self, manifest: Manifest, wasm: Vec<u8>) -> Result<Plugin, RegistryError> {
+        let runtime = self.inner.runtime.clone();
+        tokio::task::spawn_blocking(move || runtime.load(manifest, &wasm))
+            .await
+            .map_err(|e| RegistryError::Invalid(format!("loading was interrupted: {e}")))?
+            .map_err(RegistryError::from)
+    }
+
+    /// Validates and stores a version. Nothing served changes; [`Registry::activate`] does
+    /// that. Uploading the same component under the same version again is a no-op.
+    pub async fn upload(
+        &self,
+        actor: &str,
+        source: &str,
+        manifest_text: &str,
+        wasm: Vec<u8>,
+    ) -> Result<StoredVersion, RegistryError> {
+        let manifest = Manifest::parse(manifest_text).map_err(LoadError::from)?;
+        let name = manifest.name.clone();
+        let version = manifest.version.to_string();
+        let hook = manifest.hook;
+        let size = i64::try_from(wasm.len()).unwrap_or(i64::MAX);
+        let overrides = self.config_of(&name).await?.unwrap_or_default();
+        let plugin = self.compile(manifest, wasm.clone()).await?;
+        let plugin = plugin.with_config(&overrides);
+        smoke(&plugin).await?;
+        let digest = plugin.digest().to_owned();
+
+        let now = now_ms();
+        let mut tx = self.inner.db.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO plugins (name, hook, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&name)
+        .bind(hook.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let existing_hook: String = sqlx::query("SELECT hook FROM plugins WHERE name = $1")
+            .bind(&name)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("hook")?;
+        if existing_hook != hook.as_str() {
+            return Err(RegistryError::HookMismatch {
+                name,
+                existing: existing_hook,
+                uploaded: hook.as_str().to_owned(),
+            });
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO plugin_versions \
+               (plugin_name, version, digest, manifest, component, size, source, uploaded_by, uploaded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (plugin_name, version) DO NOTHING",
+        )
+        .bind(&name)
+        .bind(&version)
+        .bind(&digest)
+        .bind(manifest_text)
+        .bind(wasm)
+        .bind(size)
+        .bind(source)
+        .bind(actor)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let stored: String = sqlx::query(
+                "SELECT digest FROM plugin_versions WHERE plugin_name = $1 AND version = $2",
+            )
+            .bind(&name)
+            .bind(&version)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("digest")?;
+            if stored != digest {
+                return Err(RegistryError::VersionExists(name, version));
+            }
+        } else {
+            audit(
+                &mut tx,
+                actor,
+                &name,
+                "upload",
+                json!({"version": version, "digest": digest, "size": size, "source": source}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(StoredVersion {
+            name,
+            version,
+            hook,
+            digest,
+            size,
+            created: inserted > 0,
+        })
+    }
+
+    async fn config_of(
+        &self,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, RegistryError> {
+        let row = sqlx::query("SELECT config FROM plugins WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.inner.db.pool())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let text: String = row.try_get("config")?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| RegistryError::Invalid(format!("stored config: {e}")))
+    }
+
+    /// Makes `version` the active version of `name` on every host, and re-enables the plugin.
+    pub async fn activate(
+        &self,
+        actor: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Value, RegistryError> {
+        let mut tx = self.inner.db.pool().begin().await?;
+        let row = sqlx::query(
+            "SELECT manifest FROM plugin_versions WHERE plugin_name = $1 AND version = $2",
+        )
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| self.unknown(name, version))?;
+        let manifest =
+            Manifest::parse(&row.try_get::<String, _>("manifest")?).map_err(LoadError::from)?;
+        for capability in &manifest.capabilities {
+            let granted = sqlx::query(
+                "SELECT 1 AS one FROM plugin_grants WHERE plugin_name = $1 AND capability = $2",
+            )
+            .bind(name)
+            .bind(capability)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if granted.is_none() {
+                return Err(RegistryError::NotGranted(
+                    name.to_owned(),
+                    capability.clone(),
+                ));
+            }
+        }
+        let previous: Option<String> =
+            sqlx::query("SELECT active_version FROM plugins WHERE name = $1")
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("active_version")?;
+        sqlx::query(
+            "UPDATE plugins SET \
+               previous_version = CASE WHEN active_version = $2 THEN previous_version \
+                                       ELSE active_version END, \
+               active_version = $2, enabled = 1, tripped_at = NULL, tripped_reason = NULL, \
+               updated_at = $3 \
+             WHERE name = $1",
+        )
+        .bind(name)
+        .bind(version)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            actor,
+            name,
+            "activate",
+            json!({"version": version, "previous": previous}),
+        )
+        .await?;
+        bump(&mut tx).await?;
+        tx.commit().await?;
+        self.refresh().await?;
+        self.describe(name).await
+    }
+
+    fn unknown(&self, name: &str, version: &str) -> RegistryError {
+        RegistryError::UnknownVersion(name.to_owned(), version.to_owned())
+    }
+
+    /// Makes the version that was active before the current one active again.
+    pub async fn rollback(&self, actor: &str, name: &str) -> Result<Value, RegistryError> {
+        let row = sqlx::query("SELECT previous_version FROM plugins WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.inner.db.pool())
+            .await?
+            .ok_or_else(|| RegistryError::UnknownPlugin(name.to_owned()))?;
+        let previous: Option<String> = row.try_get("previous_version")?;
+        let previous = previous.ok_or_else(|| RegistryError::NoPreviousVersion(name.to_owned()))?;
+        self.activate(actor, name, &previous).await
+    }
+
+    /// The active version of `name`, if it has one.
+    pub async fn active_version(&self, name: &str) -> Result<Option<String>, RegistryError> {
+        Ok(
+            sqlx::query("SELECT active_version FROM plugins WHERE name = $1")
+                .bind(name)
+                .fetch_optional(self.inner.db.pool())
+                .await?
+                .map(|r| r.try_get::<Option<String>, _>("active_version"))
+                .transpose()?
+                .flatten(),
+        )
+    }
+
+    /// Disables `name` if the version it serves came from the plugins directory (a version an
+    /// operator activated through the API is the operator's to disable). Returns whether it
+    /// did.
+    pub async fn disable_directory_plugin(&self, name: &str) -> Result<bool, RegistryError> {
+        let from_directory = sqlx::query(
+            "SELECT v.source FROM plugins p JOIN plugin_versions v \
+               ON v.plugin_name = p.name AND v.version = p.active_version \
+             WHERE p.name = $1 AND p.enabled = 1",
+        )
+        .bind(name)
+        .fetch_optional(self.inner.db.pool())
+        .await?
+        .map(|r| r.try_get::<String, _>("source"))
+        .transpose()?
+        .is_some_and(|source| source == "directory");
+        if from_directory {
+            self.set_enabled(directory::ACTOR, name, false).await?;
+        }
+        Ok(from_directory)
+    }
+
+    /// Stops serving `name` on every host (its hook carries on without it), or serves it
+    /// again with a fresh crash-loop count.
+    pub async fn set_enabled(
+        &self,
+        actor: &str,
+        name: &str,
+        enabled: bool,
+    ) -> Result<Value, RegistryError> {
+        let mut tx = self.inner.db.pool().begin().await?;
+        let updated = sqlx::query(
+            "UPDATE plugins SET enabled = $2, tripped_at = NULL, tripped_reason = NULL, \
+             updated_at = $3 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(i64::from(enabled))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(RegistryError::UnknownPlugin(name.to_owned()));
+        }
+        let action = if enabled { "enable" } else { "disable" };
+        audit(&mut tx, actor, name, action, json!({})).await?;
+        bump(&mut tx).await?;
+        tx.commit().await?;
+        self.refresh().await?;
+        self.describe(name).await
+    }
+
+    /// Sets the order of a hook's plugins: `names` must list every plugin of the hook once.
+    pub async fn reorder(
+        &self,
+        actor: &str,
+        hook: HookKind,
+        names: &[String],
+    ) -> Result<Value, RegistryError> {
+        let mut tx = self.inner.db.pool().begin().await?;
+        let mut existing: Vec<String> = sqlx::query("SELECT name FROM plugins WHERE hook = $1")
+            .bind(hook.as_str())
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get("name"))
+            .collect::<Result<_, _>>()?;
+        existing.sort();
+        let mut listed = names.to_vec();
+        listed.sort();
+        if listed != existing {
+            return Err(RegistryError::Invalid(format!(
+                "the order must list every {hook} plugin exactly once: {}",
+                existing.join(", ")
+            )));
+        }
+        for (position, name) in names.iter().enumerate() {
+            sqlx::query("UPDATE plugins SET position = $2, updated_at = $3 WHERE name = $1")
+                .bind(name)
+                .bind(i64::try_from(position).unwrap_or(i64::MAX))
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        audit(
+            &mut tx,
+            actor,
+            &format!("hook:{hook}"),
+            "reorder",
+            json!({"order": names}),
+        )
+        .await?;
+        bump(&mut tx).await?;
+        tx.commit().await?;
+        self.refresh().await?;
+        Ok(json!({"hook": hook, "order": names}))
+    }
+
+    /// Replaces the operator's configuration of `name` (laid over the manifest's defaults).
+    pub async fn set_config(
+        &self,
+        actor: &str,
+        name: &str,
+        values: &BTreeMap<String, String>,
+    ) -> Result<Value, RegistryError> {
+        if values.len() > 64 {
+            return Err(RegistryError::Invalid(
+                "at most 64 configuration values".to_owned(),
+            ));
+        }
+        if let Some((key, _)) = values
+            .iter()
+            .find(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 4096)
+        {
+            return Err(RegistryError::Invalid(format!(
+                "configuration key {key:?}: keys are 1 to 128 bytes, values at most 4096"
+            )));
+        }
+        let text =
+            serde_json::to_string(values).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let mut tx = self.inner.db.pool().begin().await?;
+        let updated =
+            sqlx::query("UPDATE plugins SET config = $2, updated_at = $3 WHERE name = $1")
+                .bind(name)
+                .bind(&text)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if updated == 0 {
+            return Err(RegistryError::UnknownPlugin(name.to_owned()));
+        }
+        // Values are the operator's business; the audit says which keys changed, not to what.
+        let keys: Vec<&String> = values.keys().collect();
+        audit(&mut tx, actor, name, "configure", json!({"keys": keys})).await?;
+        bump(&mut tx).await?;
+        tx.commit().await?;
+        self.refresh().await?;
+        self.describe(name).await
+    }
+
+    /// Grants or revokes a capability. Revoking one the active version needs is refused:
+    /// disable the plugin first.
+    pub async fn set_grant(
+        &self,
+        actor: &str,
+        name: &str,
+        capability: &str,
+        granted: bool,
+    ) -> Result<Value, RegistryError> {
+        if !KNOWN_CAPABILITIES.contains(&capability) {
+            return Err(RegistryError::UnknownCapability(capability.to_owned()));
+        }
+        let mut tx = self.inner.db.pool().begin().await?;
+        sqlx::query("SELECT name FROM plugins WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| RegistryError::UnknownPlugin(name.to_owned()))?;
+        if granted {
+            sqlx::query(
+                "INSERT INTO plugin_grants (plugin_name, capability, granted_by, granted_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (plugin_name, capability) DO NOTHING",
+            )
+            .bind(name)
+            .bind(capability)
+            .bind(actor)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query("DELETE FROM plugin_grants WHERE plugin_name = $1 AND capability = $2")
+                .bind(name)
+                .bind(capability)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let action = if granted { "grant" } else { "revoke" };
+        audit(
+            &mut tx,
+            actor,
+            name,
+            action,
+            json!({"capability": capability}),
+        )
+        .await?;
+        bump(&mut tx).await?;
+        tx.commit().await?;
+        self.describe(name).await
+    }
+
+    /// A plugin as stored: versions, the active one, order, configuration, grants, and what
+    /// this host serves.
+    pub async fn describe(&self, name: &str) -> Result<Value, RegistryError> {
+        let pool = self.inner.db.pool();
+        let row = sqlx::query(
+            "SELECT name, hook, active_version, previous_version, enabled, position, config, \
+                    tripped_at, tripped_reason, updated_at \
+             FROM plugins WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| RegistryError::UnknownPlugin(name.to_owned()))?;
+        let versions = sqlx::query(
+            "SELECT version, digest, size, source, uploaded_by, uploaded_at \
+             FROM plugin_versions WHERE plugin_name = $1 ORDER BY uploaded_at, version",
+        )
+        .bind(name)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|v| -> Result<Value, sqlx::Error> {
+            Ok(json!({
+                "version": v.try_get::<String, _>("version")?,
+                "digest": v.try_get::<String, _>("digest")?,
+                "size": v.try_get::<i64, _>("size")?,
+                "source": v.try_get::<String, _>("source")?,
+                "uploaded_by": v.try_get::<String, _>("uploaded_by")?,
+                "uploaded_at": v.try_get::<i64, _>("uploaded_at")?,
+            }))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+        let grants: Vec<String> =
+            sqlx::query("SELECT capability FROM plugin_grants WHERE plugin_name = $1")
+                .bind(name)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get("capability"))
+                .collect::<Result<_, _>>()?;
+        let config: Value =
+            serde_json::from_str(&row.try_get::<String, _>("config")?).unwrap_or(Value::Null);
+        let serving = self.snapshot().get(name).map(|p| {
+            json!({
+                "version": p.manifest().version.to_string(),
+                "digest": p.digest(),
+                "tripped": p.watch().is_some_and(|w| w.tripped()),
+            })
+        });
+        Ok(json!({
+            "name": row.try_get::<String, _>("name")?,
+            "hook": row.try_get::<String, _>("hook")?,
+            "active_version": row.try_get::<Option<String>, _>("active_version")?,
+            "previous_version": row.try_get::<Option<String>, _>("previous_version")?,
+            "enabled": row.try_get::<i64, _>("enabled")? == 1,
+            "position": row.try_get::<i64, _>("position")?,
+            "config": config,
+            "grants": grants,
+            "tripped_at": row.try_get::<Option<i64>, _>("tripped_at")?,
+            "tripped_reason": row.try_get::<Option<String>, _>("tripped_reason")?,
+            "updated_at": row.try_get::<i64, _>("updated_at")?,
+            "versions": versions,
+            "serving_here": serving,
+        }))
+    }
+
+    /// Every plugin, described.
+    pub async fn list(&self) -> Result<Value, RegistryError> {
+        let names: Vec<String> =
+            sqlx::query("SELECT name FROM plugins ORDER BY hook, position, name")
+                .fetch_all(self.inner.db.pool())
+                .await?
+                .iter()
+                .map(|r| r.try_get("name"))
+                .collect::<Result<_, _>>()?;
+        let mut plugins = Vec::with_capacity(names.len());
+        for name in names {
+            plugins.push(self.describe(&name).await?);
+        }
+        Ok(json!({
+            "generation": self.snapshot().generation,
+            "plugins": plugins,
+        }))
+    }
+
+    /// The audit log, newest first; of one plugin when `name` is given.
+    pub async fn audit_log(&self, name: Option<&str>, limit: i64) -> Result<Value, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, plugin_name, action, detail FROM plugin_audit \
+             WHERE ($1 = '' OR plugin_name = $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(name.unwrap_or(""))
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(self.inner.db.pool())
+        .await?;
+        let entries = rows
+            .iter()
+            .map(|r| -> Result<Value, sqlx::Error> {
+                Ok(json!({
+                    "id": r.try_get::<i64, _>("id")?,
+                    "at": r.try_get::<i64, _>("at")?,
+                    "actor": r.try_get::<String, _>("actor")?,
+                    "plugin": r.try_get::<String, _>("plugin_name")?,
+                    "action": r.try_get::<String, _>("action")?,
+                    "detail": serde_json::from_str::<Value>(&r.try_get::<String, _>("detail")?)
+                        .unwrap_or(Value::Null),
+                }))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(json!({"entries": entries}))
+    }
+
+    /// The latest sampled calls of `name`, newest first.
+    pub async fn call_log(&self, name: &str, limit: i64) -> Result<Value, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT id, version, at, input, output, error, duration_us FROM plugin_calls \
+             WHERE plugin_name = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(name)
+        .bind(limit.clamp(1, 200))
+        .fetch_all(self.inner.db.pool())
+        .await?;
+        let parse = |text: Option<String>| {
+            text.and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .unwrap_or(Value::Null)
+        };
+        let calls = rows
+            .into_iter()
+            .map(|r| -> Result<Value, sqlx::Error> {
+                Ok(json!({
+                    "id": r.try_get::<i64, _>("id")?,
+                    "version": r.try_get::<String, _>("version")?,
+                    "at": r.try_get::<i64, _>("at")?,
+                    "input": parse(r.try_get("input")?),
+                    "output": parse(r.try_get("output")?),
+                    "error": r.try_get::<Option<String>, _>("error")?,
+                    "duration_us": r.try_get::<i64, _>("duration_us")?,
+                }))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(json!({"calls": calls}))
+    }
+
+    /// A stored version, loaded for a shadow run: configured like the active one, not watched
+    /// (shadow calls are neither logged nor counted by the breaker).
+    pub async fn load_candidate(&self, name: &str, version: &str) -> Result<Plugin, RegistryError> {
+        load_stored(&self.inner.db, &self.inner.runtime, name, Some(version))
+            .await?
+            .ok_or_else(|| self.unknown(name, version))
+    }
+
+    /// Writes sampled calls (in batches) and persists breaker trips, until the channel closes.
+    async fn write_events(&self, mut receiver: mpsc::Receiver<WatchEvent>) {
+        let mut batch = Vec::with_capacity(256);
+        while receiver.recv_many(&mut batch, 256).await > 0 {
+            let mut calls = Vec::new();
+            for event in batch.drain(..) {
+                match event {
+                    WatchEvent::Call(record) => calls.push(record),
+                    WatchEvent::Tripped {
+                        plugin,
+                        failures,
+                        last_error,
+                    } => {
+                        if let Err(e) = self.trip(&plugin, failures, &last_error).await {
+                            tracing::error!(plugin = %plugin, "recording a breaker trip failed: {e}");
+                        }
+                    }
+                }
+            }
+            if !calls.is_empty()
+                && let Err(e) = self.write_calls(&calls).await
+            {
+                tracing::warn!(calls = calls.len(), "call log write failed: {e}");
+            }
+        }
+    }
+
+    async fn write_calls(
+        &self,
+        calls: &[crate::plugin::watch::CallRecord],
+    ) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        let mut tx = self.inner.db.pool().begin().await?;
+        let mut names: Vec<&str> = Vec::new();
+        for call in calls {
+            sqlx::query(
+                "INSERT INTO plugin_calls \
+                   (plugin_name, version, hook, at, input, output, error, duration_us) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&call.plugin.name)
+            .bind(call.plugin.version.to_string())
+            .bind(call.plugin.hook.as_str())
+            .bind(now)
+            .bind(&call.input)
+            .bind(&call.output)
+            .bind(&call.error)
+            .bind(i64::try_from(call.duration.as_micros()).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+            if !names.contains(&call.plugin.name.as_str()) {
+                names.push(&call.plugin.name);
+            }
+        }
+        for name in names {
+            sqlx::query(
+                "DELETE FROM plugin_calls WHERE plugin_name = $1 AND id <= \
+                   (SELECT id FROM plugin_calls WHERE plugin_name = $1 \
+                    ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            )
+            .bind(name)
+            .bind(self.inner.config.call_log_keep)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Records a breaker trip for every host: the plugin stays installed and is served as
+    /// failing (its hook's policy applies) until an operator enables it or activates a
+    /// version.
+    async fn trip(
+        &self,
+        plugin: &crate::plugin::PluginRef,
+        failures: u32,
+        last_error: &str,
+    ) -> Result<(), RegistryError> {
+        let mut tx = self.inner.db.pool().begin().await?;
+        let updated = sqlx::query(
+            "UPDATE plugins SET tripped_at = $3, tripped_reason = $4, updated_at = $3 \
+             WHERE name = $1 AND active_version = $2 AND tripped_at IS NULL",
+        )
+        .bind(&plugin.name)
+        .bind(plugin.version.to_string())
+        .bind(now_ms())
+        .bind(last_error)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated > 0 {
+            audit(
+                &mut tx,
+                "crash-loop breaker",
+                &plugin.name,
+                "trip",
+                json!({"version": plugin.version.to_string(), "failures": failures, "last_error": last_error}),
+            )
+            .await?;
+            bump(&mut tx).await?;
+        }
+        tx.commit().await?;
+        self.refresh().await?;
+        Ok(())
+    }
+}
+
+/// Loads version `version` of `name` from the registry (its active version when `version` is
+/// none), with the operator's configuration and without a watch; none when there is no such
+/// version. For shadow runs, here and in `cartridge plugin run --replay`.
+pub async fn load_stored(
+    db: &Db,
+    runtime: &Arc<Runtime>,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Option<Plugin>, RegistryError> {
+    let row = sqlx::query(
+        "SELECT v.manifest, v.component, p.config FROM plugins p \
+         JOIN plugin_versions v ON v.plugin_name = p.name \
+         WHERE p.name = $1 AND v.version = COALESCE($2, p.active_version)",
+    )
+    .bind(name)
+    .bind(version)
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let manifest =
+        Manifest::parse(&row.try_get::<String, _>("manifest")?).map_err(LoadError::from)?;
+    let component: Vec<u8> = row.try_get("component")?;
+    let config: BTreeMap<String, String> =
+        serde_json::from_str(&row.try_get::<String, _>("config")?)
+            .map_err(|e| RegistryError::Invalid(format!("stored config: {e}")))?;
+    let runtime = runtime.clone();
+    let plugin = tokio::task::spawn_blocking(move || runtime.load(manifest, &component))
+        .await
+        .map_err(|e| RegistryError::Invalid(format!("loading was interrupted: {e}")))??;
+    Ok(Some(plugin.with_config(&config)))
+}
+
+async fn audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    actor: &str,
+    plugin: &str,
+    action: &str,
+    detail: Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO plugin_audit (at, actor, plugin_name, action, detail) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(now_ms())
+    .bind(actor)
+    .bind(plugin)
+    .bind(action)
+    .bind(detail.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn bump(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE registry_state SET generation = generation + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A sample input per hook for the smoke call every upload must pass.
+fn smoke_input(hook: HookKind) -> Value {
+    let money = |amount: i64| json!({"amount": amount, "currency": "EUR"});
+    let now = 1_764_000_000_000_i64;
+    match hook {
+        HookKind::Pricing => json!({
+            "id": "smoke-cart", "currency": "EUR",
+            "lines": [
+                {"id": "l1", "product_id": "smoke-tee", "sku": "SMOKE-TEE", "variant_attributes": [],
+                 "categories": ["apparel"], "quantity": 3, "unit_price": money(1999)},
+                {"id": "l2", "product_id": "smoke-mug", "sku": "SMOKE-MUG", "variant_attributes": [],
+                 "categories": ["home"], "quantity": 1, "unit_price": money(899)}
+            ],
+            "customer": null, "coupon_codes": [], "shipping": null, "now": now
+        }),
+        HookKind::Fraud => json!({
+            "id": "smoke-checkout", "currency": "EUR",
+            "subtotal": money(6896), "discount_total": money(0), "shipping_total": money(0),
+            "total": money(6896),
+            "lines": [{"sku": "SMOKE-TEE", "product_id": "smoke-tee", "quantity": 3,
+                       "total": money(5997), "categories": ["apparel"]}],
+            "customer": {"id": null, "email": "smoke@example.com", "tags": [],
+                         "history": {"order_count": 0, "orders_last_24h": 0, "failed_payments_last_24h": 0,
+                                     "lifetime_spend": money(0), "chargebacks": 0, "first_seen": null}},
+            "billing_address": null, "shipping_address": null, "client_ip": null,
+            "payment": {"kind": "card", "brand": null, "last4": null, "issuer_country": null,
+                        "fingerprint": null, "metadata": []},
+            "now": now
+        }),
+        HookKind::Personalization => json!({
+            "customer_id": null, "customer_tags": [], "purchases": [], "cart_skus": [],
+            "candidates": [
+                {"sku": "SMOKE-TEE", "product_id": "smoke-tee", "title": "Tee", "categories": ["apparel"],
+                 "price": money(1999), "attributes": []},
+                {"sku": "SMOKE-MUG", "product_id": "smoke-mug", "title": "Mug", "categories": ["home"],
+                 "price": money(899), "attributes": []}
+            ],
+            "limit": 2, "now": now
+        }),
+        // The only payment call without side effects: a webhook it must refuse or decode.
+        HookKind::Payment => json!({
+            "step": "parse_webhook",
+            "request": {"headers": [], "body": [], "now": now}
+        }),
+    }
+}
+
+/// Calls `plugin` once on its hook's sample input. It must answer — with a decision or with an
+/// error of its own — within its limits.
+async fn smoke(plugin: &Plugin) -> Result<(), RegistryError> {
+    match crate::hooks::invoke(plugin, smoke_input(plugin.hook())).await {
+        Ok(_) => Ok(()),
+        Err(crate::hooks::InvokeError::Hook(e)) if !e.kind.is_crash() => Ok(()),
+        Err(e) => Err(RegistryError::Rejected {
+            code: "smoke_failed",
+            message: format!("the smoke call failed: {e}"),
+        }),
+    }
+}
