@@ -182,3 +182,107 @@ fn a_scaffolded_plugin_builds_and_runs() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("name"));
 }
+
+/// `plugin run --replay`: a candidate from disk against the registry's active version on the
+/// calls the registry logged. Exits 1 when any answer differs, 0 when none does.
+#[tokio::test]
+async fn plugin_run_replay_compares_a_candidate_with_the_active_version_on_logged_calls() {
+    use cartridge_host::registry::{Registry, RegistryConfig};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("cartridge.db").display());
+    let db = cartridge_host::db::Db::connect(&url).await.expect("db");
+    db.migrate().await.expect("migrate");
+    let runtime = cartridge_host::plugin::Runtime::new(Default::default()).expect("runtime");
+    let config = RegistryConfig {
+        watch: cartridge_host::plugin::WatchPolicy {
+            sample_every: 1,
+            trip_after: 0,
+        },
+        ..RegistryConfig::default()
+    };
+    let registry = Registry::open(db.clone(), Arc::new(runtime), config)
+        .await
+        .expect("registry");
+    let tasks = registry.spawn();
+    let p = plugins();
+    registry
+        .upload(
+            "test",
+            "api",
+            &p.manifest_text("tiered-discount"),
+            p.wasm_bytes("tiered-discount"),
+        )
+        .await
+        .expect("upload");
+    registry
+        .activate("test", "tiered-discount", "1.0.0")
+        .await
+        .expect("activate");
+    // Real traffic: the fixture cart (12 and 1 units).
+    let cart = serde_json::from_str(
+        &std::fs::read_to_string(p.fixture("tiered-discount", "cart.json")).expect("fixture"),
+    )
+    .expect("cart");
+    let active = registry
+        .snapshot()
+        .hook(cartridge_host::plugin::HookKind::Pricing);
+    for _ in 0..3 {
+        cartridge_host::hooks::price(&active, &cart)
+            .await
+            .expect("price");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let logged = registry.call_log("tiered-discount", 10).await.expect("log");
+        if logged["calls"].as_array().is_some_and(|c| c.len() == 3) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "calls not logged");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for task in tasks {
+        task.abort();
+    }
+
+    let wasm = p.wasm("tiered-discount");
+    let candidate = dir.path().join("candidate.toml");
+    let replay = |manifest: &Path| {
+        cartridge(&[
+            "plugin",
+            "run",
+            wasm.to_str().expect("utf-8"),
+            "--manifest",
+            manifest.to_str().expect("utf-8"),
+            "--replay",
+            "50",
+            "--database-url",
+            &url,
+        ])
+    };
+    // The same rule: no difference.
+    let out = replay(&p.crate_dir("tiered-discount").join("plugin.toml"));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("3 inputs: 3 identical, 0 different"),
+        "{stdout}"
+    );
+    // 20 % from 10 units: the 12-unit line prices differently on every logged cart.
+    std::fs::write(
+        &candidate,
+        p.manifest_text("tiered-discount")
+            .replace("version = \"1.0.0\"", "version = \"1.1.0\"")
+            .replace("10:1000", "10:2000"),
+    )
+    .expect("write");
+    let out = replay(&candidate);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("3 inputs: 0 identical, 3 different"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("20 % off 10 or more"), "{stdout}");
+}
