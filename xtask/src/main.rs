@@ -178,6 +178,10 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     run(cargo()
         .args(["bench", "-p", "cartridge-host", "--bench", "hooks", "--"])
         .args(extra))?;
+    // SQLite, and PostgreSQL too when the test server is configured.
+    run(cargo()
+        .args(["bench", "-p", "cartridge-host", "--bench", "registry", "--"])
+        .args(extra))?;
     run(cargo()
         .args(["bench", "-p", "cartridge-host", "--bench", "checkout", "--"])
         .args(extra)
