@@ -30,6 +30,18 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    url: Url,
+}
+
+/// The database URL, kept for connections outside the pool (PostgreSQL's LISTEN). It may hold
+/// a password, so it never shows in debug output.
+#[derive(Clone)]
+struct Url(std::sync::Arc<str>);
+
+impl std::fmt::Debug for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Url(..)")
+    }
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -85,7 +97,11 @@ impl Db {
             }
         }
         .context("connecting to the database")?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            url: Url(url.into()),
+        })
     }
 
     /// Applies the backend's pending migrations.
@@ -109,5 +125,18 @@ impl Db {
     /// The backend.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// A PostgreSQL listener on `channel`, on its own connection; none on SQLite.
+    pub async fn listen(
+        &self,
+        channel: &str,
+    ) -> anyhow::Result<Option<sqlx::postgres::PgListener>> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url.0).await?;
+        listener.listen(channel).await?;
+        Ok(Some(listener))
     }
 }

@@ -289,6 +289,12 @@ impl Registry {
                 }
             }
         }));
+        if self.inner.db.backend() == crate::db::Backend::Postgres {
+            let listener = self.clone();
+            tasks.push(tokio::spawn(async move {
+                listener.follow_notifications().await
+            }));
+        }
         let receiver = match self.inner.receiver.lock() {
             Ok(mut slot) => slot.take(),
             Err(poisoned) => poisoned.into_inner().take(),
@@ -300,6 +306,32 @@ impl Registry {
             ));
         }
         tasks
+    }
+
+    /// Refreshes whenever another host announces a change (PostgreSQL), reconnecting after a
+    /// second when the connection drops. Polling goes on meanwhile, so a lost notification
+    /// only costs the poll interval.
+    async fn follow_notifications(&self) {
+        loop {
+            match self.inner.db.listen(CHANNEL).await {
+                Ok(Some(mut listener)) => loop {
+                    match listener.recv().await {
+                        Ok(_) => {
+                            if let Err(e) = self.refresh().await {
+                                tracing::warn!("registry refresh failed: {e}");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("registry notifications interrupted: {e}");
+                            break;
+                        }
+                    }
+                },
+                Ok(None) => return,
+                Err(e) => tracing::warn!("cannot listen for registry changes: {e:#}"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// Builds the next snapshot if the registry changed since the current one, reusing every
@@ -1115,10 +1147,20 @@ async fn audit(
     Ok(())
 }
 
+/// The PostgreSQL channel on which registry changes are announced.
+const CHANNEL: &str = "cartridge_registry";
+
+/// Moves the generation on. On PostgreSQL the change is also announced on [`CHANNEL`] (sent at
+/// commit, dropped on rollback), so hosts need not wait for their next poll.
 async fn bump(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE registry_state SET generation = generation + 1 WHERE id = 1")
         .execute(&mut **tx)
         .await?;
+    if matches!(tx.backend_name(), "PostgreSQL") {
+        sqlx::query(&format!("NOTIFY {CHANNEL}"))
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
