@@ -198,6 +198,9 @@ impl From<OrderError> for ApiError {
                     OrderError::RefundTooLarge { .. } => {
                         (StatusCode::CONFLICT, "refund_exceeds_captured")
                     }
+                    OrderError::CaptureTooLarge { .. } => {
+                        (StatusCode::CONFLICT, "capture_exceeds_authorized")
+                    }
                     _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
                 };
                 Self::new(status, code, other.to_string())

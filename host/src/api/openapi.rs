@@ -13,7 +13,21 @@ enum Access {
     CartTokenIdempotent,
     Customer,
     Admin,
+    /// Admin; an `Idempotency-Key` is accepted but not required.
+    AdminMaybeIdempotent,
     AdminIdempotent,
+}
+
+impl Access {
+    /// The scheme's name in [`documented_access`].
+    fn scheme(self) -> &'static str {
+        match self {
+            Access::Anyone => "anyone",
+            Access::CartToken | Access::CartTokenIdempotent => "cart",
+            Access::Customer => "customer",
+            Access::Admin | Access::AdminMaybeIdempotent | Access::AdminIdempotent => "admin",
+        }
+    }
 }
 
 /// (method, path, access, summary).
@@ -168,8 +182,8 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
     (
         "post",
         "/admin/orders/{id}/capture",
-        Access::Admin,
-        "Capture the authorised payment",
+        Access::AdminMaybeIdempotent,
+        "Capture the authorised payment, all of it or `amount`; the rest is released",
     ),
     (
         "post",
@@ -180,7 +194,7 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
     (
         "post",
         "/admin/orders/{id}/cancel",
-        Access::Admin,
+        Access::AdminMaybeIdempotent,
         "Cancel: void or refund, and restock",
     ),
     (
@@ -221,6 +235,14 @@ pub fn documented_routes() -> impl Iterator<Item = (&'static str, &'static str)>
     ROUTES.iter().map(|(method, path, _, _)| (*method, *path))
 }
 
+/// (method, path, who may call it) for every documented route; who is `anyone`, `cart`,
+/// `customer` or `admin`. The auth sweeps in the tests are driven by it.
+pub fn documented_access() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    ROUTES
+        .iter()
+        .map(|(method, path, access, _)| (*method, *path, access.scheme()))
+}
+
 /// The OpenAPI document.
 pub fn document() -> Value {
     let mut paths: Map<String, Value> = Map::new();
@@ -237,14 +259,17 @@ pub fn document() -> Value {
         }
         if matches!(
             access,
-            Access::CartTokenIdempotent | Access::AdminIdempotent
+            Access::CartTokenIdempotent | Access::AdminIdempotent | Access::AdminMaybeIdempotent
         ) {
-            headers.push(json!({"name": "Idempotency-Key", "in": "header", "required": true,
+            let required = !matches!(access, Access::AdminMaybeIdempotent);
+            headers.push(json!({"name": "Idempotency-Key", "in": "header", "required": required,
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                 "description": "The first response is stored and replayed; another body with the same key is 422; while the first runs, 409."}));
         }
         let security = match access {
-            Access::Admin | Access::AdminIdempotent => json!([{"admin": []}]),
+            Access::Admin | Access::AdminIdempotent | Access::AdminMaybeIdempotent => {
+                json!([{"admin": []}])
+            }
             Access::Customer => json!([{"customer": []}]),
             // A signed-in owner may open their cart with their customer token instead.
             Access::CartToken | Access::CartTokenIdempotent => json!([{}, {"customer": []}]),
