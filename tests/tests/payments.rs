@@ -1,11 +1,12 @@
-//! Payments end to end: idempotent capture, cancel and refund, and the money invariants under
-//! concurrency.
+//! Payments end to end: idempotent capture, cancel and refund; the money invariants under
+//! concurrency; payment webhooks (signatures, deduplication, events out of order).
 //!
 //! The real application on port 0 with the test gateway plugin, a fresh database per test:
 //! SQLite always, PostgreSQL when `CARTRIDGE_TEST_DATABASE_URL` is set.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use cartridge_host::api::AppState;
 use cartridge_host::db::Db;
@@ -16,12 +17,15 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "adm_payments";
+/// The test gateway's default webhook secret (its `plugin.toml`).
+const WEBHOOK_SECRET: &str = "whsec_test";
 /// 3 × 19.99.
 const TOTAL: i64 = 5997;
 
 struct Shop {
     base: String,
     http: reqwest::Client,
+    db: Db,
     database: TestDatabase,
     _plugins: tempfile::TempDir,
 }
@@ -40,7 +44,7 @@ async fn shop(database: TestDatabase) -> Shop {
     let loaded = load_plugins(&runtime, dir.path()).expect("load");
     let db = Db::connect(&database.url).await.expect("connect");
     db.migrate().await.expect("migrate");
-    let state = AppState::new(db, loaded);
+    let state = AppState::new(db.clone(), loaded);
     state.add_admin_token("test", ADMIN).await.expect("token");
     let app = Application::build(SocketAddr::from(([127, 0, 0, 1], 0)), state)
         .await
@@ -50,6 +54,7 @@ async fn shop(database: TestDatabase) -> Shop {
     let shop = Shop {
         base: format!("http://{addr}"),
         http: reqwest::Client::new(),
+        db,
         database,
         _plugins: dir,
     };
@@ -458,5 +463,258 @@ async fn a_capture_racing_a_cancel_never_leaves_money_on_a_cancelled_order() {
             .expect("sole owner")
             .drop_database()
             .await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. Webhooks
+
+/// 64-bit FNV-1a: the test gateway's (deliberately non-cryptographic) signature.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).expect("seconds"))
+        .expect("clock")
+}
+
+/// The `tg-signature` header for `body` signed with `secret` at `t`.
+fn signature(secret: &str, t: i64, body: &str) -> String {
+    let v1 = fnv1a64(format!("{secret}.{t}.{body}").as_bytes());
+    format!("t={t},v1={v1:016x}")
+}
+
+fn event(id: &str, kind: &str, reference: &str, amount: i64) -> String {
+    json!({"id": id, "type": kind, "reference": reference, "amount": amount,
+           "currency": "EUR", "created": unix_seconds()})
+    .to_string()
+}
+
+impl Shop {
+    async fn deliver(&self, body: &str, signature: &str) -> Reply {
+        self.send(
+            Method::POST,
+            "/webhooks/payments/test-gateway",
+            &[("tg-signature", signature)],
+            Some(body.as_bytes().to_vec()),
+        )
+        .await
+    }
+
+    async fn deliver_signed(&self, body: &str) -> Reply {
+        let r = self
+            .deliver(body, &signature(WEBHOOK_SECRET, unix_seconds(), body))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r
+    }
+
+    async fn stored_events(&self) -> i64 {
+        sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM payment_events")
+            .fetch_one(self.db.pool())
+            .await
+            .expect("count")
+    }
+
+    async fn reference(&self, order: &str) -> String {
+        self.order(order).await["payment"]["gateway_reference"]
+            .as_str()
+            .expect("reference")
+            .to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_delivered_ten_times_is_stored_once_and_applied_once() {
+    for database in test_databases().await {
+        let shop = Arc::new(shop(database).await);
+        let order = shop.placed_order().await;
+        let body = event(
+            "evt_cap",
+            "payment.captured",
+            &shop.reference(&order).await,
+            4000,
+        );
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let (shop, body) = (shop.clone(), body.clone());
+                tokio::spawn(async move { shop.deliver_signed(&body).await })
+            })
+            .collect();
+        let mut first = Vec::new();
+        for task in tasks {
+            let r = task.await.expect("task");
+            assert_eq!(r.body["event_id"], "evt_cap");
+            if r.body["duplicate"] == false {
+                first.push(r.body["outcome"].clone());
+            } else {
+                assert_eq!(r.body["outcome"], "applied", "the first delivery's outcome");
+            }
+        }
+        assert_eq!(first, [json!("applied")], "exactly one delivery applied it");
+        assert_eq!(shop.stored_events().await, 1);
+        let o = shop.order(&order).await;
+        assert_eq!(amounts(&o), (TOTAL, 4000, 0));
+        assert_eq!(o["payment_status"], "captured");
+        // Our own capture afterwards finds it done.
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
+            .await;
+        assert_eq!(code(&r), (409, Some("invalid_transition")));
+        Arc::into_inner(shop)
+            .expect("sole owner")
+            .drop_database()
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn forged_stale_or_malformed_deliveries_are_refused_and_store_nothing() {
+    for database in test_databases().await {
+        let shop = shop(database).await;
+        let order = shop.placed_order().await;
+        let body = event(
+            "evt_1",
+            "payment.captured",
+            &shop.reference(&order).await,
+            TOTAL,
+        );
+        let now = unix_seconds();
+        let tampered = body.replace(&TOTAL.to_string(), "1");
+        for (what, body, header) in [
+            (
+                "forged",
+                body.as_str(),
+                signature("whsec_guess", now, &body),
+            ),
+            (
+                "tampered",
+                tampered.as_str(),
+                signature(WEBHOOK_SECRET, now, &body),
+            ),
+            (
+                "stale",
+                body.as_str(),
+                signature(WEBHOOK_SECRET, now - 301, &body),
+            ),
+            (
+                "from the future",
+                body.as_str(),
+                signature(WEBHOOK_SECRET, now + 301, &body),
+            ),
+            ("unsigned", body.as_str(), String::new()),
+        ] {
+            let r = shop.deliver(body, &header).await;
+            assert_eq!(
+                code(&r),
+                (400, Some("invalid_signature")),
+                "{what}: {}",
+                r.body
+            );
+        }
+        let garbage = "{\"id\": \"evt_2\"";
+        let r = shop
+            .deliver(garbage, &signature(WEBHOOK_SECRET, now, garbage))
+            .await;
+        assert_eq!(code(&r), (400, Some("malformed_webhook")), "{}", r.body);
+        let r = shop
+            .send(
+                Method::POST,
+                "/webhooks/payments/nope",
+                &[],
+                Some(body.as_bytes().to_vec()),
+            )
+            .await;
+        assert_eq!(code(&r), (404, Some("unknown_plugin")));
+        // Every route documented as signature-authenticated refuses an unsigned delivery.
+        let signed_routes: Vec<_> = cartridge_host::api::openapi::documented_access()
+            .filter(|(_, _, who)| *who == "signature")
+            .collect();
+        assert!(!signed_routes.is_empty());
+        for (method, path, _) in signed_routes {
+            let concrete = path.replace("{plugin}", "test-gateway");
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            let r = shop
+                .send(method, &concrete, &[], Some(body.as_bytes().to_vec()))
+                .await;
+            assert_eq!(code(&r), (400, Some("invalid_signature")), "{path}");
+        }
+        assert_eq!(shop.stored_events().await, 0);
+        assert_eq!(amounts(&shop.order(&order).await), (TOTAL, 0, 0));
+        shop.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn events_out_of_order_never_resurrect_an_order_or_refund_beyond_the_capture() {
+    for database in test_databases().await {
+        let shop = shop(database).await;
+
+        // A capture reported after the order was cancelled (and its payment voided).
+        let order = shop.placed_order().await;
+        let reference = shop.reference(&order).await;
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
+            .await;
+        assert_eq!(r.body["payment_status"], "voided", "{}", r.body);
+        let r = shop
+            .deliver_signed(&event("evt_late", "payment.captured", &reference, TOTAL))
+            .await;
+        assert_eq!(r.body["outcome"], "ignored_stale");
+        let o = shop.order(&order).await;
+        assert_eq!(
+            (o["status"].as_str(), o["payment_status"].as_str()),
+            (Some("cancelled"), Some("voided"))
+        );
+        assert_eq!(amounts(&o), (TOTAL, 0, 0));
+
+        // A refund reported before its capture: kept, then applied when the capture arrives.
+        let order = shop.placed_order().await;
+        let reference = shop.reference(&order).await;
+        let r = shop
+            .deliver_signed(&event("evt_r1", "payment.refunded", &reference, 1000))
+            .await;
+        assert_eq!(r.body["outcome"], "waiting_for_capture");
+        assert_eq!(amounts(&shop.order(&order).await), (TOTAL, 0, 0));
+        let r = shop
+            .deliver_signed(&event("evt_c", "payment.captured", &reference, 3000))
+            .await;
+        assert_eq!(r.body["outcome"], "applied");
+        let o = shop.order(&order).await;
+        assert_eq!(amounts(&o), (TOTAL, 3000, 1000));
+        assert_eq!(o["payment_status"], "partially_refunded");
+        // An older running total arriving late changes nothing; one above the capture waits.
+        let r = shop
+            .deliver_signed(&event("evt_r0", "payment.refunded", &reference, 800))
+            .await;
+        assert_eq!(r.body["outcome"], "already_applied");
+        let r = shop
+            .deliver_signed(&event("evt_r9", "payment.refunded", &reference, 9000))
+            .await;
+        assert_eq!(r.body["outcome"], "waiting_for_capture");
+        let r = shop
+            .deliver_signed(&event("evt_r2", "payment.refunded", &reference, 3000))
+            .await;
+        assert_eq!(r.body["outcome"], "applied");
+        let o = shop.order(&order).await;
+        assert_eq!(amounts(&o), (TOTAL, 3000, 3000));
+        assert_eq!(o["payment_status"], "refunded");
+
+        // Events for payments we do not know, and kinds we only record, are kept and answered.
+        let r = shop
+            .deliver_signed(&event("evt_x", "payment.captured", "tg_unknown", 5))
+            .await;
+        assert_eq!(r.body["outcome"], "no_payment");
+        let r = shop
+            .deliver_signed(&event("evt_f", "payment.failed", &reference, 5))
+            .await;
+        assert_eq!(r.body["outcome"], "recorded");
+        assert_eq!(shop.stored_events().await, 8);
+        shop.drop_database().await;
     }
 }

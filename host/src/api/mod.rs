@@ -3,6 +3,7 @@
 //! - `/health`, `/ready`: liveness and readiness (the database answers).
 //! - `/admin/…`: the operator's and merchant's API; every route needs an admin bearer token.
 //! - `/store/…`: the storefront; a cart is reached with its id and its `X-Cart-Token`.
+//! - `/webhooks/…`: deliveries from payment gateways, authenticated by their signature.
 //!
 //! Every error is `{"error": {"code", "message"}}` with a stable code ([`ApiError`]).
 //! `/openapi.json` documents all of it.
@@ -12,6 +13,7 @@ mod error;
 pub mod idempotency;
 pub mod openapi;
 mod storefront;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -131,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .nest("/admin", admin::routes())
         .nest("/store", storefront::routes())
+        .nest("/webhooks", webhooks::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(

@@ -16,6 +16,8 @@ enum Access {
     /// Admin; an `Idempotency-Key` is accepted but not required.
     AdminMaybeIdempotent,
     AdminIdempotent,
+    /// No bearer token: the payment connector verifies the delivery's signature.
+    Signature,
 }
 
 impl Access {
@@ -26,6 +28,7 @@ impl Access {
             Access::CartToken | Access::CartTokenIdempotent => "cart",
             Access::Customer => "customer",
             Access::Admin | Access::AdminMaybeIdempotent | Access::AdminIdempotent => "admin",
+            Access::Signature => "signature",
         }
     }
 }
@@ -228,6 +231,12 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         Access::Admin,
         "Run one plugin's hook on a JSON input",
     ),
+    (
+        "post",
+        "/webhooks/payments/{plugin}",
+        Access::Signature,
+        "A payment gateway's webhook delivery: verified by the connector, stored once per event id, then applied",
+    ),
 ];
 
 /// The (method, path) pairs documented, for the test that checks them against the router.
@@ -236,7 +245,7 @@ pub fn documented_routes() -> impl Iterator<Item = (&'static str, &'static str)>
 }
 
 /// (method, path, who may call it) for every documented route; who is `anyone`, `cart`,
-/// `customer` or `admin`. The auth sweeps in the tests are driven by it.
+/// `customer`, `admin` or `signature`. The auth sweeps in the tests are driven by it.
 pub fn documented_access() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
     ROUTES
         .iter()
@@ -270,6 +279,7 @@ pub fn document() -> Value {
             Access::Admin | Access::AdminIdempotent | Access::AdminMaybeIdempotent => {
                 json!([{"admin": []}])
             }
+            Access::Signature => json!([{"webhookSignature": []}]),
             Access::Customer => json!([{"customer": []}]),
             // A signed-in owner may open their cart with their customer token instead.
             Access::CartToken | Access::CartTokenIdempotent => json!([{}, {"customer": []}]),
@@ -297,7 +307,9 @@ pub fn document() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"},
-                                "customer": {"type": "http", "scheme": "bearer"}},
+                                "customer": {"type": "http", "scheme": "bearer"},
+                                "webhookSignature": {"type": "apiKey", "in": "header", "name": "Stripe-Signature",
+                                    "description": "Verified by the connector plugin with its secret; the header is the connector's own (Stripe-Signature for Stripe)"}},
             "schemas": {"Error": {
                 "type": "object", "required": ["error"],
                 "properties": {"error": {"type": "object", "required": ["code", "message"],
