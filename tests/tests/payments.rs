@@ -1,5 +1,6 @@
 //! Payments end to end: idempotent capture, cancel and refund; the money invariants under
-//! concurrency; payment webhooks (signatures, deduplication, events out of order).
+//! concurrency; payment webhooks (signatures, deduplication, events out of order); and the
+//! localstripe harness the Stripe connector will be tested with.
 //!
 //! The real application on port 0 with the test gateway plugin, a fresh database per test:
 //! SQLite always, PostgreSQL when `CARTRIDGE_TEST_DATABASE_URL` is set.
@@ -12,6 +13,7 @@ use cartridge_host::api::AppState;
 use cartridge_host::db::Db;
 use cartridge_host::plugin::{Runtime, RuntimeConfig};
 use cartridge_host::server::{Application, load_plugins};
+use cartridge_tests::localstripe::{LocalStripe, SECRET_KEY};
 use cartridge_tests::{TestDatabase, plugins, test_databases};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -717,4 +719,225 @@ async fn events_out_of_order_never_resurrect_an_order_or_refund_beyond_the_captu
         assert_eq!(shop.stored_events().await, 8);
         shop.drop_database().await;
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. localstripe
+
+/// A form POST to localstripe; (status, body).
+async fn stripe(
+    http: &reqwest::Client,
+    server: &LocalStripe,
+    path: &str,
+    form: &[(&str, &str)],
+    key: Option<&str>,
+) -> (u16, Value) {
+    let mut request = http
+        .post(format!("{}{path}", server.url()))
+        .bearer_auth(SECRET_KEY)
+        .form(form);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.expect("localstripe answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Reads one HTTP request from a connection and answers 200: (headers, body).
+async fn receive_one(listener: &tokio::net::TcpListener) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut socket, _) = listener.accept().await.expect("accept");
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.read(&mut buf).await.expect("read");
+        assert!(n > 0, "connection closed early");
+        data.extend_from_slice(&buf[..n]);
+        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().expect("length"));
+        if data.len() >= end + 4 + length {
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await
+                .expect("answer");
+            return (head, data[end + 4..end + 4 + length].to_vec());
+        }
+    }
+}
+
+fn hmac_sha256_hex(key: &[u8], message: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    block[..key.len()].copy_from_slice(key);
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<_>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    let outer = Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize();
+    outer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the Stripe connector can rely on in localstripe, and where it differs from Stripe.
+#[tokio::test]
+async fn localstripe_takes_a_manual_capture_partial_refunds_and_signs_its_webhooks() {
+    let Some(server) = LocalStripe::start() else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let hooks = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook_url = format!("http://{}/hook", hooks.local_addr().expect("addr"));
+    let config = http
+        .post(format!("{}/_config/webhooks/cartridge", server.url()))
+        .form(&[
+            ("url", hook_url.as_str()),
+            ("secret", "whsec_local"),
+            ("events[]", "payment_intent.succeeded"),
+        ])
+        .send()
+        .await
+        .expect("config");
+    assert_eq!(config.status(), 200);
+
+    // Authorise: a PaymentIntent with manual capture and a test payment method, confirmed.
+    let (status, pi) = stripe(
+        &http,
+        &server,
+        "/v1/payment_intents",
+        &[
+            ("amount", "5000"),
+            ("currency", "eur"),
+            ("capture_method", "manual"),
+            ("payment_method", "pm_card_visa"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &pi["status"]),
+        (200, &json!("requires_confirmation")),
+        "{pi}"
+    );
+    let id = pi["id"].as_str().expect("id").to_owned();
+    let (status, pi) = stripe(
+        &http,
+        &server,
+        &format!("/v1/payment_intents/{id}/confirm"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &pi["status"]),
+        (200, &json!("requires_capture")),
+        "{pi}"
+    );
+
+    // Capture part of it: localstripe books the released rest as a refund on the charge.
+    let (status, pi) = stripe(
+        &http,
+        &server,
+        &format!("/v1/payment_intents/{id}/capture"),
+        &[("amount_to_capture", "3000")],
+        None,
+    )
+    .await;
+    assert_eq!((status, &pi["status"]), (200, &json!("succeeded")), "{pi}");
+    assert_eq!(pi["latest_charge"]["amount_refunded"], 2000, "{pi}");
+
+    // The capture's webhook: signed as Stripe signs, t=…,v1=HMAC-SHA256(secret, "t.body").
+    let (head, body) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), receive_one(&hooks))
+            .await
+            .expect("a webhook within 10 s");
+    let header = head
+        .lines()
+        .find_map(|l| l.strip_prefix("stripe-signature:"))
+        .expect("a Stripe-Signature header")
+        .trim()
+        .to_owned();
+    let (t, v1) = header
+        .split_once(',')
+        .and_then(|(t, v1)| Some((t.strip_prefix("t=")?, v1.strip_prefix("v1=")?)))
+        .expect("t=…,v1=…");
+    let mut signed = format!("{t}.").into_bytes();
+    signed.extend_from_slice(&body);
+    assert_eq!(hmac_sha256_hex(b"whsec_local", &signed), v1);
+    let delivered: Value = serde_json::from_slice(&body).expect("JSON event");
+    assert_eq!(delivered["type"], "payment_intent.succeeded");
+    assert_eq!(delivered["data"]["object"]["id"], id.as_str());
+
+    // Two partial refunds. localstripe ignores Idempotency-Key: the same key twice refunds
+    // twice, so the connector cannot lean on the fake for that — the host's keys must.
+    let mut refunds = Vec::new();
+    for _ in 0..2 {
+        let (status, refund) = stripe(
+            &http,
+            &server,
+            "/v1/refunds",
+            &[("payment_intent", id.as_str()), ("amount", "1000")],
+            Some("same-key"),
+        )
+        .await;
+        assert_eq!(
+            (status, &refund["status"]),
+            (200, &json!("succeeded")),
+            "{refund}"
+        );
+        refunds.push(refund["id"].as_str().expect("refund id").to_owned());
+    }
+    assert_ne!(refunds[0], refunds[1], "localstripe does not replay by key");
+    let pi: Value = http
+        .get(format!("{}/v1/payment_intents/{id}", server.url()))
+        .bearer_auth(SECRET_KEY)
+        .send()
+        .await
+        .expect("retrieve")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        pi["latest_charge"]["amount_refunded"], 4000,
+        "the released 2,000 and two refunds of 1,000: {pi}"
+    );
+
+    // A decline: Stripe's code, but always typed invalid_request_error and without a
+    // decline_code.
+    let (_, pi) = stripe(
+        &http,
+        &server,
+        "/v1/payment_intents",
+        &[
+            ("amount", "5000"),
+            ("currency", "eur"),
+            ("capture_method", "manual"),
+            ("payment_method", "pm_card_chargeCustomerFail"),
+        ],
+        None,
+    )
+    .await;
+    let declined = pi["id"].as_str().expect("id").to_owned();
+    let (status, error) = stripe(
+        &http,
+        &server,
+        &format!("/v1/payment_intents/{declined}/confirm"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 402, "{error}");
+    assert_eq!(error["error"]["code"], "card_declined");
+    drop(server);
 }
