@@ -529,6 +529,20 @@ impl Orders {
             .bind(id)
             .fetch_optional(self.db.pool())
             .await?;
+        let refunds: Vec<Value> = sqlx::query("SELECT amount, step_reference, reason, created_at FROM payment_refunds WHERE order_id = $1 ORDER BY created_at, operation_id")
+            .bind(id)
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(|r| -> std::result::Result<Value, sqlx::Error> {
+                Ok(json!({
+                    "amount": r.try_get::<i64, _>("amount")?,
+                    "reference": r.try_get::<Option<String>, _>("step_reference")?,
+                    "reason": r.try_get::<Option<String>, _>("reason")?,
+                    "created_at": r.try_get::<i64, _>("created_at")?,
+                }))
+            })
+            .collect::<std::result::Result<_, _>>()?;
         let payment = match pay {
             Some(p) => json!({
                 "plugin": p.try_get::<String, _>("plugin")?,
@@ -536,6 +550,7 @@ impl Orders {
                 "authorized": p.try_get::<i64, _>("authorized")?,
                 "captured": p.try_get::<i64, _>("captured")?,
                 "refunded": p.try_get::<i64, _>("refunded")?,
+                "refunds": refunds,
             }),
             None => Value::Null,
         };
@@ -974,14 +989,15 @@ impl Orders {
                 reason: Some("order cancelled".into()),
                 now,
             });
-            let moved = match connector.payment(&refund).await.map(|c| c.output) {
-                Ok(Ok(result)) => signed(result.amount.amount),
+            let done = match connector.payment(&refund).await.map(|c| c.output) {
+                Ok(Ok(result)) => Some(result),
                 other => {
                     tracing::error!(order = %id, "cancelled, but the refund failed; reconcile: {other:?}");
-                    0
+                    None
                 }
             };
-            self.give_back_refund(id, amount - moved, now).await?;
+            self.settle_refund(id, amount, &refund, done.as_ref(), now)
+                .await?;
         }
         self.inventory.cancel(id, now).await?;
         self.order(id).await
@@ -1015,9 +1031,18 @@ impl Orders {
         }
     }
 
-    /// Returns `amount` of a refund claim the gateway did not carry out, and brings the
+    /// Settles a refund claim of `claimed`: records what the gateway refunded (`done`, the
+    /// result of `request`) in the refund ledger, gives back what it did not, and brings the
     /// payment status in line with the amounts.
-    async fn give_back_refund(&self, id: &str, amount: i64, now: i64) -> Result<()> {
+    async fn settle_refund(
+        &self,
+        id: &str,
+        claimed: i64,
+        request: &PaymentRequest,
+        done: Option<&payment::PaymentResult>,
+        now: i64,
+    ) -> Result<()> {
+        let moved = done.map_or(0, |r| signed(r.amount.amount)).min(claimed);
         let mut tx = self.db.pool().begin().await?;
         // The order row first, then the payment: the order every writer locks them in.
         sqlx::query("UPDATE orders SET updated_at = $2 WHERE id = $1")
@@ -1025,10 +1050,26 @@ impl Orders {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        if amount > 0 {
+        if let (PaymentRequest::Refund(refund), Some(result)) = (request, done)
+            && moved > 0
+        {
+            sqlx::query(
+                "INSERT INTO payment_refunds (operation_id, order_id, amount, step_reference, reason, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&refund.operation_id)
+            .bind(id)
+            .bind(moved)
+            .bind(&result.step_reference)
+            .bind(&refund.reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if claimed > moved {
             sqlx::query("UPDATE payments SET refunded = refunded - $2 WHERE order_id = $1")
                 .bind(id)
-                .bind(amount)
+                .bind(claimed - moved)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -1083,20 +1124,21 @@ impl Orders {
             reason,
             now,
         });
-        let (moved, refused) = match connector.payment(&request).await {
+        let (done, refused) = match connector.payment(&request).await {
             Ok(call) => match call.output {
-                Ok(result) => (signed(result.amount.amount), None),
+                Ok(result) => (Some(result), None),
                 Err(e) => (
-                    0,
+                    None,
                     Some(OrderError::PaymentRefused {
                         code: format!("{:?}", e.code).to_lowercase(),
                         message: "the refund was refused".into(),
                     }),
                 ),
             },
-            Err(e) => (0, Some(e.into())),
+            Err(e) => (None, Some(e.into())),
         };
-        self.give_back_refund(id, amount - moved, now).await?;
+        self.settle_refund(id, amount, &request, done.as_ref(), now)
+            .await?;
         if let Some(error) = refused {
             return Err(error);
         }

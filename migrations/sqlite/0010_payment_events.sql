@@ -27,3 +27,15 @@ CREATE INDEX payment_events_by_reference ON payment_events (plugin, gateway_refe
 
 -- Webhooks find the payment by the gateway's reference.
 CREATE INDEX payments_by_reference ON payments (gateway_reference);
+
+-- Every refund the gateway carried out at our request, with the gateway's reference for it:
+-- what reconciliation compares against the gateway, and the sum behind payments.refunded.
+CREATE TABLE payment_refunds (
+    operation_id    TEXT PRIMARY KEY,
+    order_id        TEXT NOT NULL REFERENCES orders (id),
+    amount          BIGINT NOT NULL CHECK (amount > 0),
+    step_reference  TEXT,
+    reason          TEXT,
+    created_at      BIGINT NOT NULL
+);
+CREATE INDEX payment_refunds_by_order ON payment_refunds (order_id, created_at);

@@ -211,6 +211,16 @@ fn code(reply: &Reply) -> (u16, Option<&str>) {
     (reply.status, reply.body["error"]["code"].as_str())
 }
 
+/// What the gateway refunded, refund by refund, as the order's ledger has it.
+fn gateway_refunds(order: &Value) -> Vec<i64> {
+    order["payment"]["refunds"]
+        .as_array()
+        .expect("refunds")
+        .iter()
+        .map(|r| r["amount"].as_i64().expect("amount"))
+        .collect()
+}
+
 fn amounts(order: &Value) -> (i64, i64, i64) {
     let p = &order["payment"];
     (
@@ -278,7 +288,7 @@ async fn capture_cancel_and_refund_answer_a_repeated_key_with_the_first_response
         assert_eq!(again.body, first.body);
         assert_eq!(amounts(&shop.order(&order).await), (TOTAL, 4000, 1000));
 
-        // Cancelling after the capture refunds what is left (3,000), once.
+        // Cancelling after the capture refunds what is left (3,000) at the gateway, once.
         let cancel = format!("/admin/orders/{order}/cancel");
         let first = shop.admin(&cancel, Some("can-1"), Value::Null).await;
         assert_eq!(first.status, 200, "{}", first.body);
@@ -287,6 +297,7 @@ async fn capture_cancel_and_refund_answer_a_repeated_key_with_the_first_response
             (&json!("cancelled"), &json!("refunded"))
         );
         assert_eq!(amounts(&first.body), (TOTAL, 4000, 4000));
+        assert_eq!(gateway_refunds(&first.body), [1000, 3000]);
         let again = shop.admin(&cancel, Some("can-1"), Value::Null).await;
         assert_eq!((again.status, &again.body), (200, &first.body));
         let r = shop.admin(&cancel, Some("can-2"), Value::Null).await;
@@ -404,6 +415,20 @@ async fn parallel_refunds_and_a_cancel_never_refund_more_than_was_captured() {
         );
         assert_eq!(final_order["payment_status"], "refunded");
         assert_eq!(final_order["status"], "cancelled");
+        let at_gateway = gateway_refunds(&final_order);
+        assert_eq!(
+            at_gateway.iter().sum::<i64>(),
+            5000,
+            "the gateway refunded exactly the capture: {at_gateway:?}"
+        );
+        let by_requests: i64 = final_order["payment"]["refunds"]
+            .as_array()
+            .expect("refunds")
+            .iter()
+            .filter(|r| r["reason"] != "order cancelled")
+            .map(|r| r["amount"].as_i64().expect("amount"))
+            .sum();
+        assert_eq!(by_requests, refunded_by_requests, "{at_gateway:?}");
         let r = shop
             .admin(
                 &format!("/admin/orders/{order}/refunds"),
