@@ -77,7 +77,10 @@ impl LocalStripe {
                 std::env::var_os("CI").is_none(),
                 "{why}: on CI the localstripe tests must run"
             );
-            eprintln!(
+            // Straight to the stderr handle: libtest captures `eprintln!` of passing tests,
+            // and this must be seen.
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n\
                  ##########################################################################\n\
                  WARNING: SKIPPING a test against localstripe: {why}.\n\
