@@ -16,6 +16,7 @@
 //! - [`cli`]: the `cartridge` command line (`serve`, `plugin new|build|run`).
 //! - [`catalog`], [`carts`], [`orders`], [`customers`]: products, carts, checkout and orders,
 //!   accounts.
+//! - [`payment_events`]: payment webhook events, stored once and applied in any order.
 //! - [`demo`]: the demo store's catalog and stock.
 //! - [`api`]: the HTTP routes, authentication and error convention; [`server`] starts them.
 //!
@@ -32,6 +33,7 @@ pub mod demo;
 pub mod hooks;
 pub mod inventory;
 pub mod orders;
+pub mod payment_events;
 pub mod plugin;
 pub mod pricing;
 pub mod registry;

@@ -7,7 +7,11 @@
 //! its expiry. The order records which plugin versions priced and checked it.
 //!
 //! Order status, payment status and fulfilment status are kept apart, and each operation
-//! checks the transition it makes ([`OrderError::InvalidTransition`] → 409).
+//! checks the transition it makes ([`OrderError::InvalidTransition`] → 409) with a guarded
+//! update, never by reading a state and writing later. The payment goes `authorized` →
+//! `capturing` (only while a capture's gateway call runs) → `captured` → `partially_refunded`
+//! → `refunded`, or `authorized` → `voided`. Amounts keep `captured ≤ authorized` and
+//! `refunded ≤ captured` (guarded updates, and CHECK constraints underneath).
 
 use std::sync::Arc;
 
@@ -70,6 +74,14 @@ pub enum OrderError {
         requested: i64,
         /// What may still be refunded.
         refundable: i64,
+    },
+    /// A capture above what was authorised.
+    #[error("cannot capture {requested}: only {authorized} is authorised")]
+    CaptureTooLarge {
+        /// What was asked.
+        requested: i64,
+        /// What was authorised.
+        authorized: i64,
     },
     /// A plugin failed and its policy is fail-closed.
     #[error(transparent)]
@@ -517,6 +529,20 @@ impl Orders {
             .bind(id)
             .fetch_optional(self.db.pool())
             .await?;
+        let refunds: Vec<Value> = sqlx::query("SELECT amount, step_reference, reason, created_at FROM payment_refunds WHERE order_id = $1 ORDER BY created_at, operation_id")
+            .bind(id)
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(|r| -> std::result::Result<Value, sqlx::Error> {
+                Ok(json!({
+                    "amount": r.try_get::<i64, _>("amount")?,
+                    "reference": r.try_get::<Option<String>, _>("step_reference")?,
+                    "reason": r.try_get::<Option<String>, _>("reason")?,
+                    "created_at": r.try_get::<i64, _>("created_at")?,
+                }))
+            })
+            .collect::<std::result::Result<_, _>>()?;
         let payment = match pay {
             Some(p) => json!({
                 "plugin": p.try_get::<String, _>("plugin")?,
@@ -524,6 +550,7 @@ impl Orders {
                 "authorized": p.try_get::<i64, _>("authorized")?,
                 "captured": p.try_get::<i64, _>("captured")?,
                 "refunded": p.try_get::<i64, _>("refunded")?,
+                "refunds": refunds,
             }),
             None => Value::Null,
         };
@@ -789,15 +816,60 @@ impl Orders {
         self.order(id).await
     }
 
-    /// Captures the authorised payment in full.
-    pub async fn capture(&self, id: &str, connector: &Plugin, now: i64) -> Result<Value> {
-        let (status, payment_status, _) = self.states(id).await?;
-        if payment_status != "authorized" || status == "cancelled" {
+    /// Captures `amount` of the authorised payment (all of it when `None`). There is one
+    /// capture per order, as with Stripe's manual capture: what it leaves is released.
+    ///
+    /// The order is claimed first (`authorized` → `capturing`, a guarded update), so two
+    /// captures, or a capture and a cancel, never both reach the gateway. A refusal or a failed
+    /// call gives the claim back; a retry reuses the operation id, so the gateway's own
+    /// idempotency keeps a timed-out capture from being taken twice.
+    pub async fn capture(
+        &self,
+        id: &str,
+        amount: Option<i64>,
+        connector: &Plugin,
+        now: i64,
+    ) -> Result<Value> {
+        if amount.is_some_and(|a| a <= 0) {
+            return Err(OrderError::Invalid("amount must be at least 1".into()));
+        }
+        let claimed = sqlx::query(
+            "UPDATE orders SET payment_status = 'capturing', updated_at = $2 \
+             WHERE id = $1 AND payment_status = 'authorized' AND status <> 'cancelled'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            let (status, payment_status, _) = self.states(id).await?;
             return Err(OrderError::InvalidTransition {
                 action: "capture",
                 state: format!("{status}/{payment_status}"),
             });
         }
+        let outcome = self.capture_claimed(id, amount, connector, now).await;
+        if outcome.is_err() {
+            sqlx::query(
+                "UPDATE orders SET payment_status = 'authorized' WHERE id = $1 AND payment_status = 'capturing'",
+            )
+            .bind(id)
+            .execute(self.db.pool())
+            .await?;
+        }
+        outcome?;
+        self.order(id).await
+    }
+
+    /// The gateway half of [`Orders::capture`], once the order is claimed.
+    async fn capture_claimed(
+        &self,
+        id: &str,
+        amount: Option<i64>,
+        connector: &Plugin,
+        now: i64,
+    ) -> Result<()> {
         let pay = sqlx::query(
             "SELECT gateway_reference, currency, authorized FROM payments WHERE order_id = $1",
         )
@@ -806,10 +878,17 @@ impl Orders {
         .await?;
         let currency: String = pay.try_get("currency")?;
         let authorized: i64 = pay.try_get("authorized")?;
+        let amount = amount.unwrap_or(authorized);
+        if amount > authorized {
+            return Err(OrderError::CaptureTooLarge {
+                requested: amount,
+                authorized,
+            });
+        }
         let request = PaymentRequest::Capture(payment::CaptureRequest {
             operation_id: format!("{id}:capture"),
             gateway_reference: pay.try_get("gateway_reference")?,
-            amount: money(authorized, &currency),
+            amount: money(amount, &currency),
             final_capture: true,
             now,
         });
@@ -823,102 +902,185 @@ impl Orders {
                     message: "the capture was refused".into(),
                 })?;
         let captured = signed(result.amount.amount);
-        let updated =
-            sqlx::query("UPDATE payments SET captured = $2 WHERE order_id = $1 AND captured = 0")
-                .bind(id)
-                .bind(captured)
-                .execute(self.db.pool())
-                .await?
-                .rows_affected();
-        if updated == 1 {
+        // A webhook may have recorded the capture (or a void) meanwhile: then the order is no
+        // longer `capturing` and nothing here changes. The order row first, then the payment.
+        let mut tx = self.db.pool().begin().await?;
+        let settled = sqlx::query(
+            "UPDATE orders SET payment_status = 'captured', updated_at = $2 WHERE id = $1 AND payment_status = 'capturing'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if settled == 1 {
             sqlx::query(
-                "UPDATE orders SET payment_status = 'captured', updated_at = $2 WHERE id = $1",
+                "UPDATE payments SET captured = $2 WHERE order_id = $1 AND captured = 0 AND $2 <= authorized",
             )
             .bind(id)
-            .bind(now)
-            .execute(self.db.pool())
+            .bind(captured)
+            .execute(&mut *tx)
             .await?;
         }
-        self.order(id).await
+        tx.commit().await?;
+        Ok(())
     }
 
-    /// Cancels an order that has not shipped: voids (or refunds) the payment and puts the stock
-    /// back. Exactly once.
+    /// Cancels an order that has not shipped: voids the authorisation, or refunds what was
+    /// captured and not yet refunded, and puts the stock back. Exactly once.
+    ///
+    /// The cancel claims the order with a guarded update that a capture in flight blocks (and
+    /// a capture needs an order that is not cancelled), so a void never races a capture. The
+    /// remainder to refund is claimed with a compare-and-swap on `refunded`, so a partial
+    /// refund running at the same time is never refunded a second time.
     pub async fn cancel(&self, id: &str, connector: &Plugin, now: i64) -> Result<Value> {
-        let (status, payment_status, fulfilment) = self.states(id).await?;
-        if status == "cancelled" || fulfilment != "unfulfilled" {
-            return Err(OrderError::InvalidTransition {
-                action: "cancel",
-                state: format!("{status}/{fulfilment}"),
-            });
-        }
-        let claimed = sqlx::query("UPDATE orders SET status = 'cancelled', updated_at = $2 WHERE id = $1 AND status <> 'cancelled' AND fulfilment_status = 'unfulfilled'")
-            .bind(id)
-            .bind(now)
-            .execute(self.db.pool())
-            .await?
-            .rows_affected();
+        let claimed = sqlx::query(
+            "UPDATE orders SET status = 'cancelled', updated_at = $2 WHERE id = $1 \
+             AND status <> 'cancelled' AND fulfilment_status = 'unfulfilled' AND payment_status <> 'capturing'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
         if claimed == 0 {
+            let (status, payment_status, fulfilment) = self.states(id).await?;
             return Err(OrderError::InvalidTransition {
                 action: "cancel",
-                state: "cancelled".into(),
+                state: format!("{status}/{payment_status}/{fulfilment}"),
             });
         }
-        let pay = sqlx::query("SELECT gateway_reference, currency, authorized, captured FROM payments WHERE order_id = $1")
-            .bind(id)
-            .fetch_one(self.db.pool())
-            .await?;
+        // From here on the payment can no longer be captured: its status is settled.
+        let (_, payment_status, _) = self.states(id).await?;
+        let pay = sqlx::query(
+            "SELECT gateway_reference, currency, authorized FROM payments WHERE order_id = $1",
+        )
+        .bind(id)
+        .fetch_one(self.db.pool())
+        .await?;
         let reference: String = pay.try_get("gateway_reference")?;
         let currency: String = pay.try_get("currency")?;
-        let (request, new_status) = if payment_status == "authorized" {
+        if payment_status == "authorized" {
             let authorized: i64 = pay.try_get("authorized")?;
-            (
-                PaymentRequest::Void(payment::VoidRequest {
-                    operation_id: format!("{id}:void"),
-                    gateway_reference: reference,
-                    amount: money(authorized, &currency),
-                    now,
-                }),
-                "voided",
-            )
-        } else {
-            let captured: i64 = pay.try_get("captured")?;
-            (
-                PaymentRequest::Refund(payment::RefundRequest {
-                    operation_id: format!("{id}:cancel-refund"),
-                    gateway_reference: reference,
-                    amount: money(captured, &currency),
-                    reason: Some("order cancelled".into()),
-                    now,
-                }),
-                "refunded",
-            )
-        };
-        match connector.payment(&request).await.map(|c| c.output) {
-            Ok(Ok(_)) => {
-                sqlx::query("UPDATE orders SET payment_status = $2 WHERE id = $1")
+            let void = PaymentRequest::Void(payment::VoidRequest {
+                operation_id: format!("{id}:void"),
+                gateway_reference: reference,
+                amount: money(authorized, &currency),
+                now,
+            });
+            match connector.payment(&void).await.map(|c| c.output) {
+                Ok(Ok(_)) => {
+                    sqlx::query(
+                        "UPDATE orders SET payment_status = 'voided' WHERE id = $1 AND payment_status = 'authorized'",
+                    )
                     .bind(id)
-                    .bind(new_status)
                     .execute(self.db.pool())
                     .await?;
-                if new_status == "refunded" {
-                    sqlx::query("UPDATE payments SET refunded = captured WHERE order_id = $1")
-                        .bind(id)
-                        .execute(self.db.pool())
-                        .await?;
+                }
+                other => {
+                    tracing::error!(order = %id, "cancelled, but the void failed; reconcile: {other:?}")
                 }
             }
-            other => {
-                tracing::error!(order = %id, "cancelled, but the payment step failed; reconcile: {other:?}")
-            }
+        } else if let Some(amount) = self.claim_remaining_refund(id).await? {
+            let refund = PaymentRequest::Refund(payment::RefundRequest {
+                operation_id: format!("{id}:cancel-refund"),
+                gateway_reference: reference,
+                amount: money(amount, &currency),
+                reason: Some("order cancelled".into()),
+                now,
+            });
+            let done = match connector.payment(&refund).await.map(|c| c.output) {
+                Ok(Ok(result)) => Some(result),
+                other => {
+                    tracing::error!(order = %id, "cancelled, but the refund failed; reconcile: {other:?}");
+                    None
+                }
+            };
+            self.settle_refund(id, amount, &refund, done.as_ref(), now)
+                .await?;
         }
         self.inventory.cancel(id, now).await?;
         self.order(id).await
     }
 
+    /// Claims everything captured and not yet refunded for a refund: `None` when nothing is
+    /// left. A compare-and-swap on `refunded`, retried while concurrent refunds move it.
+    async fn claim_remaining_refund(&self, id: &str) -> Result<Option<i64>> {
+        loop {
+            let row = sqlx::query("SELECT captured, refunded FROM payments WHERE order_id = $1")
+                .bind(id)
+                .fetch_one(self.db.pool())
+                .await?;
+            let captured: i64 = row.try_get("captured")?;
+            let refunded: i64 = row.try_get("refunded")?;
+            if refunded >= captured {
+                return Ok(None);
+            }
+            let swapped = sqlx::query(
+                "UPDATE payments SET refunded = captured WHERE order_id = $1 AND refunded = $2 AND captured = $3",
+            )
+            .bind(id)
+            .bind(refunded)
+            .bind(captured)
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+            if swapped == 1 {
+                return Ok(Some(captured - refunded));
+            }
+        }
+    }
+
+    /// Settles a refund claim of `claimed`: records what the gateway refunded (`done`, the
+    /// result of `request`) in the refund ledger, gives back what it did not, and brings the
+    /// payment status in line with the amounts.
+    async fn settle_refund(
+        &self,
+        id: &str,
+        claimed: i64,
+        request: &PaymentRequest,
+        done: Option<&payment::PaymentResult>,
+        now: i64,
+    ) -> Result<()> {
+        let moved = done.map_or(0, |r| signed(r.amount.amount)).min(claimed);
+        let mut tx = self.db.pool().begin().await?;
+        // The order row first, then the payment: the order every writer locks them in.
+        sqlx::query("UPDATE orders SET updated_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if let (PaymentRequest::Refund(refund), Some(result)) = (request, done)
+            && moved > 0
+        {
+            sqlx::query(
+                "INSERT INTO payment_refunds (operation_id, order_id, amount, step_reference, reason, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&refund.operation_id)
+            .bind(id)
+            .bind(moved)
+            .bind(&result.step_reference)
+            .bind(&refund.reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if claimed > moved {
+            sqlx::query("UPDATE payments SET refunded = refunded - $2 WHERE order_id = $1")
+                .bind(id)
+                .bind(claimed - moved)
+                .execute(&mut *tx)
+                .await?;
+        }
+        settle_payment_status(&mut tx, id, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Refunds `amount` of what was captured. Concurrent refunds can never add up to more than
     /// the captured amount: each claims its amount with a guarded update before the gateway is
-    /// asked, and gives it back if the gateway refuses.
+    /// asked, and gives back what the gateway did not refund.
     pub async fn refund(
         &self,
         id: &str,
@@ -962,31 +1124,24 @@ impl Orders {
             reason,
             now,
         });
-        let outcome = connector.payment(&request).await;
-        let refused = match outcome {
-            Ok(call) => call.output.err().map(|e| OrderError::PaymentRefused {
-                code: format!("{:?}", e.code).to_lowercase(),
-                message: "the refund was refused".into(),
-            }),
-            Err(e) => Some(e.into()),
+        let (done, refused) = match connector.payment(&request).await {
+            Ok(call) => match call.output {
+                Ok(result) => (Some(result), None),
+                Err(e) => (
+                    None,
+                    Some(OrderError::PaymentRefused {
+                        code: format!("{:?}", e.code).to_lowercase(),
+                        message: "the refund was refused".into(),
+                    }),
+                ),
+            },
+            Err(e) => (None, Some(e.into())),
         };
+        self.settle_refund(id, amount, &request, done.as_ref(), now)
+            .await?;
         if let Some(error) = refused {
-            sqlx::query("UPDATE payments SET refunded = refunded - $2 WHERE order_id = $1")
-                .bind(id)
-                .bind(amount)
-                .execute(self.db.pool())
-                .await?;
             return Err(error);
         }
-        sqlx::query(
-            "UPDATE orders SET payment_status = CASE WHEN (SELECT refunded FROM payments WHERE order_id = $1) \
-             >= (SELECT captured FROM payments WHERE order_id = $1) THEN 'refunded' ELSE 'partially_refunded' END, \
-             updated_at = $2 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(self.db.pool())
-        .await?;
         self.order(id).await
     }
 
@@ -1151,4 +1306,24 @@ impl Orders {
         .await?;
         self.order(id).await
     }
+}
+
+/// Sets a captured order's payment status from its amounts: `captured`, `partially_refunded`
+/// or `refunded`. Orders whose payment was never captured (authorised, capturing, voided) are
+/// left alone.
+pub(crate) async fn settle_payment_status(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    now: i64,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE orders SET updated_at = $2, payment_status = (SELECT CASE WHEN refunded = 0 THEN 'captured' \
+         WHEN refunded >= captured THEN 'refunded' ELSE 'partially_refunded' END FROM payments WHERE order_id = $1) \
+         WHERE id = $1 AND payment_status IN ('captured', 'partially_refunded', 'refunded')",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -5,7 +5,9 @@
 //! process with the same cargo that runs the tests.
 //!
 //! It depends on nothing of the host, so the host's own integration tests (the CLI's) can use
-//! it too.
+//! it too. [`localstripe`] runs a fake Stripe server for the payment tests.
+
+pub mod localstripe;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -257,22 +257,99 @@ async fn connector_of(
     })
 }
 
+/// What a capture may say; an empty body captures everything authorised.
+#[derive(Deserialize, serde::Serialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Capture {
+    #[serde(default)]
+    amount: Option<u32>,
+}
+
+/// A JSON body that may be left out entirely (empty, or `null`).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    match serde_json::from_slice::<Option<T>>(bytes) {
+        Ok(value) => Ok(value.unwrap_or_default()),
+        Err(e) if e.is_data() => Err(ApiError::invalid(e.to_string())),
+        Err(e) => Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "malformed_json",
+            e.to_string(),
+        )),
+    }
+}
+
+// Money routes and `Idempotency-Key`.
+//
+// Refunds *require* a key: two identical partial refunds are both legitimate, so without a key
+// a retried request (a timeout, a double click) would refund twice and nothing could tell.
+// Capture and cancel *accept* one, as Stripe accepts a key on every POST without insisting:
+// each is a one-way transition of the order, so a repeat without a key can never move money
+// twice — it gets 409 `invalid_transition` — while a repeat with the key gets the first
+// answer replayed, which is what a client retrying after a timeout wants to see. Keys are
+// scoped to the order and the operation and kept 24 hours.
+
+/// Captures the authorised payment, all of it or `amount`. Takes an optional
+/// `Idempotency-Key` (see above).
 async fn capture(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let connector = connector_of(&state, &id).await?;
-    Ok(Json(state.orders.capture(&id, &connector, now_ms()).await?))
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let key = super::idempotency::optional_key(&headers)?;
+    let capture: Capture = optional_body(&body)?;
+    let now = now_ms();
+    let operation = async {
+        let connector = connector_of(&state, &id).await?;
+        let order = state
+            .orders
+            .capture(&id, capture.amount.map(i64::from), &connector, now)
+            .await?;
+        Ok::<_, ApiError>((axum::http::StatusCode::OK, order))
+    };
+    let scope = format!("capture:{id}");
+    let (status, body) = super::idempotency::once(
+        &state.db,
+        &scope,
+        key.as_deref(),
+        &json!(capture),
+        now,
+        operation,
+    )
+    .await?;
+    Ok((status, Json(body)))
 }
 
+/// Cancels the order: voids or refunds, and restocks. Takes an optional `Idempotency-Key`
+/// (see above).
 async fn cancel(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let connector = connector_of(&state, &id).await?;
-    Ok(Json(state.orders.cancel(&id, &connector, now_ms()).await?))
+    headers: axum::http::HeaderMap,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let key = super::idempotency::optional_key(&headers)?;
+    let now = now_ms();
+    let operation = async {
+        let connector = connector_of(&state, &id).await?;
+        let order = state.orders.cancel(&id, &connector, now).await?;
+        Ok::<_, ApiError>((axum::http::StatusCode::OK, order))
+    };
+    let scope = format!("cancel:{id}");
+    let (status, body) = super::idempotency::once(
+        &state.db,
+        &scope,
+        key.as_deref(),
+        &Value::Null,
+        now,
+        operation,
+    )
+    .await?;
+    Ok((status, Json(body)))
 }
 
 #[derive(Deserialize, serde::Serialize)]
@@ -283,7 +360,7 @@ struct Refund {
     reason: Option<String>,
 }
 
-/// Refunds part or all of what was captured. Requires an `Idempotency-Key`.
+/// Refunds part or all of what was captured. Requires an `Idempotency-Key` (see above).
 async fn refund(
     _: Admin,
     State(state): State<AppState>,
@@ -293,35 +370,25 @@ async fn refund(
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
     let key = super::idempotency::key(&headers)?;
     let Json(refund) = body?;
-    let scope = format!("refund:{id}");
-    let canonical = json!(refund);
     let now = now_ms();
-    if let super::idempotency::Begin::Replay(status, body) =
-        super::idempotency::begin(&state.db, &scope, &key, &canonical, now).await?
-    {
-        return Ok((status, Json(body)));
-    }
-    let outcome = async {
+    let canonical = json!(refund);
+    let operation = async {
         let connector = connector_of(&state, &id).await?;
-        Ok::<_, ApiError>(
-            state
-                .orders
-                .refund(
-                    &id,
-                    i64::from(refund.amount),
-                    refund.reason.clone(),
-                    &connector,
-                    now,
-                )
-                .await?,
-        )
-    }
-    .await;
-    let (status, body) = match outcome {
-        Ok(order) => (axum::http::StatusCode::OK, order),
-        Err(e) => (e.status(), e.body()),
+        let order = state
+            .orders
+            .refund(
+                &id,
+                i64::from(refund.amount),
+                refund.reason,
+                &connector,
+                now,
+            )
+            .await?;
+        Ok::<_, ApiError>((axum::http::StatusCode::OK, order))
     };
-    super::idempotency::finish(&state.db, &scope, &key, status, &body).await;
+    let scope = format!("refund:{id}");
+    let (status, body) =
+        super::idempotency::once(&state.db, &scope, Some(&key), &canonical, now, operation).await?;
     Ok((status, Json(body)))
 }
 

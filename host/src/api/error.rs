@@ -3,7 +3,7 @@
 //! answered with an opaque 500; nothing internal is echoed.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -89,6 +89,18 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
             _ if status == StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             _ => "malformed_json",
+        };
+        Self::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "unreadable_body"
         };
         Self::new(status, code, rejection.body_text())
     }
@@ -197,6 +209,9 @@ impl From<OrderError> for ApiError {
                     }
                     OrderError::RefundTooLarge { .. } => {
                         (StatusCode::CONFLICT, "refund_exceeds_captured")
+                    }
+                    OrderError::CaptureTooLarge { .. } => {
+                        (StatusCode::CONFLICT, "capture_exceeds_authorized")
                     }
                     _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
                 };

@@ -5,6 +5,10 @@
 //! the first still runs gets 409 and may retry. Keys are scoped (e.g. to a cart) and kept at
 //! least 24 hours. A response that is a server-side failure (5xx) is not stored: the operation
 //! was rolled back, so a retry may run it again.
+//!
+//! Handlers use [`once`]: it claims the key, runs the operation only when the key is new,
+//! stores its answer and replays it afterwards. [`key`] reads a required header,
+//! [`optional_key`] one that a route accepts but does not insist on.
 
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
@@ -18,7 +22,7 @@ use crate::db::Db;
 pub const MAX_KEY_LEN: usize = 255;
 
 /// What to do with a request.
-pub enum Begin {
+enum Begin {
     /// First time: run it, then [`finish`].
     Run,
     /// Seen and finished: answer this.
@@ -42,14 +46,42 @@ pub fn key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
-/// Claims `key` in `scope` for a request whose canonical body is `body`.
-pub async fn begin(
+/// The `Idempotency-Key` header if there is one. A header that is present but empty, too long
+/// or not text is refused rather than ignored: the caller meant to be protected.
+pub fn optional_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(_) => key(headers).map(Some),
+    }
+}
+
+/// Runs `operation` at most once per `key` in `scope` and answers with its stored response
+/// ever after; without a key it simply runs. `body` is the request's canonical form: the same
+/// key with another body is 422, and while the first request runs a repeat is 409.
+///
+/// An error of `operation` is a response like any other (stored and replayed) unless it is a
+/// server-side failure. The future is not polled when the answer is a replay.
+pub async fn once(
     db: &Db,
     scope: &str,
-    key: &str,
+    key: Option<&str>,
     body: &Value,
     now: i64,
-) -> Result<Begin, ApiError> {
+    operation: impl Future<Output = Result<(StatusCode, Value), ApiError>>,
+) -> Result<(StatusCode, Value), ApiError> {
+    let Some(key) = key else {
+        return Ok(operation.await.unwrap_or_else(|e| (e.status(), e.body())));
+    };
+    if let Begin::Replay(status, stored) = begin(db, scope, key, body, now).await? {
+        return Ok((status, stored));
+    }
+    let (status, answer) = operation.await.unwrap_or_else(|e| (e.status(), e.body()));
+    finish(db, scope, key, status, &answer).await;
+    Ok((status, answer))
+}
+
+/// Claims `key` in `scope` for a request whose canonical body is `body`.
+async fn begin(db: &Db, scope: &str, key: &str, body: &Value, now: i64) -> Result<Begin, ApiError> {
     let hash = hex::encode(Sha256::digest(body.to_string().as_bytes()));
     let inserted = sqlx::query(
         "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) \
@@ -108,7 +140,7 @@ pub async fn begin(
 }
 
 /// Stores the response of a request that ran (or forgets the key after a server failure).
-pub async fn finish(db: &Db, scope: &str, key: &str, status: StatusCode, body: &Value) {
+async fn finish(db: &Db, scope: &str, key: &str, status: StatusCode, body: &Value) {
     let result = if status.is_server_error() {
         sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
             .bind(scope)

@@ -3,6 +3,7 @@
 //! - `/health`, `/ready`: liveness and readiness (the database answers).
 //! - `/admin/…`: the operator's and merchant's API; every route needs an admin bearer token.
 //! - `/store/…`: the storefront; a cart is reached with its id and its `X-Cart-Token`.
+//! - `/webhooks/…`: deliveries from payment gateways, authenticated by their signature.
 //!
 //! Every error is `{"error": {"code", "message"}}` with a stable code ([`ApiError`]).
 //! `/openapi.json` documents all of it.
@@ -13,6 +14,7 @@ pub mod idempotency;
 pub mod openapi;
 mod plugins;
 mod storefront;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -134,6 +136,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .nest("/admin", admin::routes().merge(plugins::routes()))
         .nest("/store", storefront::routes())
+        .nest("/webhooks", webhooks::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(

@@ -13,7 +13,24 @@ enum Access {
     CartTokenIdempotent,
     Customer,
     Admin,
+    /// Admin; an `Idempotency-Key` is accepted but not required.
+    AdminMaybeIdempotent,
     AdminIdempotent,
+    /// No bearer token: the payment connector verifies the delivery's signature.
+    Signature,
+}
+
+impl Access {
+    /// The scheme's name in [`documented_access`].
+    fn scheme(self) -> &'static str {
+        match self {
+            Access::Anyone => "anyone",
+            Access::CartToken | Access::CartTokenIdempotent => "cart",
+            Access::Customer => "customer",
+            Access::Admin | Access::AdminMaybeIdempotent | Access::AdminIdempotent => "admin",
+            Access::Signature => "signature",
+        }
+    }
 }
 
 /// (method, path, access, summary).
@@ -168,8 +185,8 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
     (
         "post",
         "/admin/orders/{id}/capture",
-        Access::Admin,
-        "Capture the authorised payment",
+        Access::AdminMaybeIdempotent,
+        "Capture the authorised payment, all of it or `amount`; the rest is released",
     ),
     (
         "post",
@@ -180,7 +197,7 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
     (
         "post",
         "/admin/orders/{id}/cancel",
-        Access::Admin,
+        Access::AdminMaybeIdempotent,
         "Cancel: void or refund, and restock",
     ),
     (
@@ -292,11 +309,25 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         Access::Admin,
         "Run one plugin's hook on a JSON input",
     ),
+    (
+        "post",
+        "/webhooks/payments/{plugin}",
+        Access::Signature,
+        "A payment gateway's webhook delivery: verified by the connector, stored once per event id, then applied",
+    ),
 ];
 
 /// The (method, path) pairs documented, for the test that checks them against the router.
 pub fn documented_routes() -> impl Iterator<Item = (&'static str, &'static str)> {
     ROUTES.iter().map(|(method, path, _, _)| (*method, *path))
+}
+
+/// (method, path, who may call it) for every documented route; who is `anyone`, `cart`,
+/// `customer`, `admin` or `signature`. The auth sweeps in the tests are driven by it.
+pub fn documented_access() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    ROUTES
+        .iter()
+        .map(|(method, path, access, _)| (*method, *path, access.scheme()))
 }
 
 /// The OpenAPI document.
@@ -315,14 +346,18 @@ pub fn document() -> Value {
         }
         if matches!(
             access,
-            Access::CartTokenIdempotent | Access::AdminIdempotent
+            Access::CartTokenIdempotent | Access::AdminIdempotent | Access::AdminMaybeIdempotent
         ) {
-            headers.push(json!({"name": "Idempotency-Key", "in": "header", "required": true,
+            let required = !matches!(access, Access::AdminMaybeIdempotent);
+            headers.push(json!({"name": "Idempotency-Key", "in": "header", "required": required,
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                 "description": "The first response is stored and replayed; another body with the same key is 422; while the first runs, 409."}));
         }
         let security = match access {
-            Access::Admin | Access::AdminIdempotent => json!([{"admin": []}]),
+            Access::Admin | Access::AdminIdempotent | Access::AdminMaybeIdempotent => {
+                json!([{"admin": []}])
+            }
+            Access::Signature => json!([{"webhookSignature": []}]),
             Access::Customer => json!([{"customer": []}]),
             // A signed-in owner may open their cart with their customer token instead.
             Access::CartToken | Access::CartTokenIdempotent => json!([{}, {"customer": []}]),
@@ -350,7 +385,9 @@ pub fn document() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"},
-                                "customer": {"type": "http", "scheme": "bearer"}},
+                                "customer": {"type": "http", "scheme": "bearer"},
+                                "webhookSignature": {"type": "apiKey", "in": "header", "name": "Stripe-Signature",
+                                    "description": "Verified by the connector plugin with its secret; the header is the connector's own (Stripe-Signature for Stripe)"}},
             "schemas": {"Error": {
                 "type": "object", "required": ["error"],
                 "properties": {"error": {"type": "object", "required": ["code", "message"],

@@ -157,34 +157,29 @@ async fn checkout(
     let key = super::idempotency::key(&headers)?;
     let Json(body) = body?;
     let now = now_ms();
-    let scope = format!("checkout:{id}");
-    match super::idempotency::begin(&state.db, &scope, &key, &body, now).await? {
-        super::idempotency::Begin::Replay(status, body) => return Ok((status, Json(body))),
-        super::idempotency::Begin::Run => {}
-    }
-    // What the request leaves out comes from the details saved on the cart.
-    let mut body = body;
-    if let Value::Object(fields) = &mut body {
-        let saved = json!(state.carts.details(&id).await?);
-        for key in ["email", "shipping_address", "billing_address"] {
-            if !fields.contains_key(key) && !saved[key].is_null() {
-                fields.insert(key.to_owned(), saved[key].clone());
+    let canonical = body.clone();
+    let operation = async {
+        // What the request leaves out comes from the details saved on the cart.
+        let mut body = body;
+        if let Value::Object(fields) = &mut body {
+            let saved = json!(state.carts.details(&id).await?);
+            for key in ["email", "shipping_address", "billing_address"] {
+                if !fields.contains_key(key) && !saved[key].is_null() {
+                    fields.insert(key.to_owned(), saved[key].clone());
+                }
             }
         }
-    }
-    let outcome = match serde_json::from_value::<CheckoutRequest>(body) {
-        Err(e) => Err(ApiError::invalid(format!("not a valid checkout: {e}"))),
-        Ok(request) => state
+        let request = serde_json::from_value::<CheckoutRequest>(body)
+            .map_err(|e| ApiError::invalid(format!("not a valid checkout: {e}")))?;
+        let order = state
             .orders
             .checkout(&id, &request, &state.checkout_plugins(), now)
-            .await
-            .map_err(ApiError::from),
+            .await?;
+        Ok::<_, ApiError>((StatusCode::CREATED, order))
     };
-    let (status, body) = match outcome {
-        Ok(order) => (StatusCode::CREATED, order),
-        Err(e) => (e.status(), e.body()),
-    };
-    super::idempotency::finish(&state.db, &scope, &key, status, &body).await;
+    let scope = format!("checkout:{id}");
+    let (status, body) =
+        super::idempotency::once(&state.db, &scope, Some(&key), &canonical, now, operation).await?;
     Ok((status, Json(body)))
 }
 

@@ -1,0 +1,103 @@
+//! `/webhooks`: deliveries from payment gateways. No bearer token: a delivery is authenticated
+//! by its signature, which the connector plugin named in the path verifies with its secret
+//! (`parse-webhook` in the payment contract; Stripe's `t=…,v1=HMAC` scheme, 300 s tolerance).
+//!
+//! `POST /webhooks/payments/{plugin}` hands the raw body and the headers (less credentials a
+//! gateway never sends: `authorization`, `cookie`, `proxy-authorization`) to the plugin, stores
+//! the verified event and applies it ([`crate::payment_events`]), and answers 200 only after
+//! that is committed — a gateway that gets anything else delivers again. A repeated event id
+//! is answered 200 with `duplicate: true` and changes nothing.
+//!
+//! Refusals, each with a stable code: an unknown connector is 404 `unknown_plugin`; a missing,
+//! forged or stale signature (outside the connector's tolerance) is 400 `invalid_signature` —
+//! the contract's `invalid-signature` covers all three, the message says which; a body the
+//! connector cannot decode is 400 `malformed_webhook`; a connector that fails is 502 with its
+//! named error.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, AppState, now_ms};
+use crate::payment_events::{self, Recorded};
+use crate::plugin::HookKind;
+use crate::plugin::bindings::payment::{WebhookError, WebhookRequest};
+
+/// Headers never passed to a plugin.
+const WITHHELD_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/payments/{plugin}", post(payment_webhook))
+}
+
+/// The headers as the contract wants them: names lower-cased (as `http` keeps them), values
+/// that are not text left out.
+fn forwarded(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !WITHHELD_HEADERS.contains(&name.as_str()))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect()
+}
+
+async fn payment_webhook(
+    State(state): State<AppState>,
+    Path(plugin): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let connector = state
+        .plugins
+        .get(&plugin)
+        .filter(|p| p.hook() == HookKind::Payment)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::not_found("unknown_plugin", format!("no payment connector {plugin:?}"))
+        })?;
+    let body = body?;
+    let now = now_ms();
+    let request = WebhookRequest {
+        headers: forwarded(&headers),
+        body: body.to_vec(),
+        now,
+    };
+    let event = match connector.parse_webhook(&request).await?.output {
+        Ok(event) => event,
+        Err(WebhookError::InvalidSignature(why)) => {
+            tracing::warn!(plugin, "webhook refused: {why}");
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_signature",
+                format!("the signature does not verify: {why}"),
+            ));
+        }
+        Err(WebhookError::Malformed(why)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_webhook",
+                format!("the event cannot be decoded: {why}"),
+            ));
+        }
+    };
+    let digest = hex::encode(Sha256::digest(&body));
+    let recorded = payment_events::record(&state.db, &plugin, &event, &digest, now)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let (duplicate, outcome) = match recorded {
+        Recorded::New(outcome) => (false, outcome.as_str().to_owned()),
+        Recorded::Duplicate(outcome) => (true, outcome),
+    };
+    tracing::info!(plugin, event = %event.event_id, duplicate, outcome, "payment webhook");
+    Ok(Json(json!({
+        "event_id": event.event_id,
+        "duplicate": duplicate,
+        "outcome": outcome,
+    })))
+}

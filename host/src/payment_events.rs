@@ -1,0 +1,365 @@
+//! Payment events that a gateway reports through webhooks: each stored once per (connector,
+//! event id) and applied to the order's payment so that deliveries which repeat or arrive out
+//! of order are safe.
+//!
+//! [`record`] inserts the event and applies it in one transaction. The primary key of
+//! `payment_events` deduplicates — a repeated delivery inserts nothing and changes nothing —
+//! and the caller answers 2xx only after the commit, so a delivery that failed is retried by
+//! the gateway and never half-applied.
+//!
+//! How an event is applied (the amount of `captured` and `refunded` events is read as the
+//! gateway's *running total*, as Stripe's `charge.refunded` carries `amount_refunded`, which
+//! makes applying one idempotent and independent of arrival order):
+//!
+//! - `captured`: an authorised (or capturing) payment of an order that is not cancelled becomes
+//!   captured for the amount, never above what was authorised. A capture reported after a
+//!   cancel or a void does not resurrect the order: it is kept as `ignored_stale` and logged
+//!   for reconciliation. Refund events that were waiting for the capture are applied then.
+//! - `refunded`: raises `refunded` to the total when that is at most what is captured. A refund
+//!   reported before its capture is seen is kept as `waiting_for_capture` and changes nothing.
+//! - `voided`: an authorised payment becomes voided; the order itself is left to the merchant.
+//! - `authorized`, `failed`, `other`: recorded only; checkout learns these synchronously.
+//!
+//! Locks are taken in one order everywhere: the order row, then the payment row.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::db::Db;
+use crate::plugin::bindings::payment::{WebhookEvent, WebhookEventKind};
+
+/// What applying an event did; stored with the event and answered to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The payment changed.
+    Applied,
+    /// The payment already said so (our own capture or refund got there first).
+    AlreadyApplied,
+    /// The event contradicts a later, final state (a capture after a cancel or a void).
+    IgnoredStale,
+    /// A refund above what is captured so far; applied when the capture is seen.
+    WaitingForCapture,
+    /// No payment of this connector has the event's gateway reference.
+    NoPayment,
+    /// The event's currency is not the payment's.
+    CurrencyMismatch,
+    /// A capture above what was authorised.
+    AmountExceedsAuthorized,
+    /// Kept for the record; nothing to apply.
+    Recorded,
+}
+
+impl Outcome {
+    /// The stored and reported name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::AlreadyApplied => "already_applied",
+            Outcome::IgnoredStale => "ignored_stale",
+            Outcome::WaitingForCapture => "waiting_for_capture",
+            Outcome::NoPayment => "no_payment",
+            Outcome::CurrencyMismatch => "currency_mismatch",
+            Outcome::AmountExceedsAuthorized => "amount_exceeds_authorized",
+            Outcome::Recorded => "recorded",
+        }
+    }
+}
+
+/// What [`record`] did with a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// First delivery of this event: stored and applied.
+    New(Outcome),
+    /// Seen before: nothing stored, nothing changed. The first delivery's outcome.
+    Duplicate(String),
+}
+
+fn kind_name(kind: WebhookEventKind) -> &'static str {
+    match kind {
+        WebhookEventKind::Authorized => "authorized",
+        WebhookEventKind::Captured => "captured",
+        WebhookEventKind::Refunded => "refunded",
+        WebhookEventKind::Voided => "voided",
+        WebhookEventKind::Failed => "failed",
+        WebhookEventKind::Other => "other",
+    }
+}
+
+fn signed(amount: u64) -> i64 {
+    i64::try_from(amount).unwrap_or(i64::MAX)
+}
+
+/// Stores a verified event of connector `plugin` and applies it, exactly once per event id.
+pub async fn record(
+    db: &Db,
+    plugin: &str,
+    event: &WebhookEvent,
+    body_sha256: &str,
+    now: i64,
+) -> Result<Recorded, sqlx::Error> {
+    let mut tx = db.pool().begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO payment_events (plugin, event_id, kind, gateway_reference, amount, currency, \
+         occurred_at, received_at, outcome, body_sha256) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'recorded', $9) \
+         ON CONFLICT (plugin, event_id) DO NOTHING",
+    )
+    .bind(plugin)
+    .bind(&event.event_id)
+    .bind(kind_name(event.kind))
+    .bind(&event.gateway_reference)
+    .bind(event.amount.as_ref().map(|m| signed(m.amount)))
+    .bind(event.amount.as_ref().map(|m| m.currency.clone()))
+    .bind(event.occurred_at)
+    .bind(now)
+    .bind(body_sha256)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tx.rollback().await?;
+        let outcome: String = sqlx::query_scalar(
+            "SELECT outcome FROM payment_events WHERE plugin = $1 AND event_id = $2",
+        )
+        .bind(plugin)
+        .bind(&event.event_id)
+        .fetch_one(db.pool())
+        .await?;
+        return Ok(Recorded::Duplicate(outcome));
+    }
+    let (order_id, outcome) = apply(&mut tx, plugin, event, now).await?;
+    sqlx::query(
+        "UPDATE payment_events SET outcome = $3, order_id = $4 WHERE plugin = $1 AND event_id = $2",
+    )
+    .bind(plugin)
+    .bind(&event.event_id)
+    .bind(outcome.as_str())
+    .bind(&order_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Recorded::New(outcome))
+}
+
+/// The payment an event is about.
+struct Payment {
+    order_id: String,
+    currency: String,
+    authorized: i64,
+    captured: i64,
+    status: String,
+    payment_status: String,
+}
+
+async fn payment(
+    conn: &mut sqlx::AnyConnection,
+    plugin: &str,
+    reference: &str,
+) -> Result<Option<Payment>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT p.order_id, p.plugin, p.currency, p.authorized, p.captured, o.status, o.payment_status \
+         FROM payments p JOIN orders o ON o.id = p.order_id WHERE p.gateway_reference = $1",
+    )
+    .bind(reference)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        // `payments.plugin` is `name@version`; a new version of the connector still owns the
+        // payments an older one took.
+        let owner: String = row.try_get("plugin")?;
+        if owner.split('@').next() != Some(plugin) {
+            continue;
+        }
+        return Ok(Some(Payment {
+            order_id: row.try_get("order_id")?,
+            currency: row.try_get("currency")?,
+            authorized: row.try_get("authorized")?,
+            captured: row.try_get("captured")?,
+            status: row.try_get("status")?,
+            payment_status: row.try_get("payment_status")?,
+        }));
+    }
+    Ok(None)
+}
+
+async fn apply(
+    conn: &mut sqlx::AnyConnection,
+    plugin: &str,
+    event: &WebhookEvent,
+    now: i64,
+) -> Result<(Option<String>, Outcome), sqlx::Error> {
+    let acts = matches!(
+        event.kind,
+        WebhookEventKind::Captured | WebhookEventKind::Refunded | WebhookEventKind::Voided
+    );
+    let Some(reference) = event.gateway_reference.as_deref() else {
+        return Ok((None, Outcome::Recorded));
+    };
+    let Some(pay) = payment(conn, plugin, reference).await? else {
+        return Ok((None, Outcome::NoPayment));
+    };
+    let order = Some(pay.order_id.clone());
+    if !acts {
+        return Ok((order, Outcome::Recorded));
+    }
+    if event
+        .amount
+        .as_ref()
+        .is_some_and(|m| m.currency != pay.currency)
+    {
+        return Ok((order, Outcome::CurrencyMismatch));
+    }
+    let amount = event.amount.as_ref().map(|m| signed(m.amount));
+    let outcome = match event.kind {
+        WebhookEventKind::Captured => {
+            capture(
+                conn,
+                plugin,
+                reference,
+                &pay,
+                amount.unwrap_or(pay.authorized),
+                now,
+            )
+            .await?
+        }
+        WebhookEventKind::Refunded => match amount {
+            Some(total) => refund(conn, &pay, total, now).await?,
+            None => Outcome::Recorded,
+        },
+        _ => void(conn, &pay, now).await?,
+    };
+    if outcome == Outcome::IgnoredStale {
+        tracing::warn!(order = %pay.order_id, event = %event.event_id, kind = kind_name(event.kind),
+            "the gateway reports a step that contradicts the order's final state; reconcile");
+    }
+    Ok((order, outcome))
+}
+
+async fn capture(
+    conn: &mut sqlx::AnyConnection,
+    plugin: &str,
+    reference: &str,
+    pay: &Payment,
+    amount: i64,
+    now: i64,
+) -> Result<Outcome, sqlx::Error> {
+    if pay.captured > 0 {
+        return Ok(Outcome::AlreadyApplied);
+    }
+    if pay.status == "cancelled" || pay.payment_status == "voided" {
+        return Ok(Outcome::IgnoredStale);
+    }
+    if amount <= 0 || amount > pay.authorized {
+        return Ok(Outcome::AmountExceedsAuthorized);
+    }
+    // The order row first: a cancel claiming it at the same time waits, then finds it captured.
+    let claimed = sqlx::query(
+        "UPDATE orders SET payment_status = 'captured', updated_at = $2 WHERE id = $1 \
+         AND payment_status IN ('authorized', 'capturing') AND status <> 'cancelled'",
+    )
+    .bind(&pay.order_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if claimed == 0 {
+        return Ok(Outcome::IgnoredStale);
+    }
+    sqlx::query(
+        "UPDATE payments SET captured = $2 WHERE order_id = $1 AND captured = 0 AND $2 <= authorized",
+    )
+    .bind(&pay.order_id)
+    .bind(amount)
+    .execute(&mut *conn)
+    .await?;
+    // Refunds the gateway reported before this capture reached us.
+    let waiting: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(amount) FROM payment_events WHERE plugin = $1 AND gateway_reference = $2 \
+         AND kind = 'refunded' AND currency = $3 AND amount <= $4",
+    )
+    .bind(plugin)
+    .bind(reference)
+    .bind(&pay.currency)
+    .bind(amount)
+    .fetch_one(&mut *conn)
+    .await?;
+    if let Some(total) = waiting {
+        raise_refunded(conn, &pay.order_id, total, now).await?;
+        sqlx::query(
+            "UPDATE payment_events SET outcome = 'applied' WHERE plugin = $1 AND gateway_reference = $2 \
+             AND kind = 'refunded' AND outcome = 'waiting_for_capture' AND amount <= $3",
+        )
+        .bind(plugin)
+        .bind(reference)
+        .bind(amount)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Outcome::Applied)
+}
+
+async fn refund(
+    conn: &mut sqlx::AnyConnection,
+    pay: &Payment,
+    total: i64,
+    now: i64,
+) -> Result<Outcome, sqlx::Error> {
+    if total > pay.captured {
+        return Ok(Outcome::WaitingForCapture);
+    }
+    Ok(if raise_refunded(conn, &pay.order_id, total, now).await? {
+        Outcome::Applied
+    } else {
+        Outcome::AlreadyApplied
+    })
+}
+
+/// Raises the refunded amount to `total` unless it is there already or `total` is above the
+/// capture; then brings the payment status in line. Whether it changed anything.
+async fn raise_refunded(
+    conn: &mut sqlx::AnyConnection,
+    order_id: &str,
+    total: i64,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query("UPDATE orders SET updated_at = $2 WHERE id = $1")
+        .bind(order_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    let raised = sqlx::query(
+        "UPDATE payments SET refunded = $2 WHERE order_id = $1 AND refunded < $2 AND $2 <= captured",
+    )
+    .bind(order_id)
+    .bind(total)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    crate::orders::settle_payment_status(conn, order_id, now).await?;
+    Ok(raised == 1)
+}
+
+async fn void(
+    conn: &mut sqlx::AnyConnection,
+    pay: &Payment,
+    now: i64,
+) -> Result<Outcome, sqlx::Error> {
+    if pay.payment_status == "voided" {
+        return Ok(Outcome::AlreadyApplied);
+    }
+    let voided = sqlx::query(
+        "UPDATE orders SET payment_status = 'voided', updated_at = $2 WHERE id = $1 \
+         AND payment_status IN ('authorized', 'capturing')",
+    )
+    .bind(&pay.order_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(if voided == 1 {
+        Outcome::Applied
+    } else {
+        Outcome::IgnoredStale
+    })
+}

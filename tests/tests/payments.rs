@@ -1,0 +1,968 @@
+//! Payments end to end: idempotent capture, cancel and refund; the money invariants under
+//! concurrency; payment webhooks (signatures, deduplication, events out of order); and the
+//! localstripe harness the Stripe connector will be tested with.
+//!
+//! The real application on port 0 with the test gateway plugin, a fresh database per test:
+//! SQLite always, PostgreSQL when `CARTRIDGE_TEST_DATABASE_URL` is set.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cartridge_host::api::AppState;
+use cartridge_host::db::Db;
+use cartridge_host::plugin::{Runtime, RuntimeConfig};
+use cartridge_host::server::{Application, load_plugins};
+use cartridge_tests::localstripe::{LocalStripe, SECRET_KEY};
+use cartridge_tests::{TestDatabase, plugins, test_databases};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "adm_payments";
+/// The test gateway's default webhook secret (its `plugin.toml`).
+const WEBHOOK_SECRET: &str = "whsec_test";
+/// 3 × 19.99.
+const TOTAL: i64 = 5997;
+
+struct Shop {
+    base: String,
+    http: reqwest::Client,
+    db: Db,
+    database: TestDatabase,
+    _plugins: tempfile::TempDir,
+}
+
+struct Reply {
+    status: u16,
+    body: Value,
+}
+
+/// The app with the test gateway as its only plugin, one product (`TEE`, EUR 19.99) and 1,000
+/// in stock.
+async fn shop(database: TestDatabase) -> Shop {
+    let dir = tempfile::tempdir().expect("tempdir");
+    plugins().bundle_into("test-gateway", dir.path());
+    let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
+    let loaded = load_plugins(&runtime, dir.path()).expect("load");
+    let db = Db::connect(&database.url).await.expect("connect");
+    db.migrate().await.expect("migrate");
+    let state = AppState::new(db.clone(), loaded);
+    state.add_admin_token("test", ADMIN).await.expect("token");
+    let app = Application::build(SocketAddr::from(([127, 0, 0, 1], 0)), state)
+        .await
+        .expect("bind");
+    let addr = app.local_addr().expect("addr");
+    tokio::spawn(app.run());
+    let shop = Shop {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        db,
+        database,
+        _plugins: dir,
+    };
+    let r = shop
+        .admin(
+            "/admin/locations",
+            None,
+            json!({"id": "eu", "name": "Berlin"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = shop
+        .admin(
+            "/admin/products",
+            None,
+            json!({"title": "Tee", "variants": [{"sku": "TEE", "title": "M", "prices": {"EUR": 1999}}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = shop
+        .admin(
+            "/admin/inventory/TEE/eu/adjust",
+            None,
+            json!({"delta": 1000, "reason": "receive"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    shop
+}
+
+impl Shop {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.expect("request");
+        Reply {
+            status: response.status().as_u16(),
+            body: response.json().await.unwrap_or(Value::Null),
+        }
+    }
+
+    /// An admin POST, with an `Idempotency-Key` when `key` is given.
+    async fn admin(&self, path: &str, key: Option<&str>, body: Value) -> Reply {
+        let auth = format!("Bearer {ADMIN}");
+        let mut headers = vec![("authorization", auth.as_str())];
+        headers.extend(key.map(|k| ("idempotency-key", k)));
+        self.send(
+            Method::POST,
+            path,
+            &headers,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    async fn order(&self, id: &str) -> Value {
+        let auth = format!("Bearer {ADMIN}");
+        let r = self
+            .send(
+                Method::GET,
+                &format!("/admin/orders/{id}"),
+                &[("authorization", &auth)],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    }
+
+    async fn available(&self) -> i64 {
+        let auth = format!("Bearer {ADMIN}");
+        let r = self
+            .send(
+                Method::GET,
+                "/admin/inventory/TEE",
+                &[("authorization", &auth)],
+                None,
+            )
+            .await;
+        r.body["levels"][0]["available"]
+            .as_i64()
+            .expect("available")
+    }
+
+    /// Checks out 3 × TEE with `token`.
+    async fn checkout(&self, token: &str) -> Reply {
+        let r = self
+            .send(
+                Method::POST,
+                "/store/carts",
+                &[],
+                Some(json!({"currency": "EUR"}).to_string().into_bytes()),
+            )
+            .await;
+        let cart = r.body["id"].as_str().expect("cart").to_owned();
+        let cart_token = r.body["token"].as_str().expect("token").to_owned();
+        let r = self
+            .send(
+                Method::POST,
+                &format!("/store/carts/{cart}/lines"),
+                &[("x-cart-token", &cart_token)],
+                Some(
+                    json!({"sku": "TEE", "quantity": 3})
+                        .to_string()
+                        .into_bytes(),
+                ),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let body = json!({
+            "email": "ada@example.com",
+            "payment_token": token,
+            "shipping_address": {"name": "Ada", "line1": "Main St 1", "city": "Berlin",
+                                 "postal_code": "10115", "country": "DE"},
+        });
+        self.send(
+            Method::POST,
+            &format!("/store/carts/{cart}/checkout"),
+            &[("x-cart-token", &cart_token), ("idempotency-key", "pay")],
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// A placed, authorised order for [`TOTAL`]; its id.
+    async fn placed_order(&self) -> String {
+        let r = self.checkout("tok_visa").await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.body["payment"]["authorized"], TOTAL);
+        r.body["id"].as_str().expect("id").to_owned()
+    }
+
+    async fn drop_database(self) {
+        self.database.drop_database().await;
+    }
+}
+
+fn code(reply: &Reply) -> (u16, Option<&str>) {
+    (reply.status, reply.body["error"]["code"].as_str())
+}
+
+/// What the gateway refunded, refund by refund, as the order's ledger has it.
+fn gateway_refunds(order: &Value) -> Vec<i64> {
+    order["payment"]["refunds"]
+        .as_array()
+        .expect("refunds")
+        .iter()
+        .map(|r| r["amount"].as_i64().expect("amount"))
+        .collect()
+}
+
+fn amounts(order: &Value) -> (i64, i64, i64) {
+    let p = &order["payment"];
+    (
+        p["authorized"].as_i64().expect("authorized"),
+        p["captured"].as_i64().expect("captured"),
+        p["refunded"].as_i64().expect("refunded"),
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. Idempotency on the money routes
+
+#[tokio::test]
+async fn capture_cancel_and_refund_answer_a_repeated_key_with_the_first_response() {
+    for database in test_databases().await {
+        let shop = shop(database).await;
+        let order = shop.placed_order().await;
+        let capture = format!("/admin/orders/{order}/capture");
+
+        let r = shop
+            .admin(&capture, Some("cap"), json!({"amount": TOTAL + 1}))
+            .await;
+        assert_eq!(
+            code(&r),
+            (409, Some("capture_exceeds_authorized")),
+            "{}",
+            r.body
+        );
+        assert_eq!(shop.order(&order).await["payment_status"], "authorized");
+        let r = shop.admin(&capture, Some(""), json!({})).await;
+        assert_eq!(code(&r), (400, Some("idempotency_key_required")));
+
+        let first = shop
+            .admin(&capture, Some("cap-1"), json!({"amount": 4000}))
+            .await;
+        assert_eq!(first.status, 200, "{}", first.body);
+        assert_eq!(amounts(&first.body), (TOTAL, 4000, 0));
+        let again = shop
+            .admin(&capture, Some("cap-1"), json!({"amount": 4000}))
+            .await;
+        assert_eq!((again.status, &again.body), (200, &first.body), "replayed");
+        let other = shop
+            .admin(&capture, Some("cap-1"), json!({"amount": 3000}))
+            .await;
+        assert_eq!(code(&other), (422, Some("idempotency_key_reused")));
+        // Without a key a repeat is refused by the state machine: never a second capture.
+        let r = shop.admin(&capture, None, Value::Null).await;
+        assert_eq!(code(&r), (409, Some("invalid_transition")));
+        // A refusal under a new key is stored and replayed like a success.
+        let refused = shop.admin(&capture, Some("cap-2"), json!({})).await;
+        assert_eq!(code(&refused), (409, Some("invalid_transition")));
+        let replayed = shop.admin(&capture, Some("cap-2"), json!({})).await;
+        assert_eq!(replayed.body, refused.body);
+
+        let refund = format!("/admin/orders/{order}/refunds");
+        let r = shop.admin(&refund, None, json!({"amount": 100})).await;
+        assert_eq!(code(&r), (400, Some("idempotency_key_required")));
+        let first = shop
+            .admin(&refund, Some("ref-1"), json!({"amount": 1000}))
+            .await;
+        assert_eq!(first.status, 200, "{}", first.body);
+        let again = shop
+            .admin(&refund, Some("ref-1"), json!({"amount": 1000}))
+            .await;
+        assert_eq!(again.body, first.body);
+        assert_eq!(amounts(&shop.order(&order).await), (TOTAL, 4000, 1000));
+
+        // Cancelling after the capture refunds what is left (3,000) at the gateway, once.
+        let cancel = format!("/admin/orders/{order}/cancel");
+        let first = shop.admin(&cancel, Some("can-1"), Value::Null).await;
+        assert_eq!(first.status, 200, "{}", first.body);
+        assert_eq!(
+            (&first.body["status"], &first.body["payment_status"]),
+            (&json!("cancelled"), &json!("refunded"))
+        );
+        assert_eq!(amounts(&first.body), (TOTAL, 4000, 4000));
+        assert_eq!(gateway_refunds(&first.body), [1000, 3000]);
+        let again = shop.admin(&cancel, Some("can-1"), Value::Null).await;
+        assert_eq!((again.status, &again.body), (200, &first.body));
+        let r = shop.admin(&cancel, Some("can-2"), Value::Null).await;
+        assert_eq!(code(&r), (409, Some("invalid_transition")));
+        shop.drop_database().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_captures_with_one_key_capture_once_and_agree() {
+    for database in test_databases().await {
+        let shop = Arc::new(shop(database).await);
+        let order = shop.placed_order().await;
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (shop, order) = (shop.clone(), order.clone());
+                tokio::spawn(async move {
+                    shop.admin(
+                        &format!("/admin/orders/{order}/capture"),
+                        Some("burst"),
+                        json!({"amount": 2500}),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            let r = task.await.expect("task");
+            match r.status {
+                200 => answers.push(r.body),
+                409 => assert_eq!(r.body["error"]["code"], "request_in_progress"),
+                other => panic!("unexpected {other}: {}", r.body),
+            }
+        }
+        assert!(!answers.is_empty());
+        assert!(answers.iter().all(|a| a == &answers[0]), "one answer");
+        assert_eq!(amounts(&shop.order(&order).await), (TOTAL, 2500, 0));
+        Arc::into_inner(shop)
+            .expect("sole owner")
+            .drop_database()
+            .await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. Invariants under concurrency
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_refunds_and_a_cancel_never_refund_more_than_was_captured() {
+    for database in test_databases().await {
+        let shop = Arc::new(shop(database).await);
+        // A declined payment holds no stock.
+        let before = shop.available().await;
+        let r = shop.checkout("tok_chargeDeclined").await;
+        assert_eq!(code(&r), (402, Some("payment_refused")), "{}", r.body);
+        assert_eq!(
+            shop.available().await,
+            before,
+            "the reservation was released"
+        );
+
+        let order = shop.placed_order().await;
+        let r = shop
+            .admin(
+                &format!("/admin/orders/{order}/capture"),
+                None,
+                json!({"amount": 5000}),
+            )
+            .await;
+        assert_eq!(amounts(&r.body), (TOTAL, 5000, 0), "{}", r.body);
+
+        // Twenty partial refunds (100, 200, … 2,000: 21,000 in all) race each other and a
+        // cancel, which refunds whatever they leave.
+        let mut tasks: Vec<_> = (1..=20)
+            .map(|i| {
+                let (shop, order) = (shop.clone(), order.clone());
+                tokio::spawn(async move {
+                    let amount = i * 100;
+                    let r = shop
+                        .admin(
+                            &format!("/admin/orders/{order}/refunds"),
+                            Some(&format!("r{i}")),
+                            json!({"amount": amount}),
+                        )
+                        .await;
+                    (amount, r)
+                })
+            })
+            .collect();
+        let canceller = {
+            let (shop, order) = (shop.clone(), order.clone());
+            tokio::spawn(async move {
+                shop.admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
+                    .await
+            })
+        };
+        let mut refunded_by_requests = 0;
+        for task in tasks.drain(..) {
+            let (amount, r) = task.await.expect("task");
+            match code(&r) {
+                (200, _) => refunded_by_requests += amount,
+                (409, Some("refund_exceeds_captured")) => {}
+                other => panic!("unexpected {other:?}: {}", r.body),
+            }
+        }
+        let cancelled = canceller.await.expect("cancel");
+        assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+        assert!(refunded_by_requests <= 5000, "{refunded_by_requests}");
+        let final_order = shop.order(&order).await;
+        assert_eq!(
+            amounts(&final_order),
+            (TOTAL, 5000, 5000),
+            "everything captured went back, nothing more"
+        );
+        assert_eq!(final_order["payment_status"], "refunded");
+        assert_eq!(final_order["status"], "cancelled");
+        let at_gateway = gateway_refunds(&final_order);
+        assert_eq!(
+            at_gateway.iter().sum::<i64>(),
+            5000,
+            "the gateway refunded exactly the capture: {at_gateway:?}"
+        );
+        let by_requests: i64 = final_order["payment"]["refunds"]
+            .as_array()
+            .expect("refunds")
+            .iter()
+            .filter(|r| r["reason"] != "order cancelled")
+            .map(|r| r["amount"].as_i64().expect("amount"))
+            .sum();
+        assert_eq!(by_requests, refunded_by_requests, "{at_gateway:?}");
+        let r = shop
+            .admin(
+                &format!("/admin/orders/{order}/refunds"),
+                Some("late"),
+                json!({"amount": 1}),
+            )
+            .await;
+        assert_eq!(code(&r), (409, Some("refund_exceeds_captured")));
+        Arc::into_inner(shop)
+            .expect("sole owner")
+            .drop_database()
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_capture_racing_a_cancel_never_leaves_money_on_a_cancelled_order() {
+    for database in test_databases().await {
+        let shop = Arc::new(shop(database).await);
+        for _ in 0..8 {
+            let order = shop.placed_order().await;
+            let capture = {
+                let (shop, order) = (shop.clone(), order.clone());
+                tokio::spawn(async move {
+                    shop.admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
+                        .await
+                })
+            };
+            let cancel = {
+                let (shop, order) = (shop.clone(), order.clone());
+                tokio::spawn(async move {
+                    shop.admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
+                        .await
+                })
+            };
+            let (capture, cancel) = (capture.await.expect("task"), cancel.await.expect("task"));
+            for r in [&capture, &cancel] {
+                assert!(
+                    r.status == 200 || code(r) == (409, Some("invalid_transition")),
+                    "{}",
+                    r.body
+                );
+            }
+            let o = shop.order(&order).await;
+            let (authorized, captured, refunded) = amounts(&o);
+            assert!(captured <= authorized && refunded <= captured);
+            if o["status"] == "cancelled" {
+                assert_eq!(refunded, captured, "a cancelled order keeps no money: {o}");
+                let settled = o["payment_status"] == "voided" || o["payment_status"] == "refunded";
+                assert!(settled, "{o}");
+            } else {
+                assert_eq!(
+                    (capture.status, o["payment_status"].as_str()),
+                    (200, Some("captured"))
+                );
+            }
+        }
+        Arc::into_inner(shop)
+            .expect("sole owner")
+            .drop_database()
+            .await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. Webhooks
+
+/// 64-bit FNV-1a: the test gateway's (deliberately non-cryptographic) signature.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).expect("seconds"))
+        .expect("clock")
+}
+
+/// The `tg-signature` header for `body` signed with `secret` at `t`.
+fn signature(secret: &str, t: i64, body: &str) -> String {
+    let v1 = fnv1a64(format!("{secret}.{t}.{body}").as_bytes());
+    format!("t={t},v1={v1:016x}")
+}
+
+fn event(id: &str, kind: &str, reference: &str, amount: i64) -> String {
+    json!({"id": id, "type": kind, "reference": reference, "amount": amount,
+           "currency": "EUR", "created": unix_seconds()})
+    .to_string()
+}
+
+impl Shop {
+    async fn deliver(&self, body: &str, signature: &str) -> Reply {
+        self.send(
+            Method::POST,
+            "/webhooks/payments/test-gateway",
+            &[("tg-signature", signature)],
+            Some(body.as_bytes().to_vec()),
+        )
+        .await
+    }
+
+    async fn deliver_signed(&self, body: &str) -> Reply {
+        let r = self
+            .deliver(body, &signature(WEBHOOK_SECRET, unix_seconds(), body))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r
+    }
+
+    async fn stored_events(&self) -> i64 {
+        sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM payment_events")
+            .fetch_one(self.db.pool())
+            .await
+            .expect("count")
+    }
+
+    async fn reference(&self, order: &str) -> String {
+        self.order(order).await["payment"]["gateway_reference"]
+            .as_str()
+            .expect("reference")
+            .to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_delivered_ten_times_is_stored_once_and_applied_once() {
+    for database in test_databases().await {
+        let shop = Arc::new(shop(database).await);
+        let order = shop.placed_order().await;
+        let body = event(
+            "evt_cap",
+            "payment.captured",
+            &shop.reference(&order).await,
+            4000,
+        );
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let (shop, body) = (shop.clone(), body.clone());
+                tokio::spawn(async move { shop.deliver_signed(&body).await })
+            })
+            .collect();
+        let mut first = Vec::new();
+        for task in tasks {
+            let r = task.await.expect("task");
+            assert_eq!(r.body["event_id"], "evt_cap");
+            if r.body["duplicate"] == false {
+                first.push(r.body["outcome"].clone());
+            } else {
+                assert_eq!(r.body["outcome"], "applied", "the first delivery's outcome");
+            }
+        }
+        assert_eq!(first, [json!("applied")], "exactly one delivery applied it");
+        assert_eq!(shop.stored_events().await, 1);
+        let o = shop.order(&order).await;
+        assert_eq!(amounts(&o), (TOTAL, 4000, 0));
+        assert_eq!(o["payment_status"], "captured");
+        // Our own capture afterwards finds it done.
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
+            .await;
+        assert_eq!(code(&r), (409, Some("invalid_transition")));
+        Arc::into_inner(shop)
+            .expect("sole owner")
+            .drop_database()
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn forged_stale_or_malformed_deliveries_are_refused_and_store_nothing() {
+    for database in test_databases().await {
+        let shop = shop(database).await;
+        let order = shop.placed_order().await;
+        let body = event(
+            "evt_1",
+            "payment.captured",
+            &shop.reference(&order).await,
+            TOTAL,
+        );
+        let now = unix_seconds();
+        let tampered = body.replace(&TOTAL.to_string(), "1");
+        for (what, body, header) in [
+            (
+                "forged",
+                body.as_str(),
+                signature("whsec_guess", now, &body),
+            ),
+            (
+                "tampered",
+                tampered.as_str(),
+                signature(WEBHOOK_SECRET, now, &body),
+            ),
+            (
+                "stale",
+                body.as_str(),
+                signature(WEBHOOK_SECRET, now - 301, &body),
+            ),
+            (
+                "from the future",
+                body.as_str(),
+                signature(WEBHOOK_SECRET, now + 301, &body),
+            ),
+            ("unsigned", body.as_str(), String::new()),
+        ] {
+            let r = shop.deliver(body, &header).await;
+            assert_eq!(
+                code(&r),
+                (400, Some("invalid_signature")),
+                "{what}: {}",
+                r.body
+            );
+        }
+        let garbage = "{\"id\": \"evt_2\"";
+        let r = shop
+            .deliver(garbage, &signature(WEBHOOK_SECRET, now, garbage))
+            .await;
+        assert_eq!(code(&r), (400, Some("malformed_webhook")), "{}", r.body);
+        let r = shop
+            .send(
+                Method::POST,
+                "/webhooks/payments/nope",
+                &[],
+                Some(body.as_bytes().to_vec()),
+            )
+            .await;
+        assert_eq!(code(&r), (404, Some("unknown_plugin")));
+        // Every route documented as signature-authenticated refuses an unsigned delivery.
+        let signed_routes: Vec<_> = cartridge_host::api::openapi::documented_access()
+            .filter(|(_, _, who)| *who == "signature")
+            .collect();
+        assert!(!signed_routes.is_empty());
+        for (method, path, _) in signed_routes {
+            let concrete = path.replace("{plugin}", "test-gateway");
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            let r = shop
+                .send(method, &concrete, &[], Some(body.as_bytes().to_vec()))
+                .await;
+            assert_eq!(code(&r), (400, Some("invalid_signature")), "{path}");
+        }
+        assert_eq!(shop.stored_events().await, 0);
+        assert_eq!(amounts(&shop.order(&order).await), (TOTAL, 0, 0));
+        shop.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn events_out_of_order_never_resurrect_an_order_or_refund_beyond_the_capture() {
+    for database in test_databases().await {
+        let shop = shop(database).await;
+
+        // A capture reported after the order was cancelled (and its payment voided).
+        let order = shop.placed_order().await;
+        let reference = shop.reference(&order).await;
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
+            .await;
+        assert_eq!(r.body["payment_status"], "voided", "{}", r.body);
+        let r = shop
+            .deliver_signed(&event("evt_late", "payment.captured", &reference, TOTAL))
+            .await;
+        assert_eq!(r.body["outcome"], "ignored_stale");
+        let o = shop.order(&order).await;
+        assert_eq!(
+            (o["status"].as_str(), o["payment_status"].as_str()),
+            (Some("cancelled"), Some("voided"))
+        );
+        assert_eq!(amounts(&o), (TOTAL, 0, 0));
+
+        // A refund reported before its capture: kept, then applied when the capture arrives.
+        let order = shop.placed_order().await;
+        let reference = shop.reference(&order).await;
+        let r = shop
+            .deliver_signed(&event("evt_r1", "payment.refunded", &reference, 1000))
+            .await;
+        assert_eq!(r.body["outcome"], "waiting_for_capture");
+        assert_eq!(amounts(&shop.order(&order).await), (TOTAL, 0, 0));
+        let r = shop
+            .deliver_signed(&event("evt_c", "payment.captured", &reference, 3000))
+            .await;
+        assert_eq!(r.body["outcome"], "applied");
+        let o = shop.order(&order).await;
+        assert_eq!(amounts(&o), (TOTAL, 3000, 1000));
+        assert_eq!(o["payment_status"], "partially_refunded");
+        // An older running total arriving late changes nothing; one above the capture waits.
+        let r = shop
+            .deliver_signed(&event("evt_r0", "payment.refunded", &reference, 800))
+            .await;
+        assert_eq!(r.body["outcome"], "already_applied");
+        let r = shop
+            .deliver_signed(&event("evt_r9", "payment.refunded", &reference, 9000))
+            .await;
+        assert_eq!(r.body["outcome"], "waiting_for_capture");
+        let r = shop
+            .deliver_signed(&event("evt_r2", "payment.refunded", &reference, 3000))
+            .await;
+        assert_eq!(r.body["outcome"], "applied");
+        let o = shop.order(&order).await;
+        assert_eq!(amounts(&o), (TOTAL, 3000, 3000));
+        assert_eq!(o["payment_status"], "refunded");
+
+        // Events for payments we do not know, and kinds we only record, are kept and answered.
+        let r = shop
+            .deliver_signed(&event("evt_x", "payment.captured", "tg_unknown", 5))
+            .await;
+        assert_eq!(r.body["outcome"], "no_payment");
+        let r = shop
+            .deliver_signed(&event("evt_f", "payment.failed", &reference, 5))
+            .await;
+        assert_eq!(r.body["outcome"], "recorded");
+        assert_eq!(shop.stored_events().await, 8);
+        shop.drop_database().await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. localstripe
+
+/// A form POST to localstripe; (status, body).
+async fn stripe(
+    http: &reqwest::Client,
+    server: &LocalStripe,
+    path: &str,
+    form: &[(&str, &str)],
+    key: Option<&str>,
+) -> (u16, Value) {
+    let mut request = http
+        .post(format!("{}{path}", server.url()))
+        .bearer_auth(SECRET_KEY)
+        .form(form);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.expect("localstripe answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Reads one HTTP request from a connection and answers 200: (headers, body).
+async fn receive_one(listener: &tokio::net::TcpListener) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut socket, _) = listener.accept().await.expect("accept");
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.read(&mut buf).await.expect("read");
+        assert!(n > 0, "connection closed early");
+        data.extend_from_slice(&buf[..n]);
+        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().expect("length"));
+        if data.len() >= end + 4 + length {
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await
+                .expect("answer");
+            return (head, data[end + 4..end + 4 + length].to_vec());
+        }
+    }
+}
+
+fn hmac_sha256_hex(key: &[u8], message: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    block[..key.len()].copy_from_slice(key);
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<_>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    let outer = Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize();
+    outer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the Stripe connector can rely on in localstripe, and where it differs from Stripe.
+#[tokio::test]
+async fn localstripe_takes_a_manual_capture_partial_refunds_and_signs_its_webhooks() {
+    let Some(server) = LocalStripe::start() else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let hooks = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook_url = format!("http://{}/hook", hooks.local_addr().expect("addr"));
+    let config = http
+        .post(format!("{}/_config/webhooks/cartridge", server.url()))
+        .form(&[
+            ("url", hook_url.as_str()),
+            ("secret", "whsec_local"),
+            ("events[]", "payment_intent.succeeded"),
+        ])
+        .send()
+        .await
+        .expect("config");
+    assert_eq!(config.status(), 200);
+
+    // Authorise: a PaymentIntent with manual capture and a test payment method, confirmed.
+    let (status, pi) = stripe(
+        &http,
+        &server,
+        "/v1/payment_intents",
+        &[
+            ("amount", "5000"),
+            ("currency", "eur"),
+            ("capture_method", "manual"),
+            ("payment_method", "pm_card_visa"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &pi["status"]),
+        (200, &json!("requires_confirmation")),
+        "{pi}"
+    );
+    let id = pi["id"].as_str().expect("id").to_owned();
+    let (status, pi) = stripe(
+        &http,
+        &server,
+        &format!("/v1/payment_intents/{id}/confirm"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &pi["status"]),
+        (200, &json!("requires_capture")),
+        "{pi}"
+    );
+
+    // Capture part of it: localstripe books the released rest as a refund on the charge.
+    let (status, pi) = stripe(
+        &http,
+        &server,
+        &format!("/v1/payment_intents/{id}/capture"),
+        &[("amount_to_capture", "3000")],
+        None,
+    )
+    .await;
+    assert_eq!((status, &pi["status"]), (200, &json!("succeeded")), "{pi}");
+    assert_eq!(pi["latest_charge"]["amount_refunded"], 2000, "{pi}");
+
+    // The capture's webhook: signed as Stripe signs, t=…,v1=HMAC-SHA256(secret, "t.body").
+    let (head, body) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), receive_one(&hooks))
+            .await
+            .expect("a webhook within 10 s");
+    let header = head
+        .lines()
+        .find_map(|l| l.strip_prefix("stripe-signature:"))
+        .expect("a Stripe-Signature header")
+        .trim()
+        .to_owned();
+    let (t, v1) = header
+        .split_once(',')
+        .and_then(|(t, v1)| Some((t.strip_prefix("t=")?, v1.strip_prefix("v1=")?)))
+        .expect("t=…,v1=…");
+    let mut signed = format!("{t}.").into_bytes();
+    signed.extend_from_slice(&body);
+    assert_eq!(hmac_sha256_hex(b"whsec_local", &signed), v1);
+    let delivered: Value = serde_json::from_slice(&body).expect("JSON event");
+    assert_eq!(delivered["type"], "payment_intent.succeeded");
+    assert_eq!(delivered["data"]["object"]["id"], id.as_str());
+
+    // Two partial refunds. localstripe ignores Idempotency-Key: the same key twice refunds
+    // twice, so the connector cannot lean on the fake for that — the host's keys must.
+    let mut refunds = Vec::new();
+    for _ in 0..2 {
+        let (status, refund) = stripe(
+            &http,
+            &server,
+            "/v1/refunds",
+            &[("payment_intent", id.as_str()), ("amount", "1000")],
+            Some("same-key"),
+        )
+        .await;
+        assert_eq!(
+            (status, &refund["status"]),
+            (200, &json!("succeeded")),
+            "{refund}"
+        );
+        refunds.push(refund["id"].as_str().expect("refund id").to_owned());
+    }
+    assert_ne!(refunds[0], refunds[1], "localstripe does not replay by key");
+    let pi: Value = http
+        .get(format!("{}/v1/payment_intents/{id}", server.url()))
+        .bearer_auth(SECRET_KEY)
+        .send()
+        .await
+        .expect("retrieve")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        pi["latest_charge"]["amount_refunded"], 4000,
+        "the released 2,000 and two refunds of 1,000: {pi}"
+    );
+
+    // A decline: Stripe's code, but always typed invalid_request_error and without a
+    // decline_code.
+    let (_, pi) = stripe(
+        &http,
+        &server,
+        "/v1/payment_intents",
+        &[
+            ("amount", "5000"),
+            ("currency", "eur"),
+            ("capture_method", "manual"),
+            ("payment_method", "pm_card_chargeCustomerFail"),
+        ],
+        None,
+    )
+    .await;
+    let declined = pi["id"].as_str().expect("id").to_owned();
+    let (status, error) = stripe(
+        &http,
+        &server,
+        &format!("/v1/payment_intents/{declined}/confirm"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 402, "{error}");
+    assert_eq!(error["error"]["code"], "card_declined");
+    drop(server);
+}
