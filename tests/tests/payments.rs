@@ -12,7 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cartridge_host::api::AppState;
 use cartridge_host::db::Db;
 use cartridge_host::plugin::{Runtime, RuntimeConfig};
-use cartridge_host::server::{Application, load_plugins};
+use cartridge_host::registry::RegistryConfig;
+use cartridge_host::server::{Application, open_registry};
 use cartridge_tests::localstripe::{LocalStripe, SECRET_KEY};
 use cartridge_tests::{TestDatabase, plugins, test_databases};
 use reqwest::Method;
@@ -43,10 +44,18 @@ async fn shop(database: TestDatabase) -> Shop {
     let dir = tempfile::tempdir().expect("tempdir");
     plugins().bundle_into("test-gateway", dir.path());
     let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
-    let loaded = load_plugins(&runtime, dir.path()).expect("load");
     let db = Db::connect(&database.url).await.expect("connect");
     db.migrate().await.expect("migrate");
-    let state = AppState::new(db.clone(), loaded);
+    let (registry, _) = open_registry(
+        db.clone(),
+        Arc::new(runtime),
+        RegistryConfig::default(),
+        Some(dir.path()),
+    )
+    .await
+    .expect("registry");
+    registry.spawn();
+    let state = AppState::new(db.clone(), registry);
     state.add_admin_token("test", ADMIN).await.expect("token");
     let app = Application::build(SocketAddr::from(([127, 0, 0, 1], 0)), state)
         .await

@@ -54,10 +54,8 @@ async fn payment_webhook(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let connector = state
-        .plugins
-        .get(&plugin)
+        .plugin(&plugin)
         .filter(|p| p.hook() == HookKind::Payment)
-        .cloned()
         .ok_or_else(|| {
             ApiError::not_found("unknown_plugin", format!("no payment connector {plugin:?}"))
         })?;
