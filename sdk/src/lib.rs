@@ -17,7 +17,9 @@
 //! | payment         | [`payment::Payment`]                      | [`payment`]            |
 //!
 //! and one macro, [`export_plugin!`], that turns a type implementing the trait into the
-//! component's exports. [`log`] and [`config`] are the host functions every plugin may call.
+//! component's exports. [`log`] and [`config`] are the host functions every plugin may call;
+//! [`http`] and [`secrets`] are capabilities, usable once the manifest asks for them and an
+//! operator grants them.
 //!
 //! ```
 //! use cartridge_sdk::pricing::{Cart, DiscountValue, Operation, Pricing};
@@ -118,6 +120,17 @@ pub mod __private {
             pub_export_macro: true,
             export_macro_name: "__export_payment",
             default_bindings_module: "cartridge_sdk::__private::payment",
+            disable_custom_section_link_helpers: true,
+        });
+    }
+
+    /// Bindings for the capabilities (imports only): outbound HTTP and secrets.
+    #[allow(missing_docs, clippy::all)]
+    pub mod capabilities {
+        wit_bindgen::generate!({
+            world: "cartridge:capabilities/capabilities",
+            path: "../wit",
+            additional_derives: [Clone, PartialEq, Eq],
             disable_custom_section_link_helpers: true,
         });
     }
@@ -243,6 +256,10 @@ pub mod log {
         write(LogLevel::Error, message);
     }
 }
+
+pub mod http;
+
+pub mod secrets;
 
 pub mod pricing;
 

@@ -421,6 +421,7 @@ async fn carts_and_admin_routes_open_only_with_the_right_credential() {
                     .replace("{name}", "tiered-discount")
                     .replace("{version}", "1.0.0")
                     .replace("{capability}", "http")
+                    .replace("{secret}", "api-key")
                     .replace("{hook}", "pricing");
                 (
                     Method::from_bytes(method.to_uppercase().as_bytes()).expect("method"),
@@ -1283,6 +1284,7 @@ async fn every_route_in_the_openapi_document_exists() {
             .replace("{name}", "x")
             .replace("{version}", "1.0.0")
             .replace("{capability}", "x")
+            .replace("{secret}", "x")
             .replace("{hook}", "pricing");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
         let r = app

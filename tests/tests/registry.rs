@@ -981,3 +981,129 @@ async fn a_shadow_run_shows_where_a_candidate_would_price_differently() {
         db.drop_database().await;
     }
 }
+
+#[tokio::test]
+async fn capabilities_need_an_operators_grant_and_secrets_are_only_references() {
+    for db in test_databases().await {
+        let host = start_host(&db, None, config(0)).await;
+        host.seed().await;
+        let manifest = plugins().manifest_text("http-probe");
+        let r = host
+            .upload(&manifest, plugins().wasm_bytes("http-probe"), true)
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (409, Some("capability_not_granted")),
+            "{}",
+            r.body
+        );
+        assert_eq!(host.serving("http-probe"), None);
+        for capability in ["http:127.0.0.1", "secrets"] {
+            let r = host
+                .admin(
+                    Method::PUT,
+                    &format!("/admin/plugins/http-probe/grants/{capability}"),
+                    None,
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        let r = host
+            .admin(
+                Method::POST,
+                "/admin/plugins/http-probe/activate",
+                Some(json!({"version": "0.1.0"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["grants"], json!(["http:127.0.0.1", "secrets"]));
+
+        // A secret is stored as where to find it; the API shows its name only.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key");
+        std::fs::write(&path, "sk_live_do_not_leak").expect("write");
+        let r = host
+            .admin(
+                Method::PUT,
+                "/admin/plugins/http-probe/secrets/api-key",
+                Some(json!({"file": path.display().to_string()})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["secrets"], json!(["api-key"]));
+        for bad in [
+            json!({"value": "sk_live"}),
+            json!("sk_live"),
+            json!({"env": 5}),
+        ] {
+            let r = host
+                .admin(
+                    Method::PUT,
+                    "/admin/plugins/http-probe/secrets/api-key",
+                    Some(bad),
+                )
+                .await;
+            assert_eq!(r.status, 422, "{}", r.body);
+        }
+        let r = host
+            .admin(
+                Method::PUT,
+                "/admin/plugins/http-probe/config",
+                Some(json!({"secret": "api-key", "answer": "log"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let plugin = host.state.plugin("http-probe").expect("serving");
+        let call = plugin
+            .price(
+                &serde_json::from_value(json!({
+                    "id": "c", "currency": "EUR", "lines": [], "customer": null,
+                    "coupon_codes": [], "shipping": null, "now": 0
+                }))
+                .expect("cart"),
+            )
+            .await
+            .expect("answers");
+        let logged: Vec<&str> = call.stats.logs.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(logged, ["the secret is [secret]", "secret-length=19"]);
+        let everything = host
+            .admin(Method::GET, "/admin/plugins/http-probe", None)
+            .await
+            .body
+            .to_string()
+            + &host
+                .admin(Method::GET, "/admin/plugins/http-probe/audit", None)
+                .await
+                .body
+                .to_string()
+            + &host
+                .admin(Method::GET, "/admin/plugins/http-probe/calls", None)
+                .await
+                .body
+                .to_string();
+        assert!(!everything.contains("sk_live_do_not_leak"), "{everything}");
+
+        // Revoked: the next call that reaches for it is stopped.
+        let r = host
+            .admin(
+                Method::DELETE,
+                "/admin/plugins/http-probe/grants/secrets",
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let plugin = host.state.plugin("http-probe").expect("serving");
+        let err = plugin
+            .price(
+                &serde_json::from_value(json!({
+                    "id": "c", "currency": "EUR", "lines": [], "customer": null,
+                    "coupon_codes": [], "shipping": null, "now": 0
+                }))
+                .expect("cart"),
+            )
+            .await
+            .expect_err("denied");
+        assert_eq!(err.code(), "capability_denied");
+        db.drop_database().await;
+    }
+}

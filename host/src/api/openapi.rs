@@ -280,6 +280,18 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         "Revoke a capability",
     ),
     (
+        "put",
+        "/admin/plugins/{name}/secrets/{secret}",
+        Access::Admin,
+        "Where a secret is: {\"env\": NAME} or {\"file\": PATH}; the value is never stored",
+    ),
+    (
+        "delete",
+        "/admin/plugins/{name}/secrets/{secret}",
+        Access::Admin,
+        "Remove a secret reference",
+    ),
+    (
         "get",
         "/admin/plugins/{name}/audit",
         Access::Admin,

@@ -37,6 +37,10 @@ pub(super) fn routes() -> Router<AppState> {
             "/plugins/{name}/grants/{capability}",
             put(grant).delete(revoke),
         )
+        .route(
+            "/plugins/{name}/secrets/{secret}",
+            put(set_secret).delete(remove_secret),
+        )
         .route("/plugins/{name}/audit", get(audit))
         .route("/plugins/{name}/calls", get(calls))
         .route("/plugins/{name}/versions/{version}/replay", post(replay))
@@ -224,6 +228,41 @@ async fn revoke(
         state
             .registry()
             .set_grant(&format!("admin:{}", admin.name), &name, &capability, false)
+            .await?,
+    ))
+}
+
+/// Sets where a secret is: `{"env": "VARIABLE"}` or `{"file": "/path"}`. The value is read
+/// at each call and never stored, logged or returned.
+async fn set_secret(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path((name, secret)): Path<(String, String)>,
+    body: Result<Json<crate::plugin::SecretRef>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(reference) = body?;
+    Ok(Json(
+        state
+            .registry()
+            .set_secret(
+                &format!("admin:{}", admin.name),
+                &name,
+                &secret,
+                Some(&reference),
+            )
+            .await?,
+    ))
+}
+
+async fn remove_secret(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path((name, secret)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        state
+            .registry()
+            .set_secret(&format!("admin:{}", admin.name), &name, &secret, None)
             .await?,
     ))
 }

@@ -1,4 +1,5 @@
-//! The one place the WIT contract becomes Rust: host-side bindings for the four plugin worlds.
+//! The one place the WIT contract becomes Rust: host-side bindings for the four plugin worlds
+//! and the capabilities.
 //!
 //! The `types` and `host` interfaces are generated once, with the pricing world, and shared by
 //! the others so that a `Money` is the same type whichever hook it travels through. Every
@@ -54,6 +55,20 @@ mod payment_world {
         },
     });
 }
+
+/// The capabilities (`cartridge:capabilities@0.1.0`): imports any plugin may use once granted.
+/// Their host functions are async (outbound HTTP waits on the network) and trappable (a call
+/// outside the plugin's grants stops it).
+mod capabilities_world {
+    wasmtime::component::bindgen!({
+        world: "cartridge:capabilities/capabilities",
+        path: "../wit",
+        imports: { default: async | trappable },
+        additional_derives: [serde::Serialize, serde::Deserialize, Clone, PartialEq, Eq],
+    });
+}
+
+pub use capabilities_world::cartridge::capabilities::{http, secrets};
 
 pub use pricing_world::cartridge::plugin::host;
 pub use pricing_world::cartridge::plugin::types;

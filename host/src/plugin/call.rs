@@ -52,6 +52,8 @@ pub struct Plugin {
     /// The registry's watch: call log sample and crash-loop breaker. None when not installed
     /// through the registry (the CLI, tests of the runtime).
     watch: Option<Arc<super::watch::CallWatch>>,
+    /// What it may reach beyond its input.
+    grants: Arc<super::capability::Grants>,
     /// Keeps the epoch ticker running while this plugin can be called.
     _ticker: Arc<super::runtime::EpochTicker>,
 }
@@ -108,6 +110,9 @@ impl Plugin {
     ) -> Self {
         let config = Arc::new(manifest.config.clone());
         let id = Arc::from(manifest.id());
+        let grants = Arc::new(super::capability::Grants::new(
+            manifest.requested_capabilities(),
+        ));
         Self {
             manifest,
             digest,
@@ -117,8 +122,25 @@ impl Plugin {
             id,
             consume_fuel,
             watch: None,
+            grants,
             _ticker: ticker,
         }
+    }
+
+    /// The same plugin with what an operator granted: the manifest's capabilities narrowed to
+    /// `granted`, and the operator's secret references.
+    pub fn with_grants(
+        mut self,
+        granted: &[super::capability::Capability],
+        secrets: BTreeMap<String, super::capability::SecretRef>,
+    ) -> Self {
+        self.grants = Arc::new(self.grants.restricted_to(granted).with_secrets(secrets));
+        self
+    }
+
+    /// What it may reach beyond its input.
+    pub fn grants(&self) -> &super::capability::Grants {
+        &self.grants
     }
 
     /// The same plugin reporting its calls to `watch`.
@@ -443,15 +465,21 @@ impl Plugin {
 
     fn new_store(&self, engine: &wasmtime::Engine) -> (Store<StoreState>, Instant) {
         let limits = &self.manifest.limits;
-        let state = StoreState::new(self.id.clone(), self.config.clone(), limits.memory_bytes());
+        let started = Instant::now();
+        let deadline = started + limits.deadline();
+        let state = StoreState::new(
+            self.id.clone(),
+            self.config.clone(),
+            limits.memory_bytes(),
+            self.grants.clone(),
+            deadline,
+        );
         let mut store = Store::new(engine, state);
         store.limiter(|state| state);
         if self.consume_fuel {
             // Cannot fail: fuel is enabled on this engine.
             let _ = store.set_fuel(limits.fuel.unwrap_or(UNMETERED_FUEL));
         }
-        let started = Instant::now();
-        let deadline = started + limits.deadline();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {

@@ -7,7 +7,7 @@
 //! contract = "0.1.0"
 //! description = "Bulk pricing tiers"
 //! failure-policy = "fail-open"     # optional; pricing and personalization default to open
-//! capabilities = []                # optional; nothing beyond logging and config in 0.1
+//! capabilities = ["http:api.stripe.com", "secrets"]   # optional; see `capability`
 //!
 //! [limits]                         # optional; these are the defaults for pricing
 //! memory-mib = 16
@@ -209,10 +209,6 @@ pub struct Manifest {
 #[error("invalid manifest: {0}")]
 pub struct ManifestError(pub String);
 
-/// Capabilities a plugin may request in contract 0.1. Logging and configuration are always
-/// available and need not be listed.
-pub const KNOWN_CAPABILITIES: &[&str] = &[];
-
 impl Manifest {
     /// Parses and validates a `plugin.toml`.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
@@ -298,17 +294,18 @@ impl Manifest {
         if limits.fuel == Some(0) {
             return err("limits.fuel must be above 0".to_owned());
         }
-        if let Some(unknown) = self
-            .capabilities
-            .iter()
-            .find(|c| !KNOWN_CAPABILITIES.contains(&c.as_str()))
-        {
-            return err(format!(
-                "capability {unknown:?} does not exist in contract {}",
-                self.contract
-            ));
+        for capability in &self.capabilities {
+            super::capability::Capability::parse(capability).map_err(ManifestError)?;
         }
         Ok(())
+    }
+
+    /// The capabilities it asks for, parsed (logging and configuration need no asking).
+    pub fn requested_capabilities(&self) -> Vec<super::capability::Capability> {
+        self.capabilities
+            .iter()
+            .filter_map(|c| super::capability::Capability::parse(c).ok())
+            .collect()
     }
 
     /// `name@version`, as errors and logs show it.

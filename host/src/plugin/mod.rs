@@ -1,6 +1,7 @@
 //! The plugin runtime: the WIT contract's host side, the sandbox, loading and calling.
 //!
 //! - [`manifest`]: `plugin.toml`, hook kinds, limits and failure policies.
+//! - [`capability`]: outbound HTTP and secrets, asked for by manifests, granted by operators.
 //! - [`Runtime`]: the one wasmtime engine, the epoch ticker, the artifact cache, loading.
 //! - [`Plugin`]: a loaded plugin version; its methods are the hook calls.
 //! - [`HookError`] / [`LoadError`]: every failure, named.
@@ -10,6 +11,7 @@
 
 pub mod bindings;
 mod call;
+pub mod capability;
 pub mod error;
 pub mod manifest;
 pub mod metrics;
@@ -19,6 +21,7 @@ pub mod validate;
 pub mod watch;
 
 pub use call::{Call, CallStats, OUTPUT_LIMIT_BYTES, PaymentRequest, Plugin};
+pub use capability::{Capability, Grants, SecretRef};
 pub use error::{HookError, HookErrorKind, LoadError, PluginRef};
 pub use manifest::{FailurePolicy, HookKind, Limits, Manifest};
 pub use runtime::{Runtime, RuntimeConfig, component_path};

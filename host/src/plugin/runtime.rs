@@ -108,6 +108,7 @@ impl Runtime {
         let digest = hex::encode(Sha256::digest(wasm));
         let component = self.compile(&digest, wasm)?;
         check_exports(&self.engine, &component, &manifest)?;
+        check_capability_imports(&self.engine, &component, &manifest)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             // The only way pre-instantiation fails for a valid component is an import the
             // linker does not define: something we do not grant.
@@ -250,6 +251,34 @@ fn check_exports(
             exported.join(", ")
         ),
     })
+}
+
+/// A component that imports a capability its manifest does not ask for is refused at load, so
+/// that what a plugin can reach is always written in its manifest.
+fn check_capability_imports(
+    engine: &Engine,
+    component: &Component,
+    manifest: &Manifest,
+) -> Result<(), LoadError> {
+    let requested = super::capability::Grants::new(manifest.requested_capabilities());
+    for (name, _) in component.component_type().imports(engine) {
+        let Some(interface) = name.strip_prefix("cartridge:capabilities/") else {
+            continue;
+        };
+        let asked = if interface.starts_with("http@") {
+            requested.any_http()
+        } else if interface.starts_with("secrets@") {
+            requested.secrets_allowed()
+        } else {
+            false
+        };
+        if !asked {
+            return Err(LoadError::CapabilityDenied(format!(
+                "{name}, which the manifest's `capabilities` does not ask for"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The component file in a plugin directory: `<name>.wasm`, `<name with underscores>.wasm`,

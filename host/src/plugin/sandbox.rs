@@ -8,12 +8,13 @@
 //! replaced by ones that stop the call with `capability_denied`, so an attempt is reported
 //! rather than quietly failing inside the plugin.
 //!
-//! The only other imports are the `host` interface of the contract: bounded logging and the
-//! plugin's configuration values.
+//! The other imports are the `host` interface of the contract (bounded logging, the plugin's
+//! configuration values) and the capabilities — outbound HTTP and secrets — which answer only
+//! within the plugin's [`Grants`] and stop the call with `capability_denied` outside them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
@@ -21,6 +22,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView};
 
 use super::bindings::host::{self, LogLevel};
+use super::bindings::{http, secrets};
+use super::capability::{Grants, SecretRef};
 use super::error::{CapabilityDenied, MemoryLimitExceeded};
 
 /// The most a call may log, all lines together.
@@ -29,6 +32,21 @@ pub const LOG_CAP_BYTES: usize = 4 * 1024;
 const STDERR_CAP_BYTES: usize = 4 * 1024;
 /// Tables are tiny in plugins; this only stops a runaway `table.grow`.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// The largest response body an outbound HTTP request may bring back.
+pub const HTTP_RESPONSE_LIMIT_BYTES: usize = 1024 * 1024;
+/// The longest an outbound HTTP request may take, whatever the plugin's deadline.
+const HTTP_TIMEOUT_CAP: Duration = Duration::from_secs(10);
+
+/// One client for every plugin: connection reuse per granted host. No redirects (a granted
+/// host must not send a request on to one that is not), no proxy from the environment.
+static HTTP_CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(HTTP_TIMEOUT_CAP)
+        .build()
+        .unwrap_or_default()
+});
 
 /// One line a plugin logged.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -52,6 +70,12 @@ pub struct StoreState {
     pub(crate) logs_dropped: u32,
     /// The plugin's `name@version`, for the host's own log lines.
     plugin_id: Arc<str>,
+    /// What the plugin may reach.
+    grants: Arc<Grants>,
+    /// When the call must end; outbound requests get at most what is left.
+    deadline: Instant,
+    /// Secret values read during this call, blanked out of its log lines.
+    secrets_read: Vec<String>,
 }
 
 impl StoreState {
@@ -59,6 +83,8 @@ impl StoreState {
         plugin_id: Arc<str>,
         config: Arc<BTreeMap<String, String>>,
         memory_limit: u64,
+        grants: Arc<Grants>,
+        deadline: Instant,
     ) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAP_BYTES);
         let wasi = WasiCtxBuilder::new()
@@ -82,6 +108,9 @@ impl StoreState {
             log_bytes: 0,
             logs_dropped: 0,
             plugin_id,
+            grants,
+            deadline,
+            secrets_read: Vec::new(),
         }
     }
 
@@ -140,6 +169,10 @@ impl host::Host for StoreState {
             LogLevel::Warn => "warn",
             LogLevel::Error => "error",
         };
+        let mut message = message;
+        for secret in &self.secrets_read {
+            message = message.replace(secret.as_str(), "[secret]");
+        }
         if self.log_bytes + message.len() > LOG_CAP_BYTES {
             self.logs_dropped = self.logs_dropped.saturating_add(1);
             return;
@@ -155,6 +188,120 @@ impl host::Host for StoreState {
 }
 
 impl super::bindings::types::Host for StoreState {}
+
+fn http_error(
+    message: impl Into<String>,
+) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
+    Ok(Err(http::HttpError::InvalidRequest(message.into())))
+}
+
+impl http::Host for StoreState {
+    async fn send(
+        &mut self,
+        request: http::Request,
+    ) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
+        let Ok(url) = reqwest::Url::parse(&request.url) else {
+            return http_error("the URL is not an absolute URL");
+        };
+        if !matches!(url.scheme(), "http" | "https") {
+            return http_error("only http and https URLs");
+        }
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return http_error("the URL has no host");
+        };
+        if !self.grants.allows_http(host, port) {
+            return Err(CapabilityDenied(format!("http to {host}:{port}")).into());
+        }
+        let method = match request.method.to_ascii_uppercase().as_str() {
+            "GET" => reqwest::Method::GET,
+            "POST" => reqwest::Method::POST,
+            "PUT" => reqwest::Method::PUT,
+            "PATCH" => reqwest::Method::PATCH,
+            "DELETE" => reqwest::Method::DELETE,
+            other => return http_error(format!("method {other:?} is not allowed")),
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &request.headers {
+            let Ok(name) = reqwest::header::HeaderName::from_bytes(name.as_bytes()) else {
+                return http_error(format!("bad header name {name:?}"));
+            };
+            if matches!(
+                name.as_str(),
+                "host" | "content-length" | "connection" | "transfer-encoding"
+            ) {
+                continue;
+            }
+            let Ok(value) = reqwest::header::HeaderValue::from_str(value) else {
+                return http_error(format!("bad value for header {name}"));
+            };
+            headers.append(name, value);
+        }
+        // Leave the plugin a moment after a timeout to turn it into an answer of its own.
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let left = left.saturating_sub((left / 10).min(Duration::from_millis(100)));
+        let timeout = request
+            .timeout_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)))
+            .unwrap_or(HTTP_TIMEOUT_CAP)
+            .min(HTTP_TIMEOUT_CAP)
+            .min(left);
+        if timeout.is_zero() {
+            return Ok(Err(http::HttpError::Timeout));
+        }
+        let sent = HTTP_CLIENT
+            .request(method, url)
+            .headers(headers)
+            .body(request.body)
+            .timeout(timeout)
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(e) if e.is_timeout() => return Ok(Err(http::HttpError::Timeout)),
+            Err(e) => return Ok(Err(http::HttpError::Connection(e.to_string()))),
+        };
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > HTTP_RESPONSE_LIMIT_BYTES {
+                        return Ok(Err(http::HttpError::TooLarge(body.len() as u64)));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => return Ok(Err(http::HttpError::Timeout)),
+                Err(e) => return Ok(Err(http::HttpError::Connection(e.to_string()))),
+            }
+        }
+        Ok(Ok(http::Response {
+            status,
+            headers,
+            body,
+        }))
+    }
+}
+
+impl secrets::Host for StoreState {
+    async fn get(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        if !self.grants.secrets_allowed() {
+            return Err(CapabilityDenied("secrets".to_owned()).into());
+        }
+        let value = self.grants.secret(&name).and_then(SecretRef::resolve);
+        if let Some(value) = &value
+            && value.len() >= 4
+        {
+            self.secrets_read.push(value.clone());
+        }
+        Ok(value)
+    }
+}
 
 /// Clocks that always read zero: plugins have no clock; the request's time is in the input.
 struct FrozenClock;
@@ -231,6 +378,14 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
     }
     linker.allow_shadowing(false);
     super::bindings::host::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+        &mut linker,
+        |state| state,
+    )?;
+    http::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+        &mut linker,
+        |state| state,
+    )?;
+    secrets::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
         &mut linker,
         |state| state,
     )?;

@@ -30,9 +30,9 @@ use sqlx::Row;
 use tokio::sync::mpsc;
 
 use crate::db::Db;
-use crate::plugin::manifest::KNOWN_CAPABILITIES;
 use crate::plugin::{
-    CallWatch, HookKind, LoadError, Manifest, Plugin, Runtime, WatchEvent, WatchPolicy,
+    CallWatch, Capability, HookKind, LoadError, Manifest, Plugin, Runtime, SecretRef, WatchEvent,
+    WatchPolicy,
 };
 
 /// How the registry behaves on this host.
@@ -93,8 +93,8 @@ pub enum RegistryError {
     /// The version asks for a capability the operator has not granted.
     #[error("plugin {0:?} needs the capability {1:?}, which is not granted")]
     NotGranted(String, String),
-    /// No such capability in any supported contract.
-    #[error("unknown capability {0:?}: this host grants none beyond logging and configuration")]
+    /// Not a capability this host knows.
+    #[error("{0}")]
     UnknownCapability(String),
     /// The request itself is wrong.
     #[error("{0}")]
@@ -138,6 +138,8 @@ struct LoadKey {
     version: String,
     digest: String,
     config: String,
+    /// Granted capabilities and secret references, as stored.
+    grants: String,
     tripped: bool,
 }
 
@@ -357,8 +359,11 @@ impl Registry {
         .await?;
         let mut entries = Vec::with_capacity(rows.len());
         for row in rows {
+            let name: String = row.try_get("name")?;
+            let (granted, secrets) = grants_of(db, &name).await?;
             let key = LoadKey {
-                name: row.try_get("name")?,
+                grants: format!("{granted:?} {secrets:?}"),
+                name,
                 version: row.try_get("version")?,
                 digest: row.try_get("digest")?,
                 config: row.try_get("config")?,
@@ -427,6 +432,8 @@ impl Registry {
         let config: BTreeMap<String, String> = serde_json::from_str(&key.config)
             .map_err(|e| RegistryError::Invalid(format!("stored config: {e}")))?;
         let plugin = self.compile(manifest, component).await?;
+        let (granted, secrets) = grants_of(&self.inner.db, &key.name).await?;
+        let plugin = plugin.with_grants(&granted, secrets);
         let watch = CallWatch::new(
             self.inner.config.watch,
             self.inner.events.clone(),
@@ -570,19 +577,17 @@ impl Registry {
         .ok_or_else(|| self.unknown(name, version))?;
         let manifest =
             Manifest::parse(&row.try_get::<String, _>("manifest")?).map_err(LoadError::from)?;
-        for capability in &manifest.capabilities {
+        for capability in manifest.requested_capabilities() {
+            let capability = capability.to_string();
             let granted = sqlx::query(
                 "SELECT 1 AS one FROM plugin_grants WHERE plugin_name = $1 AND capability = $2",
             )
             .bind(name)
-            .bind(capability)
+            .bind(&capability)
             .fetch_optional(&mut *tx)
             .await?;
             if granted.is_none() {
-                return Err(RegistryError::NotGranted(
-                    name.to_owned(),
-                    capability.clone(),
-                ));
+                return Err(RegistryError::NotGranted(name.to_owned(), capability));
             }
         }
         let previous: Option<String> =
@@ -787,8 +792,9 @@ impl Registry {
         self.describe(name).await
     }
 
-    /// Grants or revokes a capability. Revoking one the active version needs is refused:
-    /// disable the plugin first.
+    /// Grants or revokes a capability (`http:<host>[:<port>]` or `secrets`). A grant is needed
+    /// before a version asking for it can be activated; a revocation takes effect on every host
+    /// at once (calls that need it then fail with `capability_denied`).
     pub async fn set_grant(
         &self,
         actor: &str,
@@ -796,9 +802,10 @@ impl Registry {
         capability: &str,
         granted: bool,
     ) -> Result<Value, RegistryError> {
-        if !KNOWN_CAPABILITIES.contains(&capability) {
-            return Err(RegistryError::UnknownCapability(capability.to_owned()));
-        }
+        let capability = Capability::parse(capability)
+            .map_err(RegistryError::UnknownCapability)?
+            .to_string();
+        let capability = capability.as_str();
         let mut tx = self.inner.db.pool().begin().await?;
         sqlx::query("SELECT name FROM plugins WHERE name = $1")
             .bind(name)
@@ -834,6 +841,71 @@ impl Registry {
         .await?;
         bump(&mut tx).await?;
         tx.commit().await?;
+        self.refresh().await?;
+        self.describe(name).await
+    }
+
+    /// Sets where secret `secret` of plugin `name` is (none removes it). Only the reference is
+    /// stored; the audit log names the secret, never its value.
+    pub async fn set_secret(
+        &self,
+        actor: &str,
+        name: &str,
+        secret: &str,
+        reference: Option<&SecretRef>,
+    ) -> Result<Value, RegistryError> {
+        if secret.is_empty()
+            || secret.len() > 64
+            || !secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(RegistryError::Invalid(format!(
+                "secret name {secret:?}: use 1 to 64 letters, digits, '-' and '_'"
+            )));
+        }
+        let mut tx = self.inner.db.pool().begin().await?;
+        sqlx::query("SELECT name FROM plugins WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| RegistryError::UnknownPlugin(name.to_owned()))?;
+        match reference {
+            Some(reference) => {
+                let stored = serde_json::to_string(reference)
+                    .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO plugin_secrets (plugin_name, name, reference, set_by, set_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (plugin_name, name) DO UPDATE SET \
+                       reference = excluded.reference, set_by = excluded.set_by, \
+                       set_at = excluded.set_at",
+                )
+                .bind(name)
+                .bind(secret)
+                .bind(stored)
+                .bind(actor)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM plugin_secrets WHERE plugin_name = $1 AND name = $2")
+                    .bind(name)
+                    .bind(secret)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let action = if reference.is_some() {
+            "set-secret"
+        } else {
+            "remove-secret"
+        };
+        audit(&mut tx, actor, name, action, json!({"secret": secret})).await?;
+        bump(&mut tx).await?;
+        tx.commit().await?;
+        self.refresh().await?;
         self.describe(name).await
     }
 
@@ -877,6 +949,14 @@ impl Registry {
                 .iter()
                 .map(|r| r.try_get("capability"))
                 .collect::<Result<_, _>>()?;
+        let secrets: Vec<String> =
+            sqlx::query("SELECT name FROM plugin_secrets WHERE plugin_name = $1 ORDER BY name")
+                .bind(name)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get("name"))
+                .collect::<Result<_, _>>()?;
         let config: Value =
             serde_json::from_str(&row.try_get::<String, _>("config")?).unwrap_or(Value::Null);
         let serving = self.snapshot().get(name).map(|p| {
@@ -895,6 +975,7 @@ impl Registry {
             "position": row.try_get::<i64, _>("position")?,
             "config": config,
             "grants": grants,
+            "secrets": secrets,
             "tripped_at": row.try_get::<Option<i64>, _>("tripped_at")?,
             "tripped_reason": row.try_get::<Option<String>, _>("tripped_reason")?,
             "updated_at": row.try_get::<i64, _>("updated_at")?,
@@ -1123,7 +1204,42 @@ pub async fn load_stored(
     let plugin = tokio::task::spawn_blocking(move || runtime.load(manifest, &component))
         .await
         .map_err(|e| RegistryError::Invalid(format!("loading was interrupted: {e}")))??;
-    Ok(Some(plugin.with_config(&config)))
+    let (granted, secrets) = grants_of(db, name).await?;
+    Ok(Some(
+        plugin.with_config(&config).with_grants(&granted, secrets),
+    ))
+}
+
+/// The capabilities an operator granted `name`, and its secret references.
+async fn grants_of(
+    db: &Db,
+    name: &str,
+) -> Result<(Vec<Capability>, BTreeMap<String, SecretRef>), RegistryError> {
+    let granted = sqlx::query(
+        "SELECT capability FROM plugin_grants WHERE plugin_name = $1 ORDER BY capability",
+    )
+    .bind(name)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .filter_map(|r| {
+        r.try_get::<String, _>("capability")
+            .ok()
+            .and_then(|c| Capability::parse(&c).ok())
+    })
+    .collect();
+    let mut secrets = BTreeMap::new();
+    for row in sqlx::query("SELECT name, reference FROM plugin_secrets WHERE plugin_name = $1")
+        .bind(name)
+        .fetch_all(db.pool())
+        .await?
+    {
+        let reference: String = row.try_get("reference")?;
+        if let Ok(reference) = serde_json::from_str::<SecretRef>(&reference) {
+            secrets.insert(row.try_get("name")?, reference);
+        }
+    }
+    Ok((granted, secrets))
 }
 
 async fn audit(
