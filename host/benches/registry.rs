@@ -3,8 +3,11 @@
 //!
 //! - `cold start`: a host opening a registry of 20 active plugins — with an empty compiled
 //!   cache (every component compiled) and with the cache another start left behind.
-//! - `swap`: three hosts on one database, each following it at the default poll interval;
-//!   the time from the activate call on one host until all three serve the new version.
+//! - `swap`: three hosts on one database, each following it at the default poll interval (and
+//!   LISTEN/NOTIFY on PostgreSQL); the time from the activate call on one host until all three
+//!   serve the new version.
+//! - `file drop`: the same from writing a new manifest version into a plugins directory
+//!   watched by the first host.
 //!
 //! `cargo xtask bench` runs it in release; under `cargo test` it runs a few iterations only.
 
@@ -125,6 +128,54 @@ async fn bench(url: &str, backend: &str, plugins: usize, swaps: usize) -> anyhow
         times.push(started.elapsed());
     }
     times.sort();
+    let api_times = times;
+
+    // A file drop into a plugins directory watched by the first host, as `cartridge serve`
+    // watches it.
+    let dir = tempfile::tempdir()?;
+    let bundle = dir.path().join("bench-00");
+    std::fs::create_dir_all(&bundle)?;
+    std::fs::write(bundle.join("plugin.wasm"), &wasm)?;
+    std::fs::write(bundle.join("plugin.toml"), manifest("bench-00", "3.0.0"))?;
+    let mut directory = cartridge_host::registry::directory::PluginsDirectory::new(
+        dir.path().to_owned(),
+        hosts[0].clone(),
+    );
+    directory.scan().await;
+    let watcher = tokio::spawn(directory.watch(
+        cartridge_host::registry::directory::DEBOUNCE,
+        Duration::from_secs(10),
+    ));
+    let mut drops = Vec::with_capacity(swaps);
+    for drop in 0..swaps {
+        let version = format!("3.0.{}", drop + 1);
+        let started = Instant::now();
+        std::fs::write(bundle.join("plugin.toml"), manifest("bench-00", &version))?;
+        loop {
+            let everywhere = hosts.iter().all(|h| {
+                h.snapshot()
+                    .get("bench-00")
+                    .is_some_and(|p| p.manifest().version.to_string() == version)
+            });
+            if everywhere {
+                break;
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "drop not seen");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drops.push(started.elapsed());
+    }
+    watcher.abort();
+    drops.sort();
+    println!(
+        "{backend}: file drop to serving on all 3 hosts ({} drops, debounce {} ms): median {}, p90 {}, max {}",
+        swaps,
+        cartridge_host::registry::directory::DEBOUNCE.as_millis(),
+        ms(percentile(&drops, 0.5)),
+        ms(percentile(&drops, 0.9)),
+        ms(percentile(&drops, 1.0)),
+    );
+    let times = api_times;
     println!(
         "{backend}: swap to serving on all 3 hosts ({} swaps, poll {} ms): median {}, p90 {}, max {}",
         swaps,

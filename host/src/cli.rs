@@ -85,7 +85,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub demo: bool,
     /// How often this host checks the registry for changes made through other hosts, in ms.
-    #[arg(long, env = "CARTRIDGE_REGISTRY_POLL_MS", default_value_t = 200)]
+    #[arg(long, env = "CARTRIDGE_REGISTRY_POLL_MS", default_value_t = 100)]
     pub registry_poll_ms: u64,
     /// Log one hook call in this many into the call log that shadow runs replay (0: none).
     #[arg(long, env = "CARTRIDGE_CALL_LOG_EVERY", default_value_t = 10)]

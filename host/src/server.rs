@@ -79,7 +79,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     let _registry_tasks = registry.spawn();
     let _directory_watch = directory.map(|directory| {
-        tokio::spawn(directory.watch(Duration::from_millis(300), Duration::from_secs(10)))
+        tokio::spawn(directory.watch(
+            crate::registry::directory::DEBOUNCE,
+            Duration::from_secs(10),
+        ))
     });
     let state = AppState::new(db, registry);
     match &args.admin_token {

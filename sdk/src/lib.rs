@@ -3,8 +3,8 @@
 //! A Cartridge plugin is a WebAssembly component that the Cartridge host calls at one hook of
 //! the commerce pipeline. It receives a typed input (a cart, a checkout, a shopper, a payment
 //! step) and returns a decision; the host validates the decision and owns all state. A plugin
-//! has no files, no environment, no network and no clock: the time of the request arrives in
-//! the input.
+//! has no files, no environment, no clock and no network unless granted (see [`http`]): the
+//! time of the request arrives in the input.
 //!
 //! This crate is all a plugin depends on. It hides the generated component bindings and offers,
 //! per hook kind, one trait and the types of its contract:

@@ -20,6 +20,10 @@ use super::{Registry, RegistryError};
 /// Who the audit log names for changes made through the directory.
 pub const ACTOR: &str = "plugins-directory";
 
+/// How long the directory must stay quiet after a change before it is read. Copying a bundle
+/// is a burst of writes; a half-written file that slips through is refused and read again.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
 /// What one bundle looked like at the last scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {

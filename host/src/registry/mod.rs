@@ -50,7 +50,7 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             watch: WatchPolicy::default(),
-            poll_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(100),
             call_log_keep: 1000,
         }
     }
