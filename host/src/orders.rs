@@ -59,6 +59,9 @@ pub enum OrderError {
     /// The order does not exist.
     #[error("no such order")]
     NotFound,
+    /// The cart already became an order (another checkout of it succeeded).
+    #[error("the cart was already checked out as order {0}")]
+    CartOrdered(String),
     /// The operation is not allowed in the order's current state.
     #[error("cannot {action} an order that is {state}")]
     InvalidTransition {
@@ -220,11 +223,18 @@ impl Orders {
     }
 
     /// Checks out cart `cart_id`. Returns the order as [`Orders::order`] shows it.
+    ///
+    /// `attempt` names this checkout attempt and becomes the order's id: the API derives it
+    /// from the cart and the idempotency key, so a retry of an attempt whose answer was lost
+    /// (a crash, a timeout) reuses the same gateway operation ids — the gateway's idempotency
+    /// returns the first authorisation instead of making a second — and, if the first attempt
+    /// got as far as the order, answers with that order.
     pub async fn checkout(
         &self,
         cart_id: &str,
         request: &CheckoutRequest,
         plugins: &CheckoutPlugins,
+        attempt: Option<&str>,
         now: i64,
     ) -> Result<Value> {
         if !request.email.contains('@') || request.email.len() > 254 {
@@ -245,6 +255,14 @@ impl Orders {
             .payment
             .first()
             .ok_or(OrderError::NoPaymentConnector)?;
+        let order_id = attempt.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+        if let Some(existing) = self.live_order_of_cart(cart_id).await? {
+            return if existing == order_id {
+                self.order(&order_id).await
+            } else {
+                Err(OrderError::CartOrdered(existing))
+            };
+        }
 
         // 1. Re-price from the catalog and the pricing plugins: never trust an earlier quote.
         let contents = self.carts.contents(cart_id).await?;
@@ -329,7 +347,6 @@ impl Orders {
         };
 
         // 3. Reserve stock under the order's id.
-        let order_id = uuid::Uuid::now_v7().to_string();
         let demand: Vec<(String, i64)> = priced
             .lines
             .iter()
@@ -412,9 +429,25 @@ impl Orders {
             .bind(&order_id)
             .execute(self.db.pool())
             .await;
+            // Lost a race with another checkout of the same cart: say so, not "internal".
+            if let Ok(Some(existing)) = self.live_order_of_cart(cart_id).await {
+                return Err(OrderError::CartOrdered(existing));
+            }
             return Err(e.into());
         }
         self.order(&order_id).await
+    }
+
+    /// The cart's order, unless it was cancelled.
+    async fn live_order_of_cart(&self, cart_id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query("SELECT id FROM orders WHERE cart_id = $1 AND status <> 'cancelled'")
+                .bind(cart_id)
+                .fetch_optional(self.db.pool())
+                .await?
+                .map(|r| r.try_get::<String, _>("id"))
+                .transpose()?,
+        )
     }
 
     /// (order count, orders in the last 24 h, lifetime spend, first order time) for an email.

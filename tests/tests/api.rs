@@ -950,6 +950,27 @@ async fn checkout_is_idempotent_per_key() {
         );
         assert_eq!(app.level("SOCK").await["committed"], 2, "one order");
 
+        // The cart is an order now: another key (a double click, a client that lost the
+        // answer and made a new key) cannot make a second one.
+        let twice = app.checkout(&cart, &token, "another", &body).await;
+        assert_eq!(
+            (twice.status, twice.body["error"]["code"].as_str()),
+            (409, Some("cart_already_ordered")),
+            "{}",
+            twice.body
+        );
+        // The stored answer lost (a crash between the order and the idempotency record): a
+        // retry with the first key is the same attempt, and answers with the same order.
+        let db = Db::connect(&app.db.url).await.expect("db");
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = 'same'")
+            .execute(db.pool())
+            .await
+            .expect("forget the stored answer");
+        let retried = app.checkout(&cart, &token, "same", &body).await;
+        assert_eq!(retried.status, 201, "{}", retried.body);
+        assert_eq!(retried.body["id"], first.body["id"], "the same order");
+        assert_eq!(app.level("SOCK").await["committed"], 2, "still one order");
+
         // Fifty concurrent attempts with one fresh key: one order, one charge.
         let (cart, token) = app.cart_with("TEE-L", 1).await;
         let app = std::sync::Arc::new(app);

@@ -207,6 +207,7 @@ impl From<OrderError> for ApiError {
                     OrderError::InvalidTransition { .. } => {
                         (StatusCode::CONFLICT, "invalid_transition")
                     }
+                    OrderError::CartOrdered(_) => (StatusCode::CONFLICT, "cart_already_ordered"),
                     OrderError::RefundTooLarge { .. } => {
                         (StatusCode::CONFLICT, "refund_exceeds_captured")
                     }

@@ -158,6 +158,7 @@ async fn checkout(
     let Json(body) = body?;
     let now = now_ms();
     let canonical = body.clone();
+    let attempt = checkout_attempt(&id, &key);
     let operation = async {
         // What the request leaves out comes from the details saved on the cart.
         let mut body = body;
@@ -173,7 +174,13 @@ async fn checkout(
             .map_err(|e| ApiError::invalid(format!("not a valid checkout: {e}")))?;
         let order = state
             .orders
-            .checkout(&id, &request, &state.checkout_plugins(), now)
+            .checkout(
+                &id,
+                &request,
+                &state.checkout_plugins(),
+                Some(&attempt),
+                now,
+            )
             .await?;
         Ok::<_, ApiError>((StatusCode::CREATED, order))
     };
@@ -181,6 +188,18 @@ async fn checkout(
     let (status, body) =
         super::idempotency::once(&state.db, &scope, Some(&key), &canonical, now, operation).await?;
     Ok((status, Json(body)))
+}
+
+/// The id of the checkout attempt of cart `cart` under idempotency key `key`, which becomes
+/// the order's id: the same for every retry with that key, different for another key.
+fn checkout_attempt(cart: &str, key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("checkout\0{cart}\0{key}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// Active products. For a signed-in customer the personalization plugins re-rank the page;
