@@ -382,6 +382,25 @@ impl Orders {
                 return Err(e.into());
             }
         };
+        if authorized.status != payment::PaymentStatus::Authorized {
+            // 3-D Secure or an asynchronous method: this checkout cannot hand the shopper a
+            // challenge, so it must not record an order on money that is not held. Release
+            // what the gateway started, and the stock.
+            let void = PaymentRequest::Void(payment::VoidRequest {
+                operation_id: format!("{order_id}:void"),
+                gateway_reference: authorized.gateway_reference.clone(),
+                amount: authorized.amount.clone(),
+                now,
+            });
+            if let Err(e) = connector.payment(&void).await {
+                tracing::error!(order = %order_id, "void of an incomplete authorisation failed; reconcile by gateway reference {}: {e}", authorized.gateway_reference);
+            }
+            self.inventory.release(&order_id, now).await?;
+            return Err(OrderError::PaymentRefused {
+                code: format!("{:?}", authorized.status).to_lowercase(),
+                message: "the payment needs a step this checkout does not support".into(),
+            });
+        }
 
         // 5. Record the order and commit the stock; on failure void the authorisation.
         let decisions = json!({

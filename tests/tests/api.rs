@@ -812,6 +812,29 @@ async fn a_declined_payment_releases_the_stock_and_a_cancel_voids_and_restocks()
             (level["reserved"].as_i64(), level["available"].as_i64()),
             (Some(0), Some(10))
         );
+        // A card that needs a 3-D Secure challenge: nothing is held, so no order either.
+        let r = app
+            .checkout(
+                &cart,
+                &token,
+                "k3ds",
+                &checkout_body("tok_threeDSecure2Required", "DE"),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (402, Some("payment_refused")),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"]
+                .to_string()
+                .contains("requiresaction"),
+            "{}",
+            r.body
+        );
+        assert_eq!(app.level("TEE-L").await["reserved"].as_i64(), Some(0));
 
         let r = app
             .checkout(&cart, &token, "k2", &checkout_body("tok_visa", "DE"))

@@ -10,6 +10,7 @@
 //! | `tok_chargeDeclinedExpiredCard`         | `expired-card`                   |
 //! | `tok_chargeDeclinedIncorrectCvc`        | `incorrect-cvc`                  |
 //! | `tok_chargeDeclinedFraudulent`          | `fraud-suspected` (`fraudulent`) |
+//! | `tok_threeDSecure2Required`             | `requires-action` (a 3-D Secure challenge) |
 //! | empty or anything else                  | `invalid-payment-method`         |
 //!
 //! Declines carry the gateway's code (in brackets above, Stripe's decline codes) and the
@@ -113,6 +114,15 @@ fn require_reference(gateway_reference: &str) -> Result<(), PaymentError> {
 
 impl Payment for TestGateway {
     fn authorize(request: AuthorizeRequest) -> Result<PaymentResult, PaymentError> {
+        if request.payment_token == "tok_threeDSecure2Required" {
+            // The card needs a 3-D Secure challenge before anything is held.
+            return Ok(PaymentResult {
+                status: PaymentStatus::RequiresAction,
+                gateway_reference: reference(&request.operation_id),
+                amount: request.amount,
+                step_reference: None,
+            });
+        }
         match decide(&request.payment_token) {
             Ok(()) => Ok(PaymentResult {
                 status: PaymentStatus::Authorized,
@@ -631,6 +641,13 @@ mod tests {
             Err(WebhookError::Malformed(message)) => message,
             other => panic!("expected a malformed body, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_three_d_secure_card_requires_action_and_holds_nothing_yet() {
+        let result = authorize("tok_threeDSecure2Required").expect("answered");
+        assert_eq!(result.status, PaymentStatus::RequiresAction);
+        assert_eq!(result.gateway_reference, "tg_op_1");
     }
 
     #[test]
