@@ -153,6 +153,18 @@ async fn a_granted_host_answers_and_everything_else_is_denied() {
             other => panic!("{denied}: {other:?}"),
         }
     }
+    // A granted name that resolves to an internal address is not a way in.
+    let by_name = format!("\"http:localhost:{}\", \"secrets\"", addr.port());
+    let plugin = probe(
+        &runtime,
+        &by_name,
+        &[("url", &format!("http://localhost:{}/hello", addr.port()))],
+    );
+    let report = run(&plugin).await.expect("report");
+    assert!(
+        report.starts_with("error=HttpError::Connection") && report.contains("no public address"),
+        "{report}"
+    );
     let plugin = probe(&runtime, &granted, &[("url", "file:///etc/passwd")]);
     assert!(
         run(&plugin)

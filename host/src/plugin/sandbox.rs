@@ -38,15 +38,80 @@ pub const HTTP_RESPONSE_LIMIT_BYTES: usize = 1024 * 1024;
 const HTTP_TIMEOUT_CAP: Duration = Duration::from_secs(10);
 
 /// One client for every plugin: connection reuse per granted host. No redirects (a granted
-/// host must not send a request on to one that is not), no proxy from the environment.
+/// host must not send a request on to one that is not), no proxy from the environment, and
+/// host names that resolve only to public addresses (see [`PublicAddresses`]).
 static HTTP_CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        .dns_resolver(Arc::new(PublicAddresses))
         .connect_timeout(HTTP_TIMEOUT_CAP)
         .build()
         .unwrap_or_default()
 });
+
+/// Resolves granted host names, keeping only public addresses: a grant of `http:vendor.example`
+/// must not become a way into the host's own network (loopback, private ranges, link-local
+/// cloud metadata) when the name resolves — or is rebound — there. Reaching an internal
+/// address takes a grant of that IP literal, which is not resolved.
+struct PublicAddresses;
+
+impl reqwest::dns::Resolve for PublicAddresses {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((name.as_str(), 0)).await?;
+            let public: Vec<std::net::SocketAddr> = found.filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(format!("{} resolves to no public address", name.as_str()).into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// What went wrong with a request, with its causes, but without the URL: its query may hold
+/// what the plugin would not log.
+fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
+/// Whether `ip` is on the public internet.
+fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
 
 /// One line a plugin logged.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -258,7 +323,7 @@ impl http::Host for StoreState {
         let mut response = match sent {
             Ok(response) => response,
             Err(e) if e.is_timeout() => return Ok(Err(http::HttpError::Timeout)),
-            Err(e) => return Ok(Err(http::HttpError::Connection(e.to_string()))),
+            Err(e) => return Ok(Err(http::HttpError::Connection(describe(e)))),
         };
         let status = response.status().as_u16();
         let headers = response
@@ -277,7 +342,7 @@ impl http::Host for StoreState {
                 }
                 Ok(None) => break,
                 Err(e) if e.is_timeout() => return Ok(Err(http::HttpError::Timeout)),
-                Err(e) => return Ok(Err(http::HttpError::Connection(e.to_string()))),
+                Err(e) => return Ok(Err(http::HttpError::Connection(describe(e)))),
             }
         }
         Ok(Ok(http::Response {
@@ -390,4 +455,32 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
         |state| state,
     )?;
     Ok(linker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_public;
+
+    #[test]
+    fn internal_addresses_are_not_public() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(!is_public(internal.parse().expect("ip")), "{internal}");
+        }
+        for public in ["54.187.174.169", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(is_public(public.parse().expect("ip")), "{public}");
+        }
+    }
 }
