@@ -790,6 +790,14 @@ async fn the_watched_directory_installs_replaces_refuses_half_written_files_and_
             .await;
         assert_eq!(r.body["entries"][0]["action"], "disable");
         assert_eq!(r.body["entries"][0]["actor"], "plugins-directory");
+        // Put back, the same files serve again.
+        std::fs::create_dir_all(&bundle).expect("mkdir");
+        std::fs::write(bundle.join("tiered-discount.wasm"), &wasm).expect("write");
+        std::fs::write(bundle.join("plugin.toml"), tiered("1.2.0", "1:500")).expect("write");
+        eventually("put back, served again", async || {
+            host.serving("tiered-discount").as_deref() == Some("1.2.0")
+        })
+        .await;
         watch.abort();
         db.drop_database().await;
     }
@@ -987,6 +995,27 @@ async fn capabilities_need_an_operators_grant_and_secrets_are_only_references() 
     for db in test_databases().await {
         let host = start_host(&db, None, config(0)).await;
         host.seed().await;
+        // Validation reaches nothing: the smoke call runs before any grant, with none.
+        let reaching = plugins()
+            .manifest_text("http-probe")
+            .replace("version = \"0.1.0\"", "version = \"0.0.1\"")
+            + "\n[config]\nurl = \"http://127.0.0.1:9/\"\n";
+        let r = host
+            .upload(&reaching, plugins().wasm_bytes("http-probe"), false)
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("smoke_failed")),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("capability denied: http to 127.0.0.1:9")),
+            "{}",
+            r.body
+        );
         let manifest = plugins().manifest_text("http-probe");
         let r = host
             .upload(&manifest, plugins().wasm_bytes("http-probe"), true)

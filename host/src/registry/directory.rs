@@ -68,7 +68,11 @@ impl PluginsDirectory {
     /// was stored before (putting the old files back means "run this").
     pub async fn scan(&mut self) -> ScanReport {
         let mut report = ScanReport::default();
-        let bundles = bundles(&self.dir);
+        let Some(bundles) = bundles(&self.dir) else {
+            // Unreadable is not empty: never disable everything over a transient error.
+            tracing::warn!(dir = %self.dir.display(), "cannot read the plugins directory; nothing changed");
+            return report;
+        };
         for path in &bundles {
             let Some(fingerprint) = stable_fingerprint(path).await else {
                 continue; // still being written; the next event or rescan will come back
@@ -135,13 +139,13 @@ impl PluginsDirectory {
             .upload(ACTOR, "directory", &manifest, wasm)
             .await
             .map_err(refused)?;
-        let active = self
+        let (active, enabled) = self
             .registry
-            .active_version(&stored.name)
+            .serving_state(&stored.name)
             .await
             .map_err(refused)?;
         let wanted = !self.first_scan || stored.created || active.is_none();
-        if wanted && active.as_deref() != Some(stored.version.as_str()) {
+        if wanted && (active.as_deref() != Some(stored.version.as_str()) || !enabled) {
             self.registry
                 .activate(ACTOR, &stored.name, &stored.version)
                 .await
@@ -191,10 +195,11 @@ impl PluginsDirectory {
     }
 }
 
-/// The bundle directories in `dir`: those holding a `plugin.toml`.
-fn bundles(dir: &Path) -> Vec<PathBuf> {
+/// The bundle directories in `dir`: those holding a `plugin.toml`; none if `dir` cannot be
+/// read.
+fn bundles(dir: &Path) -> Option<Vec<PathBuf>> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        return None;
     };
     let mut bundles: Vec<PathBuf> = entries
         .filter_map(Result::ok)
@@ -202,7 +207,7 @@ fn bundles(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| p.join("plugin.toml").is_file())
         .collect();
     bundles.sort();
-    bundles
+    Some(bundles)
 }
 
 /// A digest of the bundle's files (names, sizes, contents), or none while they still change.

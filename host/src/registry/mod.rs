@@ -358,6 +358,7 @@ impl Registry {
         .fetch_all(db.pool())
         .await?;
         let mut entries = Vec::with_capacity(rows.len());
+        let mut failed = false;
         for row in rows {
             let name: String = row.try_get("name")?;
             let (granted, secrets) = grants_of(db, &name).await?;
@@ -386,7 +387,9 @@ impl Registry {
                 }),
                 Err(e) => {
                     // Validated on upload, so this is the host's own trouble (a changed
-                    // engine, a damaged row). Keep serving what served before.
+                    // engine, a damaged row, the database away). Keep serving what served
+                    // before, and try again at the next poll.
+                    failed = true;
                     tracing::error!(plugin = %key.name, version = %key.version, "cannot load the active version: {e}");
                     if let Some(old) = current.entries.iter().find(|e| e.key.name == key.name) {
                         entries.push(old.clone());
@@ -407,7 +410,12 @@ impl Registry {
             .map(|e| format!("{}@{}", e.key.name, e.key.version))
             .collect();
         let next = Arc::new(Snapshot {
-            generation,
+            // Not caught up while a load failed: the next poll tries again.
+            generation: if failed {
+                current.generation
+            } else {
+                generation
+            },
             entries,
         });
         match self.inner.current.write() {
@@ -466,14 +474,21 @@ impl Registry {
         let size = i64::try_from(wasm.len()).unwrap_or(i64::MAX);
         let overrides = self.config_of(&name).await?.unwrap_or_default();
         let plugin = self.compile(manifest, wasm.clone()).await?;
-        let plugin = plugin.with_config(&overrides);
+        // Nothing is granted yet, and validation must not reach out: the smoke call runs with
+        // no capabilities (a plugin that needs one to answer a sample input fails it).
+        let plugin = plugin
+            .with_config(&overrides)
+            .with_grants(&[], BTreeMap::new());
         smoke(&plugin).await?;
         let digest = plugin.digest().to_owned();
 
         let now = now_ms();
         let mut tx = self.inner.db.pool().begin().await?;
+        // A new plugin goes last in its hook: installing one never silently takes over the
+        // hook (the first payment plugin is the connector checkouts use).
         sqlx::query(
-            "INSERT INTO plugins (name, hook, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+            "INSERT INTO plugins (name, hook, position, created_at, updated_at) \
+             SELECT $1, $2, COALESCE(MAX(position) + 1, 0), $3, $3 FROM plugins WHERE hook = $2 \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&name)
@@ -639,17 +654,19 @@ impl Registry {
         self.activate(actor, name, &previous).await
     }
 
-    /// The active version of `name`, if it has one.
-    pub async fn active_version(&self, name: &str) -> Result<Option<String>, RegistryError> {
-        Ok(
-            sqlx::query("SELECT active_version FROM plugins WHERE name = $1")
-                .bind(name)
-                .fetch_optional(self.inner.db.pool())
-                .await?
-                .map(|r| r.try_get::<Option<String>, _>("active_version"))
-                .transpose()?
-                .flatten(),
-        )
+    /// The active version of `name`, if it has one, and whether the plugin is enabled.
+    pub async fn serving_state(&self, name: &str) -> Result<(Option<String>, bool), RegistryError> {
+        let Some(row) = sqlx::query("SELECT active_version, enabled FROM plugins WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.inner.db.pool())
+            .await?
+        else {
+            return Ok((None, false));
+        };
+        Ok((
+            row.try_get("active_version")?,
+            row.try_get::<i64, _>("enabled")? == 1,
+        ))
     }
 
     /// Disables `name` if the version it serves came from the plugins directory (a version an
