@@ -62,6 +62,13 @@ pub enum OrderError {
     /// The cart already became an order (another checkout of it succeeded).
     #[error("the cart was already checked out as order {0}")]
     CartOrdered(String),
+    /// The order could not be recorded after the payment was authorised; the authorisation
+    /// was voided and the stock released. This attempt is over: its gateway operation ids are
+    /// spent, so a retry must be a new attempt (a new idempotency key).
+    #[error(
+        "the order could not be recorded; the payment was released. Check out again with a new Idempotency-Key"
+    )]
+    Aborted,
     /// The operation is not allowed in the order's current state.
     #[error("cannot {action} an order that is {state}")]
     InvalidTransition {
@@ -452,7 +459,8 @@ impl Orders {
             if let Ok(Some(existing)) = self.live_order_of_cart(cart_id).await {
                 return Err(OrderError::CartOrdered(existing));
             }
-            return Err(e.into());
+            // Replaying this attempt would replay the voided authorisation at the gateway.
+            return Err(OrderError::Aborted);
         }
         self.order(&order_id).await
     }

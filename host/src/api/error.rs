@@ -21,6 +21,9 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// A server-side failure that retrying with the same idempotency key cannot mend: stored
+    /// and replayed like a client error.
+    final_answer: bool,
 }
 
 impl ApiError {
@@ -30,7 +33,19 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            final_answer: false,
         }
+    }
+
+    /// Marks a server-side failure as the final answer for its idempotency key.
+    pub fn final_answer(mut self) -> Self {
+        self.final_answer = true;
+        self
+    }
+
+    /// Whether this answer stands for its idempotency key even though it is a server error.
+    pub fn is_final(&self) -> bool {
+        self.final_answer || !self.status.is_server_error()
     }
 
     /// 401: no credential, or one that opens nothing here.
@@ -208,6 +223,14 @@ impl From<OrderError> for ApiError {
                         (StatusCode::CONFLICT, "invalid_transition")
                     }
                     OrderError::CartOrdered(_) => (StatusCode::CONFLICT, "cart_already_ordered"),
+                    OrderError::Aborted => {
+                        return Self::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "checkout_aborted",
+                            other.to_string(),
+                        )
+                        .final_answer();
+                    }
                     OrderError::RefundTooLarge { .. } => {
                         (StatusCode::CONFLICT, "refund_exceeds_captured")
                     }

@@ -60,7 +60,8 @@ pub fn optional_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// key with another body is 422, and while the first request runs a repeat is 409.
 ///
 /// An error of `operation` is a response like any other (stored and replayed) unless it is a
-/// server-side failure. The future is not polled when the answer is a replay.
+/// server-side failure that a retry might mend. The future is not polled when the answer is a
+/// replay.
 pub async fn once(
     db: &Db,
     scope: &str,
@@ -75,8 +76,11 @@ pub async fn once(
     if let Begin::Replay(status, stored) = begin(db, scope, key, body, now).await? {
         return Ok((status, stored));
     }
-    let (status, answer) = operation.await.unwrap_or_else(|e| (e.status(), e.body()));
-    finish(db, scope, key, status, &answer).await;
+    let (status, answer, keep) = match operation.await {
+        Ok((status, answer)) => (status, answer, !status.is_server_error()),
+        Err(e) => (e.status(), e.body(), e.is_final()),
+    };
+    finish(db, scope, key, status, &answer, keep).await;
     Ok((status, answer))
 }
 
@@ -139,9 +143,10 @@ async fn begin(db: &Db, scope: &str, key: &str, body: &Value, now: i64) -> Resul
     ))
 }
 
-/// Stores the response of a request that ran (or forgets the key after a server failure).
-async fn finish(db: &Db, scope: &str, key: &str, status: StatusCode, body: &Value) {
-    let result = if status.is_server_error() {
+/// Stores the response of a request that ran, or forgets the key (`keep` false: a server
+/// failure that a retry may mend).
+async fn finish(db: &Db, scope: &str, key: &str, status: StatusCode, body: &Value, keep: bool) {
+    let result = if !keep {
         sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
             .bind(scope)
             .bind(key)
