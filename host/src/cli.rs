@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// Switch a plugin off after this many crashes in a row (0: never).
     #[arg(long, env = "CARTRIDGE_CRASH_LOOP_AFTER", default_value_t = 20)]
     pub crash_loop_after: u32,
+    /// A directory plugin secret files may be in, besides `/run/secrets` and
+    /// `<data-dir>/secrets` (repeatable).
+    #[arg(long = "secrets-dir", env = "CARTRIDGE_SECRETS_DIR")]
+    pub secrets_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -422,7 +426,14 @@ async fn replay(
     let db = crate::db::Db::connect(&database.url()).await?;
     let runtime = std::sync::Arc::new(runtime);
     let name = candidate.manifest().name.clone();
-    let active = crate::registry::load_stored(&db, &runtime, &name, None).await?;
+    let active = crate::registry::load_stored(
+        &db,
+        &runtime,
+        &name,
+        None,
+        &crate::plugin::SecretPolicy::default(),
+    )
+    .await?;
     let report = crate::registry::replay::replay(&db, &candidate, active.as_ref(), last).await?;
     let mut out = std::io::stdout().lock();
     if as_json {

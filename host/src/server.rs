@@ -68,6 +68,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             trip_after: args.crash_loop_after,
         },
         poll_interval: Duration::from_millis(args.registry_poll_ms.max(10)),
+        secrets: crate::plugin::SecretPolicy {
+            dirs: [
+                std::path::PathBuf::from("/run/secrets"),
+                absolute(&args.database.data_dir.join("secrets")),
+            ]
+            .into_iter()
+            .chain(args.secrets_dirs.iter().map(|d| absolute(d)))
+            .collect(),
+        },
         ..RegistryConfig::default()
     };
     let (registry, directory) = open_registry(
@@ -102,6 +111,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %app.local_addr()?, "cartridge listening");
     app.run().await?;
     Ok(())
+}
+
+/// `path` made absolute against the working directory (secret references are absolute).
+fn absolute(path: &Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// The registry over `db`, with the bundles of `plugins_dir` installed by one scan (a bundle

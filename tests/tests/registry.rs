@@ -44,6 +44,10 @@ fn config(trip_after: u32) -> RegistryConfig {
             trip_after,
         },
         poll_interval: Duration::from_millis(100),
+        // The tests keep their secret files in temporary directories.
+        secrets: cartridge_host::plugin::SecretPolicy {
+            dirs: vec![std::env::temp_dir()],
+        },
         ..RegistryConfig::default()
     }
 }
@@ -1064,6 +1068,9 @@ async fn capabilities_need_an_operators_grant_and_secrets_are_only_references() 
             json!({"value": "sk_live"}),
             json!("sk_live"),
             json!({"env": 5}),
+            json!({"env": "CARTRIDGE_DATABASE_URL"}),
+            json!({"file": "/etc/passwd"}),
+            json!({"file": format!("{}/../../etc/passwd", std::env::temp_dir().display())}),
         ] {
             let r = host
                 .admin(

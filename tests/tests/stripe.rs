@@ -158,6 +158,8 @@ impl Store {
             .arg("--plugins-dir")
             .arg(data.path().join("plugins-installed"))
             .args(["--database-url", &database.url, "--call-log-every", "1"])
+            .arg("--secrets-dir")
+            .arg(secrets.path())
             .env("CARTRIDGE_ADMIN_TOKEN", ADMIN)
             .env("CARTRIDGE_LOG", "debug")
             .env("NO_COLOR", "1")

@@ -99,6 +99,71 @@ impl SecretRef {
     }
 }
 
+/// Where secret references may point. A reference is an operator's pointer to a value, not a
+/// way to read the host's own files or configuration: files must lie in one of `dirs`, and
+/// environment variables must not be the host's own `CARTRIDGE_…` settings (other than
+/// `CARTRIDGE_SECRET_…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretPolicy {
+    /// Directories secret files may be in (e.g. `/run/secrets`, where Docker and Kubernetes
+    /// mount them).
+    pub dirs: Vec<std::path::PathBuf>,
+}
+
+impl Default for SecretPolicy {
+    fn default() -> Self {
+        Self {
+            dirs: vec![std::path::PathBuf::from("/run/secrets")],
+        }
+    }
+}
+
+impl SecretPolicy {
+    /// Whether `reference` may be used, and if not, why.
+    pub fn check(&self, reference: &SecretRef) -> Result<(), String> {
+        match reference {
+            SecretRef::Env(name) => {
+                if name.is_empty()
+                    || name.len() > 128
+                    || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(format!("{name:?} is not an environment variable name"));
+                }
+                if name.starts_with("CARTRIDGE_") && !name.starts_with("CARTRIDGE_SECRET_") {
+                    return Err(format!(
+                        "{name} is the host's own configuration, not a plugin secret \
+                         (CARTRIDGE_SECRET_… names are allowed)"
+                    ));
+                }
+                Ok(())
+            }
+            SecretRef::File(path) => {
+                let path = std::path::Path::new(path);
+                let plain = path.is_absolute()
+                    && path.components().all(|c| {
+                        matches!(
+                            c,
+                            std::path::Component::RootDir | std::path::Component::Normal(_)
+                        )
+                    });
+                if plain && self.dirs.iter().any(|dir| path.starts_with(dir)) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} is not a plain absolute path inside a secrets directory ({})",
+                        path.display(),
+                        self.dirs
+                            .iter()
+                            .map(|d| d.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }
+            }
+        }
+    }
+}
+
 /// What one loaded plugin may use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
@@ -185,6 +250,34 @@ mod tests {
             "http:host:x",
         ] {
             assert!(Capability::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secret_references_stay_inside_the_policy() {
+        let policy = SecretPolicy {
+            dirs: vec!["/run/secrets".into(), "/srv/shop/secrets".into()],
+        };
+        for ok in [
+            SecretRef::Env("STRIPE_SECRET_KEY".into()),
+            SecretRef::Env("CARTRIDGE_SECRET_STRIPE".into()),
+            SecretRef::File("/run/secrets/stripe".into()),
+            SecretRef::File("/srv/shop/secrets/a/b".into()),
+        ] {
+            assert!(policy.check(&ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            SecretRef::Env("CARTRIDGE_DATABASE_URL".into()),
+            SecretRef::Env("CARTRIDGE_ADMIN_TOKEN".into()),
+            SecretRef::Env("A=B".into()),
+            SecretRef::Env(String::new()),
+            SecretRef::File("/etc/shadow".into()),
+            SecretRef::File("/proc/self/environ".into()),
+            SecretRef::File("/run/secrets/../../etc/passwd".into()),
+            SecretRef::File("run/secrets/x".into()),
+            SecretRef::File("/run/secretsX/x".into()),
+        ] {
+            assert!(policy.check(&bad).is_err(), "{bad:?}");
         }
     }
 

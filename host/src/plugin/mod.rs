@@ -21,7 +21,7 @@ pub mod validate;
 pub mod watch;
 
 pub use call::{Call, CallStats, OUTPUT_LIMIT_BYTES, PaymentRequest, Plugin};
-pub use capability::{Capability, Grants, SecretRef};
+pub use capability::{Capability, Grants, SecretPolicy, SecretRef};
 pub use error::{HookError, HookErrorKind, LoadError, PluginRef};
 pub use manifest::{FailurePolicy, HookKind, Limits, Manifest};
 pub use runtime::{Runtime, RuntimeConfig, component_path};

@@ -31,12 +31,12 @@ use tokio::sync::mpsc;
 
 use crate::db::Db;
 use crate::plugin::{
-    CallWatch, Capability, HookKind, LoadError, Manifest, Plugin, Runtime, SecretRef, WatchEvent,
-    WatchPolicy,
+    CallWatch, Capability, HookKind, LoadError, Manifest, Plugin, Runtime, SecretPolicy, SecretRef,
+    WatchEvent, WatchPolicy,
 };
 
 /// How the registry behaves on this host.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RegistryConfig {
     /// Call log sampling and the crash-loop breaker's threshold.
     pub watch: WatchPolicy,
@@ -44,6 +44,8 @@ pub struct RegistryConfig {
     pub poll_interval: Duration,
     /// Logged calls kept per plugin.
     pub call_log_keep: i64,
+    /// Where secret references may point.
+    pub secrets: SecretPolicy,
 }
 
 impl Default for RegistryConfig {
@@ -52,6 +54,7 @@ impl Default for RegistryConfig {
             watch: WatchPolicy::default(),
             poll_interval: Duration::from_millis(100),
             call_log_keep: 1000,
+            secrets: SecretPolicy::default(),
         }
     }
 }
@@ -361,7 +364,7 @@ impl Registry {
         let mut failed = false;
         for row in rows {
             let name: String = row.try_get("name")?;
-            let (granted, secrets) = grants_of(db, &name).await?;
+            let (granted, secrets) = grants_of(db, &name, &self.inner.config.secrets).await?;
             let key = LoadKey {
                 grants: format!("{granted:?} {secrets:?}"),
                 name,
@@ -440,7 +443,8 @@ impl Registry {
         let config: BTreeMap<String, String> = serde_json::from_str(&key.config)
             .map_err(|e| RegistryError::Invalid(format!("stored config: {e}")))?;
         let plugin = self.compile(manifest, component).await?;
-        let (granted, secrets) = grants_of(&self.inner.db, &key.name).await?;
+        let (granted, secrets) =
+            grants_of(&self.inner.db, &key.name, &self.inner.config.secrets).await?;
         let plugin = plugin.with_grants(&granted, secrets);
         let watch = CallWatch::new(
             self.inner.config.watch,
@@ -881,6 +885,13 @@ impl Registry {
                 "secret name {secret:?}: use 1 to 64 letters, digits, '-' and '_'"
             )));
         }
+        if let Some(reference) = reference {
+            self.inner
+                .config
+                .secrets
+                .check(reference)
+                .map_err(RegistryError::Invalid)?;
+        }
         let mut tx = self.inner.db.pool().begin().await?;
         sqlx::query("SELECT name FROM plugins WHERE name = $1")
             .bind(name)
@@ -1081,9 +1092,15 @@ impl Registry {
     /// A stored version, loaded for a shadow run: configured like the active one, not watched
     /// (shadow calls are neither logged nor counted by the breaker).
     pub async fn load_candidate(&self, name: &str, version: &str) -> Result<Plugin, RegistryError> {
-        load_stored(&self.inner.db, &self.inner.runtime, name, Some(version))
-            .await?
-            .ok_or_else(|| self.unknown(name, version))
+        load_stored(
+            &self.inner.db,
+            &self.inner.runtime,
+            name,
+            Some(version),
+            &self.inner.config.secrets,
+        )
+        .await?
+        .ok_or_else(|| self.unknown(name, version))
     }
 
     /// Writes sampled calls (in batches) and persists breaker trips, until the channel closes.
@@ -1200,6 +1217,7 @@ pub async fn load_stored(
     runtime: &Arc<Runtime>,
     name: &str,
     version: Option<&str>,
+    policy: &SecretPolicy,
 ) -> Result<Option<Plugin>, RegistryError> {
     let row = sqlx::query(
         "SELECT v.manifest, v.component, p.config FROM plugins p \
@@ -1221,16 +1239,18 @@ pub async fn load_stored(
     let plugin = tokio::task::spawn_blocking(move || runtime.load(manifest, &component))
         .await
         .map_err(|e| RegistryError::Invalid(format!("loading was interrupted: {e}")))??;
-    let (granted, secrets) = grants_of(db, name).await?;
+    let (granted, secrets) = grants_of(db, name, policy).await?;
     Ok(Some(
         plugin.with_config(&config).with_grants(&granted, secrets),
     ))
 }
 
-/// The capabilities an operator granted `name`, and its secret references.
+/// The capabilities an operator granted `name`, and its secret references that `policy`
+/// allows (a stored reference the policy no longer allows is dropped, with a warning).
 async fn grants_of(
     db: &Db,
     name: &str,
+    policy: &SecretPolicy,
 ) -> Result<(Vec<Capability>, BTreeMap<String, SecretRef>), RegistryError> {
     let granted = sqlx::query(
         "SELECT capability FROM plugin_grants WHERE plugin_name = $1 ORDER BY capability",
@@ -1252,8 +1272,17 @@ async fn grants_of(
         .await?
     {
         let reference: String = row.try_get("reference")?;
-        if let Ok(reference) = serde_json::from_str::<SecretRef>(&reference) {
-            secrets.insert(row.try_get("name")?, reference);
+        let secret: String = row.try_get("name")?;
+        match serde_json::from_str::<SecretRef>(&reference) {
+            Ok(reference) => match policy.check(&reference) {
+                Ok(()) => {
+                    secrets.insert(secret, reference);
+                }
+                Err(why) => {
+                    tracing::warn!(plugin = name, secret, "secret reference not allowed: {why}");
+                }
+            },
+            Err(e) => tracing::warn!(plugin = name, secret, "unreadable secret reference: {e}"),
         }
     }
     Ok((granted, secrets))
