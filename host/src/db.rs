@@ -71,6 +71,11 @@ impl Db {
             Backend::Sqlite => {
                 AnyPoolOptions::new()
                     .max_connections(1)
+                    // An embedded file cannot go away under us, and the ping before each
+                    // acquire is a round trip through sqlx's SQLite worker thread: on a
+                    // checkout of some eighty statements, profiling showed those hand-offs,
+                    // not SQLite, to be where the time goes.
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(30))
                     .after_connect(|conn, _| {
                         Box::pin(async move {
