@@ -443,8 +443,12 @@ async fn replay(
         writeln!(out, "baseline     {}", report.baseline)?;
         writeln!(
             out,
-            "replayed     {} inputs: {} identical, {} different ({} candidate errors)",
-            report.compared, report.identical, report.differed, report.candidate_errors
+            "replayed     {} inputs: {} identical, {} different ({} candidate errors, {} logged inputs no longer valid)",
+            report.compared,
+            report.identical,
+            report.differed,
+            report.candidate_errors,
+            report.skipped
         )?;
         for d in &report.differences {
             writeln!(out, "\ncall {} (at {}):", d.call_id, d.at)?;

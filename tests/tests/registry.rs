@@ -928,6 +928,14 @@ async fn a_shadow_run_shows_where_a_candidate_would_price_differently() {
             r.body["calls"].as_array().is_some_and(|c| c.len() >= 8)
         })
         .await;
+        // A logged input that no longer fits the hook's input is left out, not "identical".
+        sqlx::query(
+            "INSERT INTO plugin_calls (plugin_name, version, hook, at, input, duration_us) \
+             VALUES ('tiered-discount', '1.0.0', 'pricing', 0, '{\"not\": \"a cart\"}', 0)",
+        )
+        .execute(host.state.registry().db().pool())
+        .await
+        .expect("insert");
         // A candidate with a second tier from 4 units: only the 4-tee carts change.
         let r = host
             .upload(&tiered("2.0.0", "3:500,4:1000"), wasm.clone(), false)
@@ -944,6 +952,7 @@ async fn a_shadow_run_shows_where_a_candidate_would_price_differently() {
         let report = &r.body;
         assert_eq!(report["candidate"], "tiered-discount@2.0.0");
         assert_eq!(report["baseline"], "tiered-discount@1.0.0");
+        assert_eq!(report["skipped"], 1, "{report}");
         let compared = report["compared"].as_u64().expect("compared");
         let differed = report["differed"].as_u64().expect("differed");
         assert!(compared >= 8, "{report}");

@@ -54,6 +54,8 @@ pub struct ReplayReport {
     pub baseline: String,
     /// Inputs replayed.
     pub compared: usize,
+    /// Logged inputs that are no longer valid inputs of the hook (left out of the comparison).
+    pub skipped: usize,
     /// Inputs where both answered the same.
     pub identical: usize,
     /// Inputs where they differ (including one failing and the other not).
@@ -114,6 +116,7 @@ pub async fn replay(
         candidate: candidate.manifest().id(),
         baseline: active.map_or_else(|| "logged outputs".to_owned(), |a| a.manifest().id()),
         compared: 0,
+        skipped: 0,
         identical: 0,
         differed: 0,
         candidate_errors: 0,
@@ -131,6 +134,11 @@ pub async fn replay(
             ),
         };
         let candidate_answer = answer(candidate, input.clone()).await;
+        let unusable = |a: &Answer| matches!(a, Answer::Error { code, .. } if code == "bad_input");
+        if unusable(&candidate_answer) && (unusable(&baseline) || active.is_none()) {
+            report.skipped += 1;
+            continue;
+        }
         report.compared += 1;
         if matches!(candidate_answer, Answer::Error { .. }) {
             report.candidate_errors += 1;
