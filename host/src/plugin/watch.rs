@@ -47,6 +47,9 @@ pub enum WatchEvent {
         failures: u32,
         /// The last failure, `code: message`.
         last_error: String,
+        /// The registry row's version the watch was made for: a trip is recorded only if the
+        /// operator has not changed the plugin since.
+        epoch: i64,
     },
 }
 
@@ -76,17 +79,25 @@ pub struct CallWatch {
     failures_in_a_row: AtomicU32,
     tripped: AtomicBool,
     events: mpsc::Sender<WatchEvent>,
+    epoch: i64,
 }
 
 impl CallWatch {
-    /// A watch that reports to `events`; `tripped` when the registry already recorded a trip.
-    pub fn new(policy: WatchPolicy, events: mpsc::Sender<WatchEvent>, tripped: bool) -> Self {
+    /// A watch that reports to `events`; `tripped` when the registry already recorded a trip;
+    /// `epoch` names the registry row's version it was made for.
+    pub fn new(
+        policy: WatchPolicy,
+        events: mpsc::Sender<WatchEvent>,
+        tripped: bool,
+        epoch: i64,
+    ) -> Self {
         Self {
             policy,
             calls: AtomicU64::new(0),
             failures_in_a_row: AtomicU32::new(0),
             tripped: AtomicBool::new(tripped),
             events,
+            epoch,
         }
     }
 
@@ -140,6 +151,7 @@ impl CallWatch {
                 plugin: plugin.clone(),
                 failures,
                 last_error: format!("{code}: {message}"),
+                epoch: self.epoch,
             };
             if let Err(mpsc::error::TrySendError::Full(event)) = events.try_send(event)
                 && let Ok(runtime) = tokio::runtime::Handle::try_current()

@@ -144,6 +144,9 @@ struct LoadKey {
     /// Granted capabilities and secret references, as stored.
     grants: String,
     tripped: bool,
+    /// The plugin row's `updated_at`: any operator change (enable, config, order) reloads
+    /// the plugin with a fresh crash-loop count.
+    epoch: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -353,7 +356,8 @@ impl Registry {
             return Ok(false);
         }
         let rows = sqlx::query(
-            "SELECT p.name, p.position, p.config, p.tripped_at, v.version, v.digest, v.manifest \
+            "SELECT p.name, p.position, p.config, p.tripped_at, p.updated_at, \
+                    v.version, v.digest, v.manifest \
              FROM plugins p JOIN plugin_versions v \
                ON v.plugin_name = p.name AND v.version = p.active_version \
              WHERE p.enabled = 1",
@@ -372,6 +376,7 @@ impl Registry {
                 digest: row.try_get("digest")?,
                 config: row.try_get("config")?,
                 tripped: row.try_get::<Option<i64>, _>("tripped_at")?.is_some(),
+                epoch: row.try_get("updated_at")?,
             };
             let position: i64 = row.try_get("position")?;
             if let Some(same) = current.entries.iter().find(|e| e.key == key) {
@@ -450,6 +455,7 @@ impl Registry {
             self.inner.config.watch,
             self.inner.events.clone(),
             key.tripped,
+            key.epoch,
         );
         Ok(plugin.with_config(&config).watched(Arc::new(watch)))
     }
@@ -1115,8 +1121,9 @@ impl Registry {
                         plugin,
                         failures,
                         last_error,
+                        epoch,
                     } => {
-                        if let Err(e) = self.trip(&plugin, failures, &last_error).await {
+                        if let Err(e) = self.trip(&plugin, failures, &last_error, epoch).await {
                             tracing::error!(plugin = %plugin, "recording a breaker trip failed: {e}");
                         }
                     }
@@ -1179,16 +1186,21 @@ impl Registry {
         plugin: &crate::plugin::PluginRef,
         failures: u32,
         last_error: &str,
+        epoch: i64,
     ) -> Result<(), RegistryError> {
         let mut tx = self.inner.db.pool().begin().await?;
+        // Only if nobody changed the plugin since the watch was made: a trip queued before an
+        // operator's enable must not switch it off again.
         let updated = sqlx::query(
             "UPDATE plugins SET tripped_at = $3, tripped_reason = $4, updated_at = $3 \
-             WHERE name = $1 AND active_version = $2 AND tripped_at IS NULL",
+             WHERE name = $1 AND active_version = $2 AND tripped_at IS NULL \
+               AND updated_at = $5",
         )
         .bind(&plugin.name)
         .bind(plugin.version.to_string())
         .bind(now_ms())
         .bind(last_error)
+        .bind(epoch)
         .execute(&mut *tx)
         .await?
         .rows_affected();
