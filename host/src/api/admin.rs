@@ -303,7 +303,8 @@ async fn capture(
     let key = super::idempotency::optional_key(&headers)?;
     let capture: Capture = optional_body(&body)?;
     let now = now_ms();
-    let operation = async {
+    let (scope, canonical, db) = (format!("capture:{id}"), json!(capture), state.db.clone());
+    let operation = async move {
         let connector = connector_of(&state, &id).await?;
         let order = state
             .orders
@@ -311,16 +312,8 @@ async fn capture(
             .await?;
         Ok::<_, ApiError>((axum::http::StatusCode::OK, order))
     };
-    let scope = format!("capture:{id}");
-    let (status, body) = super::idempotency::once(
-        &state.db,
-        &scope,
-        key.as_deref(),
-        &json!(capture),
-        now,
-        operation,
-    )
-    .await?;
+    let (status, body) =
+        super::idempotency::once(&db, &scope, key.as_deref(), &canonical, now, operation).await?;
     Ok((status, Json(body)))
 }
 
@@ -334,21 +327,14 @@ async fn cancel(
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
     let key = super::idempotency::optional_key(&headers)?;
     let now = now_ms();
-    let operation = async {
+    let (scope, db) = (format!("cancel:{id}"), state.db.clone());
+    let operation = async move {
         let connector = connector_of(&state, &id).await?;
         let order = state.orders.cancel(&id, &connector, now).await?;
         Ok::<_, ApiError>((axum::http::StatusCode::OK, order))
     };
-    let scope = format!("cancel:{id}");
-    let (status, body) = super::idempotency::once(
-        &state.db,
-        &scope,
-        key.as_deref(),
-        &Value::Null,
-        now,
-        operation,
-    )
-    .await?;
+    let (status, body) =
+        super::idempotency::once(&db, &scope, key.as_deref(), &Value::Null, now, operation).await?;
     Ok((status, Json(body)))
 }
 
@@ -372,7 +358,11 @@ async fn refund(
     let Json(refund) = body?;
     let now = now_ms();
     let canonical = json!(refund);
-    let operation = async {
+    let (scope, db) = (format!("refund:{id}"), state.db.clone());
+    // The refund's gateway operation id comes from the key: a retry of this request (after a
+    // timeout, whatever happened at the gateway) is the same refund to the gateway.
+    let attempt = super::attempt_id("refund", &id, &key);
+    let operation = async move {
         let connector = connector_of(&state, &id).await?;
         let order = state
             .orders
@@ -381,14 +371,14 @@ async fn refund(
                 i64::from(refund.amount),
                 refund.reason,
                 &connector,
+                &attempt,
                 now,
             )
             .await?;
         Ok::<_, ApiError>((axum::http::StatusCode::OK, order))
     };
-    let scope = format!("refund:{id}");
     let (status, body) =
-        super::idempotency::once(&state.db, &scope, Some(&key), &canonical, now, operation).await?;
+        super::idempotency::once(&db, &scope, Some(&key), &canonical, now, operation).await?;
     Ok((status, Json(body)))
 }
 

@@ -62,7 +62,29 @@ pub fn optional_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// An error of `operation` is a response like any other (stored and replayed) unless it is a
 /// server-side failure that a retry might mend. The future is not polled when the answer is a
 /// replay.
+///
+/// The whole of it runs as a task of its own: a client that disconnects (or times out) drops
+/// its request, but never a money operation half-way, nor the recording of its answer.
 pub async fn once(
+    db: &Db,
+    scope: &str,
+    key: Option<&str>,
+    body: &Value,
+    now: i64,
+    operation: impl Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'static,
+) -> Result<(StatusCode, Value), ApiError> {
+    let (db, scope, key, body) = (
+        db.clone(),
+        scope.to_owned(),
+        key.map(str::to_owned),
+        body.clone(),
+    );
+    tokio::spawn(async move { run_once(&db, &scope, key.as_deref(), &body, now, operation).await })
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+}
+
+async fn run_once(
     db: &Db,
     scope: &str,
     key: Option<&str>,

@@ -173,6 +173,40 @@ async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
     )
 }
 
+/// The id of one attempt at `operation` on `subject` under idempotency key `key`: the same for
+/// every retry with that key, different for another key. A checkout's becomes the order's id;
+/// a refund's names it at the gateway, so that the gateway's own idempotency sees a retry as
+/// the same request.
+pub(crate) fn attempt_id(operation: &str, subject: &str, key: &str) -> String {
+    let digest = Sha256::digest(format!("{operation}\0{subject}\0{key}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// `text` with every run of eight or more digits blanked: what could be a card number.
+pub(crate) fn without_long_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut digits = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        if digits.len() >= 8 {
+            out.push_str("[number]");
+        } else {
+            out.push_str(&digits);
+        }
+        digits.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
+}
+
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -252,5 +286,32 @@ impl FromRequestParts<AppState> for MaybeSignedIn {
                 state.customers.authenticate(token, now_ms()).await?,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{attempt_id, without_long_numbers};
+
+    #[test]
+    fn long_numbers_are_blanked_and_short_ones_kept() {
+        assert_eq!(
+            without_long_numbers(
+                "invalid type: integer `4242424242424242`, expected a string at line 1 column 20"
+            ),
+            "invalid type: integer `[number]`, expected a string at line 1 column 20"
+        );
+        assert_eq!(without_long_numbers("12345678"), "[number]");
+        assert_eq!(without_long_numbers("a 1234567 b"), "a 1234567 b");
+    }
+
+    #[test]
+    fn attempts_are_stable_per_key_and_differ_across_keys() {
+        let a = attempt_id("checkout", "cart-1", "k1");
+        assert_eq!(a, attempt_id("checkout", "cart-1", "k1"));
+        assert_ne!(a, attempt_id("checkout", "cart-1", "k2"));
+        assert_ne!(a, attempt_id("checkout", "cart-2", "k1"));
+        assert_ne!(a, attempt_id("refund", "cart-1", "k1"));
+        assert!(uuid::Uuid::parse_str(&a).is_ok());
     }
 }

@@ -158,8 +158,9 @@ async fn checkout(
     let Json(body) = body?;
     let now = now_ms();
     let canonical = body.clone();
-    let attempt = checkout_attempt(&id, &key);
-    let operation = async {
+    let attempt = super::attempt_id("checkout", &id, &key);
+    let (scope, db) = (format!("checkout:{id}"), state.db.clone());
+    let operation = async move {
         // What the request leaves out comes from the details saved on the cart.
         let mut body = body;
         if let Value::Object(fields) = &mut body {
@@ -170,8 +171,14 @@ async fn checkout(
                 }
             }
         }
-        let request = serde_json::from_value::<CheckoutRequest>(body)
-            .map_err(|e| ApiError::invalid(format!("not a valid checkout: {e}")))?;
+        // serde quotes the offending value; a card number sent by mistake must not come back
+        // (nor be stored with the idempotent answer).
+        let request = serde_json::from_value::<CheckoutRequest>(body).map_err(|e| {
+            ApiError::invalid(format!(
+                "not a valid checkout: {}",
+                super::without_long_numbers(&e.to_string())
+            ))
+        })?;
         let order = state
             .orders
             .checkout(
@@ -184,22 +191,9 @@ async fn checkout(
             .await?;
         Ok::<_, ApiError>((StatusCode::CREATED, order))
     };
-    let scope = format!("checkout:{id}");
     let (status, body) =
-        super::idempotency::once(&state.db, &scope, Some(&key), &canonical, now, operation).await?;
+        super::idempotency::once(&db, &scope, Some(&key), &canonical, now, operation).await?;
     Ok((status, Json(body)))
-}
-
-/// The id of the checkout attempt of cart `cart` under idempotency key `key`, which becomes
-/// the order's id: the same for every retry with that key, different for another key.
-fn checkout_attempt(cart: &str, key: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("checkout\0{cart}\0{key}").as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes)
-        .into_uuid()
-        .to_string()
 }
 
 /// Active products. For a signed-in customer the personalization plugins re-rank the page;
