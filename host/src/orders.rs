@@ -59,6 +59,11 @@ pub enum OrderError {
     /// The order does not exist.
     #[error("no such order")]
     NotFound,
+    /// The gateway could not be reached or failed; whether it authorised is unknown. A retry
+    /// of the same attempt (the same idempotency key) finds out through the gateway's own
+    /// idempotency.
+    #[error("the payment gateway is unavailable; retry with the same Idempotency-Key")]
+    GatewayUnavailable,
     /// The cart already became an order (another checkout of it succeeded).
     #[error("the cart was already checked out as order {0}")]
     CartOrdered(String),
@@ -376,6 +381,12 @@ impl Orders {
         let authorized = match connector.payment(&authorize).await {
             Ok(call) => match call.output {
                 Ok(result) => result,
+                Err(refusal) if refusal.code == payment::PaymentErrorCode::GatewayUnavailable => {
+                    // Maybe authorised, maybe not: not a final answer. A retry with the same
+                    // key is the same attempt, and the gateway's idempotency tells.
+                    self.inventory.release(&order_id, now).await?;
+                    return Err(OrderError::GatewayUnavailable);
+                }
                 Err(refusal) => {
                     self.inventory.release(&order_id, now).await?;
                     return Err(OrderError::PaymentRefused {
@@ -392,14 +403,25 @@ impl Orders {
         if authorized.status != payment::PaymentStatus::Authorized {
             // 3-D Secure or an asynchronous method: this checkout cannot hand the shopper a
             // challenge, so it must not record an order on money that is not held. Release
-            // what the gateway started, and the stock.
-            let void = PaymentRequest::Void(payment::VoidRequest {
-                operation_id: format!("{order_id}:void"),
-                gateway_reference: authorized.gateway_reference.clone(),
-                amount: authorized.amount.clone(),
-                now,
-            });
-            if let Err(e) = connector.payment(&void).await {
+            // what the gateway started (a gateway that captured at once gets a refund), and
+            // the stock.
+            let undo = if authorized.status == payment::PaymentStatus::Captured {
+                PaymentRequest::Refund(payment::RefundRequest {
+                    operation_id: format!("{order_id}:refund-unrequested-capture"),
+                    gateway_reference: authorized.gateway_reference.clone(),
+                    amount: authorized.amount.clone(),
+                    reason: Some("captured at authorisation; checkout refused".into()),
+                    now,
+                })
+            } else {
+                PaymentRequest::Void(payment::VoidRequest {
+                    operation_id: format!("{order_id}:void"),
+                    gateway_reference: authorized.gateway_reference.clone(),
+                    amount: authorized.amount.clone(),
+                    now,
+                })
+            };
+            if let Err(e) = connector.payment(&undo).await {
                 tracing::error!(order = %order_id, "void of an incomplete authorisation failed; reconcile by gateway reference {}: {e}", authorized.gateway_reference);
             }
             self.inventory.release(&order_id, now).await?;
@@ -1147,6 +1169,7 @@ impl Orders {
         amount: i64,
         reason: Option<String>,
         connector: &Plugin,
+        attempt: &str,
         now: i64,
     ) -> Result<Value> {
         if amount <= 0 {
@@ -1178,7 +1201,7 @@ impl Orders {
                 .fetch_one(self.db.pool())
                 .await?;
         let request = PaymentRequest::Refund(payment::RefundRequest {
-            operation_id: format!("{id}:refund:{}", uuid::Uuid::now_v7()),
+            operation_id: format!("{id}:refund:{attempt}"),
             gateway_reference: pay.try_get("gateway_reference")?,
             amount: money(amount, &pay.try_get::<String, _>("currency")?),
             reason,

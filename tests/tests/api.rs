@@ -812,6 +812,42 @@ async fn a_declined_payment_releases_the_stock_and_a_cancel_voids_and_restocks()
             (level["reserved"].as_i64(), level["available"].as_i64()),
             (Some(0), Some(10))
         );
+        // The gateway unreachable: whether it authorised is unknown, so the answer is not final
+        // for the key — a retry with the same key runs again (and reuses the gateway's
+        // idempotency) instead of replaying a refusal.
+        let r = app
+            .checkout(
+                &cart,
+                &token,
+                "k-down",
+                &checkout_body("tok_gatewayUnavailable", "DE"),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (503, Some("payment_gateway_unavailable")),
+            "{}",
+            r.body
+        );
+        let db = Db::connect(&app.db.url).await.expect("db");
+        let kept: Option<(String,)> =
+            sqlx::query_as("SELECT key FROM idempotency_keys WHERE key = 'k-down'")
+                .fetch_optional(db.pool())
+                .await
+                .expect("query");
+        assert!(kept.is_none(), "the key is free for the retry");
+        assert_eq!(app.level("TEE-L").await["reserved"].as_i64(), Some(0));
+        // A card number where a token belongs is refused without being echoed back.
+        let mut body = checkout_body("x", "DE");
+        body["payment_token"] = json!(4242424242424242_u64);
+        let r = app.checkout(&cart, &token, "k-pan", &body).await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert!(
+            !r.body.to_string().contains("4242424242424242"),
+            "{}",
+            r.body
+        );
+
         // A card that needs a 3-D Secure challenge: nothing is held, so no order either.
         let r = app
             .checkout(

@@ -223,6 +223,10 @@ impl From<OrderError> for ApiError {
                         (StatusCode::CONFLICT, "invalid_transition")
                     }
                     OrderError::CartOrdered(_) => (StatusCode::CONFLICT, "cart_already_ordered"),
+                    OrderError::GatewayUnavailable => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "payment_gateway_unavailable",
+                    ),
                     OrderError::Aborted => {
                         return Self::new(
                             StatusCode::SERVICE_UNAVAILABLE,

@@ -11,6 +11,7 @@
 //! | `tok_chargeDeclinedIncorrectCvc`        | `incorrect-cvc`                  |
 //! | `tok_chargeDeclinedFraudulent`          | `fraud-suspected` (`fraudulent`) |
 //! | `tok_threeDSecure2Required`             | `requires-action` (a 3-D Secure challenge) |
+//! | `tok_gatewayUnavailable`                | `gateway-unavailable` (retry may succeed) |
 //! | empty or anything else                  | `invalid-payment-method`         |
 //!
 //! Declines carry the gateway's code (in brackets above, Stripe's decline codes) and the
@@ -82,6 +83,11 @@ fn decide(token: &str) -> Result<(), Decline> {
             PaymentErrorCode::IncorrectCvc,
             "incorrect_cvc",
             "Your card's security code is incorrect.",
+        )),
+        "tok_gatewayUnavailable" => Err((
+            PaymentErrorCode::GatewayUnavailable,
+            "api_connection_error",
+            "The gateway could not be reached.",
         )),
         "tok_chargeDeclinedFraudulent" => Err((
             PaymentErrorCode::FraudSuspected,
