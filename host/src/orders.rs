@@ -400,11 +400,12 @@ impl Orders {
                 return Err(e.into());
             }
         };
-        if authorized.status != payment::PaymentStatus::Authorized {
+        let partial = authorized.amount.amount != priced.total;
+        if authorized.status != payment::PaymentStatus::Authorized || partial {
             // 3-D Secure or an asynchronous method: this checkout cannot hand the shopper a
-            // challenge, so it must not record an order on money that is not held. Release
-            // what the gateway started (a gateway that captured at once gets a refund), and
-            // the stock.
+            // challenge, so it must not record an order on money that is not held — nor on
+            // less than the total (a partial authorisation). Release what the gateway started
+            // (a gateway that captured at once gets a refund), and the stock.
             let undo = if authorized.status == payment::PaymentStatus::Captured {
                 PaymentRequest::Refund(payment::RefundRequest {
                     operation_id: format!("{order_id}:refund-unrequested-capture"),
@@ -425,9 +426,16 @@ impl Orders {
                 tracing::error!(order = %order_id, "void of an incomplete authorisation failed; reconcile by gateway reference {}: {e}", authorized.gateway_reference);
             }
             self.inventory.release(&order_id, now).await?;
-            return Err(OrderError::PaymentRefused {
-                code: format!("{:?}", authorized.status).to_lowercase(),
-                message: "the payment needs a step this checkout does not support".into(),
+            return Err(if partial {
+                OrderError::PaymentRefused {
+                    code: "partial_authorization".into(),
+                    message: "the gateway authorised less than the total".into(),
+                }
+            } else {
+                OrderError::PaymentRefused {
+                    code: format!("{:?}", authorized.status).to_lowercase(),
+                    message: "the payment needs a step this checkout does not support".into(),
+                }
             });
         }
 
@@ -467,16 +475,34 @@ impl Orders {
                 amount: authorized.amount.clone(),
                 now,
             });
-            if let Err(void_error) = connector.payment(&void).await {
-                tracing::error!(order = %order_id, "void failed; reconcile by gateway reference {}: {void_error}", authorized.gateway_reference);
-            }
+            let voided = match connector.payment(&void).await {
+                Ok(call) => match call.output {
+                    Ok(_) => true,
+                    Err(refusal) => {
+                        tracing::error!(order = %order_id, "the gateway refused the void; reconcile by gateway reference {}: {}", authorized.gateway_reference, refusal.message);
+                        false
+                    }
+                },
+                Err(void_error) => {
+                    tracing::error!(order = %order_id, "void failed; reconcile by gateway reference {}: {void_error}", authorized.gateway_reference);
+                    false
+                }
+            };
             let _ = self.inventory.release(&order_id, now).await;
-            let _ = sqlx::query(
-                "UPDATE orders SET status = 'cancelled', payment_status = 'voided' WHERE id = $1",
+            // Only an order still as this attempt left it; and 'voided' only if it was: a
+            // failed void leaves the payment 'authorized' on a cancelled order, for the operator
+            // to reconcile.
+            if let Err(e) = sqlx::query(
+                "UPDATE orders SET status = 'cancelled', payment_status = $2 \
+                 WHERE id = $1 AND payment_status = 'authorized'",
             )
             .bind(&order_id)
+            .bind(if voided { "voided" } else { "authorized" })
             .execute(self.db.pool())
-            .await;
+            .await
+            {
+                tracing::error!(order = %order_id, "could not mark the failed order cancelled: {e}");
+            }
             // Lost a race with another checkout of the same cart: say so, not "internal".
             if let Ok(Some(existing)) = self.live_order_of_cart(cart_id).await {
                 return Err(OrderError::CartOrdered(existing));

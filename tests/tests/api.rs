@@ -848,6 +848,30 @@ async fn a_declined_payment_releases_the_stock_and_a_cancel_voids_and_restocks()
             r.body
         );
 
+        // Half the total authorised: no order on less than the total.
+        let r = app
+            .checkout(
+                &cart,
+                &token,
+                "k-half",
+                &checkout_body("tok_partialAuthorization", "DE"),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (402, Some("payment_refused")),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"]
+                .to_string()
+                .contains("partial_authorization"),
+            "{}",
+            r.body
+        );
+        assert_eq!(app.level("TEE-L").await["reserved"].as_i64(), Some(0));
+
         // A card that needs a 3-D Secure challenge: nothing is held, so no order either.
         let r = app
             .checkout(

@@ -12,6 +12,7 @@
 //! | `tok_chargeDeclinedFraudulent`          | `fraud-suspected` (`fraudulent`) |
 //! | `tok_threeDSecure2Required`             | `requires-action` (a 3-D Secure challenge) |
 //! | `tok_gatewayUnavailable`                | `gateway-unavailable` (retry may succeed) |
+//! | `tok_partialAuthorization`              | authorized for half the amount   |
 //! | empty or anything else                  | `invalid-payment-method`         |
 //!
 //! Declines carry the gateway's code (in brackets above, Stripe's decline codes) and the
@@ -120,6 +121,15 @@ fn require_reference(gateway_reference: &str) -> Result<(), PaymentError> {
 
 impl Payment for TestGateway {
     fn authorize(request: AuthorizeRequest) -> Result<PaymentResult, PaymentError> {
+        if request.payment_token == "tok_partialAuthorization" {
+            // A prepaid card with less on it than the total: the issuer holds what there is.
+            return Ok(PaymentResult {
+                status: PaymentStatus::Authorized,
+                gateway_reference: reference(&request.operation_id),
+                amount: Money::new(request.amount.amount / 2, request.amount.currency),
+                step_reference: None,
+            });
+        }
         if request.payment_token == "tok_threeDSecure2Required" {
             // The card needs a 3-D Secure challenge before anything is held.
             return Ok(PaymentResult {
