@@ -999,8 +999,36 @@ async fn a_shadow_run_shows_where_a_candidate_would_price_differently() {
             )
             .await;
         assert_eq!(r.status, 404);
+        for (body, status, code) in [
+            ("{", 400, "malformed_json"),
+            ("{\"last\": -1}", 422, "invalid_input"),
+        ] {
+            let r = host
+                .client
+                .post(format!(
+                    "{}/admin/plugins/tiered-discount/versions/1.0.0/replay",
+                    host.base
+                ))
+                .bearer_auth(ADMIN)
+                .body(body)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status().as_u16(), status, "{body}");
+            let answer: Value = r.json().await.expect("a JSON error");
+            assert_eq!(answer["error"]["code"], code, "{body}");
+        }
         db.drop_database().await;
     }
+}
+
+/// A cart with no lines, for calling a pricing plugin directly.
+fn empty_cart() -> cartridge_host::plugin::bindings::pricing::Cart {
+    serde_json::from_value(json!({
+        "id": "c", "currency": "EUR", "lines": [], "customer": null,
+        "coupon_codes": [], "shipping": null, "now": 0
+    }))
+    .expect("cart")
 }
 
 #[tokio::test]
@@ -1099,16 +1127,7 @@ async fn capabilities_need_an_operators_grant_and_secrets_are_only_references() 
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
         let plugin = host.state.plugin("http-probe").expect("serving");
-        let call = plugin
-            .price(
-                &serde_json::from_value(json!({
-                    "id": "c", "currency": "EUR", "lines": [], "customer": null,
-                    "coupon_codes": [], "shipping": null, "now": 0
-                }))
-                .expect("cart"),
-            )
-            .await
-            .expect("answers");
+        let call = plugin.price(&empty_cart()).await.expect("answers");
         let logged: Vec<&str> = call.stats.logs.iter().map(|l| l.message.as_str()).collect();
         assert_eq!(logged, ["the secret is [secret]", "secret-length=19"]);
         let everything = host
@@ -1138,16 +1157,7 @@ async fn capabilities_need_an_operators_grant_and_secrets_are_only_references() 
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
         let plugin = host.state.plugin("http-probe").expect("serving");
-        let err = plugin
-            .price(
-                &serde_json::from_value(json!({
-                    "id": "c", "currency": "EUR", "lines": [], "customer": null,
-                    "coupon_codes": [], "shipping": null, "now": 0
-                }))
-                .expect("cart"),
-            )
-            .await
-            .expect_err("denied");
+        let err = plugin.price(&empty_cart()).await.expect_err("denied");
         assert_eq!(err.code(), "capability_denied");
         db.drop_database().await;
     }

@@ -236,6 +236,13 @@ pub struct Admin {
     pub name: String,
 }
 
+impl Admin {
+    /// Who the audit log names for what this token does.
+    pub fn actor(&self) -> String {
+        format!("admin:{}", self.name)
+    }
+}
+
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 

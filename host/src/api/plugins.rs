@@ -111,7 +111,7 @@ async fn upload(
         ));
     };
     let registry = state.registry();
-    let actor = format!("admin:{}", admin.name);
+    let actor = admin.actor();
     let stored = registry
         .upload(&actor, "api", &manifest, component.to_vec())
         .await?;
@@ -146,7 +146,7 @@ async fn activate(
     Ok(Json(
         state
             .registry()
-            .activate(&format!("admin:{}", admin.name), &name, &body.version)
+            .activate(&admin.actor(), &name, &body.version)
             .await?,
     ))
 }
@@ -157,10 +157,7 @@ async fn rollback(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(
-        state
-            .registry()
-            .rollback(&format!("admin:{}", admin.name), &name)
-            .await?,
+        state.registry().rollback(&admin.actor(), &name).await?,
     ))
 }
 
@@ -172,7 +169,7 @@ async fn disable(
     Ok(Json(
         state
             .registry()
-            .set_enabled(&format!("admin:{}", admin.name), &name, false)
+            .set_enabled(&admin.actor(), &name, false)
             .await?,
     ))
 }
@@ -185,7 +182,7 @@ async fn enable(
     Ok(Json(
         state
             .registry()
-            .set_enabled(&format!("admin:{}", admin.name), &name, true)
+            .set_enabled(&admin.actor(), &name, true)
             .await?,
     ))
 }
@@ -201,7 +198,7 @@ async fn configure(
     Ok(Json(
         state
             .registry()
-            .set_config(&format!("admin:{}", admin.name), &name, &values)
+            .set_config(&admin.actor(), &name, &values)
             .await?,
     ))
 }
@@ -214,7 +211,7 @@ async fn grant(
     Ok(Json(
         state
             .registry()
-            .set_grant(&format!("admin:{}", admin.name), &name, &capability, true)
+            .set_grant(&admin.actor(), &name, &capability, true)
             .await?,
     ))
 }
@@ -227,7 +224,7 @@ async fn revoke(
     Ok(Json(
         state
             .registry()
-            .set_grant(&format!("admin:{}", admin.name), &name, &capability, false)
+            .set_grant(&admin.actor(), &name, &capability, false)
             .await?,
     ))
 }
@@ -244,12 +241,7 @@ async fn set_secret(
     Ok(Json(
         state
             .registry()
-            .set_secret(
-                &format!("admin:{}", admin.name),
-                &name,
-                &secret,
-                Some(&reference),
-            )
+            .set_secret(&admin.actor(), &name, &secret, Some(&reference))
             .await?,
     ))
 }
@@ -262,7 +254,7 @@ async fn remove_secret(
     Ok(Json(
         state
             .registry()
-            .set_secret(&format!("admin:{}", admin.name), &name, &secret, None)
+            .set_secret(&admin.actor(), &name, &secret, None)
             .await?,
     ))
 }
@@ -315,13 +307,11 @@ async fn replay(
     _: Admin,
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
-    body: Option<Json<Replay>>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let last = body
-        .map(|Json(b)| b)
-        .unwrap_or_default()
-        .last
-        .unwrap_or(100);
+    // An empty body replays the last 100; a malformed one is our JSON error like any other.
+    let replay: Replay = super::admin::optional_body(&body)?;
+    let last = replay.last.unwrap_or(100);
     let registry = state.registry();
     let candidate = registry.load_candidate(&name, &version).await?;
     let active = state.plugin(&name).map(|p| p.as_ref().clone().unwatched());
@@ -350,7 +340,7 @@ async fn reorder(
     Ok(Json(
         state
             .registry()
-            .reorder(&format!("admin:{}", admin.name), hook, &order.plugins)
+            .reorder(&admin.actor(), hook, &order.plugins)
             .await?,
     ))
 }
