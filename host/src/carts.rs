@@ -338,7 +338,7 @@ impl Carts {
             }
         }
         self.contents(id).await?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query("DELETE FROM cart_coupons WHERE cart_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -419,12 +419,13 @@ impl Carts {
     ) -> Result<(pricing::Cart, Vec<String>)> {
         let mut lines = Vec::with_capacity(contents.lines.len());
         let mut unavailable = Vec::new();
+        let skus: Vec<&str> = contents.lines.iter().map(|l| l.sku.as_str()).collect();
+        let mut variants = self
+            .catalog
+            .priced_variants(&skus, &contents.currency)
+            .await?;
         for line in &contents.lines {
-            let Some(variant) = self
-                .catalog
-                .priced_variant(&line.sku, &contents.currency)
-                .await?
-            else {
+            let Some(variant) = variants.remove(&line.sku) else {
                 unavailable.push(line.sku.clone());
                 continue;
             };

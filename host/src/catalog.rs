@@ -4,12 +4,12 @@
 //! Input types validate themselves on the way in (`NewProduct::validate`); the functions here
 //! take validated input and own all the catalog's SQL.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::db::Db;
+use crate::db::{BindEach, Db, params};
 
 /// Why a catalog operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -290,7 +290,7 @@ impl Catalog {
             }
         }
         let id = uuid::Uuid::now_v7().to_string();
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query("INSERT INTO products (id, title, description, status, created_at, updated_at) VALUES ($1, $2, $3, 'active', $4, $4)")
             .bind(&id)
             .bind(&new.title)
@@ -393,7 +393,7 @@ impl Catalog {
                 )));
             }
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(
             "UPDATE products SET title = $2, description = $3, updated_at = $4 WHERE id = $1",
         )
@@ -632,28 +632,85 @@ impl Catalog {
     /// What pricing needs to know about `sku` in `currency`; none if the SKU is unknown, its
     /// product archived, or it has no price in that currency.
     pub async fn priced_variant(&self, sku: &str, currency: &str) -> Result<Option<PricedVariant>> {
-        let Some(row) = sqlx::query(
-            "SELECT v.product_id, pr.amount FROM variants v \
+        Ok(self.priced_variants(&[sku], currency).await?.remove(sku))
+    }
+
+    /// [`priced_variant`](Self::priced_variant) for several SKUs in three statements, whatever
+    /// their number: a SKU missing from the answer is not for sale in `currency`.
+    pub async fn priced_variants(
+        &self,
+        skus: &[&str],
+        currency: &str,
+    ) -> Result<HashMap<String, PricedVariant>> {
+        let mut variants = HashMap::with_capacity(skus.len());
+        if skus.is_empty() {
+            return Ok(variants);
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT v.sku, v.product_id, pr.amount FROM variants v \
              JOIN products p ON p.id = v.product_id \
-             JOIN variant_prices pr ON pr.sku = v.sku AND pr.currency = $2 \
-             WHERE v.sku = $1 AND p.status = 'active'",
-        )
-        .bind(sku)
+             JOIN variant_prices pr ON pr.sku = v.sku AND pr.currency = $1 \
+             WHERE v.sku IN ({}) AND p.status = 'active'",
+            params(2, skus.len())
+        ))
         .bind(currency)
-        .fetch_optional(self.db.pool())
+        .bind_each(skus.iter().copied())
+        .fetch_all(self.db.pool())
+        .await?;
+        for row in &rows {
+            variants.insert(
+                row.try_get::<String, _>("sku")?,
+                PricedVariant {
+                    product_id: row.try_get("product_id")?,
+                    unit_price: row.try_get("amount")?,
+                    categories: Vec::new(),
+                    options: BTreeMap::new(),
+                },
+            );
+        }
+        if variants.is_empty() {
+            return Ok(variants);
+        }
+        let mut products: Vec<&str> = variants.values().map(|v| v.product_id.as_str()).collect();
+        products.sort_unstable();
+        products.dedup();
+        let mut categories: HashMap<String, Vec<String>> = HashMap::new();
+        for row in sqlx::query(&format!(
+            "SELECT product_id, category_id FROM product_categories WHERE product_id IN ({}) \
+             ORDER BY product_id, category_id",
+            params(1, products.len())
+        ))
+        .bind_each(products.iter().copied())
+        .fetch_all(self.db.pool())
         .await?
-        else {
-            return Ok(None);
-        };
-        let product_id: String = row.try_get("product_id")?;
-        let categories = self.categories_of(&product_id).await?;
-        let options = self.options_of(sku).await?;
-        Ok(Some(PricedVariant {
-            unit_price: row.try_get("amount")?,
-            product_id,
-            categories,
-            options,
-        }))
+        {
+            categories
+                .entry(row.try_get("product_id")?)
+                .or_default()
+                .push(row.try_get("category_id")?);
+        }
+        let found: Vec<&str> = variants.keys().map(String::as_str).collect();
+        let options = sqlx::query(&format!(
+            "SELECT sku, name, value FROM variant_options WHERE sku IN ({})",
+            params(1, found.len())
+        ))
+        .bind_each(found.iter().copied())
+        .fetch_all(self.db.pool())
+        .await?;
+        for row in &options {
+            let sku: String = row.try_get("sku")?;
+            if let Some(variant) = variants.get_mut(&sku) {
+                variant
+                    .options
+                    .insert(row.try_get("name")?, row.try_get("value")?);
+            }
+        }
+        for variant in variants.values_mut() {
+            if let Some(list) = categories.get(&variant.product_id) {
+                variant.categories.clone_from(list);
+            }
+        }
+        Ok(variants)
     }
 }
 

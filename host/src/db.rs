@@ -44,6 +44,44 @@ impl std::fmt::Debug for Url {
     }
 }
 
+/// `$from, $from+1, …` — `count` numbered parameters for an `IN (…)` list or a `VALUES` row.
+pub(crate) fn params(from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($from, …), (…), …` — `rows` parenthesised groups of `width` numbered parameters.
+pub(crate) fn param_rows(from: usize, rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", params(from + r * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Binds a list of values in order, for statements built with [`params`] or [`param_rows`].
+pub(crate) trait BindEach<'q>: Sized {
+    /// Binds every value of `values`, in order.
+    fn bind_each<T, I>(self, values: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>;
+}
+
+impl<'q> BindEach<'q> for sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    fn bind_each<T, I>(mut self, values: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        for value in values {
+            self = self.bind(value);
+        }
+        self
+    }
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -130,6 +168,18 @@ impl Db {
     /// The backend.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: the
+    /// database's write lock is taken before the first read, so what the transaction reads
+    /// cannot change before it writes — the guarantee PostgreSQL's row locks give — and a second
+    /// host on the same file waits for the lock (up to the busy timeout) instead of failing
+    /// when it tries to upgrade a read transaction.
+    pub async fn begin(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Any>> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
     }
 
     /// A PostgreSQL listener on `channel`, on its own connection; none on SQLite.

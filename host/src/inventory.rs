@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
 
-use crate::db::Db;
+use crate::db::{Backend, BindEach, Db, param_rows, params};
 
 /// Why an inventory operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +128,11 @@ pub struct Inventory {
 /// Reserved units of a level at `now`, as a SQL expression over `l` (inventory_levels).
 const RESERVED: &str = "CAST(COALESCE((SELECT SUM(r.quantity) FROM reservations r \
      WHERE r.sku = l.sku AND r.location_id = l.location_id AND r.state = 'active' \
-     AND r.expires_at > $2), 0) AS BIGINT)";
+     AND r.expires_at > $1), 0) AS BIGINT)";
+
+/// The most rows one multi-row statement carries (parameter limits: SQLite 32,766, PostgreSQL
+/// 65,535; a row here has at most 7).
+const ROWS_PER_STATEMENT: usize = 500;
 
 impl Inventory {
     /// Inventory over `db`.
@@ -155,10 +159,10 @@ impl Inventory {
         let rows = sqlx::query(&format!(
             "SELECT l.sku, l.location_id, l.on_hand, l.committed, {RESERVED} AS reserved \
              FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
-             WHERE l.sku = $1 ORDER BY s.priority, l.location_id"
+             WHERE l.sku = $2 ORDER BY s.priority, l.location_id"
         ))
-        .bind(sku)
         .bind(now)
+        .bind(sku)
         .fetch_all(self.db.pool())
         .await?;
         rows.iter()
@@ -198,7 +202,7 @@ impl Inventory {
         reason: &str,
         now: i64,
     ) -> Result<StockLevel> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let location_known = sqlx::query("SELECT id FROM stock_locations WHERE id = $1")
             .bind(location_id)
             .fetch_optional(&mut *tx)
@@ -223,7 +227,12 @@ impl Inventory {
         .bind(location_id)
         .execute(&mut *tx)
         .await?;
-        lock_level(&mut tx, sku, location_id).await?;
+        lock_levels(
+            &mut tx,
+            self.db.backend(),
+            &[(sku.to_owned(), location_id.to_owned())],
+        )
+        .await?;
         let available = level_available(&mut tx, sku, location_id, now).await?;
         if available + delta < 0 {
             return Err(InventoryError::WouldGoNegative {
@@ -270,26 +279,28 @@ impl Inventory {
             let total = wanted.entry(sku.as_str()).or_default();
             *total = total.saturating_add(*quantity);
         }
-        let mut tx = self.db.pool().begin().await?;
+        let skus: Vec<&str> = wanted.keys().copied().collect();
+        let mut tx = self.db.begin().await?;
         // Lock every level involved, in (sku, location) order, before reading any of them.
-        let mut levels: Vec<(String, String)> = Vec::new();
-        for sku in wanted.keys() {
-            let rows = sqlx::query(
-                "SELECT location_id FROM inventory_levels WHERE sku = $1 ORDER BY location_id",
-            )
-            .bind(*sku)
-            .fetch_all(&mut *tx)
-            .await?;
-            if rows.is_empty() {
-                return Err(InventoryError::UnknownSku((*sku).to_owned()));
-            }
-            for row in rows {
-                levels.push(((*sku).to_owned(), row.try_get("location_id")?));
-            }
+        let rows = sqlx::query(&format!(
+            "SELECT sku, location_id FROM inventory_levels WHERE sku IN ({}) \
+             ORDER BY sku, location_id",
+            params(1, skus.len())
+        ))
+        .bind_each(skus.iter().copied())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut levels: Vec<(String, String)> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            levels.push((row.try_get("sku")?, row.try_get("location_id")?));
         }
-        for (sku, location) in &levels {
-            lock_level(&mut tx, sku, location).await?;
+        if let Some(sku) = skus
+            .iter()
+            .find(|sku| !levels.iter().any(|(s, _)| s == *sku))
+        {
+            return Err(InventoryError::UnknownSku((*sku).to_owned()));
         }
+        lock_levels(&mut tx, self.db.backend(), &levels).await?;
         sqlx::query(
             "UPDATE reservations SET state = 'released' WHERE reference = $1 AND state = 'active'",
         )
@@ -297,20 +308,24 @@ impl Inventory {
         .execute(&mut *tx)
         .await?;
 
+        let rows = sqlx::query(&format!(
+            "SELECT l.sku, l.location_id, l.on_hand - l.committed - {RESERVED} AS available \
+             FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
+             WHERE l.sku IN ({}) ORDER BY l.sku, s.priority, l.location_id",
+            params(2, skus.len())
+        ))
+        .bind(now)
+        .bind_each(skus.iter().copied())
+        .fetch_all(&mut *tx)
+        .await?;
         let mut allocations = Vec::new();
         for (sku, &requested) in &wanted {
-            let rows = sqlx::query(&format!(
-                "SELECT l.location_id, l.on_hand - l.committed - {RESERVED} AS available \
-                 FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
-                 WHERE l.sku = $1 ORDER BY s.priority, l.location_id"
-            ))
-            .bind(*sku)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
             let mut remaining = requested;
             let mut total_available = 0;
             for row in &rows {
+                if row.try_get::<&str, _>("sku")? != *sku {
+                    continue;
+                }
                 let available: i64 = row.try_get("available")?;
                 total_available += available.max(0);
                 if remaining > 0 && available > 0 {
@@ -331,31 +346,26 @@ impl Inventory {
                 });
             }
         }
-        for a in &allocations {
-            sqlx::query(
-                "INSERT INTO reservations (id, reference, sku, location_id, quantity, state, expires_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'active', $6, $7)",
-            )
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(reference)
-            .bind(&a.sku)
-            .bind(&a.location_id)
-            .bind(a.quantity)
-            .bind(expires_at)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            movement(
-                &mut tx,
-                &a.sku,
-                &a.location_id,
-                "reserve",
-                a.quantity,
-                Some(reference),
-                now,
-            )
-            .await?;
+        for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO reservations (id, reference, sku, location_id, quantity, expires_at, created_at, state) \
+                 VALUES {}",
+                param_rows(1, chunk.len(), 7).replace(')', ", 'active')")
+            );
+            let mut insert = sqlx::query(&sql);
+            for a in chunk {
+                insert = insert
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(reference)
+                    .bind(&a.sku)
+                    .bind(&a.location_id)
+                    .bind(a.quantity)
+                    .bind(expires_at)
+                    .bind(now);
+            }
+            insert.execute(&mut *tx).await?;
         }
+        record_movements(&mut tx, &allocations, "reserve", 1, Some(reference), now).await?;
         tx.commit().await?;
         Ok(allocations)
     }
@@ -363,8 +373,21 @@ impl Inventory {
     /// Turns `reference`'s active reservations into committed stock (the order is placed).
     /// Fails if they expired: their stock may already belong to someone else.
     pub async fn commit(&self, reference: &str, now: i64) -> Result<Vec<Allocation>> {
-        let mut tx = self.db.pool().begin().await?;
-        let held = reservations_in(&mut tx, reference, "active").await?;
+        let mut tx = self.db.begin().await?;
+        let allocations = self.commit_in(&mut tx, reference, now).await?;
+        tx.commit().await?;
+        Ok(allocations)
+    }
+
+    /// [`commit`](Self::commit) inside the caller's write transaction (begun with
+    /// [`Db::begin`]), so that the order and its stock are recorded together or not at all.
+    pub async fn commit_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        reference: &str,
+        now: i64,
+    ) -> Result<Vec<Allocation>> {
+        let held = reservations_in(tx, reference, "active").await?;
         if held.is_empty() {
             return Err(InventoryError::NothingTo {
                 action: "commit",
@@ -375,58 +398,38 @@ impl Inventory {
             return Err(InventoryError::Expired(reference.to_owned()));
         }
         let allocations: Vec<Allocation> = held.into_iter().map(|(a, _)| a).collect();
-        for a in &allocations {
-            lock_level(&mut tx, &a.sku, &a.location_id).await?;
-        }
-        for a in &allocations {
-            sqlx::query(
-                "UPDATE inventory_levels SET committed = committed + $3 WHERE sku = $1 AND location_id = $2",
-            )
-            .bind(&a.sku)
-            .bind(&a.location_id)
-            .bind(a.quantity)
-            .execute(&mut *tx)
-            .await?;
-            movement(
-                &mut tx,
-                &a.sku,
-                &a.location_id,
-                "commit",
-                a.quantity,
-                Some(reference),
-                now,
-            )
-            .await?;
-        }
+        lock_levels(tx, self.db.backend(), &levels_of(&allocations)).await?;
+        sqlx::query(
+            "UPDATE inventory_levels SET committed = committed + CAST((SELECT SUM(r.quantity) \
+             FROM reservations r WHERE r.reference = $1 AND r.state = 'active' \
+             AND r.sku = inventory_levels.sku AND r.location_id = inventory_levels.location_id) AS BIGINT) \
+             WHERE EXISTS (SELECT 1 FROM reservations r WHERE r.reference = $1 AND r.state = 'active' \
+             AND r.sku = inventory_levels.sku AND r.location_id = inventory_levels.location_id)",
+        )
+        .bind(reference)
+        .execute(&mut **tx)
+        .await?;
+        record_movements(tx, &allocations, "commit", 1, Some(reference), now).await?;
         sqlx::query(
             "UPDATE reservations SET state = 'committed' WHERE reference = $1 AND state = 'active'",
         )
         .bind(reference)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
         Ok(allocations)
     }
 
     /// Releases `reference`'s active reservations (checkout abandoned or failed). Idempotent:
     /// returns the units released, 0 the second time.
     pub async fn release(&self, reference: &str, now: i64) -> Result<i64> {
-        let mut tx = self.db.pool().begin().await?;
-        let held = reservations_in(&mut tx, reference, "active").await?;
-        let mut units = 0;
-        for (a, _) in &held {
-            movement(
-                &mut tx,
-                &a.sku,
-                &a.location_id,
-                "release",
-                -a.quantity,
-                Some(reference),
-                now,
-            )
-            .await?;
-            units += a.quantity;
-        }
+        let mut tx = self.db.begin().await?;
+        let held: Vec<Allocation> = reservations_in(&mut tx, reference, "active")
+            .await?
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+        record_movements(&mut tx, &held, "release", -1, Some(reference), now).await?;
+        let units = held.iter().map(|a| a.quantity).sum();
         sqlx::query(
             "UPDATE reservations SET state = 'released' WHERE reference = $1 AND state = 'active'",
         )
@@ -453,7 +456,7 @@ impl Inventory {
         if let Some((_, q)) = items.iter().find(|(_, q)| *q <= 0) {
             return Err(InventoryError::InvalidQuantity(*q));
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let rows = sqlx::query(
             "SELECT r.id, r.sku, r.location_id, r.quantity FROM reservations r \
              JOIN stock_locations s ON s.id = r.location_id \
@@ -495,12 +498,9 @@ impl Inventory {
                 });
             }
         }
-        let mut levels: Vec<(&String, &String)> = shipped.iter().map(|s| (&s.1, &s.2)).collect();
-        levels.sort();
-        levels.dedup();
-        for (sku, location) in levels {
-            lock_level(&mut tx, sku, location).await?;
-        }
+        let levels: Vec<(String, String)> =
+            shipped.iter().map(|s| (s.1.clone(), s.2.clone())).collect();
+        lock_levels(&mut tx, self.db.backend(), &levels).await?;
         let mut allocations = Vec::with_capacity(shipped.len());
         for (id, sku, location, take, whole) in shipped {
             if whole {
@@ -558,7 +558,7 @@ impl Inventory {
 
     /// What was shipped for `reference`, by location.
     pub async fn shipped(&self, reference: &str) -> Result<Vec<Allocation>> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let shipped = reservations_in(&mut tx, reference, "shipped").await?;
         tx.commit().await?;
         Ok(shipped.into_iter().map(|(a, _)| a).collect())
@@ -576,7 +576,7 @@ impl Inventory {
         action: &'static str,
         now: i64,
     ) -> Result<Vec<Allocation>> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let committed: Vec<Allocation> = reservations_in(&mut tx, reference, "committed")
             .await?
             .into_iter()
@@ -588,9 +588,7 @@ impl Inventory {
                 reference: reference.to_owned(),
             });
         }
-        for a in &committed {
-            lock_level(&mut tx, &a.sku, &a.location_id).await?;
-        }
+        lock_levels(&mut tx, self.db.backend(), &levels_of(&committed)).await?;
         let (sql, state) = match action {
             "ship" => (
                 "UPDATE inventory_levels SET committed = committed - $3, on_hand = on_hand - $3 \
@@ -643,7 +641,7 @@ impl Inventory {
         if quantity <= 0 {
             return Err(InventoryError::InvalidQuantity(quantity));
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
              VALUES ($1, $2, 'restock', $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -701,16 +699,45 @@ impl Inventory {
     }
 }
 
-/// Takes the write lock of one level row (PostgreSQL row lock; SQLite's single writer).
-async fn lock_level(tx: &mut Transaction<'_, Any>, sku: &str, location_id: &str) -> Result<()> {
-    sqlx::query(
-        "UPDATE inventory_levels SET lock_seq = lock_seq + 1 WHERE sku = $1 AND location_id = $2",
-    )
-    .bind(sku)
-    .bind(location_id)
-    .execute(&mut **tx)
-    .await?;
+/// Takes the write locks of `levels` (SKU, location), in (SKU, location) order whatever order
+/// they come in, so two writers never wait for each other in a cycle. On PostgreSQL these are
+/// row locks, taken by one ordered `SELECT … FOR UPDATE` (rows are locked in the order the
+/// sort returns them); on SQLite the transaction already holds the database's write lock
+/// ([`Db::begin`] is `BEGIN IMMEDIATE`), so there is nothing more to take.
+async fn lock_levels(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    levels: &[(String, String)],
+) -> Result<()> {
+    if backend == Backend::Sqlite || levels.is_empty() {
+        return Ok(());
+    }
+    let mut sorted: Vec<&(String, String)> = levels.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
+        sqlx::query(&format!(
+            "SELECT sku FROM inventory_levels WHERE (sku, location_id) IN ({}) \
+             ORDER BY sku, location_id FOR UPDATE",
+            param_rows(1, chunk.len(), 2)
+        ))
+        .bind_each(
+            chunk
+                .iter()
+                .flat_map(|(sku, location)| [sku.as_str(), location.as_str()]),
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+    }
     Ok(())
+}
+
+/// The levels `allocations` draw on, as [`lock_levels`] takes them.
+fn levels_of(allocations: &[Allocation]) -> Vec<(String, String)> {
+    allocations
+        .iter()
+        .map(|a| (a.sku.clone(), a.location_id.clone()))
+        .collect()
 }
 
 async fn level_available(
@@ -721,10 +748,10 @@ async fn level_available(
 ) -> Result<i64> {
     let row = sqlx::query(&format!(
         "SELECT l.on_hand - l.committed - {RESERVED} AS available FROM inventory_levels l \
-         WHERE l.sku = $1 AND l.location_id = $3"
+         WHERE l.sku = $2 AND l.location_id = $3"
     ))
-    .bind(sku)
     .bind(now)
+    .bind(sku)
     .bind(location_id)
     .fetch_one(&mut **tx)
     .await?;
@@ -756,6 +783,36 @@ async fn reservations_in(
             ))
         })
         .collect()
+}
+
+/// Records one movement per allocation, `sign` × its quantity, in as few statements as the
+/// parameter limits allow.
+async fn record_movements(
+    tx: &mut Transaction<'_, Any>,
+    allocations: &[Allocation],
+    kind: &str,
+    sign: i64,
+    reference: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) VALUES {}",
+            param_rows(1, chunk.len(), 6)
+        );
+        let mut insert = sqlx::query(&sql);
+        for a in chunk {
+            insert = insert
+                .bind(&a.sku)
+                .bind(&a.location_id)
+                .bind(kind)
+                .bind(sign * a.quantity)
+                .bind(reference)
+                .bind(now);
+        }
+        insert.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 async fn movement(

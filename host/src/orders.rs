@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use crate::carts::Carts;
-use crate::db::Db;
+use crate::db::{Db, param_rows};
 use crate::hooks;
 use crate::inventory::{Inventory, InventoryError};
 use crate::plugin::bindings::types::{Address as WitAddress, Money};
@@ -29,6 +29,8 @@ use crate::plugin::{HookError, PaymentRequest, Plugin};
 
 /// How long checkout holds stock while payment runs.
 pub const RESERVATION_TTL_MS: i64 = 15 * 60 * 1000;
+/// Order lines per INSERT statement (7 parameters each; far below either database's limit).
+const LINES_PER_STATEMENT: usize = 500;
 
 /// Why a checkout or an order operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -439,7 +441,8 @@ impl Orders {
             });
         }
 
-        // 5. Record the order and commit the stock; on failure void the authorisation.
+        // 5. Record the order and commit its stock in one transaction; on failure void the
+        //    authorisation.
         let decisions = json!({
             "priced_by": pricing.decided_by,
             "pricing_skipped": pricing.skipped,
@@ -463,11 +466,7 @@ impl Orders {
                 now,
             )
             .await;
-        let committed = match recorded {
-            Ok(()) => self.inventory.commit(&order_id, now).await.map(|_| ()),
-            Err(e) => Err(InventoryError::Database(e)),
-        };
-        if let Err(e) = committed {
+        if let Err(e) = recorded {
             tracing::error!(order = %order_id, "order could not be completed, voiding: {e}");
             let void = PaymentRequest::Void(payment::VoidRequest {
                 operation_id: format!("{order_id}:void"),
@@ -560,8 +559,8 @@ impl Orders {
         connector: &Plugin,
         authorized: &payment::PaymentResult,
         now: i64,
-    ) -> std::result::Result<(), sqlx::Error> {
-        let mut tx = self.db.pool().begin().await?;
+    ) -> std::result::Result<(), InventoryError> {
+        let mut tx = self.db.begin().await?;
         sqlx::query(
             "INSERT INTO orders (id, cart_id, email, status, payment_status, fulfilment_status, currency, \
              subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at, customer_id) \
@@ -583,20 +582,24 @@ impl Orders {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        for (i, line) in priced.lines.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price, discount, total) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(order_id)
-            .bind(i32::try_from(i).unwrap_or(i32::MAX))
-            .bind(&line.sku)
-            .bind(i64::from(line.quantity))
-            .bind(signed(line.unit_price))
-            .bind(signed(line.discount))
-            .bind(signed(line.total))
-            .execute(&mut *tx)
-            .await?;
+        for (chunk_no, chunk) in priced.lines.chunks(LINES_PER_STATEMENT).enumerate() {
+            let sql = format!(
+                "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price, discount, total) VALUES {}",
+                param_rows(1, chunk.len(), 7)
+            );
+            let mut insert = sqlx::query(&sql);
+            for (i, line) in chunk.iter().enumerate() {
+                let line_no = chunk_no * LINES_PER_STATEMENT + i;
+                insert = insert
+                    .bind(order_id)
+                    .bind(i32::try_from(line_no).unwrap_or(i32::MAX))
+                    .bind(&line.sku)
+                    .bind(i64::from(line.quantity))
+                    .bind(signed(line.unit_price))
+                    .bind(signed(line.discount))
+                    .bind(signed(line.total));
+            }
+            insert.execute(&mut *tx).await?;
         }
         sqlx::query(
             "INSERT INTO payments (order_id, plugin, gateway_reference, currency, authorized) VALUES ($1, $2, $3, $4, $5)",
@@ -608,7 +611,9 @@ impl Orders {
         .bind(signed(authorized.amount.amount))
         .execute(&mut *tx)
         .await?;
-        tx.commit().await
+        self.inventory.commit_in(&mut tx, order_id, now).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// An order with its lines and payment.
@@ -837,7 +842,7 @@ impl Orders {
                 )));
             }
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         // Lock the order row: concurrent fulfilments of one order take turns.
         let locked = sqlx::query("UPDATE orders SET updated_at = $2 WHERE id = $1 AND status = 'placed' AND fulfilment_status <> 'fulfilled'")
             .bind(id)
@@ -1012,7 +1017,7 @@ impl Orders {
         let captured = signed(result.amount.amount);
         // A webhook may have recorded the capture (or a void) meanwhile: then the order is no
         // longer `capturing` and nothing here changes. The order row first, then the payment.
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let settled = sqlx::query(
             "UPDATE orders SET payment_status = 'captured', updated_at = $2 WHERE id = $1 AND payment_status = 'capturing'",
         )
@@ -1151,7 +1156,7 @@ impl Orders {
         now: i64,
     ) -> Result<()> {
         let moved = done.map_or(0, |r| signed(r.amount.amount)).min(claimed);
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         // The order row first, then the payment: the order every writer locks them in.
         sqlx::query("UPDATE orders SET updated_at = $2 WHERE id = $1")
             .bind(id)
@@ -1341,7 +1346,7 @@ impl Orders {
             });
         }
         let shipped = self.inventory.shipped(id).await?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         // Serialises returns of this order: the order row is locked until commit.
         sqlx::query("UPDATE orders SET updated_at = $2 WHERE id = $1")
             .bind(id)

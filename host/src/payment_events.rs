@@ -98,7 +98,7 @@ pub async fn record(
     body_sha256: &str,
     now: i64,
 ) -> Result<Recorded, sqlx::Error> {
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO payment_events (plugin, event_id, kind, gateway_reference, amount, currency, \
          occurred_at, received_at, outcome, body_sha256) \

@@ -493,7 +493,7 @@ impl Registry {
         let digest = plugin.digest().to_owned();
 
         let now = now_ms();
-        let mut tx = self.inner.db.pool().begin().await?;
+        let mut tx = self.inner.db.begin().await?;
         // A new plugin goes last in its hook: installing one never silently takes over the
         // hook (the first payment plugin is the connector checkouts use).
         sqlx::query(
@@ -591,7 +591,7 @@ impl Registry {
         name: &str,
         version: &str,
     ) -> Result<Value, RegistryError> {
-        let mut tx = self.inner.db.pool().begin().await?;
+        let mut tx = self.inner.db.begin().await?;
         let row = sqlx::query(
             "SELECT manifest FROM plugin_versions WHERE plugin_name = $1 AND version = $2",
         )
@@ -708,7 +708,7 @@ impl Registry {
         name: &str,
         enabled: bool,
     ) -> Result<Value, RegistryError> {
-        let mut tx = self.inner.db.pool().begin().await?;
+        let mut tx = self.inner.db.begin().await?;
         let updated = sqlx::query(
             "UPDATE plugins SET enabled = $2, tripped_at = NULL, tripped_reason = NULL, \
              updated_at = $3 WHERE name = $1",
@@ -737,7 +737,7 @@ impl Registry {
         hook: HookKind,
         names: &[String],
     ) -> Result<Value, RegistryError> {
-        let mut tx = self.inner.db.pool().begin().await?;
+        let mut tx = self.inner.db.begin().await?;
         let mut existing: Vec<String> = sqlx::query("SELECT name FROM plugins WHERE hook = $1")
             .bind(hook.as_str())
             .fetch_all(&mut *tx)
@@ -798,7 +798,7 @@ impl Registry {
         }
         let text =
             serde_json::to_string(values).map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        let mut tx = self.inner.db.pool().begin().await?;
+        let mut tx = self.inner.db.begin().await?;
         let updated =
             sqlx::query("UPDATE plugins SET config = $2, updated_at = $3 WHERE name = $1")
                 .bind(name)
@@ -833,7 +833,7 @@ impl Registry {
             .map_err(RegistryError::UnknownCapability)?
             .to_string();
         let capability = capability.as_str();
-        let mut tx = self.inner.db.pool().begin().await?;
+        let mut tx = self.inner.db.begin().await?;
         sqlx::query("SELECT name FROM plugins WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -898,7 +898,7 @@ impl Registry {
                 .check(reference)
                 .map_err(RegistryError::Invalid)?;
         }
-        let mut tx = self.inner.db.pool().begin().await?;
+        let mut tx = self.inner.db.begin().await?;
         sqlx::query("SELECT name FROM plugins WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -1142,7 +1142,7 @@ impl Registry {
         calls: &[crate::plugin::watch::CallRecord],
     ) -> Result<(), sqlx::Error> {
         let now = now_ms();
-        let mut tx = self.inner.db.pool().begin().await?;
+        let mut tx = self.inner.db.begin().await?;
         let mut names: Vec<&str> = Vec::new();
         for call in calls {
             sqlx::query(
@@ -1188,7 +1188,7 @@ impl Registry {
         last_error: &str,
         epoch: i64,
     ) -> Result<(), RegistryError> {
-        let mut tx = self.inner.db.pool().begin().await?;
+        let mut tx = self.inner.db.begin().await?;
         // Only if nobody changed the plugin since the watch was made: a trip queued before an
         // operator's enable must not switch it off again.
         let updated = sqlx::query(
