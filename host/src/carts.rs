@@ -182,26 +182,27 @@ impl Carts {
 
     /// The cart's contents.
     pub async fn contents(&self, id: &str) -> Result<CartContents> {
-        let cart = sqlx::query("SELECT id, currency, customer_id FROM carts WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.db.pool())
-            .await?
-            .ok_or(CartError::NotFound)?;
-        let lines = sqlx::query(
-            "SELECT id, sku, quantity FROM cart_lines WHERE cart_id = $1 ORDER BY position, id",
+        // The cart and its lines in one statement: a cart without lines is one row of NULLs.
+        let rows = sqlx::query(
+            "SELECT c.id, c.currency, c.customer_id, l.id AS line_id, l.sku, l.quantity \
+             FROM carts c LEFT JOIN cart_lines l ON l.cart_id = c.id \
+             WHERE c.id = $1 ORDER BY l.position, l.id",
         )
         .bind(id)
         .fetch_all(self.db.pool())
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(CartLine {
-                id: r.try_get("id")?,
+        .await?;
+        let cart = rows.first().ok_or(CartError::NotFound)?;
+        let mut lines = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let Some(line_id) = r.try_get::<Option<String>, _>("line_id")? else {
+                continue;
+            };
+            lines.push(CartLine {
+                id: line_id,
                 sku: r.try_get("sku")?,
                 quantity: r.try_get("quantity")?,
-            })
-        })
-        .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+            });
+        }
         let coupon_codes =
             sqlx::query("SELECT code FROM cart_coupons WHERE cart_id = $1 ORDER BY code")
                 .bind(id)

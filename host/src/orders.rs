@@ -226,6 +226,56 @@ fn money(amount: i64, currency: &str) -> Money {
     }
 }
 
+/// An order as the API shows it. Built from the database by [`Orders::order`], and from what
+/// checkout just wrote by checkout itself, so both answers have one shape.
+#[derive(Serialize)]
+struct OrderView {
+    id: String,
+    email: String,
+    customer_id: Option<String>,
+    status: String,
+    payment_status: String,
+    fulfilment_status: String,
+    currency: String,
+    subtotal: i64,
+    discount_total: i64,
+    shipping_total: i64,
+    total: i64,
+    shipping_address: Value,
+    billing_address: Value,
+    decisions: Value,
+    lines: Vec<OrderLineView>,
+    fulfilments: Vec<Value>,
+    return_requests: Vec<Value>,
+    payment: Option<PaymentView>,
+    created_at: i64,
+}
+
+#[derive(Serialize)]
+struct OrderLineView {
+    sku: String,
+    quantity: i64,
+    unit_price: i64,
+    discount: i64,
+    total: i64,
+}
+
+#[derive(Serialize)]
+struct PaymentView {
+    plugin: String,
+    gateway_reference: String,
+    authorized: i64,
+    captured: i64,
+    refunded: i64,
+    refunds: Vec<Value>,
+}
+
+impl From<OrderView> for Value {
+    fn from(order: OrderView) -> Self {
+        serde_json::to_value(order).unwrap_or(Value::Null)
+    }
+}
+
 impl Orders {
     /// Orders over `db`.
     pub fn new(db: Db, inventory: Inventory, carts: Carts) -> Self {
@@ -466,50 +516,53 @@ impl Orders {
                 now,
             )
             .await;
-        if let Err(e) = recorded {
-            tracing::error!(order = %order_id, "order could not be completed, voiding: {e}");
-            let void = PaymentRequest::Void(payment::VoidRequest {
-                operation_id: format!("{order_id}:void"),
-                gateway_reference: authorized.gateway_reference.clone(),
-                amount: authorized.amount.clone(),
-                now,
-            });
-            let voided = match connector.payment(&void).await {
-                Ok(call) => match call.output {
-                    Ok(_) => true,
-                    Err(refusal) => {
-                        tracing::error!(order = %order_id, "the gateway refused the void; reconcile by gateway reference {}: {}", authorized.gateway_reference, refusal.message);
+        let order = match recorded {
+            Ok(order) => order,
+            Err(e) => {
+                tracing::error!(order = %order_id, "order could not be completed, voiding: {e}");
+                let void = PaymentRequest::Void(payment::VoidRequest {
+                    operation_id: format!("{order_id}:void"),
+                    gateway_reference: authorized.gateway_reference.clone(),
+                    amount: authorized.amount.clone(),
+                    now,
+                });
+                let voided = match connector.payment(&void).await {
+                    Ok(call) => match call.output {
+                        Ok(_) => true,
+                        Err(refusal) => {
+                            tracing::error!(order = %order_id, "the gateway refused the void; reconcile by gateway reference {}: {}", authorized.gateway_reference, refusal.message);
+                            false
+                        }
+                    },
+                    Err(void_error) => {
+                        tracing::error!(order = %order_id, "void failed; reconcile by gateway reference {}: {void_error}", authorized.gateway_reference);
                         false
                     }
-                },
-                Err(void_error) => {
-                    tracing::error!(order = %order_id, "void failed; reconcile by gateway reference {}: {void_error}", authorized.gateway_reference);
-                    false
-                }
-            };
-            let _ = self.inventory.release(&order_id, now).await;
-            // Only an order still as this attempt left it; and 'voided' only if it was: a
-            // failed void leaves the payment 'authorized' on a cancelled order, for the operator
-            // to reconcile.
-            if let Err(e) = sqlx::query(
-                "UPDATE orders SET status = 'cancelled', payment_status = $2 \
+                };
+                let _ = self.inventory.release(&order_id, now).await;
+                // Only an order still as this attempt left it; and 'voided' only if it was: a
+                // failed void leaves the payment 'authorized' on a cancelled order, for the operator
+                // to reconcile.
+                if let Err(e) = sqlx::query(
+                    "UPDATE orders SET status = 'cancelled', payment_status = $2 \
                  WHERE id = $1 AND payment_status = 'authorized'",
-            )
-            .bind(&order_id)
-            .bind(if voided { "voided" } else { "authorized" })
-            .execute(self.db.pool())
-            .await
-            {
-                tracing::error!(order = %order_id, "could not mark the failed order cancelled: {e}");
+                )
+                .bind(&order_id)
+                .bind(if voided { "voided" } else { "authorized" })
+                .execute(self.db.pool())
+                .await
+                {
+                    tracing::error!(order = %order_id, "could not mark the failed order cancelled: {e}");
+                }
+                // Lost a race with another checkout of the same cart: say so, not "internal".
+                if let Ok(Some(existing)) = self.live_order_of_cart(cart_id).await {
+                    return Err(OrderError::CartOrdered(existing));
+                }
+                // Replaying this attempt would replay the voided authorisation at the gateway.
+                return Err(OrderError::Aborted);
             }
-            // Lost a race with another checkout of the same cart: say so, not "internal".
-            if let Ok(Some(existing)) = self.live_order_of_cart(cart_id).await {
-                return Err(OrderError::CartOrdered(existing));
-            }
-            // Replaying this attempt would replay the voided authorisation at the gateway.
-            return Err(OrderError::Aborted);
-        }
-        self.order(&order_id).await
+        };
+        Ok(order)
     }
 
     /// The cart's order, unless it was cancelled.
@@ -559,13 +612,13 @@ impl Orders {
         connector: &Plugin,
         authorized: &payment::PaymentResult,
         now: i64,
-    ) -> std::result::Result<(), InventoryError> {
+    ) -> std::result::Result<Value, InventoryError> {
         let mut tx = self.db.begin().await?;
-        sqlx::query(
+        let customer_id = sqlx::query(
             "INSERT INTO orders (id, cart_id, email, status, payment_status, fulfilment_status, currency, \
              subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at, customer_id) \
              VALUES ($1, $2, $3, $4, 'authorized', 'unfulfilled', $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, \
-             (SELECT customer_id FROM carts WHERE id = $2))",
+             (SELECT customer_id FROM carts WHERE id = $2)) RETURNING customer_id",
         )
         .bind(order_id)
         .bind(cart_id)
@@ -580,8 +633,9 @@ impl Orders {
         .bind(json!(billing).to_string())
         .bind(decisions.to_string())
         .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<Option<String>, _>("customer_id")?;
         for (chunk_no, chunk) in priced.lines.chunks(LINES_PER_STATEMENT).enumerate() {
             let sql = format!(
                 "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price, discount, total) VALUES {}",
@@ -613,7 +667,52 @@ impl Orders {
         .await?;
         self.inventory.commit_in(&mut tx, order_id, now).await?;
         tx.commit().await?;
-        Ok(())
+        // The order as `order` would read it back, from what was just written.
+        let lines = priced
+            .lines
+            .iter()
+            .map(|line| OrderLineView {
+                sku: line.sku.clone(),
+                quantity: i64::from(line.quantity),
+                unit_price: signed(line.unit_price),
+                discount: signed(line.discount),
+                total: signed(line.total),
+            })
+            .collect();
+        Ok(OrderView {
+            id: order_id.to_owned(),
+            email: request.email.trim().to_lowercase(),
+            customer_id,
+            status: status.to_owned(),
+            payment_status: "authorized".into(),
+            fulfilment_status: "unfulfilled".into(),
+            currency: priced.currency.clone(),
+            subtotal: signed(priced.subtotal),
+            discount_total: sum([
+                priced.line_discounts,
+                priced.order_discount,
+                priced.shipping_discount,
+            ]
+            .into_iter()),
+            shipping_total: signed(priced.shipping - priced.shipping_discount),
+            total: signed(priced.total),
+            shipping_address: json!(request.shipping_address),
+            billing_address: json!(billing),
+            decisions: decisions.clone(),
+            lines,
+            fulfilments: vec![],
+            return_requests: vec![],
+            payment: Some(PaymentView {
+                plugin: connector.manifest().id(),
+                gateway_reference: authorized.gateway_reference.clone(),
+                authorized: signed(authorized.amount.amount),
+                captured: 0,
+                refunded: 0,
+                refunds: vec![],
+            }),
+            created_at: now,
+        }
+        .into())
     }
 
     /// An order with its lines and payment.
@@ -623,19 +722,19 @@ impl Orders {
             .fetch_optional(self.db.pool())
             .await?
             .ok_or(OrderError::NotFound)?;
-        let lines: Vec<Value> = sqlx::query("SELECT sku, quantity, unit_price, discount, total FROM order_lines WHERE order_id = $1 ORDER BY line_no")
+        let lines = sqlx::query("SELECT sku, quantity, unit_price, discount, total FROM order_lines WHERE order_id = $1 ORDER BY line_no")
             .bind(id)
             .fetch_all(self.db.pool())
             .await?
             .iter()
-            .map(|r| -> std::result::Result<Value, sqlx::Error> {
-                Ok(json!({
-                    "sku": r.try_get::<String, _>("sku")?,
-                    "quantity": r.try_get::<i64, _>("quantity")?,
-                    "unit_price": r.try_get::<i64, _>("unit_price")?,
-                    "discount": r.try_get::<i64, _>("discount")?,
-                    "total": r.try_get::<i64, _>("total")?,
-                }))
+            .map(|r| -> std::result::Result<_, sqlx::Error> {
+                Ok(OrderLineView {
+                    sku: r.try_get("sku")?,
+                    quantity: r.try_get("quantity")?,
+                    unit_price: r.try_get("unit_price")?,
+                    discount: r.try_get("discount")?,
+                    total: r.try_get("total")?,
+                })
             })
             .collect::<std::result::Result<_, _>>()?;
         let pay = sqlx::query("SELECT plugin, gateway_reference, authorized, captured, refunded FROM payments WHERE order_id = $1")
@@ -657,15 +756,15 @@ impl Orders {
             })
             .collect::<std::result::Result<_, _>>()?;
         let payment = match pay {
-            Some(p) => json!({
-                "plugin": p.try_get::<String, _>("plugin")?,
-                "gateway_reference": p.try_get::<String, _>("gateway_reference")?,
-                "authorized": p.try_get::<i64, _>("authorized")?,
-                "captured": p.try_get::<i64, _>("captured")?,
-                "refunded": p.try_get::<i64, _>("refunded")?,
-                "refunds": refunds,
+            Some(p) => Some(PaymentView {
+                plugin: p.try_get("plugin")?,
+                gateway_reference: p.try_get("gateway_reference")?,
+                authorized: p.try_get("authorized")?,
+                captured: p.try_get("captured")?,
+                refunded: p.try_get("refunded")?,
+                refunds,
             }),
-            None => Value::Null,
+            None => None,
         };
         let mut fulfilments = Vec::new();
         for f in sqlx::query("SELECT id, carrier, tracking, created_at FROM fulfilments WHERE order_id = $1 ORDER BY created_at, id")
@@ -691,7 +790,7 @@ impl Orders {
                 "lines": lines,
             }));
         }
-        let returns: Vec<Value> = sqlx::query("SELECT id, lines, reason, status, created_at FROM return_requests WHERE order_id = $1 ORDER BY created_at, id")
+        let return_requests: Vec<Value> = sqlx::query("SELECT id, lines, reason, status, created_at FROM return_requests WHERE order_id = $1 ORDER BY created_at, id")
             .bind(id)
             .fetch_all(self.db.pool())
             .await?
@@ -711,27 +810,28 @@ impl Orders {
             let s: String = row.try_get(name)?;
             Ok(serde_json::from_str(&s).unwrap_or(Value::Null))
         };
-        Ok(json!({
-            "id": row.try_get::<String, _>("id")?,
-            "email": row.try_get::<String, _>("email")?,
-            "customer_id": row.try_get::<Option<String>, _>("customer_id")?,
-            "status": row.try_get::<String, _>("status")?,
-            "payment_status": row.try_get::<String, _>("payment_status")?,
-            "fulfilment_status": row.try_get::<String, _>("fulfilment_status")?,
-            "currency": row.try_get::<String, _>("currency")?,
-            "subtotal": row.try_get::<i64, _>("subtotal")?,
-            "discount_total": row.try_get::<i64, _>("discount_total")?,
-            "shipping_total": row.try_get::<i64, _>("shipping_total")?,
-            "total": row.try_get::<i64, _>("total")?,
-            "shipping_address": text("shipping_address")?,
-            "billing_address": text("billing_address")?,
-            "decisions": text("decisions")?,
-            "lines": lines,
-            "fulfilments": fulfilments,
-            "return_requests": returns,
-            "payment": payment,
-            "created_at": row.try_get::<i64, _>("created_at")?,
-        }))
+        Ok(OrderView {
+            id: row.try_get("id")?,
+            email: row.try_get("email")?,
+            customer_id: row.try_get("customer_id")?,
+            status: row.try_get("status")?,
+            payment_status: row.try_get("payment_status")?,
+            fulfilment_status: row.try_get("fulfilment_status")?,
+            currency: row.try_get("currency")?,
+            subtotal: row.try_get("subtotal")?,
+            discount_total: row.try_get("discount_total")?,
+            shipping_total: row.try_get("shipping_total")?,
+            total: row.try_get("total")?,
+            shipping_address: text("shipping_address")?,
+            billing_address: text("billing_address")?,
+            decisions: text("decisions")?,
+            lines,
+            fulfilments,
+            return_requests,
+            payment,
+            created_at: row.try_get("created_at")?,
+        }
+        .into())
     }
 
     /// Orders for the merchant, newest first, optionally of one status or email.

@@ -730,6 +730,12 @@ async fn a_shopper_checks_out_and_the_order_is_captured_and_fulfilled() {
             "rules-fraud"
         );
         assert_eq!(r.body["decisions"]["payment"]["name"], "test-gateway");
+        // Checkout answers with the order it wrote, exactly as reading it back shows it.
+        let stored = app
+            .admin(Method::GET, &format!("/admin/orders/{order}"), Value::Null)
+            .await;
+        assert_eq!(stored.status, 200, "{}", stored.body);
+        assert_eq!(r.body, stored.body, "{}", app.db.backend);
         let level = app.level("TEE-M").await;
         assert_eq!(
             (level["committed"].as_i64(), level["reserved"].as_i64()),
@@ -1615,6 +1621,20 @@ async fn ada_bought_a_tee(app: &TestApp) -> String {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.body["customer_id"].is_string(), "{}", r.body);
+    let order = r.body["id"].as_str().expect("order id");
+    let stored = app
+        .send(
+            Method::GET,
+            &format!("/store/orders/{order}"),
+            &[("authorization", &auth)],
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body, stored.body,
+        "checkout answers with the stored order"
+    );
     auth
 }
 
