@@ -166,7 +166,7 @@ impl Carts {
     ) -> Result<()> {
         let row = sqlx::query("SELECT token_hash, customer_id FROM carts WHERE id = $1")
             .bind(id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(self.db.reader())
             .await?
             .ok_or(CartError::NotFound)?;
         let stored: String = row.try_get("token_hash")?;
@@ -189,7 +189,7 @@ impl Carts {
              WHERE c.id = $1 ORDER BY l.position, l.id",
         )
         .bind(id)
-        .fetch_all(self.db.pool())
+        .fetch_all(self.db.reader())
         .await?;
         let cart = rows.first().ok_or(CartError::NotFound)?;
         let mut lines = Vec::with_capacity(rows.len());
@@ -206,7 +206,7 @@ impl Carts {
         let coupon_codes =
             sqlx::query("SELECT code FROM cart_coupons WHERE cart_id = $1 ORDER BY code")
                 .bind(id)
-                .fetch_all(self.db.pool())
+                .fetch_all(self.db.reader())
                 .await?
                 .iter()
                 .map(|r| r.try_get("code"))
@@ -393,7 +393,7 @@ impl Carts {
     pub async fn details(&self, id: &str) -> Result<CartDetails> {
         let row = sqlx::query("SELECT details FROM carts WHERE id = $1")
             .bind(id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(self.db.reader())
             .await?
             .ok_or(CartError::NotFound)?;
         let text: Option<String> = row.try_get("details")?;

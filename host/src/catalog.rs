@@ -276,7 +276,7 @@ impl Catalog {
     async fn category_exists(&self, id: &str) -> Result<bool> {
         Ok(sqlx::query("SELECT id FROM categories WHERE id = $1")
             .bind(id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(self.db.reader())
             .await?
             .is_some())
     }
@@ -473,7 +473,7 @@ impl Catalog {
         let Some(row) =
             sqlx::query("SELECT id, title, description, status FROM products WHERE id = $1")
                 .bind(id)
-                .fetch_optional(self.db.pool())
+                .fetch_optional(self.db.reader())
                 .await?
         else {
             return Ok(None);
@@ -486,13 +486,13 @@ impl Catalog {
         let attributes = pairs(
             sqlx::query("SELECT name, value FROM product_attributes WHERE product_id = $1")
                 .bind(id)
-                .fetch_all(self.db.pool())
+                .fetch_all(self.db.reader())
                 .await?,
         )?;
         let mut variants = Vec::new();
         for v in sqlx::query("SELECT sku, title FROM variants WHERE product_id = $1 ORDER BY sku")
             .bind(id)
-            .fetch_all(self.db.pool())
+            .fetch_all(self.db.reader())
             .await?
         {
             let sku: String = v.try_get("sku")?;
@@ -500,7 +500,7 @@ impl Catalog {
             let mut prices = BTreeMap::new();
             for p in sqlx::query("SELECT currency, amount FROM variant_prices WHERE sku = $1")
                 .bind(&sku)
-                .fetch_all(self.db.pool())
+                .fetch_all(self.db.reader())
                 .await?
             {
                 prices.insert(p.try_get("currency")?, p.try_get("amount")?);
@@ -558,7 +558,7 @@ impl Catalog {
         .bind(category_list)
         .bind(limit)
         .bind(offset)
-        .fetch_all(self.db.pool())
+        .fetch_all(self.db.reader())
         .await?;
         let mut products = Vec::with_capacity(rows.len());
         for row in rows {
@@ -579,7 +579,7 @@ impl Catalog {
         while let Some(parent) = frontier.pop() {
             for row in sqlx::query("SELECT id FROM categories WHERE parent_id = $1")
                 .bind(&parent)
-                .fetch_all(self.db.pool())
+                .fetch_all(self.db.reader())
                 .await?
             {
                 let id: String = row.try_get("id")?;
@@ -598,7 +598,7 @@ impl Catalog {
             "SELECT category_id FROM product_categories WHERE product_id = $1 ORDER BY category_id",
         )
         .bind(product_id)
-        .fetch_all(self.db.pool())
+        .fetch_all(self.db.reader())
         .await?
         .iter()
         .map(|r| Ok(r.try_get("category_id")?))
@@ -610,7 +610,7 @@ impl Catalog {
         pairs(
             sqlx::query("SELECT name, value FROM variant_options WHERE sku = $1")
                 .bind(sku)
-                .fetch_all(self.db.pool())
+                .fetch_all(self.db.reader())
                 .await?,
         )
     }
@@ -619,7 +619,7 @@ impl Catalog {
     pub async fn variant_origin(&self, sku: &str) -> Result<Option<(String, Vec<String>)>> {
         let Some(row) = sqlx::query("SELECT product_id FROM variants WHERE sku = $1")
             .bind(sku)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(self.db.reader())
             .await?
         else {
             return Ok(None);
@@ -655,7 +655,7 @@ impl Catalog {
         ))
         .bind(currency)
         .bind_each(skus.iter().copied())
-        .fetch_all(self.db.pool())
+        .fetch_all(self.db.reader())
         .await?;
         for row in &rows {
             variants.insert(
@@ -681,7 +681,7 @@ impl Catalog {
             params(1, products.len())
         ))
         .bind_each(products.iter().copied())
-        .fetch_all(self.db.pool())
+        .fetch_all(self.db.reader())
         .await?
         {
             categories
@@ -695,7 +695,7 @@ impl Catalog {
             params(1, found.len())
         ))
         .bind_each(found.iter().copied())
-        .fetch_all(self.db.pool())
+        .fetch_all(self.db.reader())
         .await?;
         for row in &options {
             let sku: String = row.try_get("sku")?;

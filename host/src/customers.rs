@@ -150,7 +150,7 @@ impl Customers {
         let email = email.trim().to_lowercase();
         let row = sqlx::query("SELECT id, name, password_hash FROM customers WHERE email = $1")
             .bind(&email)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(self.db.reader())
             .await?;
         let stored = match &row {
             Some(r) => r.try_get::<String, _>("password_hash")?,
@@ -198,7 +198,7 @@ impl Customers {
         )
         .bind(digest(token))
         .bind(now)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(self.db.reader())
         .await?;
         Ok(match row {
             Some(r) => Some(r.try_get("customer_id")?),

@@ -4,8 +4,10 @@
 //! per-backend files are the migrations in `migrations/sqlite` and `migrations/postgres`.
 //!
 //! Concurrency: on PostgreSQL, writers lock the rows they change in a fixed order. SQLite has a
-//! single writer anyway, so its pool has one connection: transactions queue in the pool
-//! instead of failing with `SQLITE_BUSY` when two of them try to upgrade to writing.
+//! single writer anyway, so its write pool has one connection and write transactions begin
+//! `IMMEDIATE` ([`Db::begin`]): they queue instead of failing with `SQLITE_BUSY`. Reads outside
+//! transactions go to [`Db::reader`], a few read-only connections (WAL lets them read while
+//! the writer writes), so they do not wait behind the writer.
 //!
 //! Durability: SQLite runs with `synchronous = NORMAL` in WAL mode — a process crash loses
 //! nothing; a power loss can lose the last transactions committed before it.
@@ -29,6 +31,10 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// SQLite only: read-only connections for statements outside transactions, so reads do
+    /// not queue behind the one writer. `None` on PostgreSQL (its pool serves both) and for an
+    /// in-memory SQLite database (other connections would see another database).
+    readers: Option<AnyPool>,
     backend: Backend,
     url: Url,
 }
@@ -82,6 +88,9 @@ impl<'q> BindEach<'q> for sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArgume
     }
 }
 
+/// Read-only SQLite connections (each is a thread in sqlx's driver).
+const SQLITE_READERS: u32 = 4;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -105,7 +114,7 @@ impl Db {
             _ => url.to_owned(),
         };
         let options: AnyConnectOptions = url.parse().context("parsing the database URL")?;
-        let pool = match backend {
+        let writer = match backend {
             Backend::Sqlite => {
                 AnyPoolOptions::new()
                     .max_connections(1)
@@ -140,8 +149,33 @@ impl Db {
             }
         }
         .context("connecting to the database")?;
+        let readers = if backend == Backend::Sqlite && !url.contains(":memory:") {
+            // Opened after the writer created the file and set WAL, which is kept in the file:
+            // readers and the writer then never block each other.
+            let read_only = url.replace("mode=rwc", "mode=ro");
+            let options: AnyConnectOptions =
+                read_only.parse().context("parsing the database URL")?;
+            Some(
+                AnyPoolOptions::new()
+                    .max_connections(SQLITE_READERS)
+                    .test_before_acquire(false)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await
+                    .context("opening read connections to the database")?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
-            pool,
+            pool: writer,
+            readers,
             backend,
             url: Url(url.into()),
         })
@@ -160,9 +194,15 @@ impl Db {
         Ok(())
     }
 
-    /// The pool.
+    /// The pool. Writes, and every transaction, go here.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Where a single read outside a transaction goes: SQLite's read-only connections, or the
+    /// pool. Each statement sees everything committed before it started, as on the pool.
+    pub fn reader(&self) -> &AnyPool {
+        self.readers.as_ref().unwrap_or(&self.pool)
     }
 
     /// The backend.

@@ -163,7 +163,7 @@ impl Inventory {
         ))
         .bind(now)
         .bind(sku)
-        .fetch_all(self.db.pool())
+        .fetch_all(self.db.reader())
         .await?;
         rows.iter()
             .map(|row| {
@@ -685,7 +685,7 @@ impl Inventory {
         )
         .bind(sku)
         .bind(location_id)
-        .fetch_all(self.db.pool())
+        .fetch_all(self.db.reader())
         .await?;
         rows.iter()
             .map(|r| {

@@ -570,7 +570,7 @@ impl Orders {
         Ok(
             sqlx::query("SELECT id FROM orders WHERE cart_id = $1 AND status <> 'cancelled'")
                 .bind(cart_id)
-                .fetch_optional(self.db.pool())
+                .fetch_optional(self.db.reader())
                 .await?
                 .map(|r| r.try_get::<String, _>("id"))
                 .transpose()?,
@@ -587,7 +587,7 @@ impl Orders {
         )
         .bind(email)
         .bind(now - 24 * 60 * 60 * 1000)
-        .fetch_one(self.db.pool())
+        .fetch_one(self.db.reader())
         .await?;
         let n: i64 = row.try_get("n")?;
         let recent: i64 = row.try_get("recent")?;
@@ -719,12 +719,12 @@ impl Orders {
     pub async fn order(&self, id: &str) -> Result<Value> {
         let row = sqlx::query("SELECT * FROM orders WHERE id = $1")
             .bind(id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(self.db.reader())
             .await?
             .ok_or(OrderError::NotFound)?;
         let lines = sqlx::query("SELECT sku, quantity, unit_price, discount, total FROM order_lines WHERE order_id = $1 ORDER BY line_no")
             .bind(id)
-            .fetch_all(self.db.pool())
+            .fetch_all(self.db.reader())
             .await?
             .iter()
             .map(|r| -> std::result::Result<_, sqlx::Error> {
@@ -739,11 +739,11 @@ impl Orders {
             .collect::<std::result::Result<_, _>>()?;
         let pay = sqlx::query("SELECT plugin, gateway_reference, authorized, captured, refunded FROM payments WHERE order_id = $1")
             .bind(id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(self.db.reader())
             .await?;
         let refunds: Vec<Value> = sqlx::query("SELECT amount, step_reference, reason, created_at FROM payment_refunds WHERE order_id = $1 ORDER BY created_at, operation_id")
             .bind(id)
-            .fetch_all(self.db.pool())
+            .fetch_all(self.db.reader())
             .await?
             .iter()
             .map(|r| -> std::result::Result<Value, sqlx::Error> {
@@ -769,13 +769,13 @@ impl Orders {
         let mut fulfilments = Vec::new();
         for f in sqlx::query("SELECT id, carrier, tracking, created_at FROM fulfilments WHERE order_id = $1 ORDER BY created_at, id")
             .bind(id)
-            .fetch_all(self.db.pool())
+            .fetch_all(self.db.reader())
             .await?
         {
             let fid: String = f.try_get("id")?;
             let lines: Vec<Value> = sqlx::query("SELECT sku, quantity FROM fulfilment_lines WHERE fulfilment_id = $1 ORDER BY sku")
                 .bind(&fid)
-                .fetch_all(self.db.pool())
+                .fetch_all(self.db.reader())
                 .await?
                 .iter()
                 .map(|l| -> std::result::Result<Value, sqlx::Error> {
@@ -792,7 +792,7 @@ impl Orders {
         }
         let return_requests: Vec<Value> = sqlx::query("SELECT id, lines, reason, status, created_at FROM return_requests WHERE order_id = $1 ORDER BY created_at, id")
             .bind(id)
-            .fetch_all(self.db.pool())
+            .fetch_all(self.db.reader())
             .await?
             .iter()
             .map(|r| -> std::result::Result<Value, sqlx::Error> {
@@ -850,7 +850,7 @@ impl Orders {
         .bind(email.map(str::to_lowercase))
         .bind(i64::from(limit.clamp(1, 100)))
         .bind(i64::from(offset))
-        .fetch_all(self.db.pool())
+        .fetch_all(self.db.reader())
         .await?;
         let mut orders = Vec::with_capacity(ids.len());
         for row in ids {
@@ -863,7 +863,7 @@ impl Orders {
     pub async fn for_customer(&self, customer_id: &str) -> Result<Vec<Value>> {
         let ids = sqlx::query("SELECT id FROM orders WHERE customer_id = $1 ORDER BY created_at DESC, id DESC LIMIT 100")
             .bind(customer_id)
-            .fetch_all(self.db.pool())
+            .fetch_all(self.db.reader())
             .await?;
         let mut orders = Vec::with_capacity(ids.len());
         for row in ids {
@@ -880,7 +880,7 @@ impl Orders {
              WHERE o.customer_id = $1 AND o.status <> 'cancelled' ORDER BY o.created_at DESC, l.line_no LIMIT 200",
         )
         .bind(customer_id)
-        .fetch_all(self.db.pool())
+        .fetch_all(self.db.reader())
         .await?;
         rows.iter()
             .map(|r| {
@@ -900,7 +900,7 @@ impl Orders {
             sqlx::query("SELECT id FROM orders WHERE id = $1 AND customer_id = $2")
                 .bind(id)
                 .bind(customer_id)
-                .fetch_optional(self.db.pool())
+                .fetch_optional(self.db.reader())
                 .await?
                 .is_some(),
         )
@@ -911,7 +911,7 @@ impl Orders {
             "SELECT status, payment_status, fulfilment_status FROM orders WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(self.db.pool())
+        .fetch_optional(self.db.reader())
         .await?
         .ok_or(OrderError::NotFound)?;
         Ok((
@@ -1087,7 +1087,7 @@ impl Orders {
             "SELECT gateway_reference, currency, authorized FROM payments WHERE order_id = $1",
         )
         .bind(id)
-        .fetch_one(self.db.pool())
+        .fetch_one(self.db.reader())
         .await?;
         let currency: String = pay.try_get("currency")?;
         let authorized: i64 = pay.try_get("authorized")?;
@@ -1169,7 +1169,7 @@ impl Orders {
             "SELECT gateway_reference, currency, authorized FROM payments WHERE order_id = $1",
         )
         .bind(id)
-        .fetch_one(self.db.pool())
+        .fetch_one(self.db.reader())
         .await?;
         let reference: String = pay.try_get("gateway_reference")?;
         let currency: String = pay.try_get("currency")?;
@@ -1222,7 +1222,7 @@ impl Orders {
         loop {
             let row = sqlx::query("SELECT captured, refunded FROM payments WHERE order_id = $1")
                 .bind(id)
-                .fetch_one(self.db.pool())
+                .fetch_one(self.db.reader())
                 .await?;
             let captured: i64 = row.try_get("captured")?;
             let refunded: i64 = row.try_get("refunded")?;
@@ -1319,7 +1319,7 @@ impl Orders {
             let row =
                 sqlx::query("SELECT captured - refunded AS left FROM payments WHERE order_id = $1")
                     .bind(id)
-                    .fetch_one(self.db.pool())
+                    .fetch_one(self.db.reader())
                     .await?;
             return Err(OrderError::RefundTooLarge {
                 requested: amount,
@@ -1329,7 +1329,7 @@ impl Orders {
         let pay =
             sqlx::query("SELECT gateway_reference, currency FROM payments WHERE order_id = $1")
                 .bind(id)
-                .fetch_one(self.db.pool())
+                .fetch_one(self.db.reader())
                 .await?;
         let request = PaymentRequest::Refund(payment::RefundRequest {
             operation_id: format!("{id}:refund:{attempt}"),

@@ -129,7 +129,7 @@ async fn begin(db: &Db, scope: &str, key: &str, body: &Value, now: i64) -> Resul
     )
     .bind(scope)
     .bind(key)
-    .fetch_one(db.pool())
+    .fetch_one(db.reader())
     .await
     .map_err(|e| ApiError::internal(&e))?;
     let stored_hash: String = row

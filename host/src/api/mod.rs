@@ -250,7 +250,7 @@ impl FromRequestParts<AppState> for Admin {
         let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
         let row = sqlx::query("SELECT name FROM admin_tokens WHERE token_hash = $1")
             .bind(digest(token))
-            .fetch_optional(state.db.pool())
+            .fetch_optional(state.db.reader())
             .await
             .map_err(|e| ApiError::internal(&e))?
             .ok_or_else(ApiError::unauthorized)?;
