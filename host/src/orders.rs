@@ -613,76 +613,11 @@ impl Orders {
         authorized: &payment::PaymentResult,
         now: i64,
     ) -> std::result::Result<Value, InventoryError> {
-        let mut tx = self.db.begin().await?;
-        let customer_id = sqlx::query(
-            "INSERT INTO orders (id, cart_id, email, status, payment_status, fulfilment_status, currency, \
-             subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at, customer_id) \
-             VALUES ($1, $2, $3, $4, 'authorized', 'unfulfilled', $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, \
-             (SELECT customer_id FROM carts WHERE id = $2)) RETURNING customer_id",
-        )
-        .bind(order_id)
-        .bind(cart_id)
-        .bind(request.email.trim().to_lowercase())
-        .bind(status)
-        .bind(&priced.currency)
-        .bind(signed(priced.subtotal))
-        .bind(sum([priced.line_discounts, priced.order_discount, priced.shipping_discount].into_iter()))
-        .bind(signed(priced.shipping - priced.shipping_discount))
-        .bind(signed(priced.total))
-        .bind(json!(request.shipping_address).to_string())
-        .bind(json!(billing).to_string())
-        .bind(decisions.to_string())
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get::<Option<String>, _>("customer_id")?;
-        for (chunk_no, chunk) in priced.lines.chunks(LINES_PER_STATEMENT).enumerate() {
-            let sql = format!(
-                "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price, discount, total) VALUES {}",
-                param_rows(1, chunk.len(), 7)
-            );
-            let mut insert = sqlx::query(&sql);
-            for (i, line) in chunk.iter().enumerate() {
-                let line_no = chunk_no * LINES_PER_STATEMENT + i;
-                insert = insert
-                    .bind(order_id)
-                    .bind(i32::try_from(line_no).unwrap_or(i32::MAX))
-                    .bind(&line.sku)
-                    .bind(i64::from(line.quantity))
-                    .bind(signed(line.unit_price))
-                    .bind(signed(line.discount))
-                    .bind(signed(line.total));
-            }
-            insert.execute(&mut *tx).await?;
-        }
-        sqlx::query(
-            "INSERT INTO payments (order_id, plugin, gateway_reference, currency, authorized) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(order_id)
-        .bind(connector.manifest().id())
-        .bind(&authorized.gateway_reference)
-        .bind(&authorized.amount.currency)
-        .bind(signed(authorized.amount.amount))
-        .execute(&mut *tx)
-        .await?;
-        self.inventory.commit_in(&mut tx, order_id, now).await?;
-        tx.commit().await?;
-        // The order as `order` would read it back, from what was just written.
-        let lines = priced
-            .lines
-            .iter()
-            .map(|line| OrderLineView {
-                sku: line.sku.clone(),
-                quantity: i64::from(line.quantity),
-                unit_price: signed(line.unit_price),
-                discount: signed(line.discount),
-                total: signed(line.total),
-            })
-            .collect();
-        Ok(OrderView {
+        // The order as `order` reads it back; what is written is taken from it.
+        let mut order = OrderView {
             id: order_id.to_owned(),
             email: request.email.trim().to_lowercase(),
-            customer_id,
+            customer_id: None,
             status: status.to_owned(),
             payment_status: "authorized".into(),
             fulfilment_status: "unfulfilled".into(),
@@ -699,20 +634,44 @@ impl Orders {
             shipping_address: json!(request.shipping_address),
             billing_address: json!(billing),
             decisions: decisions.clone(),
-            lines,
+            lines: priced
+                .lines
+                .iter()
+                .map(|line| OrderLineView {
+                    sku: line.sku.clone(),
+                    quantity: i64::from(line.quantity),
+                    unit_price: signed(line.unit_price),
+                    discount: signed(line.discount),
+                    total: signed(line.total),
+                })
+                .collect(),
             fulfilments: vec![],
             return_requests: vec![],
-            payment: Some(PaymentView {
-                plugin: connector.manifest().id(),
-                gateway_reference: authorized.gateway_reference.clone(),
-                authorized: signed(authorized.amount.amount),
-                captured: 0,
-                refunded: 0,
-                refunds: vec![],
-            }),
+            payment: None,
             created_at: now,
-        }
-        .into())
+        };
+        let payment = PaymentView {
+            plugin: connector.manifest().id(),
+            gateway_reference: authorized.gateway_reference.clone(),
+            authorized: signed(authorized.amount.amount),
+            captured: 0,
+            refunded: 0,
+            refunds: vec![],
+        };
+        let mut tx = self.db.begin().await?;
+        let customer_id = insert_order(
+            &mut tx,
+            &order,
+            cart_id,
+            &payment,
+            &authorized.amount.currency,
+        )
+        .await?;
+        self.inventory.commit_in(&mut tx, order_id, now).await?;
+        tx.commit().await?;
+        order.customer_id = customer_id;
+        order.payment = Some(payment);
+        Ok(order.into())
     }
 
     /// An order with its lines and payment.
@@ -1525,6 +1484,70 @@ impl Orders {
 /// Sets a captured order's payment status from its amounts: `captured`, `partially_refunded`
 /// or `refunded`. Orders whose payment was never captured (authorised, capturing, voided) are
 /// left alone.
+/// Writes a new order, its lines and its payment; returns the customer the cart belonged to.
+async fn insert_order(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    order: &OrderView,
+    cart_id: &str,
+    payment: &PaymentView,
+    payment_currency: &str,
+) -> std::result::Result<Option<String>, sqlx::Error> {
+    let customer_id = sqlx::query(
+        "INSERT INTO orders (id, cart_id, email, status, payment_status, fulfilment_status, currency, \
+         subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at, customer_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, \
+         (SELECT customer_id FROM carts WHERE id = $2)) RETURNING customer_id",
+    )
+    .bind(&order.id)
+    .bind(cart_id)
+    .bind(&order.email)
+    .bind(&order.status)
+    .bind(&order.payment_status)
+    .bind(&order.fulfilment_status)
+    .bind(&order.currency)
+    .bind(order.subtotal)
+    .bind(order.discount_total)
+    .bind(order.shipping_total)
+    .bind(order.total)
+    .bind(order.shipping_address.to_string())
+    .bind(order.billing_address.to_string())
+    .bind(order.decisions.to_string())
+    .bind(order.created_at)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get::<Option<String>, _>("customer_id")?;
+    for (chunk_no, chunk) in order.lines.chunks(LINES_PER_STATEMENT).enumerate() {
+        let sql = format!(
+            "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price, discount, total) VALUES {}",
+            param_rows(1, chunk.len(), 7)
+        );
+        let mut insert = sqlx::query(&sql);
+        for (i, line) in chunk.iter().enumerate() {
+            let line_no = chunk_no * LINES_PER_STATEMENT + i;
+            insert = insert
+                .bind(&order.id)
+                .bind(i32::try_from(line_no).unwrap_or(i32::MAX))
+                .bind(&line.sku)
+                .bind(line.quantity)
+                .bind(line.unit_price)
+                .bind(line.discount)
+                .bind(line.total);
+        }
+        insert.execute(&mut **tx).await?;
+    }
+    sqlx::query(
+        "INSERT INTO payments (order_id, plugin, gateway_reference, currency, authorized) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&order.id)
+    .bind(&payment.plugin)
+    .bind(&payment.gateway_reference)
+    .bind(payment_currency)
+    .bind(payment.authorized)
+    .execute(&mut **tx)
+    .await?;
+    Ok(customer_id)
+}
+
 pub(crate) async fn settle_payment_status(
     conn: &mut sqlx::AnyConnection,
     id: &str,
