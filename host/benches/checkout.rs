@@ -3,15 +3,19 @@
 //! The server runs as its own process (the release binary, the demo store, the example
 //! plugins: tiered discount and coupons for pricing, rule-based fraud, the test gateway) so
 //! that its peak RSS can be read and the load generator's work is not counted as the server's.
-//! Two workloads:
+//! Workloads:
 //! - `checkout`: carts of 5 lines prepared beforehand; only the checkout requests are timed
 //!   (re-price through 2 pricing plugins, fraud, reserve, authorise, record, commit).
+//! - the same with the plugins' own source compiled into the server (`--native-rules`, in a
+//!   build with the `native-rules` feature — `cargo xtask bench` passes it): a fresh server and
+//!   database each, Wasm and native alternating twice; the first order of each is compared,
+//!   and the run fails if the two builds of the rules decided differently.
 //! - `shopper flow`: create a cart, add 5 lines, check out — timed end to end, at concurrency 1
 //!   (latency) and at the load concurrency (throughput).
 //!
-//! `CARTRIDGE_BENCH_DATABASE_URL=postgres://…` runs it on PostgreSQL (a fresh database is
-//! created); otherwise SQLite in a temporary directory. Under `cargo test` it runs a few
-//! requests only.
+//! `CARTRIDGE_BENCH_DATABASE_URL=postgres://…` runs it on PostgreSQL (a fresh database per
+//! server); otherwise SQLite in a temporary directory. Under `cargo test` it runs a few
+//! requests only (and the comparison once, in a `native-rules` build).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -52,7 +56,7 @@ impl Server {
     }
 }
 
-async fn start(database_url: Option<&str>) -> anyhow::Result<Server> {
+async fn start(database_url: Option<&str>, native: bool) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
     let plugins = dir.path().join("plugins");
     for name in PLUGINS {
@@ -73,6 +77,9 @@ async fn start(database_url: Option<&str>) -> anyhow::Result<Server> {
         .stderr(Stdio::null());
     if let Some(url) = database_url {
         cmd.args(["--database-url", url]);
+    }
+    if native {
+        cmd.arg("--native-rules");
     }
     let child = cmd.spawn()?;
     let server = Server {
@@ -141,7 +148,7 @@ async fn checkout(
     id: &str,
     token: &str,
     n: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Value> {
     post(
         client,
         format!("{base}/store/carts/{id}/checkout"),
@@ -152,8 +159,7 @@ async fn checkout(
             "shipping_address": {"name": "Bench", "line1": "Main St 1", "city": "Berlin", "postal_code": "10115", "country": "DE"},
         }),
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 struct Stats {
@@ -208,32 +214,64 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let benching = std::env::args().any(|a| a == "--bench");
-    let (total, concurrency) = if benching { (3_000, 32) } else { (20, 4) };
-    let database = std::env::var("CARTRIDGE_BENCH_DATABASE_URL").ok();
-    let mut bench_database: Option<(String, String)> = None;
-    let (database_url, backend) = match &database {
-        Some(admin_url) => {
+/// A database for one server: a fresh PostgreSQL database when `admin_url` is set (dropped
+/// with the value), else none (the server's own SQLite file).
+struct Database {
+    url: Option<String>,
+    drop_with: Option<(String, String)>,
+}
+
+impl Database {
+    async fn fresh(admin_url: Option<&str>) -> anyhow::Result<Self> {
+        let Some(admin_url) = admin_url else {
+            return Ok(Self {
+                url: None,
+                drop_with: None,
+            });
+        };
+        use sqlx::Connection;
+        let name = format!("cartridge_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await?;
+        let base = admin_url.rsplit_once('/').map_or(admin_url, |(b, _)| b);
+        Ok(Self {
+            url: Some(format!("{base}/{name}")),
+            drop_with: Some((admin_url.to_owned(), name)),
+        })
+    }
+
+    async fn drop_now(self) -> anyhow::Result<()> {
+        if let Some((admin_url, name)) = self.drop_with {
             use sqlx::Connection;
-            let name = format!("cartridge_bench_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                 .execute(&mut conn)
                 .await?;
-            let base = admin_url
-                .rsplit_once('/')
-                .map_or(admin_url.as_str(), |(b, _)| b);
-            bench_database = Some((admin_url.clone(), name.clone()));
-            (
-                Some(format!("{base}/{name}")),
-                "PostgreSQL (synchronous_commit = on)",
-            )
         }
-        None => (None, "SQLite (WAL, synchronous = NORMAL)"),
-    };
-    let server = start(database_url.as_deref()).await?;
+        Ok(())
+    }
+}
+
+/// One server's run: the checkout workload, and (when asked) the shopper flows.
+struct Run {
+    checkouts: Stats,
+    /// The first checkout's answer, to compare the decisions of the two builds of the rules.
+    first_order: Value,
+    flows: Option<(Stats, Stats)>,
+    rss_kib: Option<u64>,
+}
+
+async fn run(
+    admin_url: Option<&str>,
+    native: bool,
+    total: usize,
+    concurrency: usize,
+    with_flows: bool,
+) -> anyhow::Result<Run> {
+    let database = Database::fresh(admin_url).await?;
+    let server = start(database.url.as_deref(), native).await?;
     let base = server.base.clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -247,43 +285,106 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     }
-
     let mut carts = Vec::with_capacity(total);
     for _ in 0..total {
         carts.push(cart(&client, &base).await?);
     }
+    let first_order = checkout(&client, &base, &carts[0].0, &carts[0].1, 0).await?;
     let carts = Arc::new(carts);
     let checkouts = {
         let (client, base, carts) = (client.clone(), base.clone(), carts.clone());
-        drive(total, concurrency, move |n| {
+        drive(total - 1, concurrency, move |n| {
             let (client, base, carts) = (client.clone(), base.clone(), carts.clone());
             async move {
-                let (id, token) = &carts[n];
-                checkout(&client, &base, id, token, n).await
+                let (id, token) = &carts[n + 1];
+                checkout(&client, &base, id, token, n + 1).await.map(drop)
             }
         })
         .await?
     };
-    let flow = |concurrency: usize, total: usize| {
-        let (client, base) = (client.clone(), base.clone());
-        drive(total, concurrency, move |n| {
+    let flows = if with_flows {
+        let flow = |concurrency: usize, total: usize| {
             let (client, base) = (client.clone(), base.clone());
-            async move {
-                let (id, token) = cart(&client, &base).await?;
-                checkout(&client, &base, &id, &token, n + 1_000_000).await
-            }
-        })
+            drive(total, concurrency, move |n| {
+                let (client, base) = (client.clone(), base.clone());
+                async move {
+                    let (id, token) = cart(&client, &base).await?;
+                    checkout(&client, &base, &id, &token, n + 1_000_000)
+                        .await
+                        .map(drop)
+                }
+            })
+        };
+        Some((
+            flow(1, total / 10).await?,
+            flow(concurrency, total / 2).await?,
+        ))
+    } else {
+        None
     };
-    let flow_one = flow(1, total / 10).await?;
-    let flow_many = flow(concurrency, total / 2).await?;
-    let rss = server.peak_rss_kib();
+    let rss_kib = server.peak_rss_kib();
     drop(server);
-    if let Some((admin_url, name)) = bench_database {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&mut conn)
-            .await?;
+    database.drop_now().await?;
+    Ok(Run {
+        checkouts,
+        first_order,
+        flows,
+        rss_kib,
+    })
+}
+
+/// What the rules decided for an order, without what names the build or the attempt.
+fn decided(order: &Value) -> Value {
+    json!({
+        "subtotal": order["subtotal"],
+        "discount_total": order["discount_total"],
+        "total": order["total"],
+        "lines": order["lines"],
+        "applied": order["decisions"]["applied"],
+        "fraud": [order["decisions"]["fraud"]["decision"], order["decisions"]["fraud"]["score"], order["decisions"]["fraud"]["reasons"]],
+        "authorized": order["payment"]["authorized"],
+        "status": order["status"],
+    })
+}
+
+fn row(name: &str, s: &Stats) -> String {
+    format!(
+        "| {name} | {:.0}/s | {} | {} |",
+        s.per_second,
+        ms(s.p50),
+        ms(s.p99)
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let (total, concurrency) = if benching { (3_000, 32) } else { (20, 4) };
+    let admin_url = std::env::var("CARTRIDGE_BENCH_DATABASE_URL").ok();
+    let backend = if admin_url.is_some() {
+        "PostgreSQL (synchronous_commit = on)"
+    } else {
+        "SQLite (WAL, synchronous = NORMAL)"
+    };
+    // Wasm, then the same rules native, twice over, so that drift on this shared machine
+    // falls on both alike. Without the `native-rules` build only the Wasm runs.
+    let compare = cfg!(feature = "native-rules");
+    let rounds = if compare && benching { 2 } else { 1 };
+    let mut wasm = Vec::new();
+    let mut native = Vec::new();
+    for round in 0..rounds {
+        wasm.push(run(admin_url.as_deref(), false, total, concurrency, round == 0).await?);
+        if compare {
+            native.push(run(admin_url.as_deref(), true, total, concurrency, false).await?);
+        }
+    }
+    if let Some(n) = native.first() {
+        anyhow::ensure!(
+            decided(&wasm[0].first_order) == decided(&n.first_order),
+            "the native rules decided differently:\nwasm:   {}\nnative: {}",
+            decided(&wasm[0].first_order),
+            decided(&n.first_order)
+        );
     }
 
     println!(
@@ -291,27 +392,56 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| workload | throughput | p50 | p99 |");
     println!("|---|---|---|---|");
-    println!(
-        "| checkout (5 lines; 2 pricing plugins, fraud, test gateway) | {:.0}/s | {} | {} |",
-        checkouts.per_second,
-        ms(checkouts.p50),
-        ms(checkouts.p99)
-    );
-    println!(
-        "| shopper flow (create cart, add 5 lines, check out), concurrency 1 | {:.0} flows/s | {} | {} |",
-        flow_one.per_second,
-        ms(flow_one.p50),
-        ms(flow_one.p99)
-    );
-    println!(
-        "| shopper flow, concurrency {concurrency} | {:.0} flows/s | {} | {} |",
-        flow_many.per_second,
-        ms(flow_many.p50),
-        ms(flow_many.p99)
-    );
+    for (i, r) in wasm.iter().enumerate() {
+        println!(
+            "{}",
+            row(
+                &format!(
+                    "checkout (5 lines; 2 pricing plugins, fraud, test gateway), Wasm, run {}",
+                    i + 1
+                ),
+                &r.checkouts
+            )
+        );
+    }
+    for (i, r) in native.iter().enumerate() {
+        println!(
+            "{}",
+            row(
+                &format!(
+                    "checkout, the same plugins' source compiled natively, run {}",
+                    i + 1
+                ),
+                &r.checkouts
+            )
+        );
+    }
+    if let Some((one, many)) = &wasm[0].flows {
+        println!(
+            "{}",
+            row(
+                "shopper flow (create cart, add 5 lines, check out), concurrency 1",
+                one
+            )
+        );
+        println!(
+            "{}",
+            row(&format!("shopper flow, concurrency {concurrency}"), many)
+        );
+    }
+    if !native.is_empty() {
+        let mean = |runs: &[Run]| {
+            runs.iter().map(|r| r.checkouts.per_second).sum::<f64>() / runs.len() as f64
+        };
+        println!(
+            "Wasm / native checkout throughput: {:.2} (means of {} runs each; the first order's decisions are identical)",
+            mean(&wasm) / mean(&native),
+            wasm.len()
+        );
+    }
     println!(
         "server peak RSS: {}",
-        rss.map_or("unknown".to_owned(), |k| format!(
+        wasm[0].rss_kib.map_or("unknown".to_owned(), |k| format!(
             "{:.0} MiB",
             k as f64 / 1024.0
         ))

@@ -97,6 +97,11 @@ pub struct ServeArgs {
     /// `<data-dir>/secrets` (repeatable).
     #[arg(long = "secrets-dir", env = "CARTRIDGE_SECRETS_DIR")]
     pub secrets_dirs: Vec<PathBuf>,
+    /// Benchmark only: serve the example plugins by their source compiled into this binary
+    /// instead of their components (same inputs, validation and policies). Needs a build with
+    /// the `native-rules` feature.
+    #[arg(long, hide = true)]
+    pub native_rules: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -58,8 +58,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!("demo store seeded");
         }
     }
+    if args.native_rules && !cfg!(feature = "native-rules") {
+        anyhow::bail!("--native-rules needs a build with the `native-rules` feature");
+    }
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(args.database.data_dir.join("cache")),
+        native_rules: args.native_rules,
         ..RuntimeConfig::default()
     })?;
     let config = RegistryConfig {

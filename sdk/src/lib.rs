@@ -62,7 +62,7 @@ pub mod __private {
             world: "pricing-plugin",
             path: "../wit",
             generate_unused_types: true,
-            additional_derives: [Clone, PartialEq, Eq],
+            additional_derives: [Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize],
             pub_export_macro: true,
             export_macro_name: "__export_pricing",
             default_bindings_module: "cartridge_sdk::__private::pricing",
@@ -76,7 +76,7 @@ pub mod __private {
         wit_bindgen::generate!({
             world: "fraud-plugin",
             path: "../wit",
-            additional_derives: [Clone, PartialEq, Eq],
+            additional_derives: [Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize],
             with: {
                 "cartridge:plugin/types@0.1.0": crate::__private::pricing::cartridge::plugin::types,
                 "cartridge:plugin/host@0.1.0": crate::__private::pricing::cartridge::plugin::host,
@@ -94,7 +94,7 @@ pub mod __private {
         wit_bindgen::generate!({
             world: "personalization-plugin",
             path: "../wit",
-            additional_derives: [Clone, PartialEq, Eq],
+            additional_derives: [Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize],
             with: {
                 "cartridge:plugin/types@0.1.0": crate::__private::pricing::cartridge::plugin::types,
                 "cartridge:plugin/host@0.1.0": crate::__private::pricing::cartridge::plugin::host,
@@ -112,7 +112,7 @@ pub mod __private {
         wit_bindgen::generate!({
             world: "payment-plugin",
             path: "../wit",
-            additional_derives: [Clone, PartialEq, Eq],
+            additional_derives: [Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize],
             with: {
                 "cartridge:plugin/types@0.1.0": crate::__private::pricing::cartridge::plugin::types,
                 "cartridge:plugin/host@0.1.0": crate::__private::pricing::cartridge::plugin::host,
@@ -130,7 +130,7 @@ pub mod __private {
         wit_bindgen::generate!({
             world: "cartridge:capabilities/capabilities",
             path: "../wit",
-            additional_derives: [Clone, PartialEq, Eq],
+            additional_derives: [Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize],
             disable_custom_section_link_helpers: true,
         });
     }
@@ -204,7 +204,8 @@ impl PluginError {
 
 /// Reads a configuration value: the operator's setting, else the manifest's default.
 ///
-/// Outside WebAssembly (a plugin's native unit tests) there is no host and this returns `None`.
+/// Outside WebAssembly (a plugin compiled natively, for its unit tests or into a host) there
+/// is no host to ask: the value comes from [`with_config`], and is `None` outside it.
 pub fn config(key: &str) -> Option<String> {
     #[cfg(target_arch = "wasm32")]
     {
@@ -212,8 +213,61 @@ pub fn config(key: &str) -> Option<String> {
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
-        let _ = key;
-        None
+        native::CONFIG.with(|config| config.borrow().get(key).cloned())
+    }
+}
+
+/// Runs `f` with `config` as the plugin's configuration, as a host would pass it: for a
+/// plugin compiled natively (its unit tests, or a host comparing it with its component).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn with_config<R>(
+    config: &std::collections::BTreeMap<String, String>,
+    f: impl FnOnce() -> R,
+) -> R {
+    /// Puts the previous configuration back however `f` ends, a panic included.
+    struct Restore(Option<std::collections::BTreeMap<String, String>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(previous) = self.0.take() {
+                native::CONFIG.with(|c| *c.borrow_mut() = previous);
+            }
+        }
+    }
+    let _restore = Restore(Some(native::CONFIG.with(|c| c.replace(config.clone()))));
+    f()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    thread_local! {
+        pub(crate) static CONFIG: RefCell<BTreeMap<String, String>> = RefCell::default();
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::collections::BTreeMap;
+
+        #[test]
+        fn with_config_serves_the_values_and_puts_the_previous_ones_back() {
+            assert_eq!(crate::config("tiers"), None);
+            let outer = BTreeMap::from([("tiers".to_owned(), "3:500".to_owned())]);
+            let inner = BTreeMap::from([("tiers".to_owned(), "10:1000".to_owned())]);
+            crate::with_config(&outer, || {
+                assert_eq!(crate::config("tiers").as_deref(), Some("3:500"));
+                let caught = std::panic::catch_unwind(|| {
+                    crate::with_config(&inner, || {
+                        assert_eq!(crate::config("tiers").as_deref(), Some("10:1000"));
+                        panic!("the plugin panicked");
+                    })
+                });
+                assert!(caught.is_err());
+                assert_eq!(crate::config("tiers").as_deref(), Some("3:500"));
+            });
+            assert_eq!(crate::config("tiers"), None);
+        }
     }
 }
 
@@ -292,6 +346,16 @@ pub mod payment;
 #[macro_export]
 macro_rules! export_plugin {
     (pricing, $plugin:ty) => {
+        /// The plugin compiled natively (see the SDK's `with_config`).
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn cartridge_native_price(
+            cart: $crate::pricing::Cart,
+        ) -> ::core::result::Result<::std::vec::Vec<$crate::pricing::Operation>, $crate::PluginError> {
+            <$plugin as $crate::pricing::Pricing>::price(cart)
+        }
+
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::__private::pricing::exports::cartridge::plugin::pricing as __bindings;
 
@@ -319,6 +383,16 @@ macro_rules! export_plugin {
         };
     };
     (fraud, $plugin:ty) => {
+        /// The plugin compiled natively (see the SDK's `with_config`).
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn cartridge_native_assess(
+            checkout: $crate::fraud::Checkout,
+        ) -> ::core::result::Result<$crate::fraud::Assessment, $crate::PluginError> {
+            <$plugin as $crate::fraud::Fraud>::assess(checkout)
+        }
+
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::__private::fraud::exports::cartridge::plugin::fraud as __bindings;
 
@@ -344,6 +418,16 @@ macro_rules! export_plugin {
         };
     };
     (personalization, $plugin:ty) => {
+        /// The plugin compiled natively (see the SDK's `with_config`).
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn cartridge_native_rank(
+            context: $crate::personalization::Context,
+        ) -> ::core::result::Result<$crate::personalization::Ranking, $crate::PluginError> {
+            <$plugin as $crate::personalization::Personalization>::rank(context)
+        }
+
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::__private::personalization::exports::cartridge::plugin::personalization as __bindings;
 
@@ -369,6 +453,43 @@ macro_rules! export_plugin {
         };
     };
     (payment, $plugin:ty) => {
+        /// The plugin compiled natively (see the SDK's `with_config`).
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn cartridge_native_authorize(
+            request: $crate::payment::AuthorizeRequest,
+        ) -> ::core::result::Result<$crate::payment::PaymentResult, $crate::payment::PaymentError> {
+            <$plugin as $crate::payment::Payment>::authorize(request)
+        }
+
+        /// The plugin compiled natively (see the SDK's `with_config`).
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn cartridge_native_capture(
+            request: $crate::payment::CaptureRequest,
+        ) -> ::core::result::Result<$crate::payment::PaymentResult, $crate::payment::PaymentError> {
+            <$plugin as $crate::payment::Payment>::capture(request)
+        }
+
+        /// The plugin compiled natively (see the SDK's `with_config`).
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn cartridge_native_refund(
+            request: $crate::payment::RefundRequest,
+        ) -> ::core::result::Result<$crate::payment::PaymentResult, $crate::payment::PaymentError> {
+            <$plugin as $crate::payment::Payment>::refund(request)
+        }
+
+        /// The plugin compiled natively (see the SDK's `with_config`).
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn cartridge_native_void(
+            request: $crate::payment::VoidRequest,
+        ) -> ::core::result::Result<$crate::payment::PaymentResult, $crate::payment::PaymentError> {
+            <$plugin as $crate::payment::Payment>::void(request)
+        }
+
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::__private::payment::exports::cartridge::plugin::payment as __bindings;
 

@@ -153,6 +153,17 @@ fn test() -> anyhow::Result<()> {
         .args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["test", "--workspace", "--all-targets"]))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
+    // The checkout benchmark's native comparison, in its smoke run: the example plugins'
+    // source compiled into the host must build, and decide exactly as their components do.
+    run(cargo().args([
+        "test",
+        "-p",
+        "cartridge-host",
+        "--features",
+        "native-rules",
+        "--bench",
+        "checkout",
+    ]))?;
     // The plugins' own unit tests run natively: they test business logic, not the sandbox.
     run(cargo()
         .current_dir(root().join("plugins"))
@@ -161,6 +172,17 @@ fn test() -> anyhow::Result<()> {
     run(cargo().args([
         "clippy",
         "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "cartridge-host",
+        "--features",
+        "native-rules",
         "--all-targets",
         "--",
         "-D",
@@ -182,14 +204,26 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     run(cargo()
         .args(["bench", "-p", "cartridge-host", "--bench", "registry", "--"])
         .args(extra))?;
+    // Checkout with the plugins as components and, in the same run, the same plugins' source
+    // compiled natively.
+    let checkout = [
+        "bench",
+        "-p",
+        "cartridge-host",
+        "--features",
+        "native-rules",
+        "--bench",
+        "checkout",
+        "--",
+    ];
     run(cargo()
-        .args(["bench", "-p", "cartridge-host", "--bench", "checkout", "--"])
+        .args(checkout)
         .args(extra)
         .env_remove("CARTRIDGE_BENCH_DATABASE_URL"))?;
     // The same on PostgreSQL when the test server is configured.
     if let Ok(url) = std::env::var("CARTRIDGE_TEST_DATABASE_URL") {
         run(cargo()
-            .args(["bench", "-p", "cartridge-host", "--bench", "checkout", "--"])
+            .args(checkout)
             .args(extra)
             .env("CARTRIDGE_BENCH_DATABASE_URL", url))?;
     }

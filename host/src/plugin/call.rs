@@ -56,6 +56,10 @@ pub struct Plugin {
     grants: Arc<super::capability::Grants>,
     /// Keeps the epoch ticker running while this plugin can be called.
     _ticker: Arc<super::runtime::EpochTicker>,
+    /// The same plugin's source compiled into the host, run instead of the component (the
+    /// checkout benchmark's native comparison; see `plugin::native`).
+    #[cfg(feature = "native-rules")]
+    native: Option<super::native::NativeRule>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -124,7 +128,49 @@ impl Plugin {
             watch: None,
             grants,
             _ticker: ticker,
+            #[cfg(feature = "native-rules")]
+            native: None,
         }
+    }
+
+    /// The same plugin served by its source compiled into this binary, when this binary has
+    /// it (the `native-rules` build): for the checkout benchmark only.
+    #[cfg(feature = "native-rules")]
+    pub(crate) fn compiled_natively(mut self) -> Self {
+        self.native = super::native::rule(&self.manifest.name);
+        self
+    }
+
+    /// Wraps a native call's answer like a component call's: the duration, the output size
+    /// against the same limit; no fuel, memory or logs.
+    #[cfg(feature = "native-rules")]
+    fn native_call<T: Serialize>(
+        &self,
+        started: Instant,
+        answer: Result<T, String>,
+    ) -> Result<Call<T>, HookError> {
+        let output = answer.map_err(|reason| self.invalid(reason))?;
+        let output_bytes = json_size(&output);
+        if output_bytes > OUTPUT_LIMIT_BYTES {
+            return Err(HookError {
+                plugin: self.reference(),
+                kind: HookErrorKind::OutputTooLarge {
+                    size: output_bytes,
+                    limit: OUTPUT_LIMIT_BYTES,
+                },
+            });
+        }
+        Ok(Call {
+            output,
+            stats: CallStats {
+                duration: started.elapsed(),
+                fuel_consumed: None,
+                peak_memory_bytes: 0,
+                output_bytes,
+                logs: Vec::new(),
+                logs_dropped: 0,
+            },
+        })
     }
 
     /// The same plugin with what an operator granted: the manifest's capabilities narrowed to
@@ -211,6 +257,15 @@ impl Plugin {
         let HookPre::Pricing(pre) = &self.pre else {
             return Err(self.not_this_hook(HookKind::Pricing));
         };
+        #[cfg(feature = "native-rules")]
+        if let Some(answer) = self.native.and_then(|n| {
+            let started = Instant::now();
+            n.price(&self.config, cart).map(|a| (started, a))
+        }) {
+            let call = self.plugin_answer(self.native_call(answer.0, answer.1)?)?;
+            validate::price_result(cart, &call.output).map_err(|reason| self.invalid(reason))?;
+            return Ok(call);
+        }
         let (mut store, started) = self.new_store(pre.engine());
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
@@ -234,6 +289,15 @@ impl Plugin {
         let HookPre::Fraud(pre) = &self.pre else {
             return Err(self.not_this_hook(HookKind::Fraud));
         };
+        #[cfg(feature = "native-rules")]
+        if let Some(answer) = self.native.and_then(|n| {
+            let started = Instant::now();
+            n.assess(&self.config, checkout).map(|a| (started, a))
+        }) {
+            let call = self.plugin_answer(self.native_call(answer.0, answer.1)?)?;
+            validate::assessment(&call.output).map_err(|reason| self.invalid(reason))?;
+            return Ok(call);
+        }
         let (mut store, started) = self.new_store(pre.engine());
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
@@ -280,6 +344,17 @@ impl Plugin {
         let HookPre::Payment(pre) = &self.pre else {
             return Err(self.not_this_hook(HookKind::Payment));
         };
+        #[cfg(feature = "native-rules")]
+        if let Some(answer) = self.native.and_then(|n| {
+            let started = Instant::now();
+            n.payment(&self.config, request).map(|a| (started, a))
+        }) {
+            let call = self.native_call(answer.0, answer.1)?;
+            if let Ok(result) = &call.output {
+                validate::payment_result(request, result).map_err(|reason| self.invalid(reason))?;
+            }
+            return Ok(call);
+        }
         let (mut store, started) = self.new_store(pre.engine());
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;

@@ -8,6 +8,8 @@
 //! - `sandbox`: what an instance can reach (almost nothing); `validate`: what the host accepts
 //!   back.
 //! - [`watch`]: the call log sample and the crash-loop breaker of an installed plugin.
+//! - `native` (the `native-rules` build only): the example plugins' source compiled into the
+//!   host, for the checkout benchmark's Wasm-versus-native comparison.
 
 pub mod bindings;
 mod call;
@@ -15,6 +17,8 @@ pub mod capability;
 pub mod error;
 pub mod manifest;
 pub mod metrics;
+#[cfg(feature = "native-rules")]
+mod native;
 mod runtime;
 mod sandbox;
 pub mod validate;

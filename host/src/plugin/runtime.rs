@@ -37,6 +37,9 @@ pub struct RuntimeConfig {
     pub consume_fuel: bool,
     /// The epoch tick: deadlines are checked this often.
     pub epoch_tick: Duration,
+    /// Serve plugins whose source is compiled into this binary (the `native-rules` build) by
+    /// that native code instead of their components: the checkout benchmark's comparison.
+    pub native_rules: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -46,6 +49,7 @@ impl Default for RuntimeConfig {
             max_instances: 512,
             consume_fuel: true,
             epoch_tick: Duration::from_millis(1),
+            native_rules: false,
         }
     }
 }
@@ -129,14 +133,19 @@ impl Runtime {
                 bindings::payment::PaymentPluginPre::new(instance_pre).map_err(wrong(&manifest))?,
             ),
         };
-        Ok(Plugin::new(
+        let plugin = Plugin::new(
             manifest,
             digest,
             wasm.len(),
             pre,
             self.config.consume_fuel,
             self.ticker.clone(),
-        ))
+        );
+        #[cfg(feature = "native-rules")]
+        if self.config.native_rules {
+            return Ok(plugin.compiled_natively());
+        }
+        Ok(plugin)
     }
 
     /// Compiles a component, through the artifact cache when there is one. Only artifacts this
