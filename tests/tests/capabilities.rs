@@ -1,7 +1,8 @@
 //! The capabilities a plugin can be granted — outbound HTTP to named hosts and secrets — and
 //! the walls around them: a host that is not granted, a redirect, a huge or slow response, a
-//! secret that is not granted, a secret in a log line, a component importing what its manifest
-//! does not ask for; and the registry's grants and secret references.
+//! secret that is not granted, a secret in a log line, an error or a panic message, a component
+//! importing what its manifest does not ask for; and the registry's grants and secret
+//! references.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -207,6 +208,23 @@ async fn secrets_are_read_only_when_granted_and_never_logged() {
     let call = logging.price(&cart()).await.expect("answers");
     let lines: Vec<&str> = call.stats.logs.iter().map(|l| l.message.as_str()).collect();
     assert_eq!(lines, ["the secret is [secret]", "secret-length=19"]);
+
+    // Nor does an error or a panic message carry it out.
+    let leaking = probe(&runtime, ASKS, &[("secret", "api-key"), ("leak", "error")])
+        .with_grants(&[Capability::Secrets], secrets.clone());
+    assert_eq!(
+        run(&leaking).await.expect("report"),
+        "the secret is [secret]"
+    );
+    let panicking = probe(&runtime, ASKS, &[("secret", "api-key"), ("leak", "panic")])
+        .with_grants(&[Capability::Secrets], secrets.clone());
+    match run(&panicking).await {
+        Err(HookErrorKind::Trap { message }) => {
+            assert!(message.contains("the secret is [secret]"), "{message}");
+            assert!(!message.contains("sk_test_very_secret"), "{message}");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
 
     // Unset: none. Asked for but not granted by the operator: stopped.
     let unset = probe(&runtime, ASKS, &[("secret", "other")])

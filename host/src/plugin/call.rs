@@ -568,7 +568,7 @@ impl Plugin {
     }
 
     /// Turns the raw outcome of a call into output plus stats, or a named error.
-    fn finish<T: Serialize>(
+    fn finish<T: Serialize + serde::de::DeserializeOwned>(
         &self,
         store: Store<StoreState>,
         started: Instant,
@@ -583,6 +583,21 @@ impl Plugin {
                 .saturating_sub(left)
         });
         let output = match result {
+            Ok(output)
+                if store.data().read_secrets()
+                    && store
+                        .data()
+                        .reveals_secret(&serde_json::to_string(&output).unwrap_or_default()) =>
+            {
+                // An answer or a plugin-error message that carries a secret out: the same
+                // answer with the value blanked, as in the plugin's log lines.
+                let state = store.data();
+                serde_json::to_string(&output)
+                    .ok()
+                    .map(|text| state.blank_secrets(&text))
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .ok_or_else(|| self.invalid("the answer carried a secret value".to_owned()))?
+            }
             Ok(output) => output,
             Err(error) => {
                 let kind = self.classify(&error, store.data());
@@ -667,7 +682,7 @@ impl Plugin {
         let stderr = state.stderr();
         HookErrorKind::Trap {
             message: if stderr.is_empty() {
-                format!("{error:#}")
+                state.blank_secrets(&format!("{error:#}"))
             } else {
                 stderr
             },

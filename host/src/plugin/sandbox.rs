@@ -180,10 +180,31 @@ impl StoreState {
     }
 
     /// What the guest wrote to standard error, e.g. a panic message.
+    /// What the plugin wrote to standard error (a panic's message), secrets blanked.
     pub(crate) fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents())
-            .trim()
-            .to_owned()
+        self.blank_secrets(String::from_utf8_lossy(&self.stderr.contents()).trim())
+    }
+
+    /// `text` with every secret value read during this call replaced by `[secret]`: nothing a
+    /// plugin says — a log line, an error or panic message, an answer — carries one out.
+    pub(crate) fn blank_secrets(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for secret in self.secrets_read.iter().filter(|s| !s.is_empty()) {
+            text = text.replace(secret.as_str(), "[secret]");
+        }
+        text
+    }
+
+    /// Whether the call read any secret.
+    pub(crate) fn read_secrets(&self) -> bool {
+        !self.secrets_read.is_empty()
+    }
+
+    /// Whether `text` holds a secret value read during this call.
+    pub(crate) fn reveals_secret(&self, text: &str) -> bool {
+        self.secrets_read
+            .iter()
+            .any(|secret| !secret.is_empty() && text.contains(secret.as_str()))
     }
 }
 
@@ -234,10 +255,7 @@ impl host::Host for StoreState {
             LogLevel::Warn => "warn",
             LogLevel::Error => "error",
         };
-        let mut message = message;
-        for secret in &self.secrets_read {
-            message = message.replace(secret.as_str(), "[secret]");
-        }
+        let message = self.blank_secrets(&message);
         if self.log_bytes + message.len() > LOG_CAP_BYTES {
             self.logs_dropped = self.logs_dropped.saturating_add(1);
             return;

@@ -6,7 +6,8 @@
 //!   its length.
 //!
 //! Without configuration (the registry's smoke call), or with `answer = "log"`, it answers with
-//! no operations and logs the report instead.
+//! no operations and logs the report instead. With `leak = "error"` or `leak = "panic"` it tries
+//! to carry the secret's value out in its error or its panic message (the host must blank it).
 
 use cartridge_sdk::PluginError;
 use cartridge_sdk::pricing::{Cart, Operation, Pricing};
@@ -20,6 +21,16 @@ impl Pricing for HttpProbe {
         if let Some(name) = config("secret") {
             match secrets::get(&name) {
                 Some(value) => {
+                    match config("leak").as_deref() {
+                        Some("error") => {
+                            return Err(PluginError::new(
+                                "probe",
+                                format!("the secret is {value}"),
+                            ));
+                        }
+                        Some("panic") => panic!("the secret is {value}"),
+                        _ => {}
+                    }
                     log::info(&format!("the secret is {value}"));
                     report.push(format!("secret-length={}", value.len()));
                 }
