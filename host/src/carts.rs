@@ -229,16 +229,27 @@ impl Carts {
         now: i64,
     ) -> Result<CartContents> {
         check_quantity(quantity)?;
-        let contents = self.contents(id).await?;
-        if self
-            .catalog
-            .priced_variant(sku, &contents.currency)
-            .await?
-            .is_none()
-        {
+        // What the checks need, in one statement: whether the SKU is for sale in the cart's
+        // currency, how many lines the cart has, and whether one is this SKU's.
+        let row = sqlx::query(
+            "SELECT \
+               CAST((SELECT COUNT(*) FROM variants v JOIN products p ON p.id = v.product_id \
+                     JOIN variant_prices pr ON pr.sku = v.sku AND pr.currency = c.currency \
+                     WHERE v.sku = $2 AND p.status = 'active') AS BIGINT) AS for_sale, \
+               CAST((SELECT COUNT(*) FROM cart_lines l WHERE l.cart_id = c.id) AS BIGINT) AS lines, \
+               CAST((SELECT COUNT(*) FROM cart_lines l WHERE l.cart_id = c.id AND l.sku = $2) AS BIGINT) AS has_line \
+             FROM carts c WHERE c.id = $1",
+        )
+        .bind(id)
+        .bind(sku)
+        .fetch_optional(self.db.reader())
+        .await?
+        .ok_or(CartError::NotFound)?;
+        if row.try_get::<i64, _>("for_sale")? == 0 {
             return Err(CartError::NotForSale(sku.to_owned()));
         }
-        if contents.lines.len() >= MAX_LINES && !contents.lines.iter().any(|l| l.sku == sku) {
+        let lines = usize::try_from(row.try_get::<i64, _>("lines")?).unwrap_or(usize::MAX);
+        if lines >= MAX_LINES && row.try_get::<i64, _>("has_line")? == 0 {
             return Err(CartError::Invalid(format!(
                 "a cart holds at most {MAX_LINES} lines"
             )));

@@ -335,6 +335,104 @@ async fn a_cart_is_priced_by_the_active_pricing_plugins() {
 }
 
 #[tokio::test]
+async fn a_cart_takes_only_what_is_for_sale_and_at_most_a_hundred_lines() {
+    for db in test_databases().await {
+        let app = spawn_app(db, &[]).await;
+        app.seed().await;
+        let variants: Vec<Value> = (0..99)
+            .map(|i| json!({"sku": format!("BULK-{i:03}"), "title": format!("{i}"), "options": {"n": format!("{i}")}, "prices": {"EUR": 100}}))
+            .chain([json!({"sku": "USD-ONLY", "title": "usd", "options": {"n": "usd"}, "prices": {"USD": 100}})])
+            .collect();
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/products",
+                json!({"title": "Bulk", "variants": variants}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let bulk = r.body["id"].as_str().expect("id").to_owned();
+
+        let (cart, token) = app.cart_with("TEE-M", 1).await;
+        let add = |sku: String| {
+            let (app, cart, token) = (&app, cart.clone(), token.clone());
+            async move {
+                app.cart(
+                    Method::POST,
+                    &format!("/store/carts/{cart}/lines"),
+                    &token,
+                    Some(json!({"sku": sku, "quantity": 1})),
+                )
+                .await
+            }
+        };
+        // Priced only in another currency: not for sale in this (EUR) cart.
+        let r = add("USD-ONLY".into()).await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("not_for_sale")),
+            "{}",
+            r.body
+        );
+        for i in 0..99 {
+            let r = add(format!("BULK-{i:03}")).await;
+            assert_eq!(r.status, 200, "line {i}: {}", r.body);
+        }
+        // 100 lines: no 101st, but more of a line already there is fine.
+        let r = add("TEE-L".into()).await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("invalid_input")),
+            "{}",
+            r.body
+        );
+        let r = add("BULK-042".into()).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["lines"].as_array().map(Vec::len), Some(100));
+
+        // An archived product's SKUs are no longer for sale.
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/products/{bulk}/archive"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (other, other_token) = app.cart_with("TEE-M", 1).await;
+        let r = app
+            .cart(
+                Method::POST,
+                &format!("/store/carts/{other}/lines"),
+                &other_token,
+                Some(json!({"sku": "BULK-001", "quantity": 1})),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("not_for_sale")),
+            "{}",
+            r.body
+        );
+        // Unknown cart: not found, whatever the SKU.
+        let r = app
+            .cart(
+                Method::POST,
+                "/store/carts/no-such-cart/lines",
+                &other_token,
+                Some(json!({"sku": "TEE-M", "quantity": 1})),
+            )
+            .await;
+        assert!(
+            matches!(r.status, 401 | 403 | 404),
+            "{} {}",
+            r.status,
+            r.body
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_failing_fail_open_pricing_plugin_does_not_break_the_cart() {
     for db in test_databases().await {
         let app = spawn_app(db, &["panicker", "tiered-discount"]).await;
