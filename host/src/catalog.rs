@@ -629,14 +629,9 @@ impl Catalog {
         Ok(Some((product_id, categories)))
     }
 
-    /// What pricing needs to know about `sku` in `currency`; none if the SKU is unknown, its
-    /// product archived, or it has no price in that currency.
-    pub async fn priced_variant(&self, sku: &str, currency: &str) -> Result<Option<PricedVariant>> {
-        Ok(self.priced_variants(&[sku], currency).await?.remove(sku))
-    }
-
-    /// [`priced_variant`](Self::priced_variant) for several SKUs in three statements, whatever
-    /// their number: a SKU missing from the answer is not for sale in `currency`.
+    /// What pricing needs to know about `skus` in `currency`, in three statements whatever
+    /// their number. A SKU missing from the answer is not for sale in `currency`: unknown, its
+    /// product archived, or no price in that currency.
     pub async fn priced_variants(
         &self,
         skus: &[&str],

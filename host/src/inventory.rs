@@ -250,7 +250,12 @@ impl Inventory {
         .bind(delta)
         .execute(&mut *tx)
         .await?;
-        movement(&mut tx, sku, location_id, reason, delta, None, now).await?;
+        let moved = Allocation {
+            sku: sku.to_owned(),
+            location_id: location_id.to_owned(),
+            quantity: delta,
+        };
+        record_movements(&mut tx, &[moved], reason, 1, None, now).await?;
         tx.commit().await?;
         let level = self
             .levels(sku, now)
@@ -536,22 +541,13 @@ impl Inventory {
             .bind(take)
             .execute(&mut *tx)
             .await?;
-            movement(
-                &mut tx,
-                &sku,
-                &location,
-                "ship",
-                -take,
-                Some(reference),
-                now,
-            )
-            .await?;
             allocations.push(Allocation {
                 sku,
                 location_id: location,
                 quantity: take,
             });
         }
+        record_movements(&mut tx, &allocations, "ship", -1, Some(reference), now).await?;
         tx.commit().await?;
         Ok(allocations)
     }
@@ -607,17 +603,8 @@ impl Inventory {
                 .bind(a.quantity)
                 .execute(&mut *tx)
                 .await?;
-            movement(
-                &mut tx,
-                &a.sku,
-                &a.location_id,
-                action,
-                -a.quantity,
-                Some(reference),
-                now,
-            )
-            .await?;
         }
+        record_movements(&mut tx, &committed, action, -1, Some(reference), now).await?;
         sqlx::query(&format!(
             "UPDATE reservations SET state = '{state}' WHERE reference = $1 AND state = 'committed'"
         ))
@@ -812,29 +799,5 @@ async fn record_movements(
         }
         insert.execute(&mut **tx).await?;
     }
-    Ok(())
-}
-
-async fn movement(
-    tx: &mut Transaction<'_, Any>,
-    sku: &str,
-    location_id: &str,
-    kind: &str,
-    quantity: i64,
-    reference: Option<&str>,
-    now: i64,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(sku)
-    .bind(location_id)
-    .bind(kind)
-    .bind(quantity)
-    .bind(reference)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
     Ok(())
 }

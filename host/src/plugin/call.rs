@@ -150,16 +150,7 @@ impl Plugin {
         answer: Result<T, String>,
     ) -> Result<Call<T>, HookError> {
         let output = answer.map_err(|reason| self.invalid(reason))?;
-        let output_bytes = json_size(&output);
-        if output_bytes > OUTPUT_LIMIT_BYTES {
-            return Err(HookError {
-                plugin: self.reference(),
-                kind: HookErrorKind::OutputTooLarge {
-                    size: output_bytes,
-                    limit: OUTPUT_LIMIT_BYTES,
-                },
-            });
-        }
+        let output_bytes = self.within_output_limit(&output)?;
         Ok(Call {
             output,
             stats: CallStats {
@@ -583,22 +574,7 @@ impl Plugin {
                 .saturating_sub(left)
         });
         let output = match result {
-            Ok(output)
-                if store.data().read_secrets()
-                    && store
-                        .data()
-                        .reveals_secret(&serde_json::to_string(&output).unwrap_or_default()) =>
-            {
-                // An answer or a plugin-error message that carries a secret out: the same
-                // answer with the value blanked, as in the plugin's log lines.
-                let state = store.data();
-                serde_json::to_string(&output)
-                    .ok()
-                    .map(|text| state.blank_secrets(&text))
-                    .and_then(|text| serde_json::from_str(&text).ok())
-                    .ok_or_else(|| self.invalid("the answer carried a secret value".to_owned()))?
-            }
-            Ok(output) => output,
+            Ok(output) => self.without_secrets(store.data(), output)?,
             Err(error) => {
                 let kind = self.classify(&error, store.data());
                 tracing::debug!(plugin = %self.id, code = kind.code(), "plugin call failed: {error:#}");
@@ -608,16 +584,7 @@ impl Plugin {
                 });
             }
         };
-        let output_bytes = json_size(&output);
-        if output_bytes > OUTPUT_LIMIT_BYTES {
-            return Err(HookError {
-                plugin: self.reference(),
-                kind: HookErrorKind::OutputTooLarge {
-                    size: output_bytes,
-                    limit: OUTPUT_LIMIT_BYTES,
-                },
-            });
-        }
+        let output_bytes = self.within_output_limit(&output)?;
         let state = store.into_data();
         Ok(Call {
             output,
@@ -630,6 +597,41 @@ impl Plugin {
                 logs_dropped: state.logs_dropped,
             },
         })
+    }
+
+    /// The output's size as JSON, or `OutputTooLarge` past the limit every call shares.
+    fn within_output_limit<T: Serialize>(&self, output: &T) -> Result<usize, HookError> {
+        let size = json_size(output);
+        if size > OUTPUT_LIMIT_BYTES {
+            return Err(HookError {
+                plugin: self.reference(),
+                kind: HookErrorKind::OutputTooLarge {
+                    size,
+                    limit: OUTPUT_LIMIT_BYTES,
+                },
+            });
+        }
+        Ok(size)
+    }
+
+    /// An answer (or plugin-error message) that would carry out a secret the call read comes
+    /// back with the value blanked, as in the plugin's log lines. Calls that read no secret
+    /// pay nothing.
+    fn without_secrets<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        state: &StoreState,
+        output: T,
+    ) -> Result<T, HookError> {
+        if !state.read_secrets() {
+            return Ok(output);
+        }
+        let text = serde_json::to_string(&output)
+            .map_err(|e| self.invalid(format!("the answer does not serialise: {e}")))?;
+        if !state.reveals_secret(&text) {
+            return Ok(output);
+        }
+        serde_json::from_str(&state.blank_secrets(&text))
+            .map_err(|_| self.invalid("the answer carried a secret value".to_owned()))
     }
 
     fn classify(&self, error: &wasmtime::Error, state: &StoreState) -> HookErrorKind {
