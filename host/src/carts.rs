@@ -152,7 +152,7 @@ impl Carts {
             .bind(currency)
             .bind(now)
             .bind(customer)
-            .execute(self.db.pool())
+            .execute(&mut *self.db.write_conn().await?)
             .await?;
         Ok((id, token))
     }
@@ -265,7 +265,7 @@ impl Carts {
         .bind(sku)
         .bind(quantity)
         .bind(now)
-        .execute(self.db.pool())
+        .execute(&mut *self.db.write_conn().await?)
         .await?
         .rows_affected();
         if inserted == 0 {
@@ -277,7 +277,7 @@ impl Carts {
             .bind(sku)
             .bind(quantity)
             .bind(MAX_LINE_QUANTITY)
-            .execute(self.db.pool())
+            .execute(&mut *self.db.write_conn().await?)
             .await?
             .rows_affected();
             if added == 0 {
@@ -304,7 +304,7 @@ impl Carts {
                 .bind(line_id)
                 .bind(id)
                 .bind(quantity)
-                .execute(self.db.pool())
+                .execute(&mut *self.db.write_conn().await?)
                 .await?
                 .rows_affected();
         if updated == 0 {
@@ -319,7 +319,7 @@ impl Carts {
         let removed = sqlx::query("DELETE FROM cart_lines WHERE id = $1 AND cart_id = $2")
             .bind(line_id)
             .bind(id)
-            .execute(self.db.pool())
+            .execute(&mut *self.db.write_conn().await?)
             .await?
             .rows_affected();
         if removed == 0 {
@@ -395,7 +395,7 @@ impl Carts {
             .bind(id)
             .bind(text)
             .bind(now)
-            .execute(self.db.pool())
+            .execute(&mut *self.db.write_conn().await?)
             .await?;
         Ok(details.clone())
     }
@@ -417,7 +417,7 @@ impl Carts {
         sqlx::query("UPDATE carts SET updated_at = $2 WHERE id = $1")
             .bind(id)
             .bind(now)
-            .execute(self.db.pool())
+            .execute(&mut *self.db.write_conn().await?)
             .await?;
         Ok(())
     }

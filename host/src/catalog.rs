@@ -268,7 +268,7 @@ impl Catalog {
             .bind(id)
             .bind(parent)
             .bind(name)
-            .execute(self.db.pool())
+            .execute(&mut *self.db.write_conn().await?)
             .await?;
         Ok(())
     }
@@ -457,7 +457,7 @@ impl Catalog {
             sqlx::query("UPDATE products SET status = 'archived', updated_at = $2 WHERE id = $1")
                 .bind(id)
                 .bind(now)
-                .execute(self.db.pool())
+                .execute(&mut *self.db.write_conn().await?)
                 .await?
                 .rows_affected();
         if updated == 0 {

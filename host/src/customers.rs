@@ -132,7 +132,7 @@ impl Customers {
         .bind(name.trim())
         .bind(hash)
         .bind(now)
-        .execute(self.db.pool())
+        .execute(&mut *self.db.write_conn().await?)
         .await?
         .rows_affected();
         if inserted == 0 {
@@ -186,7 +186,7 @@ impl Customers {
             .bind(&customer.id)
             .bind(now)
             .bind(now + TOKEN_TTL_MS)
-            .execute(self.db.pool())
+            .execute(&mut *self.db.write_conn().await?)
             .await?;
         Ok((customer, token))
     }

@@ -19,9 +19,9 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
-use crate::db::{Backend, BindEach, Db, param_rows, params};
+use crate::db::{Backend, Db, FromValue, Tx, Value, args, param_rows, params};
 
 /// Why an inventory operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +149,7 @@ impl Inventory {
         .bind(id)
         .bind(name)
         .bind(priority)
-        .execute(self.db.pool())
+        .execute(&mut *self.db.write_conn().await?)
         .await?;
         Ok(())
     }
@@ -202,61 +202,11 @@ impl Inventory {
         reason: &str,
         now: i64,
     ) -> Result<StockLevel> {
-        let mut tx = self.db.begin().await?;
-        let location_known = sqlx::query("SELECT id FROM stock_locations WHERE id = $1")
-            .bind(location_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if !location_known {
-            return Err(InventoryError::UnknownLocation(location_id.to_owned()));
-        }
-        let sku_known = sqlx::query("SELECT sku FROM variants WHERE sku = $1")
-            .bind(sku)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if !sku_known {
-            return Err(InventoryError::UnknownSku(sku.to_owned()));
-        }
-        sqlx::query(
-            "INSERT INTO inventory_levels (sku, location_id) VALUES ($1, $2) \
-             ON CONFLICT (sku, location_id) DO NOTHING",
-        )
-        .bind(sku)
-        .bind(location_id)
-        .execute(&mut *tx)
-        .await?;
-        lock_levels(
-            &mut tx,
-            self.db.backend(),
-            &[(sku.to_owned(), location_id.to_owned())],
-        )
-        .await?;
-        let available = level_available(&mut tx, sku, location_id, now).await?;
-        if available + delta < 0 {
-            return Err(InventoryError::WouldGoNegative {
-                sku: sku.to_owned(),
-                location: location_id.to_owned(),
-                requested: -delta,
-                available,
-            });
-        }
-        sqlx::query(
-            "UPDATE inventory_levels SET on_hand = on_hand + $3 WHERE sku = $1 AND location_id = $2",
-        )
-        .bind(sku)
-        .bind(location_id)
-        .bind(delta)
-        .execute(&mut *tx)
-        .await?;
-        let moved = Allocation {
-            sku: sku.to_owned(),
-            location_id: location_id.to_owned(),
-            quantity: delta,
-        };
-        record_movements(&mut tx, &[moved], reason, 1, None, now).await?;
-        tx.commit().await?;
+        let (sku_owned, location, reason) =
+            (sku.to_owned(), location_id.to_owned(), reason.to_owned());
+        self.db
+            .write(move |tx| Box::pin(adjust_in(tx, sku_owned, location, delta, reason, now)))
+            .await?;
         let level = self
             .levels(sku, now)
             .await?
@@ -276,173 +226,36 @@ impl Inventory {
         now: i64,
         expires_at: i64,
     ) -> Result<Vec<Allocation>> {
-        let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
         for (sku, quantity) in demand {
             if *quantity <= 0 {
                 return Err(InventoryError::InvalidQuantity(*quantity));
             }
-            let total = wanted.entry(sku.as_str()).or_default();
+            let total = wanted.entry(sku.clone()).or_default();
             *total = total.saturating_add(*quantity);
         }
-        let skus: Vec<&str> = wanted.keys().copied().collect();
-        let mut tx = self.db.begin().await?;
-        // Lock every level involved, in (sku, location) order, before reading any of them.
-        let rows = sqlx::query(&format!(
-            "SELECT sku, location_id FROM inventory_levels WHERE sku IN ({}) \
-             ORDER BY sku, location_id",
-            params(1, skus.len())
-        ))
-        .bind_each(skus.iter().copied())
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut levels: Vec<(String, String)> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            levels.push((row.try_get("sku")?, row.try_get("location_id")?));
-        }
-        if let Some(sku) = skus
-            .iter()
-            .find(|sku| !levels.iter().any(|(s, _)| s == *sku))
-        {
-            return Err(InventoryError::UnknownSku((*sku).to_owned()));
-        }
-        lock_levels(&mut tx, self.db.backend(), &levels).await?;
-        sqlx::query(
-            "UPDATE reservations SET state = 'released' WHERE reference = $1 AND state = 'active'",
-        )
-        .bind(reference)
-        .execute(&mut *tx)
-        .await?;
-
-        let rows = sqlx::query(&format!(
-            "SELECT l.sku, l.location_id, l.on_hand - l.committed - {RESERVED} AS available \
-             FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
-             WHERE l.sku IN ({}) ORDER BY l.sku, s.priority, l.location_id",
-            params(2, skus.len())
-        ))
-        .bind(now)
-        .bind_each(skus.iter().copied())
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut allocations = Vec::new();
-        for (sku, &requested) in &wanted {
-            let mut remaining = requested;
-            let mut total_available = 0;
-            for row in &rows {
-                if row.try_get::<&str, _>("sku")? != *sku {
-                    continue;
-                }
-                let available: i64 = row.try_get("available")?;
-                total_available += available.max(0);
-                if remaining > 0 && available > 0 {
-                    let take = available.min(remaining);
-                    remaining -= take;
-                    allocations.push(Allocation {
-                        sku: (*sku).to_owned(),
-                        location_id: row.try_get("location_id")?,
-                        quantity: take,
-                    });
-                }
-            }
-            if remaining > 0 {
-                return Err(InventoryError::Insufficient {
-                    sku: (*sku).to_owned(),
-                    requested,
-                    available: total_available,
-                });
-            }
-        }
-        for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO reservations (id, reference, sku, location_id, quantity, expires_at, created_at, state) \
-                 VALUES {}",
-                param_rows(1, chunk.len(), 7).replace(')', ", 'active')")
-            );
-            let mut insert = sqlx::query(&sql);
-            for a in chunk {
-                insert = insert
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(reference)
-                    .bind(&a.sku)
-                    .bind(&a.location_id)
-                    .bind(a.quantity)
-                    .bind(expires_at)
-                    .bind(now);
-            }
-            insert.execute(&mut *tx).await?;
-        }
-        record_movements(&mut tx, &allocations, "reserve", 1, Some(reference), now).await?;
-        tx.commit().await?;
-        Ok(allocations)
+        let reference = reference.to_owned();
+        self.db
+            .write(move |tx| Box::pin(reserve_in(tx, reference, wanted, now, expires_at)))
+            .await
     }
 
     /// Turns `reference`'s active reservations into committed stock (the order is placed).
     /// Fails if they expired: their stock may already belong to someone else.
     pub async fn commit(&self, reference: &str, now: i64) -> Result<Vec<Allocation>> {
-        let mut tx = self.db.begin().await?;
-        let allocations = self.commit_in(&mut tx, reference, now).await?;
-        tx.commit().await?;
-        Ok(allocations)
-    }
-
-    /// [`commit`](Self::commit) inside the caller's write transaction (begun with
-    /// [`Db::begin`]), so that the order and its stock are recorded together or not at all.
-    pub async fn commit_in(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        reference: &str,
-        now: i64,
-    ) -> Result<Vec<Allocation>> {
-        let held = reservations_in(tx, reference, "active").await?;
-        if held.is_empty() {
-            return Err(InventoryError::NothingTo {
-                action: "commit",
-                reference: reference.to_owned(),
-            });
-        }
-        if held.iter().any(|(_, expires_at)| *expires_at <= now) {
-            return Err(InventoryError::Expired(reference.to_owned()));
-        }
-        let allocations: Vec<Allocation> = held.into_iter().map(|(a, _)| a).collect();
-        lock_levels(tx, self.db.backend(), &levels_of(&allocations)).await?;
-        sqlx::query(
-            "UPDATE inventory_levels SET committed = committed + CAST((SELECT SUM(r.quantity) \
-             FROM reservations r WHERE r.reference = $1 AND r.state = 'active' \
-             AND r.sku = inventory_levels.sku AND r.location_id = inventory_levels.location_id) AS BIGINT) \
-             WHERE EXISTS (SELECT 1 FROM reservations r WHERE r.reference = $1 AND r.state = 'active' \
-             AND r.sku = inventory_levels.sku AND r.location_id = inventory_levels.location_id)",
-        )
-        .bind(reference)
-        .execute(&mut **tx)
-        .await?;
-        record_movements(tx, &allocations, "commit", 1, Some(reference), now).await?;
-        sqlx::query(
-            "UPDATE reservations SET state = 'committed' WHERE reference = $1 AND state = 'active'",
-        )
-        .bind(reference)
-        .execute(&mut **tx)
-        .await?;
-        Ok(allocations)
+        let reference = reference.to_owned();
+        self.db
+            .write(move |tx| Box::pin(async move { commit_in(tx, &reference, now).await }))
+            .await
     }
 
     /// Releases `reference`'s active reservations (checkout abandoned or failed). Idempotent:
     /// returns the units released, 0 the second time.
     pub async fn release(&self, reference: &str, now: i64) -> Result<i64> {
-        let mut tx = self.db.begin().await?;
-        let held: Vec<Allocation> = reservations_in(&mut tx, reference, "active")
-            .await?
-            .into_iter()
-            .map(|(a, _)| a)
-            .collect();
-        record_movements(&mut tx, &held, "release", -1, Some(reference), now).await?;
-        let units = held.iter().map(|a| a.quantity).sum();
-        sqlx::query(
-            "UPDATE reservations SET state = 'released' WHERE reference = $1 AND state = 'active'",
-        )
-        .bind(reference)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(units)
+        let reference = reference.to_owned();
+        self.db
+            .write(move |tx| Box::pin(release_in(tx, reference, now)))
+            .await
     }
 
     /// Ships everything committed for `reference`: it leaves `committed` and `on_hand`.
@@ -461,103 +274,30 @@ impl Inventory {
         if let Some((_, q)) = items.iter().find(|(_, q)| *q <= 0) {
             return Err(InventoryError::InvalidQuantity(*q));
         }
-        let mut tx = self.db.begin().await?;
-        let rows = sqlx::query(
-            "SELECT r.id, r.sku, r.location_id, r.quantity FROM reservations r \
-             JOIN stock_locations s ON s.id = r.location_id \
-             WHERE r.reference = $1 AND r.state = 'committed' ORDER BY r.sku, s.priority, r.location_id",
-        )
-        .bind(reference)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut committed = Vec::with_capacity(rows.len());
-        for r in &rows {
-            committed.push((
-                r.try_get::<String, _>("id")?,
-                r.try_get::<String, _>("sku")?,
-                r.try_get::<String, _>("location_id")?,
-                r.try_get::<i64, _>("quantity")?,
-            ));
-        }
-        let mut shipped = Vec::new();
-        for (sku, quantity) in items {
-            let mut remaining = *quantity;
-            for (id, _, location, held) in committed.iter().filter(|c| &c.1 == sku) {
-                if remaining == 0 {
-                    break;
-                }
-                let take = remaining.min(*held);
-                remaining -= take;
-                shipped.push((
-                    id.clone(),
-                    sku.clone(),
-                    location.clone(),
-                    take,
-                    take == *held,
-                ));
-            }
-            if remaining > 0 {
-                return Err(InventoryError::NothingTo {
-                    action: "ship that much",
-                    reference: format!("{reference} ({sku})"),
-                });
-            }
-        }
-        let levels: Vec<(String, String)> =
-            shipped.iter().map(|s| (s.1.clone(), s.2.clone())).collect();
-        lock_levels(&mut tx, self.db.backend(), &levels).await?;
-        let mut allocations = Vec::with_capacity(shipped.len());
-        for (id, sku, location, take, whole) in shipped {
-            if whole {
-                sqlx::query("UPDATE reservations SET state = 'shipped' WHERE id = $1")
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
-            } else {
-                sqlx::query("UPDATE reservations SET quantity = quantity - $2 WHERE id = $1")
-                    .bind(&id)
-                    .bind(take)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO reservations (id, reference, sku, location_id, quantity, state, expires_at, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'shipped', $6, $6)",
-                )
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(reference)
-                .bind(&sku)
-                .bind(&location)
-                .bind(take)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            sqlx::query(
-                "UPDATE inventory_levels SET committed = committed - $3, on_hand = on_hand - $3 \
-                 WHERE sku = $1 AND location_id = $2",
-            )
-            .bind(&sku)
-            .bind(&location)
-            .bind(take)
-            .execute(&mut *tx)
-            .await?;
-            allocations.push(Allocation {
-                sku,
-                location_id: location,
-                quantity: take,
-            });
-        }
-        record_movements(&mut tx, &allocations, "ship", -1, Some(reference), now).await?;
-        tx.commit().await?;
-        Ok(allocations)
+        let (reference, items) = (reference.to_owned(), items.to_vec());
+        self.db
+            .write(move |tx| Box::pin(ship_items_in(tx, reference, items, now)))
+            .await
     }
 
     /// What was shipped for `reference`, by location.
     pub async fn shipped(&self, reference: &str) -> Result<Vec<Allocation>> {
-        let mut tx = self.db.begin().await?;
-        let shipped = reservations_in(&mut tx, reference, "shipped").await?;
-        tx.commit().await?;
-        Ok(shipped.into_iter().map(|(a, _)| a).collect())
+        let rows = sqlx::query(
+            "SELECT sku, location_id, quantity FROM reservations \
+             WHERE reference = $1 AND state = 'shipped' ORDER BY sku, location_id",
+        )
+        .bind(reference)
+        .fetch_all(self.db.reader())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Allocation {
+                    sku: r.try_get("sku")?,
+                    location_id: r.try_get("location_id")?,
+                    quantity: r.try_get("quantity")?,
+                })
+            })
+            .collect()
     }
 
     /// Cancels an order's committed stock before it ships: it becomes available again.
@@ -572,47 +312,10 @@ impl Inventory {
         action: &'static str,
         now: i64,
     ) -> Result<Vec<Allocation>> {
-        let mut tx = self.db.begin().await?;
-        let committed: Vec<Allocation> = reservations_in(&mut tx, reference, "committed")
-            .await?
-            .into_iter()
-            .map(|(a, _)| a)
-            .collect();
-        if committed.is_empty() {
-            return Err(InventoryError::NothingTo {
-                action,
-                reference: reference.to_owned(),
-            });
-        }
-        lock_levels(&mut tx, self.db.backend(), &levels_of(&committed)).await?;
-        let (sql, state) = match action {
-            "ship" => (
-                "UPDATE inventory_levels SET committed = committed - $3, on_hand = on_hand - $3 \
-                 WHERE sku = $1 AND location_id = $2",
-                "shipped",
-            ),
-            _ => (
-                "UPDATE inventory_levels SET committed = committed - $3 WHERE sku = $1 AND location_id = $2",
-                "released",
-            ),
-        };
-        for a in &committed {
-            sqlx::query(sql)
-                .bind(&a.sku)
-                .bind(&a.location_id)
-                .bind(a.quantity)
-                .execute(&mut *tx)
-                .await?;
-        }
-        record_movements(&mut tx, &committed, action, -1, Some(reference), now).await?;
-        sqlx::query(&format!(
-            "UPDATE reservations SET state = '{state}' WHERE reference = $1 AND state = 'committed'"
-        ))
-        .bind(reference)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(committed)
+        let reference = reference.to_owned();
+        self.db
+            .write(move |tx| Box::pin(settle_in(tx, reference, action, now)))
+            .await
     }
 
     /// Puts returned units back on hand, exactly once per `return_reference`, SKU and
@@ -628,36 +331,36 @@ impl Inventory {
         if quantity <= 0 {
             return Err(InventoryError::InvalidQuantity(quantity));
         }
-        let mut tx = self.db.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
-             VALUES ($1, $2, 'restock', $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(sku)
-        .bind(location_id)
-        .bind(quantity)
-        .bind(return_reference)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok(false);
-        }
-        let updated = sqlx::query(
-            "UPDATE inventory_levels SET on_hand = on_hand + $3 WHERE sku = $1 AND location_id = $2",
-        )
-        .bind(sku)
-        .bind(location_id)
-        .bind(quantity)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            return Err(InventoryError::UnknownSku(sku.to_owned()));
-        }
-        tx.commit().await?;
-        Ok(true)
+        let restock = args![sku, location_id, quantity, return_reference, now];
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    let inserted = tx
+                        .execute(
+                            "INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
+                             VALUES ($1, $2, 'restock', $3, $4, $5) ON CONFLICT DO NOTHING",
+                            &restock,
+                        )
+                        .await?;
+                    if inserted == 0 {
+                        return Ok(false);
+                    }
+                    let updated = tx
+                        .execute(
+                            "UPDATE inventory_levels SET on_hand = on_hand + $3 \
+                             WHERE sku = $1 AND location_id = $2",
+                            &restock[..3],
+                        )
+                        .await?;
+                    if updated == 0 {
+                        return Err(InventoryError::UnknownSku(
+                            String::from_value(&restock[0]).unwrap_or_default(),
+                        ));
+                    }
+                    Ok(true)
+                })
+            })
+            .await
     }
 
     /// The movements of `sku` at `location_id`, oldest first: (kind, quantity, reference).
@@ -686,34 +389,378 @@ impl Inventory {
     }
 }
 
+async fn adjust_in(
+    tx: &mut dyn Tx,
+    sku: String,
+    location_id: String,
+    delta: i64,
+    reason: String,
+    now: i64,
+) -> Result<()> {
+    if tx
+        .fetch(
+            "SELECT id FROM stock_locations WHERE id = $1",
+            &args![&location_id],
+        )
+        .await?
+        .is_empty()
+    {
+        return Err(InventoryError::UnknownLocation(location_id));
+    }
+    if tx
+        .fetch("SELECT sku FROM variants WHERE sku = $1", &args![&sku])
+        .await?
+        .is_empty()
+    {
+        return Err(InventoryError::UnknownSku(sku));
+    }
+    tx.execute(
+        "INSERT INTO inventory_levels (sku, location_id) VALUES ($1, $2) \
+         ON CONFLICT (sku, location_id) DO NOTHING",
+        &args![&sku, &location_id],
+    )
+    .await?;
+    lock_levels(tx, &[(sku.clone(), location_id.clone())]).await?;
+    let available = tx
+        .fetch_one(
+            &format!(
+                "SELECT l.on_hand - l.committed - {RESERVED} AS available FROM inventory_levels l \
+                 WHERE l.sku = $2 AND l.location_id = $3"
+            ),
+            &args![now, &sku, &location_id],
+        )
+        .await?
+        .get::<i64>("available")?;
+    if available + delta < 0 {
+        return Err(InventoryError::WouldGoNegative {
+            sku,
+            location: location_id,
+            requested: -delta,
+            available,
+        });
+    }
+    tx.execute(
+        "UPDATE inventory_levels SET on_hand = on_hand + $3 WHERE sku = $1 AND location_id = $2",
+        &args![&sku, &location_id, delta],
+    )
+    .await?;
+    let moved = Allocation {
+        sku,
+        location_id,
+        quantity: delta,
+    };
+    record_movements(tx, &[moved], &reason, 1, None, now).await
+}
+
+async fn reserve_in(
+    tx: &mut dyn Tx,
+    reference: String,
+    wanted: BTreeMap<String, i64>,
+    now: i64,
+    expires_at: i64,
+) -> Result<Vec<Allocation>> {
+    let skus: Vec<Value> = wanted.keys().map(Value::from).collect();
+    // Lock every level involved, in (sku, location) order, before reading any of them.
+    let rows = tx
+        .fetch(
+            &format!(
+                "SELECT sku, location_id FROM inventory_levels WHERE sku IN ({}) \
+                 ORDER BY sku, location_id",
+                params(1, skus.len())
+            ),
+            &skus,
+        )
+        .await?;
+    let mut levels: Vec<(String, String)> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        levels.push((row.get("sku")?, row.get("location_id")?));
+    }
+    if let Some(sku) = wanted
+        .keys()
+        .find(|sku| !levels.iter().any(|(s, _)| s == *sku))
+    {
+        return Err(InventoryError::UnknownSku(sku.clone()));
+    }
+    lock_levels(tx, &levels).await?;
+    tx.execute(
+        "UPDATE reservations SET state = 'released' WHERE reference = $1 AND state = 'active'",
+        &args![&reference],
+    )
+    .await?;
+
+    let mut available_args = vec![Value::from(now)];
+    available_args.extend(skus);
+    let rows = tx
+        .fetch(
+            &format!(
+                "SELECT l.sku, l.location_id, l.on_hand - l.committed - {RESERVED} AS available \
+                 FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
+                 WHERE l.sku IN ({}) ORDER BY l.sku, s.priority, l.location_id",
+                params(2, wanted.len())
+            ),
+            &available_args,
+        )
+        .await?;
+    let mut allocations = Vec::new();
+    for (sku, &requested) in &wanted {
+        let mut remaining = requested;
+        let mut total_available = 0;
+        for row in &rows {
+            if row.text("sku")? != sku {
+                continue;
+            }
+            let available: i64 = row.get("available")?;
+            total_available += available.max(0);
+            if remaining > 0 && available > 0 {
+                let take = available.min(remaining);
+                remaining -= take;
+                allocations.push(Allocation {
+                    sku: sku.clone(),
+                    location_id: row.get("location_id")?,
+                    quantity: take,
+                });
+            }
+        }
+        if remaining > 0 {
+            return Err(InventoryError::Insufficient {
+                sku: sku.clone(),
+                requested,
+                available: total_available,
+            });
+        }
+    }
+    for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO reservations (id, reference, sku, location_id, quantity, expires_at, created_at, state) \
+             VALUES {}",
+            param_rows(1, chunk.len(), 7).replace(')', ", 'active')")
+        );
+        let mut values = Vec::with_capacity(chunk.len() * 7);
+        for a in chunk {
+            values.extend(args![
+                uuid::Uuid::now_v7().to_string(),
+                &reference,
+                &a.sku,
+                &a.location_id,
+                a.quantity,
+                expires_at,
+                now,
+            ]);
+        }
+        tx.execute(&sql, &values).await?;
+    }
+    record_movements(tx, &allocations, "reserve", 1, Some(&reference), now).await?;
+    Ok(allocations)
+}
+
+/// [`Inventory::commit`] inside the caller's write transaction, so that an order and its stock
+/// are recorded together or not at all.
+pub async fn commit_in(tx: &mut dyn Tx, reference: &str, now: i64) -> Result<Vec<Allocation>> {
+    let held = reservations_in(tx, reference, "active").await?;
+    if held.is_empty() {
+        return Err(InventoryError::NothingTo {
+            action: "commit",
+            reference: reference.to_owned(),
+        });
+    }
+    if held.iter().any(|(_, expires_at)| *expires_at <= now) {
+        return Err(InventoryError::Expired(reference.to_owned()));
+    }
+    let allocations: Vec<Allocation> = held.into_iter().map(|(a, _)| a).collect();
+    lock_levels(tx, &levels_of(&allocations)).await?;
+    tx.execute(
+        "UPDATE inventory_levels SET committed = committed + CAST((SELECT SUM(r.quantity) \
+         FROM reservations r WHERE r.reference = $1 AND r.state = 'active' \
+         AND r.sku = inventory_levels.sku AND r.location_id = inventory_levels.location_id) AS BIGINT) \
+         WHERE EXISTS (SELECT 1 FROM reservations r WHERE r.reference = $1 AND r.state = 'active' \
+         AND r.sku = inventory_levels.sku AND r.location_id = inventory_levels.location_id)",
+        &args![reference],
+    )
+    .await?;
+    record_movements(tx, &allocations, "commit", 1, Some(reference), now).await?;
+    tx.execute(
+        "UPDATE reservations SET state = 'committed' WHERE reference = $1 AND state = 'active'",
+        &args![reference],
+    )
+    .await?;
+    Ok(allocations)
+}
+
+async fn release_in(tx: &mut dyn Tx, reference: String, now: i64) -> Result<i64> {
+    let held: Vec<Allocation> = reservations_in(tx, &reference, "active")
+        .await?
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    record_movements(tx, &held, "release", -1, Some(&reference), now).await?;
+    tx.execute(
+        "UPDATE reservations SET state = 'released' WHERE reference = $1 AND state = 'active'",
+        &args![&reference],
+    )
+    .await?;
+    Ok(held.iter().map(|a| a.quantity).sum())
+}
+
+async fn ship_items_in(
+    tx: &mut dyn Tx,
+    reference: String,
+    items: Vec<(String, i64)>,
+    now: i64,
+) -> Result<Vec<Allocation>> {
+    let rows = tx
+        .fetch(
+            "SELECT r.id, r.sku, r.location_id, r.quantity FROM reservations r \
+             JOIN stock_locations s ON s.id = r.location_id \
+             WHERE r.reference = $1 AND r.state = 'committed' ORDER BY r.sku, s.priority, r.location_id",
+            &args![&reference],
+        )
+        .await?;
+    let mut committed = Vec::with_capacity(rows.len());
+    for r in &rows {
+        committed.push((
+            r.get::<String>("id")?,
+            r.get::<String>("sku")?,
+            r.get::<String>("location_id")?,
+            r.get::<i64>("quantity")?,
+        ));
+    }
+    let mut shipped = Vec::new();
+    for (sku, quantity) in &items {
+        let mut remaining = *quantity;
+        for (id, _, location, held) in committed.iter().filter(|c| &c.1 == sku) {
+            if remaining == 0 {
+                break;
+            }
+            let take = remaining.min(*held);
+            remaining -= take;
+            shipped.push((
+                id.clone(),
+                sku.clone(),
+                location.clone(),
+                take,
+                take == *held,
+            ));
+        }
+        if remaining > 0 {
+            return Err(InventoryError::NothingTo {
+                action: "ship that much",
+                reference: format!("{reference} ({sku})"),
+            });
+        }
+    }
+    let levels: Vec<(String, String)> =
+        shipped.iter().map(|s| (s.1.clone(), s.2.clone())).collect();
+    lock_levels(tx, &levels).await?;
+    let mut allocations = Vec::with_capacity(shipped.len());
+    for (id, sku, location, take, whole) in shipped {
+        if whole {
+            tx.execute(
+                "UPDATE reservations SET state = 'shipped' WHERE id = $1",
+                &args![&id],
+            )
+            .await?;
+        } else {
+            tx.execute(
+                "UPDATE reservations SET quantity = quantity - $2 WHERE id = $1",
+                &args![&id, take],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO reservations (id, reference, sku, location_id, quantity, state, expires_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'shipped', $6, $6)",
+                &args![
+                    uuid::Uuid::now_v7().to_string(),
+                    &reference,
+                    &sku,
+                    &location,
+                    take,
+                    now
+                ],
+            )
+            .await?;
+        }
+        tx.execute(
+            "UPDATE inventory_levels SET committed = committed - $3, on_hand = on_hand - $3 \
+             WHERE sku = $1 AND location_id = $2",
+            &args![&sku, &location, take],
+        )
+        .await?;
+        allocations.push(Allocation {
+            sku,
+            location_id: location,
+            quantity: take,
+        });
+    }
+    record_movements(tx, &allocations, "ship", -1, Some(&reference), now).await?;
+    Ok(allocations)
+}
+
+async fn settle_in(
+    tx: &mut dyn Tx,
+    reference: String,
+    action: &'static str,
+    now: i64,
+) -> Result<Vec<Allocation>> {
+    let committed: Vec<Allocation> = reservations_in(tx, &reference, "committed")
+        .await?
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    if committed.is_empty() {
+        return Err(InventoryError::NothingTo { action, reference });
+    }
+    lock_levels(tx, &levels_of(&committed)).await?;
+    let (sql, state) = match action {
+        "ship" => (
+            "UPDATE inventory_levels SET committed = committed - $3, on_hand = on_hand - $3 \
+             WHERE sku = $1 AND location_id = $2",
+            "shipped",
+        ),
+        _ => (
+            "UPDATE inventory_levels SET committed = committed - $3 WHERE sku = $1 AND location_id = $2",
+            "released",
+        ),
+    };
+    for a in &committed {
+        tx.execute(sql, &args![&a.sku, &a.location_id, a.quantity])
+            .await?;
+    }
+    record_movements(tx, &committed, action, -1, Some(&reference), now).await?;
+    tx.execute(
+        &format!(
+            "UPDATE reservations SET state = '{state}' WHERE reference = $1 AND state = 'committed'"
+        ),
+        &args![&reference],
+    )
+    .await?;
+    Ok(committed)
+}
+
 /// Takes the write locks of `levels` (SKU, location), in (SKU, location) order whatever order
 /// they come in, so two writers never wait for each other in a cycle. On PostgreSQL these are
 /// row locks, taken by one ordered `SELECT … FOR UPDATE` (rows are locked in the order the
 /// sort returns them); on SQLite the transaction already holds the database's write lock
-/// ([`Db::begin`] is `BEGIN IMMEDIATE`), so there is nothing more to take.
-async fn lock_levels(
-    tx: &mut Transaction<'_, Any>,
-    backend: Backend,
-    levels: &[(String, String)],
-) -> Result<()> {
-    if backend == Backend::Sqlite || levels.is_empty() {
+/// ([`Db::write`] begins `IMMEDIATE`), so there is nothing more to take.
+async fn lock_levels(tx: &mut dyn Tx, levels: &[(String, String)]) -> Result<()> {
+    if tx.backend() == Backend::Sqlite || levels.is_empty() {
         return Ok(());
     }
     let mut sorted: Vec<&(String, String)> = levels.iter().collect();
     sorted.sort();
     sorted.dedup();
     for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
-        sqlx::query(&format!(
-            "SELECT sku FROM inventory_levels WHERE (sku, location_id) IN ({}) \
-             ORDER BY sku, location_id FOR UPDATE",
-            param_rows(1, chunk.len(), 2)
-        ))
-        .bind_each(
-            chunk
-                .iter()
-                .flat_map(|(sku, location)| [sku.as_str(), location.as_str()]),
+        let keys: Vec<Value> = chunk
+            .iter()
+            .flat_map(|(sku, location)| [Value::from(sku), Value::from(location)])
+            .collect();
+        tx.fetch(
+            &format!(
+                "SELECT sku FROM inventory_levels WHERE (sku, location_id) IN ({}) \
+                 ORDER BY sku, location_id FOR UPDATE",
+                param_rows(1, chunk.len(), 2)
+            ),
+            &keys,
         )
-        .fetch_all(&mut **tx)
         .await?;
     }
     Ok(())
@@ -727,46 +774,27 @@ fn levels_of(allocations: &[Allocation]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn level_available(
-    tx: &mut Transaction<'_, Any>,
-    sku: &str,
-    location_id: &str,
-    now: i64,
-) -> Result<i64> {
-    let row = sqlx::query(&format!(
-        "SELECT l.on_hand - l.committed - {RESERVED} AS available FROM inventory_levels l \
-         WHERE l.sku = $2 AND l.location_id = $3"
-    ))
-    .bind(now)
-    .bind(sku)
-    .bind(location_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(row.try_get("available")?)
-}
-
 async fn reservations_in(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut dyn Tx,
     reference: &str,
     state: &str,
 ) -> Result<Vec<(Allocation, i64)>> {
-    let rows = sqlx::query(
-        "SELECT sku, location_id, quantity, expires_at FROM reservations \
-         WHERE reference = $1 AND state = $2 ORDER BY sku, location_id",
-    )
-    .bind(reference)
-    .bind(state)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows = tx
+        .fetch(
+            "SELECT sku, location_id, quantity, expires_at FROM reservations \
+             WHERE reference = $1 AND state = $2 ORDER BY sku, location_id",
+            &args![reference, state],
+        )
+        .await?;
     rows.iter()
         .map(|r| {
             Ok((
                 Allocation {
-                    sku: r.try_get("sku")?,
-                    location_id: r.try_get("location_id")?,
-                    quantity: r.try_get("quantity")?,
+                    sku: r.get("sku")?,
+                    location_id: r.get("location_id")?,
+                    quantity: r.get("quantity")?,
                 },
-                r.try_get("expires_at")?,
+                r.get("expires_at")?,
             ))
         })
         .collect()
@@ -775,7 +803,7 @@ async fn reservations_in(
 /// Records one movement per allocation, `sign` × its quantity, in as few statements as the
 /// parameter limits allow.
 async fn record_movements(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut dyn Tx,
     allocations: &[Allocation],
     kind: &str,
     sign: i64,
@@ -787,17 +815,18 @@ async fn record_movements(
             "INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) VALUES {}",
             param_rows(1, chunk.len(), 6)
         );
-        let mut insert = sqlx::query(&sql);
+        let mut values = Vec::with_capacity(chunk.len() * 6);
         for a in chunk {
-            insert = insert
-                .bind(&a.sku)
-                .bind(&a.location_id)
-                .bind(kind)
-                .bind(sign * a.quantity)
-                .bind(reference)
-                .bind(now);
+            values.extend(args![
+                &a.sku,
+                &a.location_id,
+                kind,
+                sign * a.quantity,
+                reference,
+                now
+            ]);
         }
-        insert.execute(&mut **tx).await?;
+        tx.execute(&sql, &values).await?;
     }
     Ok(())
 }

@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use crate::carts::Carts;
-use crate::db::{Db, param_rows};
+use crate::db::{Db, Tx, args, param_rows};
 use crate::hooks;
-use crate::inventory::{Inventory, InventoryError};
+use crate::inventory::{self, Inventory, InventoryError};
 use crate::plugin::bindings::types::{Address as WitAddress, Money};
 use crate::plugin::bindings::{fraud, payment};
 use crate::plugin::{HookError, PaymentRequest, Plugin};
@@ -549,7 +549,7 @@ impl Orders {
                 )
                 .bind(&order_id)
                 .bind(if voided { "voided" } else { "authorized" })
-                .execute(self.db.pool())
+                .execute(&mut *self.db.write_conn().await?)
                 .await
                 {
                     tracing::error!(order = %order_id, "could not mark the failed order cancelled: {e}");
@@ -614,7 +614,7 @@ impl Orders {
         now: i64,
     ) -> std::result::Result<Value, InventoryError> {
         // The order as `order` reads it back; what is written is taken from it.
-        let mut order = OrderView {
+        let order = OrderView {
             id: order_id.to_owned(),
             email: request.email.trim().to_lowercase(),
             customer_id: None,
@@ -658,17 +658,18 @@ impl Orders {
             refunded: 0,
             refunds: vec![],
         };
-        let mut tx = self.db.begin().await?;
-        let customer_id = insert_order(
-            &mut tx,
-            &order,
-            cart_id,
-            &payment,
-            &authorized.amount.currency,
-        )
-        .await?;
-        self.inventory.commit_in(&mut tx, order_id, now).await?;
-        tx.commit().await?;
+        let (cart_id, currency) = (cart_id.to_owned(), authorized.amount.currency.clone());
+        let (mut order, payment, customer_id) = self
+            .db
+            .write(move |tx| {
+                Box::pin(async move {
+                    let customer_id =
+                        insert_order(tx, &order, &cart_id, &payment, &currency).await?;
+                    inventory::commit_in(tx, &order.id, now).await?;
+                    Ok::<_, InventoryError>((order, payment, customer_id))
+                })
+            })
+            .await?;
         order.customer_id = customer_id;
         order.payment = Some(payment);
         Ok(order.into())
@@ -1011,7 +1012,7 @@ impl Orders {
         )
         .bind(id)
         .bind(now)
-        .execute(self.db.pool())
+        .execute(&mut *self.db.write_conn().await?)
         .await?
         .rows_affected();
         if claimed == 0 {
@@ -1027,7 +1028,7 @@ impl Orders {
                 "UPDATE orders SET payment_status = 'authorized' WHERE id = $1 AND payment_status = 'capturing'",
             )
             .bind(id)
-            .execute(self.db.pool())
+            .execute(&mut *self.db.write_conn().await?)
             .await?;
         }
         outcome?;
@@ -1112,7 +1113,7 @@ impl Orders {
         )
         .bind(id)
         .bind(now)
-        .execute(self.db.pool())
+        .execute(&mut *self.db.write_conn().await?)
         .await?
         .rows_affected();
         if claimed == 0 {
@@ -1146,7 +1147,7 @@ impl Orders {
                         "UPDATE orders SET payment_status = 'voided' WHERE id = $1 AND payment_status = 'authorized'",
                     )
                     .bind(id)
-                    .execute(self.db.pool())
+                    .execute(&mut *self.db.write_conn().await?)
                     .await?;
                 }
                 other => {
@@ -1194,7 +1195,7 @@ impl Orders {
             .bind(id)
             .bind(refunded)
             .bind(captured)
-            .execute(self.db.pool())
+            .execute(&mut *self.db.write_conn().await?)
             .await?
             .rows_affected();
             if swapped == 1 {
@@ -1271,7 +1272,7 @@ impl Orders {
         )
         .bind(id)
         .bind(amount)
-        .execute(self.db.pool())
+        .execute(&mut *self.db.write_conn().await?)
         .await?
         .rows_affected();
         if claimed == 0 {
@@ -1370,7 +1371,7 @@ impl Orders {
             .bind(lines_json.to_string())
             .bind(&reason)
             .bind(now)
-            .execute(self.db.pool())
+            .execute(&mut *self.db.write_conn().await?)
             .await?;
         Ok(
             json!({"id": request_id, "order_id": id, "status": "requested", "lines": lines_json, "reason": reason}),
@@ -1475,7 +1476,7 @@ impl Orders {
         )
         .bind(return_id)
         .bind(id)
-        .execute(self.db.pool())
+        .execute(&mut *self.db.write_conn().await?)
         .await?;
         self.order(id).await
     }
@@ -1486,64 +1487,68 @@ impl Orders {
 /// left alone.
 /// Writes a new order, its lines and its payment; returns the customer the cart belonged to.
 async fn insert_order(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut dyn Tx,
     order: &OrderView,
     cart_id: &str,
     payment: &PaymentView,
     payment_currency: &str,
 ) -> std::result::Result<Option<String>, sqlx::Error> {
-    let customer_id = sqlx::query(
-        "INSERT INTO orders (id, cart_id, email, status, payment_status, fulfilment_status, currency, \
-         subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at, customer_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, \
-         (SELECT customer_id FROM carts WHERE id = $2)) RETURNING customer_id",
-    )
-    .bind(&order.id)
-    .bind(cart_id)
-    .bind(&order.email)
-    .bind(&order.status)
-    .bind(&order.payment_status)
-    .bind(&order.fulfilment_status)
-    .bind(&order.currency)
-    .bind(order.subtotal)
-    .bind(order.discount_total)
-    .bind(order.shipping_total)
-    .bind(order.total)
-    .bind(order.shipping_address.to_string())
-    .bind(order.billing_address.to_string())
-    .bind(order.decisions.to_string())
-    .bind(order.created_at)
-    .fetch_one(&mut **tx)
-    .await?
-    .try_get::<Option<String>, _>("customer_id")?;
+    let customer_id = tx
+        .fetch_one(
+            "INSERT INTO orders (id, cart_id, email, status, payment_status, fulfilment_status, currency, \
+             subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at, customer_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, \
+             (SELECT customer_id FROM carts WHERE id = $2)) RETURNING customer_id",
+            &args![
+                &order.id,
+                cart_id,
+                &order.email,
+                &order.status,
+                &order.payment_status,
+                &order.fulfilment_status,
+                &order.currency,
+                order.subtotal,
+                order.discount_total,
+                order.shipping_total,
+                order.total,
+                order.shipping_address.to_string(),
+                order.billing_address.to_string(),
+                order.decisions.to_string(),
+                order.created_at,
+            ],
+        )
+        .await?
+        .get::<Option<String>>("customer_id")?;
     for (chunk_no, chunk) in order.lines.chunks(LINES_PER_STATEMENT).enumerate() {
         let sql = format!(
             "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price, discount, total) VALUES {}",
             param_rows(1, chunk.len(), 7)
         );
-        let mut insert = sqlx::query(&sql);
+        let mut values = Vec::with_capacity(chunk.len() * 7);
         for (i, line) in chunk.iter().enumerate() {
             let line_no = chunk_no * LINES_PER_STATEMENT + i;
-            insert = insert
-                .bind(&order.id)
-                .bind(i32::try_from(line_no).unwrap_or(i32::MAX))
-                .bind(&line.sku)
-                .bind(line.quantity)
-                .bind(line.unit_price)
-                .bind(line.discount)
-                .bind(line.total);
+            values.extend(args![
+                &order.id,
+                i64::try_from(line_no).unwrap_or(i64::MAX),
+                &line.sku,
+                line.quantity,
+                line.unit_price,
+                line.discount,
+                line.total,
+            ]);
         }
-        insert.execute(&mut **tx).await?;
+        tx.execute(&sql, &values).await?;
     }
-    sqlx::query(
+    tx.execute(
         "INSERT INTO payments (order_id, plugin, gateway_reference, currency, authorized) VALUES ($1, $2, $3, $4, $5)",
+        &args![
+            &order.id,
+            &payment.plugin,
+            &payment.gateway_reference,
+            payment_currency,
+            payment.authorized,
+        ],
     )
-    .bind(&order.id)
-    .bind(&payment.plugin)
-    .bind(&payment.gateway_reference)
-    .bind(payment_currency)
-    .bind(payment.authorized)
-    .execute(&mut **tx)
     .await?;
     Ok(customer_id)
 }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use super::ApiError;
-use crate::db::Db;
+use crate::db::{Db, args};
 
 /// The longest key accepted.
 pub const MAX_KEY_LEN: usize = 255;
@@ -109,18 +109,20 @@ async fn run_once(
 /// Claims `key` in `scope` for a request whose canonical body is `body`.
 async fn begin(db: &Db, scope: &str, key: &str, body: &Value, now: i64) -> Result<Begin, ApiError> {
     let hash = hex::encode(Sha256::digest(body.to_string().as_bytes()));
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) \
-         VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (scope, key) DO NOTHING",
-    )
-    .bind(scope)
-    .bind(key)
-    .bind(&hash)
-    .bind(now)
-    .execute(db.pool())
-    .await
-    .map_err(|e| ApiError::internal(&e))?
-    .rows_affected();
+    let claim = args![scope, key, &hash, now];
+    let inserted = db
+        .write(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) \
+                     VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (scope, key) DO NOTHING",
+                    &claim,
+                )
+                .await
+            })
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
     if inserted == 1 {
         return Ok(Begin::Run);
     }
@@ -168,24 +170,21 @@ async fn begin(db: &Db, scope: &str, key: &str, body: &Value, now: i64) -> Resul
 /// Stores the response of a request that ran, or forgets the key (`keep` false: a server
 /// failure that a retry may mend).
 async fn finish(db: &Db, scope: &str, key: &str, status: StatusCode, body: &Value, keep: bool) {
-    let result = if !keep {
-        sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
-            .bind(scope)
-            .bind(key)
-            .execute(db.pool())
-            .await
-    } else {
-        sqlx::query(
+    let (sql, values) = if keep {
+        (
             "UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = $4 \
              WHERE scope = $1 AND key = $2",
+            args![scope, key, i64::from(status.as_u16()), body.to_string()].to_vec(),
         )
-        .bind(scope)
-        .bind(key)
-        .bind(i32::from(status.as_u16()))
-        .bind(body.to_string())
-        .execute(db.pool())
-        .await
+    } else {
+        (
+            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2",
+            args![scope, key].to_vec(),
+        )
     };
+    let result = db
+        .write(move |tx| Box::pin(async move { tx.execute(sql, &values).await }))
+        .await;
     if let Err(e) = result {
         tracing::error!(scope, key, "could not store the idempotent response: {e}");
     }
@@ -205,7 +204,7 @@ pub async fn sweep(db: &Db, now: i64) -> Result<u64, sqlx::Error> {
     )
     .bind(now - KEEP_MS)
     .bind(now - ABANDONED_AFTER_MS)
-    .execute(db.pool())
+    .execute(&mut *db.write_conn().await?)
     .await?
     .rows_affected())
 }

@@ -121,7 +121,7 @@ impl AppState {
         .bind(digest(token))
         .bind(name)
         .bind(now_ms())
-        .execute(self.db.pool())
+        .execute(&mut *self.db.write_conn().await?)
         .await?;
         Ok(())
     }
@@ -155,10 +155,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    sqlx::query("SELECT 1")
-        .execute(state.db.pool())
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    state.db.ping().await.map_err(|e| ApiError::internal(&e))?;
     Ok(Json(json!({"status": "ready"})))
 }
 

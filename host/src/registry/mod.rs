@@ -1301,7 +1301,7 @@ async fn grants_of(
 }
 
 async fn audit(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut crate::db::WriteTx,
     actor: &str,
     plugin: &str,
     action: &str,
@@ -1326,7 +1326,7 @@ const CHANNEL: &str = "cartridge_registry";
 
 /// Moves the generation on. On PostgreSQL the change is also announced on [`CHANNEL`] (sent at
 /// commit, dropped on rollback), so hosts need not wait for their next poll.
-async fn bump(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
+async fn bump(tx: &mut crate::db::WriteTx) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE registry_state SET generation = generation + 1 WHERE id = 1")
         .execute(&mut **tx)
         .await?;

@@ -4,19 +4,31 @@
 //! per-backend files are the migrations in `migrations/sqlite` and `migrations/postgres`.
 //!
 //! Concurrency: on PostgreSQL, writers lock the rows they change in a fixed order. SQLite has a
-//! single writer anyway, so its write pool has one connection and write transactions begin
-//! `IMMEDIATE` ([`Db::begin`]): they queue instead of failing with `SQLITE_BUSY`. Reads outside
-//! transactions go to [`Db::reader`], a few read-only connections (WAL lets them read while
-//! the writer writes), so they do not wait behind the writer.
+//! single writer anyway, so write transactions begin `IMMEDIATE` and take turns on one thread
+//! ([`sqlite`]): the hot ones are [`Tx`] bodies run by [`Db::write`] on that thread, the rest
+//! sqlx transactions ([`Db::begin`], [`Db::write_conn`]) that borrow the thread's turn. Reads
+//! outside transactions go to [`Db::reader`], a few read-only connections (WAL lets them read
+//! while the writer writes), so they do not wait behind the writer.
+//!
+//! Layout: this file (connecting, migrations, the sqlx side), [`tx`] (the [`Tx`] trait, its
+//! values and rows, and its sqlx implementation), [`sqlite`] (the writer thread).
 //!
 //! Durability: SQLite runs with `synchronous = NORMAL` in WAL mode — a process crash loses
 //! nothing; a power loss can lose the last transactions committed before it.
+
+mod sqlite;
+mod tx;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Executor};
+
+pub use sqlite::Lease;
+pub(crate) use tx::args;
+pub use tx::{FromValue, JobFuture, Row, Tx, TxFuture, Value};
 
 /// Which database is behind a [`Db`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +47,9 @@ pub struct Db {
     /// not queue behind the one writer. `None` on PostgreSQL (its pool serves both) and for an
     /// in-memory SQLite database (other connections would see another database).
     readers: Option<AnyPool>,
+    /// SQLite only (a file): the writer thread. Without it (PostgreSQL, an in-memory SQLite
+    /// database) [`Db::write`] runs its body on a sqlx transaction.
+    writer: Option<sqlite::Writer>,
     backend: Backend,
     url: Url,
 }
@@ -114,7 +129,7 @@ impl Db {
             _ => url.to_owned(),
         };
         let options: AnyConnectOptions = url.parse().context("parsing the database URL")?;
-        let writer = match backend {
+        let pool = match backend {
             Backend::Sqlite => {
                 AnyPoolOptions::new()
                     .max_connections(1)
@@ -149,7 +164,18 @@ impl Db {
             }
         }
         .context("connecting to the database")?;
-        let readers = if backend == Backend::Sqlite && !url.contains(":memory:") {
+        let on_file = backend == Backend::Sqlite && !url.contains(":memory:");
+        let writer = if on_file {
+            let options: sqlx::sqlite::SqliteConnectOptions =
+                url.parse().context("parsing the database URL")?;
+            Some(
+                sqlite::Writer::open(options.get_filename())
+                    .context("opening the SQLite writer")?,
+            )
+        } else {
+            None
+        };
+        let readers = if on_file {
             // Opened after the writer created the file and set WAL, which is kept in the file:
             // readers and the writer then never block each other.
             let read_only = url.replace("mode=rwc", "mode=ro");
@@ -174,8 +200,9 @@ impl Db {
             None
         };
         Ok(Self {
-            pool: writer,
+            pool,
             readers,
+            writer,
             backend,
             url: Url(url.into()),
         })
@@ -194,7 +221,8 @@ impl Db {
         Ok(())
     }
 
-    /// The pool. Writes, and every transaction, go here.
+    /// The pool, for reads inside nothing and for migrations. Writes go through
+    /// [`Db::write`], [`Db::begin`] or [`Db::write_conn`].
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -210,15 +238,61 @@ impl Db {
         self.backend
     }
 
-    /// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: the
-    /// database's write lock is taken before the first read, so what the transaction reads
-    /// cannot change before it writes — the guarantee PostgreSQL's row locks give — and a second
-    /// host on the same file waits for the lock (up to the busy timeout) instead of failing
-    /// when it tries to upgrade a read transaction.
-    pub async fn begin(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Any>> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+    /// Runs `body` as one write transaction: committed if it returns `Ok`, rolled back if it
+    /// returns `Err` (or fails to finish). On SQLite it runs on the writer thread; it must
+    /// await nothing but its own statements (anything else is refused as an error).
+    pub async fn write<R, E, F>(&self, body: F) -> Result<R, E>
+    where
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+    {
+        if let Some(writer) = &self.writer {
+            return writer.transact(body).await;
+        }
+        let mut tx = self.begin().await?;
+        let outcome = body(&mut tx::SqlxTx(&mut tx.tx, self.backend)).await;
+        if outcome.is_ok() {
+            tx.commit().await?;
+        }
+        outcome
+    }
+
+    /// Begins a sqlx transaction that will write. On SQLite it is `BEGIN IMMEDIATE`, taken
+    /// while the writer thread is leased to it: the database's write lock is held before the
+    /// first read, so what the transaction reads cannot change before it writes — the
+    /// guarantee PostgreSQL's row locks give — and a second host on the same file waits for the
+    /// lock (up to the busy timeout) instead of failing when it tries to upgrade a read
+    /// transaction. Must not be held across [`Db::write`] (which would wait for it).
+    pub async fn begin(&self) -> sqlx::Result<WriteTx> {
+        let lease = self.lease().await?;
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(WriteTx { tx, _lease: lease })
+    }
+
+    /// A connection for a single write statement outside a transaction (holding the writer
+    /// thread's turn on SQLite).
+    pub async fn write_conn(&self) -> sqlx::Result<WriteConn> {
+        let lease = self.lease().await?;
+        Ok(WriteConn {
+            conn: self.pool.acquire().await?,
+            _lease: lease,
+        })
+    }
+
+    /// Checks that the database answers, on the write path (the writer thread on SQLite).
+    pub async fn ping(&self) -> sqlx::Result<()> {
+        self.write(|tx| Box::pin(async move { tx.fetch("SELECT 1", &[]).await.map(drop) }))
+            .await
+    }
+
+    async fn lease(&self) -> sqlx::Result<Option<Lease>> {
+        match &self.writer {
+            Some(writer) => writer.lease().await.map(Some),
+            None => Ok(None),
         }
     }
 
@@ -233,5 +307,60 @@ impl Db {
         let mut listener = sqlx::postgres::PgListener::connect(&self.url.0).await?;
         listener.listen(channel).await?;
         Ok(Some(listener))
+    }
+}
+
+/// A sqlx write transaction ([`Db::begin`]); dereferences to its connection.
+#[derive(Debug)]
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, Any>,
+    // Dropped after the transaction ends.
+    _lease: Option<Lease>,
+}
+
+impl WriteTx {
+    /// Commits, then lets the writer thread go on.
+    pub async fn commit(self) -> sqlx::Result<()> {
+        self.tx.commit().await
+    }
+
+    /// Rolls back, then lets the writer thread go on.
+    pub async fn rollback(self) -> sqlx::Result<()> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
+/// A pooled connection for one write ([`Db::write_conn`]); dereferences to it.
+#[derive(Debug)]
+pub struct WriteConn {
+    conn: PoolConnection<Any>,
+    _lease: Option<Lease>,
+}
+
+impl std::ops::Deref for WriteConn {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteConn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.conn
     }
 }

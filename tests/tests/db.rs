@@ -1,0 +1,282 @@
+//! The data layer's write path on both databases: a `Db::write` body commits or rolls back as a
+//! whole, binds `$n` arguments by number, reads rows the same way on SQLite and PostgreSQL, and
+//! takes turns with sqlx writes without losing any. On SQLite the body runs on the writer
+//! thread: one that waits on anything but its own statements is refused, and one that panics
+//! does not take the writer down.
+
+use std::sync::Arc;
+
+use cartridge_host::db::{Backend, Db, Tx, Value};
+use cartridge_tests::test_databases;
+
+async fn migrated(url: &str) -> Db {
+    let db = Db::connect(url).await.expect("connect");
+    db.migrate().await.expect("migrate");
+    db
+}
+
+async fn locations(db: &Db) -> Vec<(String, String, i64)> {
+    db.write(|tx| {
+        Box::pin(async move {
+            let rows = tx
+                .fetch(
+                    "SELECT id, name, priority FROM stock_locations ORDER BY id",
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| Ok((r.get("id")?, r.get("name")?, r.get("priority")?)))
+                .collect::<sqlx::Result<Vec<_>>>()
+        })
+    })
+    .await
+    .expect("read locations")
+}
+
+async fn insert(tx: &mut dyn Tx, id: &str, priority: i64) -> sqlx::Result<u64> {
+    tx.execute(
+        "INSERT INTO stock_locations (id, name, priority) VALUES ($1, $1, $2)",
+        &[Value::from(id), Value::from(priority)],
+    )
+    .await
+}
+
+#[derive(Debug)]
+enum Refused {
+    Db(sqlx::Error),
+    Mine,
+}
+
+impl From<sqlx::Error> for Refused {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+#[tokio::test]
+async fn a_body_commits_whole_or_not_at_all() {
+    for t in test_databases().await {
+        let db = migrated(&t.url).await;
+        let inserted = db
+            .write(|tx| {
+                Box::pin(async move {
+                    insert(tx, "a", 1).await?;
+                    insert(tx, "b", 2).await
+                })
+            })
+            .await
+            .expect("write");
+        assert_eq!(inserted, 1, "{}", t.backend);
+
+        // The body's own error: everything it wrote is undone.
+        let refused = db
+            .write(|tx| {
+                Box::pin(async move {
+                    insert(tx, "c", 3).await?;
+                    Err::<(), _>(Refused::Mine)
+                })
+            })
+            .await;
+        assert!(matches!(refused, Err(Refused::Mine)), "{}", t.backend);
+
+        // A statement's error: a duplicate key, reported as one, and the insert before it undone.
+        let duplicate = db
+            .write(|tx| {
+                Box::pin(async move {
+                    insert(tx, "d", 4).await?;
+                    insert(tx, "a", 5).await
+                })
+            })
+            .await
+            .expect_err("a duplicate id");
+        let kind = duplicate
+            .as_database_error()
+            .map(|e| e.is_unique_violation());
+        assert_eq!(kind, Some(true), "{}: {duplicate}", t.backend);
+
+        assert_eq!(
+            locations(&db).await,
+            vec![("a".into(), "a".into(), 1), ("b".into(), "b".into(), 2)],
+            "{}",
+            t.backend
+        );
+        t.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn arguments_bind_by_number_and_rows_read_alike() {
+    for t in test_databases().await {
+        let db = migrated(&t.url).await;
+        let row = db
+            .write(|tx| {
+                Box::pin(async move {
+                    // Out of order and used twice, as sqlx binds them.
+                    tx.execute(
+                        "INSERT INTO stock_locations (id, name, priority) VALUES ($2, $2 || '-' || $3, $1)",
+                        &[Value::from(7_i64), Value::from("x"), Value::from("name")],
+                    )
+                    .await?;
+                    tx.fetch_one(
+                        "SELECT id, name, priority, CAST($1 AS BIGINT) AS no_int, \
+                         CAST($2 AS TEXT) AS no_text FROM stock_locations WHERE id = $3",
+                        &[Value::NullInt, Value::NullText, Value::from("x")],
+                    )
+                    .await
+                })
+            })
+            .await
+            .expect("write");
+        assert_eq!(row.text("name").expect("name"), "x-name", "{}", t.backend);
+        // PostgreSQL's INTEGER column reads as every integer type does.
+        assert_eq!(row.get::<i64>("priority").expect("i64"), 7, "{}", t.backend);
+        assert_eq!(row.get::<i32>("priority").expect("i32"), 7, "{}", t.backend);
+        assert_eq!(row.get::<Option<i64>>("no_int").expect("null int"), None);
+        assert_eq!(row.get::<Option<String>>("no_text").expect("null"), None);
+        assert!(row.get::<i64>("no_int").is_err(), "a null is not an i64");
+        assert!(row.get::<i64>("name").is_err(), "text is not an i64");
+        assert!(row.get::<String>("missing").is_err(), "no such column");
+
+        let missing = db
+            .write(|tx| {
+                Box::pin(async move {
+                    tx.fetch(
+                        "SELECT id FROM stock_locations WHERE id = $2",
+                        &[Value::from("x")],
+                    )
+                    .await
+                })
+            })
+            .await;
+        assert!(
+            missing.is_err(),
+            "{}: $2 without a second argument",
+            t.backend
+        );
+        t.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_body_that_waits_on_something_else() {
+    for t in test_databases().await {
+        let db = migrated(&t.url).await;
+        let outcome = db
+            .write(|tx| {
+                Box::pin(async move {
+                    insert(tx, "a", 1).await?;
+                    tokio::task::yield_now().await;
+                    insert(tx, "b", 2).await
+                })
+            })
+            .await;
+        if db.backend() == Backend::Sqlite {
+            let error = outcome.expect_err("refused on the writer thread");
+            assert!(
+                error.to_string().contains("awaited something other"),
+                "{error}"
+            );
+            assert!(locations(&db).await.is_empty(), "rolled back");
+        } else {
+            outcome.expect("an ordinary future on PostgreSQL");
+            assert_eq!(locations(&db).await.len(), 2);
+        }
+        t.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn sqlite_writer_survives_a_panicking_body() {
+    let t = test_databases().await.remove(0);
+    assert_eq!(t.backend, "sqlite");
+    let db = migrated(&t.url).await;
+    let outcome = db
+        .write(|tx| {
+            Box::pin(async move {
+                insert(tx, "a", 1).await?;
+                if tx.backend() == Backend::Sqlite {
+                    panic!("a bug in a write transaction");
+                }
+                Ok::<(), sqlx::Error>(())
+            })
+        })
+        .await;
+    assert!(outcome.is_err(), "the caller hears of it");
+    assert!(locations(&db).await.is_empty(), "rolled back");
+    db.write(|tx| Box::pin(async move { insert(tx, "b", 2).await }))
+        .await
+        .expect("the writer still serves");
+    assert_eq!(locations(&db).await.len(), 1);
+}
+
+/// Read-modify-write through every write path at once: `Db::write` bodies, sqlx transactions
+/// and single sqlx statements. None may lose another's update or fail for the lock.
+#[tokio::test]
+async fn write_paths_take_turns() {
+    for t in test_databases().await {
+        let db = migrated(&t.url).await;
+        db.write(|tx| Box::pin(async move { insert(tx, "counter", 0).await }))
+            .await
+            .expect("seed");
+        let lock = if db.backend() == Backend::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let read = Arc::<str>::from(format!(
+            "SELECT CAST(priority AS BIGINT) AS priority FROM stock_locations WHERE id = 'counter'{lock}"
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..60 {
+            let (db, read) = (db.clone(), read.clone());
+            tasks.spawn(async move {
+                match n % 3 {
+                    0 => db
+                        .write(move |tx| {
+                            Box::pin(async move {
+                                let now: i64 = tx.fetch_one(&read, &[]).await?.get("priority")?;
+                                tx.execute(
+                                    "UPDATE stock_locations SET priority = $1 WHERE id = 'counter'",
+                                    &[Value::from(now + 1)],
+                                )
+                                .await
+                            })
+                        })
+                        .await
+                        .map(drop),
+                    1 => {
+                        use sqlx::Row;
+                        let mut tx = db.begin().await?;
+                        let now: i64 = sqlx::query(&read)
+                            .fetch_one(&mut *tx)
+                            .await?
+                            .try_get("priority")?;
+                        sqlx::query(
+                            "UPDATE stock_locations SET priority = $1 WHERE id = 'counter'",
+                        )
+                        .bind(now + 1)
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await
+                    }
+                    _ => sqlx::query(
+                        "UPDATE stock_locations SET priority = priority + 1 WHERE id = 'counter'",
+                    )
+                    .execute(&mut *db.write_conn().await?)
+                    .await
+                    .map(drop),
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("task").expect("write");
+        }
+        assert_eq!(
+            locations(&db).await,
+            vec![("counter".into(), "counter".into(), 60)],
+            "{}",
+            t.backend
+        );
+        t.drop_database().await;
+    }
+}
