@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::catalog::Catalog;
-use crate::db::Db;
+use crate::db::{Db, Tx, Value, args};
 use crate::plugin::bindings::pricing;
 use crate::plugin::bindings::types::{Attribute, Money};
 
@@ -146,13 +146,12 @@ impl Carts {
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        sqlx::query("INSERT INTO carts (id, token_hash, currency, customer_id, created_at, updated_at) VALUES ($1, $2, $3, $5, $4, $4)")
-            .bind(&id)
-            .bind(digest(&token))
-            .bind(currency)
-            .bind(now)
-            .bind(customer)
-            .execute(&mut *self.db.write_conn().await?)
+        self.db
+            .execute(
+                "INSERT INTO carts (id, token_hash, currency, customer_id, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $5, $4, $4)",
+                args![&id, digest(&token), currency, now, customer],
+            )
             .await?;
         Ok((id, token))
     }
@@ -256,37 +255,42 @@ impl Carts {
         }
         // Guarded statements, not read-then-write: two requests adding the same SKU at once
         // end as one line, and never above the maximum quantity.
-        let inserted = sqlx::query(
-            "INSERT INTO cart_lines (id, cart_id, sku, quantity, position) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (cart_id, sku) DO NOTHING",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(id)
-        .bind(sku)
-        .bind(quantity)
-        .bind(now)
-        .execute(&mut *self.db.write_conn().await?)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            let added = sqlx::query(
-                "UPDATE cart_lines SET quantity = quantity + $3 \
-                 WHERE cart_id = $1 AND sku = $2 AND quantity + $3 <= $4",
-            )
-            .bind(id)
-            .bind(sku)
-            .bind(quantity)
-            .bind(MAX_LINE_QUANTITY)
-            .execute(&mut *self.db.write_conn().await?)
-            .await?
-            .rows_affected();
-            if added == 0 {
-                return Err(CartError::Invalid(format!(
-                    "a line holds at most {MAX_LINE_QUANTITY} units"
-                )));
-            }
-        }
-        self.touch(id, now).await?;
+        let line = args![
+            uuid::Uuid::now_v7().to_string(),
+            id,
+            sku,
+            quantity,
+            now,
+            MAX_LINE_QUANTITY
+        ];
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    let inserted = tx
+                        .execute(
+                            "INSERT INTO cart_lines (id, cart_id, sku, quantity, position) \
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (cart_id, sku) DO NOTHING",
+                            &line[..5],
+                        )
+                        .await?;
+                    if inserted == 0 {
+                        let added = tx
+                            .execute(
+                                "UPDATE cart_lines SET quantity = quantity + $4 \
+                                 WHERE cart_id = $2 AND sku = $3 AND quantity + $4 <= $6",
+                                &line,
+                            )
+                            .await?;
+                        if added == 0 {
+                            return Err(CartError::Invalid(format!(
+                                "a line holds at most {MAX_LINE_QUANTITY} units"
+                            )));
+                        }
+                    }
+                    touch(tx, &line[1], &line[4]).await
+                })
+            })
+            .await?;
         self.contents(id).await
     }
 
@@ -299,34 +303,42 @@ impl Carts {
         now: i64,
     ) -> Result<CartContents> {
         check_quantity(quantity)?;
-        let updated =
-            sqlx::query("UPDATE cart_lines SET quantity = $3 WHERE id = $1 AND cart_id = $2")
-                .bind(line_id)
-                .bind(id)
-                .bind(quantity)
-                .execute(&mut *self.db.write_conn().await?)
-                .await?
-                .rows_affected();
-        if updated == 0 {
-            return Err(CartError::LineNotFound);
-        }
-        self.touch(id, now).await?;
+        self.change_line(
+            "UPDATE cart_lines SET quantity = $3 WHERE id = $1 AND cart_id = $2",
+            args![line_id, id, quantity],
+            now,
+        )
+        .await?;
         self.contents(id).await
     }
 
     /// Removes a line.
     pub async fn remove_line(&self, id: &str, line_id: &str, now: i64) -> Result<CartContents> {
-        let removed = sqlx::query("DELETE FROM cart_lines WHERE id = $1 AND cart_id = $2")
-            .bind(line_id)
-            .bind(id)
-            .execute(&mut *self.db.write_conn().await?)
-            .await?
-            .rows_affected();
-        if removed == 0 {
-            return Err(CartError::LineNotFound);
-        }
-        self.touch(id, now).await?;
+        self.change_line(
+            "DELETE FROM cart_lines WHERE id = $1 AND cart_id = $2",
+            args![line_id, id],
+            now,
+        )
+        .await?;
         self.contents(id).await
+    }
+
+    /// Runs `sql` on line `$1` of cart `$2` and touches the cart; no such line is an error.
+    async fn change_line<A>(&self, sql: &'static str, args: A, now: i64) -> Result<()>
+    where
+        A: AsRef<[Value]> + Send + 'static,
+    {
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    let args = args.as_ref();
+                    if tx.execute(sql, args).await? == 0 {
+                        return Err(CartError::LineNotFound);
+                    }
+                    touch(tx, &args[1], &Value::from(now)).await
+                })
+            })
+            .await
     }
 
     /// Replaces the cart's coupon codes (upper-cased, without duplicates).
@@ -350,20 +362,26 @@ impl Carts {
             }
         }
         self.contents(id).await?;
-        let mut tx = self.db.begin().await?;
-        sqlx::query("DELETE FROM cart_coupons WHERE cart_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
+        let (cart, now) = (Value::from(id), Value::from(now));
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "DELETE FROM cart_coupons WHERE cart_id = $1",
+                        std::slice::from_ref(&cart),
+                    )
+                    .await?;
+                    for code in codes {
+                        tx.execute(
+                            "INSERT INTO cart_coupons (cart_id, code) VALUES ($1, $2)",
+                            &[cart.clone(), Value::from(code)],
+                        )
+                        .await?;
+                    }
+                    touch(tx, &cart, &now).await
+                })
+            })
             .await?;
-        for code in &codes {
-            sqlx::query("INSERT INTO cart_coupons (cart_id, code) VALUES ($1, $2)")
-                .bind(id)
-                .bind(code)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        self.touch(id, now).await?;
         self.contents(id).await
     }
 
@@ -391,11 +409,11 @@ impl Carts {
             }
         }
         let text = serde_json::to_string(details).map_err(|e| CartError::Invalid(e.to_string()))?;
-        sqlx::query("UPDATE carts SET details = $2, updated_at = $3 WHERE id = $1")
-            .bind(id)
-            .bind(text)
-            .bind(now)
-            .execute(&mut *self.db.write_conn().await?)
+        self.db
+            .execute(
+                "UPDATE carts SET details = $2, updated_at = $3 WHERE id = $1",
+                args![id, text, now],
+            )
             .await?;
         Ok(details.clone())
     }
@@ -411,15 +429,6 @@ impl Carts {
         Ok(text
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default())
-    }
-
-    async fn touch(&self, id: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE carts SET updated_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now)
-            .execute(&mut *self.db.write_conn().await?)
-            .await?;
-        Ok(())
     }
 
     /// The cart as the pricing hook sees it, with catalog prices. Lines whose SKU is no longer
@@ -471,4 +480,14 @@ impl Carts {
             unavailable,
         ))
     }
+}
+
+/// Marks cart `id` changed at `now`, in the caller's transaction.
+async fn touch(tx: &mut dyn Tx, id: &Value, now: &Value) -> Result<()> {
+    tx.execute(
+        "UPDATE carts SET updated_at = $2 WHERE id = $1",
+        &[id.clone(), now.clone()],
+    )
+    .await?;
+    Ok(())
 }

@@ -43,6 +43,8 @@ async fn insert(tx: &mut dyn Tx, id: &str, priority: i64) -> sqlx::Result<u64> {
 
 #[derive(Debug)]
 enum Refused {
+    // Read through `Debug` when an assertion fails.
+    #[allow(dead_code)]
     Db(sqlx::Error),
     Mine,
 }

@@ -283,6 +283,15 @@ impl Db {
         })
     }
 
+    /// Runs one write statement as a transaction of its own; the number of rows it changed.
+    pub async fn execute<A>(&self, sql: &'static str, args: A) -> sqlx::Result<u64>
+    where
+        A: AsRef<[Value]> + Send + 'static,
+    {
+        self.write(move |tx| Box::pin(async move { tx.execute(sql, args.as_ref()).await }))
+            .await
+    }
+
     /// Checks that the database answers, on the write path (the writer thread on SQLite).
     pub async fn ping(&self) -> sqlx::Result<()> {
         self.write(|tx| Box::pin(async move { tx.fetch("SELECT 1", &[]).await.map(drop) }))
