@@ -4,13 +4,13 @@
 //! a wrong token looks exactly like an unknown cart. Prices are never stored on the cart: it
 //! is priced when read, from the catalog and the active pricing plugins.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, PricedVariant};
 use crate::db::{Db, Tx, Value, args};
 use crate::plugin::bindings::pricing;
 use crate::plugin::bindings::types::{Attribute, Money};
@@ -163,13 +163,24 @@ impl Carts {
         token: Option<&str>,
         customer: Option<&str>,
     ) -> Result<()> {
-        let row = sqlx::query("SELECT token_hash, customer_id FROM carts WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.db.reader())
+        let cart = args![id];
+        let row = self
+            .db
+            .read(move |tx| {
+                Box::pin(async move {
+                    tx.fetch(
+                        "SELECT token_hash, customer_id FROM carts WHERE id = $1",
+                        &cart,
+                    )
+                    .await
+                })
+            })
             .await?
+            .into_iter()
+            .next()
             .ok_or(CartError::NotFound)?;
-        let stored: String = row.try_get("token_hash")?;
-        let owner: Option<String> = row.try_get("customer_id")?;
+        let stored: String = row.get("token_hash")?;
+        let owner: Option<String> = row.get("customer_id")?;
         // Both sides are digests of fixed length, so comparing them leaks nothing useful.
         let by_token = token.is_some_and(|t| stored == digest(t));
         let by_owner = customer.is_some() && owner.as_deref() == customer;
@@ -181,42 +192,11 @@ impl Carts {
 
     /// The cart's contents.
     pub async fn contents(&self, id: &str) -> Result<CartContents> {
-        // The cart and its lines in one statement: a cart without lines is one row of NULLs.
-        let rows = sqlx::query(
-            "SELECT c.id, c.currency, c.customer_id, l.id AS line_id, l.sku, l.quantity \
-             FROM carts c LEFT JOIN cart_lines l ON l.cart_id = c.id \
-             WHERE c.id = $1 ORDER BY l.position, l.id",
-        )
-        .bind(id)
-        .fetch_all(self.db.reader())
-        .await?;
-        let cart = rows.first().ok_or(CartError::NotFound)?;
-        let mut lines = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let Some(line_id) = r.try_get::<Option<String>, _>("line_id")? else {
-                continue;
-            };
-            lines.push(CartLine {
-                id: line_id,
-                sku: r.try_get("sku")?,
-                quantity: r.try_get("quantity")?,
-            });
-        }
-        let coupon_codes =
-            sqlx::query("SELECT code FROM cart_coupons WHERE cart_id = $1 ORDER BY code")
-                .bind(id)
-                .fetch_all(self.db.reader())
-                .await?
-                .iter()
-                .map(|r| r.try_get("code"))
-                .collect::<std::result::Result<Vec<String>, _>>()?;
-        Ok(CartContents {
-            id: cart.try_get("id")?,
-            currency: cart.try_get("currency")?,
-            customer_id: cart.try_get("customer_id")?,
-            lines,
-            coupon_codes,
-        })
+        let id = id.to_owned();
+        self.db
+            .read(move |tx| Box::pin(async move { contents_in(tx, &id).await }))
+            .await?
+            .ok_or(CartError::NotFound)
     }
 
     /// Adds `quantity` of `sku`; adding a SKU already in the cart adds to its line.
@@ -228,33 +208,6 @@ impl Carts {
         now: i64,
     ) -> Result<CartContents> {
         check_quantity(quantity)?;
-        // What the checks need, in one statement: whether the SKU is for sale in the cart's
-        // currency, how many lines the cart has, and whether one is this SKU's.
-        let row = sqlx::query(
-            "SELECT \
-               CAST((SELECT COUNT(*) FROM variants v JOIN products p ON p.id = v.product_id \
-                     JOIN variant_prices pr ON pr.sku = v.sku AND pr.currency = c.currency \
-                     WHERE v.sku = $2 AND p.status = 'active') AS BIGINT) AS for_sale, \
-               CAST((SELECT COUNT(*) FROM cart_lines l WHERE l.cart_id = c.id) AS BIGINT) AS lines, \
-               CAST((SELECT COUNT(*) FROM cart_lines l WHERE l.cart_id = c.id AND l.sku = $2) AS BIGINT) AS has_line \
-             FROM carts c WHERE c.id = $1",
-        )
-        .bind(id)
-        .bind(sku)
-        .fetch_optional(self.db.reader())
-        .await?
-        .ok_or(CartError::NotFound)?;
-        if row.try_get::<i64, _>("for_sale")? == 0 {
-            return Err(CartError::NotForSale(sku.to_owned()));
-        }
-        let lines = usize::try_from(row.try_get::<i64, _>("lines")?).unwrap_or(usize::MAX);
-        if lines >= MAX_LINES && row.try_get::<i64, _>("has_line")? == 0 {
-            return Err(CartError::Invalid(format!(
-                "a cart holds at most {MAX_LINES} lines"
-            )));
-        }
-        // Guarded statements, not read-then-write: two requests adding the same SKU at once
-        // end as one line, and never above the maximum quantity.
         let line = args![
             uuid::Uuid::now_v7().to_string(),
             id,
@@ -263,9 +216,38 @@ impl Carts {
             now,
             MAX_LINE_QUANTITY
         ];
+        let wanted = sku.to_owned();
         self.db
             .write(move |tx| {
                 Box::pin(async move {
+                    // What the checks need, in one statement: whether the SKU is for sale in
+                    // the cart's currency, how many lines the cart has, and whether one is
+                    // this SKU's. Checked in the transaction that adds the line, so two adds at
+                    // once cannot both pass the line limit on SQLite.
+                    let found = tx
+                        .fetch(
+                            "SELECT \
+                               CAST((SELECT COUNT(*) FROM variants v JOIN products p ON p.id = v.product_id \
+                                     JOIN variant_prices pr ON pr.sku = v.sku AND pr.currency = c.currency \
+                                     WHERE v.sku = $3 AND p.status = 'active') AS BIGINT) AS for_sale, \
+                               CAST((SELECT COUNT(*) FROM cart_lines l WHERE l.cart_id = c.id) AS BIGINT) AS lines, \
+                               CAST((SELECT COUNT(*) FROM cart_lines l WHERE l.cart_id = c.id AND l.sku = $3) AS BIGINT) AS has_line \
+                             FROM carts c WHERE c.id = $2",
+                            &line,
+                        )
+                        .await?;
+                    let row = found.first().ok_or(CartError::NotFound)?;
+                    if row.get::<i64>("for_sale")? == 0 {
+                        return Err(CartError::NotForSale(wanted));
+                    }
+                    let lines = usize::try_from(row.get::<i64>("lines")?).unwrap_or(usize::MAX);
+                    if lines >= MAX_LINES && row.get::<i64>("has_line")? == 0 {
+                        return Err(CartError::Invalid(format!(
+                            "a cart holds at most {MAX_LINES} lines"
+                        )));
+                    }
+                    // Guarded statements, not read-then-write: two requests adding the same SKU
+                    // at once end as one line, and never above the maximum quantity.
                     let inserted = tx
                         .execute(
                             "INSERT INTO cart_lines (id, cart_id, sku, quantity, position) \
@@ -438,13 +420,25 @@ impl Carts {
         contents: &CartContents,
         now: i64,
     ) -> Result<(pricing::Cart, Vec<String>)> {
-        let mut lines = Vec::with_capacity(contents.lines.len());
-        let mut unavailable = Vec::new();
         let skus: Vec<&str> = contents.lines.iter().map(|l| l.sku.as_str()).collect();
-        let mut variants = self
+        let variants = self
             .catalog
             .priced_variants(&skus, &contents.currency)
             .await?;
+        Ok(pricing_cart(contents, variants, now))
+    }
+}
+
+/// The cart as the pricing hook sees it, given the catalog's answer for its SKUs; lines whose
+/// SKU is missing from `variants` are left out and returned separately.
+pub(crate) fn pricing_cart(
+    contents: &CartContents,
+    mut variants: HashMap<String, PricedVariant>,
+    now: i64,
+) -> (pricing::Cart, Vec<String>) {
+    let mut lines = Vec::with_capacity(contents.lines.len());
+    let mut unavailable = Vec::new();
+    {
         for line in &contents.lines {
             let Some(variant) = variants.remove(&line.sku) else {
                 unavailable.push(line.sku.clone());
@@ -467,19 +461,62 @@ impl Carts {
                 },
             });
         }
-        Ok((
-            pricing::Cart {
-                id: contents.id.clone(),
-                currency: contents.currency.clone(),
-                lines,
-                customer: None,
-                coupon_codes: contents.coupon_codes.clone(),
-                shipping: None,
-                now,
-            },
-            unavailable,
-        ))
     }
+    (
+        pricing::Cart {
+            id: contents.id.clone(),
+            currency: contents.currency.clone(),
+            lines,
+            customer: None,
+            coupon_codes: contents.coupon_codes.clone(),
+            shipping: None,
+            now,
+        },
+        unavailable,
+    )
+}
+
+/// [`Carts::contents`] inside the caller's transaction; `None` for no such cart.
+pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Option<CartContents>> {
+    // The cart and its lines in one statement: a cart without lines is one row of NULLs.
+    let rows = tx
+        .fetch(
+            "SELECT c.id, c.currency, c.customer_id, l.id AS line_id, l.sku, l.quantity \
+             FROM carts c LEFT JOIN cart_lines l ON l.cart_id = c.id \
+             WHERE c.id = $1 ORDER BY l.position, l.id",
+            &args![id],
+        )
+        .await?;
+    let Some(cart) = rows.first() else {
+        return Ok(None);
+    };
+    let mut lines = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let Some(line_id) = r.get::<Option<String>>("line_id")? else {
+            continue;
+        };
+        lines.push(CartLine {
+            id: line_id,
+            sku: r.get("sku")?,
+            quantity: r.get("quantity")?,
+        });
+    }
+    let coupon_codes = tx
+        .fetch(
+            "SELECT code FROM cart_coupons WHERE cart_id = $1 ORDER BY code",
+            &args![id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get("code"))
+        .collect::<sqlx::Result<Vec<String>>>()?;
+    Ok(Some(CartContents {
+        id: cart.get("id")?,
+        currency: cart.get("currency")?,
+        customer_id: cart.get("customer_id")?,
+        lines,
+        coupon_codes,
+    }))
 }
 
 /// Marks cart `id` changed at `now`, in the caller's transaction.

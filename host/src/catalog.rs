@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::db::{BindEach, Db, params};
+use crate::db::{Db, Tx, Value, params};
 
 /// Why a catalog operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -637,76 +637,95 @@ impl Catalog {
         skus: &[&str],
         currency: &str,
     ) -> Result<HashMap<String, PricedVariant>> {
-        let mut variants = HashMap::with_capacity(skus.len());
-        if skus.is_empty() {
-            return Ok(variants);
-        }
-        let rows = sqlx::query(&format!(
-            "SELECT v.sku, v.product_id, pr.amount FROM variants v \
-             JOIN products p ON p.id = v.product_id \
-             JOIN variant_prices pr ON pr.sku = v.sku AND pr.currency = $1 \
-             WHERE v.sku IN ({}) AND p.status = 'active'",
-            params(2, skus.len())
-        ))
-        .bind(currency)
-        .bind_each(skus.iter().copied())
-        .fetch_all(self.db.reader())
-        .await?;
-        for row in &rows {
-            variants.insert(
-                row.try_get::<String, _>("sku")?,
-                PricedVariant {
-                    product_id: row.try_get("product_id")?,
-                    unit_price: row.try_get("amount")?,
-                    categories: Vec::new(),
-                    options: BTreeMap::new(),
-                },
-            );
-        }
-        if variants.is_empty() {
-            return Ok(variants);
-        }
-        let mut products: Vec<&str> = variants.values().map(|v| v.product_id.as_str()).collect();
-        products.sort_unstable();
-        products.dedup();
-        let mut categories: HashMap<String, Vec<String>> = HashMap::new();
-        for row in sqlx::query(&format!(
-            "SELECT product_id, category_id FROM product_categories WHERE product_id IN ({}) \
-             ORDER BY product_id, category_id",
-            params(1, products.len())
-        ))
-        .bind_each(products.iter().copied())
-        .fetch_all(self.db.reader())
-        .await?
-        {
-            categories
-                .entry(row.try_get("product_id")?)
-                .or_default()
-                .push(row.try_get("category_id")?);
-        }
-        let found: Vec<&str> = variants.keys().map(String::as_str).collect();
-        let options = sqlx::query(&format!(
-            "SELECT sku, name, value FROM variant_options WHERE sku IN ({})",
-            params(1, found.len())
-        ))
-        .bind_each(found.iter().copied())
-        .fetch_all(self.db.reader())
-        .await?;
-        for row in &options {
-            let sku: String = row.try_get("sku")?;
-            if let Some(variant) = variants.get_mut(&sku) {
-                variant
-                    .options
-                    .insert(row.try_get("name")?, row.try_get("value")?);
-            }
-        }
-        for variant in variants.values_mut() {
-            if let Some(list) = categories.get(&variant.product_id) {
-                variant.categories.clone_from(list);
-            }
-        }
-        Ok(variants)
+        let skus: Vec<String> = skus.iter().map(|s| (*s).to_owned()).collect();
+        let currency = currency.to_owned();
+        Ok(self
+            .db
+            .read(move |tx| Box::pin(async move { priced_variants_in(tx, &skus, &currency).await }))
+            .await?)
     }
+}
+
+/// [`Catalog::priced_variants`] inside the caller's transaction.
+pub(crate) async fn priced_variants_in(
+    tx: &mut dyn Tx,
+    skus: &[String],
+    currency: &str,
+) -> sqlx::Result<HashMap<String, PricedVariant>> {
+    let mut variants = HashMap::with_capacity(skus.len());
+    if skus.is_empty() {
+        return Ok(variants);
+    }
+    let mut found_args = vec![Value::from(currency)];
+    found_args.extend(skus.iter().map(Value::from));
+    let rows = tx
+        .fetch(
+            &format!(
+                "SELECT v.sku, v.product_id, pr.amount FROM variants v \
+                 JOIN products p ON p.id = v.product_id \
+                 JOIN variant_prices pr ON pr.sku = v.sku AND pr.currency = $1 \
+                 WHERE v.sku IN ({}) AND p.status = 'active'",
+                params(2, skus.len())
+            ),
+            &found_args,
+        )
+        .await?;
+    for row in &rows {
+        variants.insert(
+            row.get::<String>("sku")?,
+            PricedVariant {
+                product_id: row.get("product_id")?,
+                unit_price: row.get("amount")?,
+                categories: Vec::new(),
+                options: BTreeMap::new(),
+            },
+        );
+    }
+    if variants.is_empty() {
+        return Ok(variants);
+    }
+    let mut products: Vec<&str> = variants.values().map(|v| v.product_id.as_str()).collect();
+    products.sort_unstable();
+    products.dedup();
+    let mut categories: HashMap<String, Vec<String>> = HashMap::new();
+    let product_args: Vec<Value> = products.iter().copied().map(Value::from).collect();
+    for row in tx
+        .fetch(
+            &format!(
+                "SELECT product_id, category_id FROM product_categories WHERE product_id IN ({}) \
+                 ORDER BY product_id, category_id",
+                params(1, products.len())
+            ),
+            &product_args,
+        )
+        .await?
+    {
+        categories
+            .entry(row.get("product_id")?)
+            .or_default()
+            .push(row.get("category_id")?);
+    }
+    let found: Vec<Value> = variants.keys().map(Value::from).collect();
+    let options = tx
+        .fetch(
+            &format!(
+                "SELECT sku, name, value FROM variant_options WHERE sku IN ({})",
+                params(1, found.len())
+            ),
+            &found,
+        )
+        .await?;
+    for row in &options {
+        if let Some(variant) = variants.get_mut(row.text("sku")?) {
+            variant.options.insert(row.get("name")?, row.get("value")?);
+        }
+    }
+    for variant in variants.values_mut() {
+        if let Some(list) = categories.get(&variant.product_id) {
+            variant.categories.clone_from(list);
+        }
+    }
+    Ok(variants)
 }
 
 fn pairs(rows: Vec<sqlx::any::AnyRow>) -> Result<BTreeMap<String, String>> {

@@ -13,13 +13,15 @@
 //! → `refunded`, or `authorized` → `voided`. Amounts keep `captured ≤ authorized` and
 //! `refunded ≤ captured` (guarded updates, and CHECK constraints underneath).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::carts::Carts;
+use crate::carts::{self, CartError};
+use crate::catalog::{self, PricedVariant};
 use crate::db::{Db, Tx, args, param_rows};
 use crate::hooks;
 use crate::inventory::{self, Inventory, InventoryError};
@@ -208,7 +210,6 @@ pub struct CheckoutPlugins {
 pub struct Orders {
     db: Db,
     inventory: Inventory,
-    carts: Carts,
 }
 
 fn sum(values: impl Iterator<Item = u64>) -> i64 {
@@ -278,12 +279,8 @@ impl From<OrderView> for Value {
 
 impl Orders {
     /// Orders over `db`.
-    pub fn new(db: Db, inventory: Inventory, carts: Carts) -> Self {
-        Self {
-            db,
-            inventory,
-            carts,
-        }
+    pub fn new(db: Db, inventory: Inventory) -> Self {
+        Self { db, inventory }
     }
 
     /// Checks out cart `cart_id`. Returns the order as [`Orders::order`] shows it.
@@ -320,17 +317,44 @@ impl Orders {
             .first()
             .ok_or(OrderError::NoPaymentConnector)?;
         let order_id = attempt.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
-        if let Some(existing) = self.live_order_of_cart(cart_id).await? {
-            return if existing == order_id {
-                self.order(&order_id).await
-            } else {
-                Err(OrderError::CartOrdered(existing))
-            };
-        }
 
         // 1. Re-price from the catalog and the pricing plugins: never trust an earlier quote.
-        let contents = self.carts.contents(cart_id).await?;
-        let (cart, unavailable) = self.carts.pricing_input(&contents, now).await?;
+        //    Everything checkout reads before it writes, in one read transaction.
+        let (cart, email) = (cart_id.to_owned(), request.email.clone());
+        let reads = self
+            .db
+            .read(move |tx| {
+                Box::pin(async move {
+                    if let Some(existing) = live_order_in(tx, &cart).await? {
+                        return Ok(BeforeCheckout::Ordered(existing));
+                    }
+                    let Some(contents) = carts::contents_in(tx, &cart).await? else {
+                        return Err(OrderError::Cart(CartError::NotFound));
+                    };
+                    let skus: Vec<String> = contents.lines.iter().map(|l| l.sku.clone()).collect();
+                    let variants =
+                        catalog::priced_variants_in(tx, &skus, &contents.currency).await?;
+                    let history = history_in(tx, &email, now).await?;
+                    Ok(BeforeCheckout::Cart {
+                        contents,
+                        variants,
+                        history,
+                    })
+                })
+            })
+            .await?;
+        let (contents, variants, history) = match reads {
+            BeforeCheckout::Ordered(existing) if existing == order_id => {
+                return self.order(&order_id).await;
+            }
+            BeforeCheckout::Ordered(existing) => return Err(OrderError::CartOrdered(existing)),
+            BeforeCheckout::Cart {
+                contents,
+                variants,
+                history,
+            } => (contents, variants, history),
+        };
+        let (cart, unavailable) = carts::pricing_cart(&contents, variants, now);
         if !unavailable.is_empty() {
             return Err(OrderError::Unavailable(unavailable));
         }
@@ -342,7 +366,6 @@ impl Orders {
         let currency = priced.currency.clone();
 
         // 2. Fraud.
-        let history = self.history(&request.email, now).await?;
         let checkout = fraud::Checkout {
             id: cart_id.to_owned(),
             currency: currency.clone(),
@@ -567,36 +590,10 @@ impl Orders {
 
     /// The cart's order, unless it was cancelled.
     async fn live_order_of_cart(&self, cart_id: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query("SELECT id FROM orders WHERE cart_id = $1 AND status <> 'cancelled'")
-                .bind(cart_id)
-                .fetch_optional(self.db.reader())
-                .await?
-                .map(|r| r.try_get::<String, _>("id"))
-                .transpose()?,
-        )
-    }
-
-    /// (order count, orders in the last 24 h, lifetime spend, first order time) for an email.
-    async fn history(&self, email: &str, now: i64) -> Result<(u32, u32, i64, Option<i64>)> {
-        let row = sqlx::query(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n, \
-             CAST(COALESCE(SUM(CASE WHEN created_at > $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS recent, \
-             CAST(COALESCE(SUM(total), 0) AS BIGINT) AS spend, MIN(created_at) AS first \
-             FROM orders WHERE email = $1 AND status <> 'cancelled'",
-        )
-        .bind(email)
-        .bind(now - 24 * 60 * 60 * 1000)
-        .fetch_one(self.db.reader())
-        .await?;
-        let n: i64 = row.try_get("n")?;
-        let recent: i64 = row.try_get("recent")?;
-        Ok((
-            u32::try_from(n).unwrap_or(u32::MAX),
-            u32::try_from(recent).unwrap_or(u32::MAX),
-            row.try_get("spend")?,
-            row.try_get("first")?,
-        ))
+        let cart_id = cart_id.to_owned();
+        self.db
+            .read(move |tx| Box::pin(async move { live_order_in(tx, &cart_id).await }))
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1486,6 +1483,56 @@ impl Orders {
 /// or `refunded`. Orders whose payment was never captured (authorised, capturing, voided) are
 /// left alone.
 /// Writes a new order, its lines and its payment; returns the customer the cart belonged to.
+/// What checkout reads before it writes.
+enum BeforeCheckout {
+    /// The cart already has a live order.
+    Ordered(String),
+    /// The cart, the catalog's answer for its SKUs, and the buyer's history.
+    Cart {
+        contents: carts::CartContents,
+        variants: HashMap<String, PricedVariant>,
+        history: (u32, u32, i64, Option<i64>),
+    },
+}
+
+/// The cart's order, unless it was cancelled.
+async fn live_order_in(tx: &mut dyn Tx, cart_id: &str) -> Result<Option<String>> {
+    Ok(tx
+        .fetch(
+            "SELECT id FROM orders WHERE cart_id = $1 AND status <> 'cancelled'",
+            &args![cart_id],
+        )
+        .await?
+        .first()
+        .map(|r| r.get::<String>("id"))
+        .transpose()?)
+}
+
+/// (order count, orders in the last 24 h, lifetime spend, first order time) for an email.
+async fn history_in(
+    tx: &mut dyn Tx,
+    email: &str,
+    now: i64,
+) -> Result<(u32, u32, i64, Option<i64>)> {
+    let row = tx
+        .fetch_one(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n, \
+             CAST(COALESCE(SUM(CASE WHEN created_at > $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS recent, \
+             CAST(COALESCE(SUM(total), 0) AS BIGINT) AS spend, MIN(created_at) AS first \
+             FROM orders WHERE email = $1 AND status <> 'cancelled'",
+            &args![email, now - 24 * 60 * 60 * 1000],
+        )
+        .await?;
+    let n: i64 = row.get("n")?;
+    let recent: i64 = row.get("recent")?;
+    Ok((
+        u32::try_from(n).unwrap_or(u32::MAX),
+        u32::try_from(recent).unwrap_or(u32::MAX),
+        row.get("spend")?,
+        row.get("first")?,
+    ))
+}
+
 async fn insert_order(
     tx: &mut dyn Tx,
     order: &OrderView,

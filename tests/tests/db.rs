@@ -282,3 +282,37 @@ async fn write_paths_take_turns() {
         t.drop_database().await;
     }
 }
+
+/// A read body sees what was committed before it, and on SQLite (read-only connections on the
+/// reader threads) cannot write.
+#[tokio::test]
+async fn read_bodies_read() {
+    for t in test_databases().await {
+        let db = migrated(&t.url).await;
+        db.write(|tx| Box::pin(async move { insert(tx, "a", 1).await }))
+            .await
+            .expect("write");
+        let seen = db
+            .read(|tx| {
+                Box::pin(async move {
+                    tx.fetch_one(
+                        "SELECT name FROM stock_locations WHERE id = $1",
+                        &[Value::from("a")],
+                    )
+                    .await?
+                    .get::<String>("name")
+                })
+            })
+            .await
+            .expect("read");
+        assert_eq!(seen, "a", "{}", t.backend);
+        if db.backend() == Backend::Sqlite {
+            let refused = db
+                .read(|tx| Box::pin(async move { insert(tx, "b", 2).await }))
+                .await;
+            assert!(refused.is_err(), "a reader wrote");
+            assert_eq!(locations(&db).await.len(), 1);
+        }
+        t.drop_database().await;
+    }
+}

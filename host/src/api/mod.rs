@@ -59,7 +59,7 @@ impl AppState {
         let inventory = Inventory::new(db.clone());
         let carts = Carts::new(db.clone(), catalog.clone());
         Self {
-            orders: Orders::new(db.clone(), inventory.clone(), carts.clone()),
+            orders: Orders::new(db.clone(), inventory.clone()),
             customers: Customers::new(db.clone()),
             inventory,
             carts,

@@ -49,7 +49,9 @@ pub struct Db {
     readers: Option<AnyPool>,
     /// SQLite only (a file): the writer thread. Without it (PostgreSQL, an in-memory SQLite
     /// database) [`Db::write`] runs its body on a sqlx transaction.
-    writer: Option<sqlite::Writer>,
+    writer: Option<sqlite::Threads>,
+    /// SQLite only (a file): the reader threads for [`Db::read`] bodies.
+    read_threads: Option<sqlite::Threads>,
     backend: Backend,
     url: Url,
 }
@@ -79,28 +81,6 @@ pub(crate) fn param_rows(from: usize, rows: usize, width: usize) -> String {
         .map(|r| format!("({})", params(from + r * width, width)))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Binds a list of values in order, for statements built with [`params`] or [`param_rows`].
-pub(crate) trait BindEach<'q>: Sized {
-    /// Binds every value of `values`, in order.
-    fn bind_each<T, I>(self, values: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>;
-}
-
-impl<'q> BindEach<'q> for sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    fn bind_each<T, I>(mut self, values: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
-    {
-        for value in values {
-            self = self.bind(value);
-        }
-        self
-    }
 }
 
 /// Read-only SQLite connections (each is a thread in sqlx's driver).
@@ -165,15 +145,19 @@ impl Db {
         }
         .context("connecting to the database")?;
         let on_file = backend == Backend::Sqlite && !url.contains(":memory:");
-        let writer = if on_file {
+        let (writer, read_threads) = if on_file {
             let options: sqlx::sqlite::SqliteConnectOptions =
                 url.parse().context("parsing the database URL")?;
-            Some(
-                sqlite::Writer::open(options.get_filename())
-                    .context("opening the SQLite writer")?,
+            let path = options.get_filename();
+            (
+                Some(sqlite::Threads::writer(path).context("opening the SQLite writer")?),
+                Some(
+                    sqlite::Threads::readers(path, SQLITE_READERS as usize)
+                        .context("opening the SQLite readers")?,
+                ),
             )
         } else {
-            None
+            (None, None)
         };
         let readers = if on_file {
             // Opened after the writer created the file and set WAL, which is kept in the file:
@@ -203,6 +187,7 @@ impl Db {
             pool,
             readers,
             writer,
+            read_threads,
             backend,
             url: Url(url.into()),
         })
@@ -256,6 +241,22 @@ impl Db {
             tx.commit().await?;
         }
         outcome
+    }
+
+    /// Runs `body`, which only reads, on one snapshot: SQLite's reader threads (under the
+    /// same rule as [`Db::write`]: it awaits nothing but its statements), or a pooled
+    /// connection.
+    pub async fn read<R, E, F>(&self, body: F) -> Result<R, E>
+    where
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+    {
+        if let Some(readers) = &self.read_threads {
+            return readers.transact(body).await;
+        }
+        let mut conn = self.reader().acquire().await?;
+        body(&mut tx::SqlxTx(&mut conn, self.backend)).await
     }
 
     /// Begins a sqlx transaction that will write. On SQLite it is `BEGIN IMMEDIATE`, taken

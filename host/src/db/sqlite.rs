@@ -1,4 +1,5 @@
-//! SQLite's writer: one OS thread owning the one write connection (rusqlite).
+//! SQLite's writer — one OS thread owning the one write connection (rusqlite) — and its
+//! readers, a few threads with a read-only connection each.
 //!
 //! A SQLite database has one writer at a time, so write transactions queue anyway; the
 //! question is only how long each holds the lock. Through sqlx's driver every statement is a
@@ -11,11 +12,15 @@
 //! parks the writer thread until the lease is dropped, so that exactly one of the two
 //! connections writes at a time and neither waits on SQLite's busy handler (which sleeps in
 //! milliseconds). Jobs and leases are served in the order they are asked for.
+//!
+//! Read bodies ([`super::Db::read`]) run the same way on the reader threads, each in a read
+//! transaction of its own (one snapshot for all its statements); WAL lets them read while the
+//! writer writes.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -26,10 +31,13 @@ use super::tx::{JobFuture, Row, SqliteError, Tx, Value};
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
-/// The handle to the writer thread. Cloning shares the thread.
+/// The handle to a set of connection threads (the writer, or the readers). Cloning shares
+/// the threads.
 #[derive(Debug, Clone)]
-pub(super) struct Writer {
+pub(super) struct Threads {
     jobs: mpsc::Sender<Job>,
+    /// How each body's transaction begins.
+    begin: &'static str,
 }
 
 /// Permission to write through sqlx's connection: the writer thread waits until it is dropped.
@@ -45,10 +53,10 @@ const STATEMENT_CACHE: usize = 256;
 /// How long a sqlx write waits for its turn on the writer thread.
 const LEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-impl Writer {
-    /// Opens `path` (which must exist: sqlx's pool created it and set WAL) and starts the
-    /// thread.
-    pub(super) fn open(path: &Path) -> anyhow::Result<Self> {
+impl Threads {
+    /// Opens the writer's connection to `path` (which must exist: sqlx's pool created it and
+    /// set WAL) and starts its thread.
+    pub(super) fn writer(path: &Path) -> anyhow::Result<Self> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -56,22 +64,43 @@ impl Writer {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )?;
-        // Only another process on the same file can make it wait (this process's own
-        // connections take turns through the thread).
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Self::start("cartridge-sqlite-writer", vec![conn], "BEGIN IMMEDIATE")
+    }
+
+    /// Opens `count` read-only connections to `path` and starts a thread for each.
+    pub(super) fn readers(path: &Path, count: usize) -> anyhow::Result<Self> {
+        let conns = (0..count)
+            .map(|_| {
+                Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+            })
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Self::start("cartridge-sqlite-reader", conns, "BEGIN")
+    }
+
+    fn start(name: &str, conns: Vec<Connection>, begin: &'static str) -> anyhow::Result<Self> {
         let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("cartridge-sqlite-writer".into())
-            .spawn(move || serve(conn, &queue))?;
-        Ok(Self { jobs })
+        let queue = Arc::new(Mutex::new(queue));
+        for conn in conns {
+            // Only another process on the same file can make a connection wait: this
+            // process's writes take turns through the writer thread.
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || serve(conn, &queue))?;
+        }
+        Ok(Self { jobs, begin })
     }
 
     fn send(&self, job: Job) -> sqlx::Result<()> {
         self.jobs.send(job).map_err(|_| sqlx::Error::WorkerCrashed)
     }
 
-    /// Runs `body` as one write transaction on the writer thread.
+    /// Runs `body` as one transaction on one of the threads.
     pub(super) async fn transact<R, E, F>(&self, body: F) -> Result<R, E>
     where
         F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
@@ -79,8 +108,9 @@ impl Writer {
         E: From<sqlx::Error> + Send + 'static,
     {
         let (done, outcome) = tokio::sync::oneshot::channel();
+        let begin = self.begin;
         self.send(Box::new(move |conn| {
-            let _ = done.send(transact(conn, body));
+            let _ = done.send(transact(conn, begin, body));
         }))?;
         outcome.await.map_err(|_| sqlx::Error::WorkerCrashed)?
     }
@@ -106,12 +136,18 @@ impl Writer {
     }
 }
 
-fn serve(mut conn: Connection, queue: &mpsc::Receiver<Job>) {
-    while let Ok(job) = queue.recv() {
+fn serve(mut conn: Connection, queue: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        // The lock is held only while waiting for the next job, never while running one.
+        let next = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = next else { return };
         // A panicking body must not take the thread (and every later write) with it; its
         // caller sees the dropped answer as a crashed worker.
         if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
-            tracing::error!("a write transaction panicked; it was rolled back");
+            tracing::error!("a database transaction panicked; it was rolled back");
         }
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
@@ -119,13 +155,12 @@ fn serve(mut conn: Connection, queue: &mpsc::Receiver<Job>) {
     }
 }
 
-fn transact<R, E, F>(conn: &mut Connection, body: F) -> Result<R, E>
+fn transact<R, E, F>(conn: &mut Connection, begin: &str, body: F) -> Result<R, E>
 where
     F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E>,
     E: From<sqlx::Error>,
 {
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(SqliteError::wrap)?;
+    conn.execute_batch(begin).map_err(SqliteError::wrap)?;
     let outcome = {
         let mut tx = SqliteTx(conn);
         let mut future = body(&mut tx);

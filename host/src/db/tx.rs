@@ -194,11 +194,8 @@ impl dyn Tx + '_ {
     }
 }
 
-/// [`Tx`] on a sqlx transaction.
-pub(super) struct SqlxTx<'t>(
-    pub(super) &'t mut sqlx::Transaction<'static, sqlx::Any>,
-    pub(super) Backend,
-);
+/// [`Tx`] on a sqlx connection (inside a transaction for writes).
+pub(super) struct SqlxTx<'t>(pub(super) &'t mut sqlx::AnyConnection, pub(super) Backend);
 
 fn bind<'q>(
     mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
@@ -253,7 +250,7 @@ impl Tx for SqlxTx<'_> {
     fn execute<'a>(&'a mut self, sql: &'a str, args: &'a [Value]) -> TxFuture<'a, u64> {
         Box::pin(async move {
             Ok(bind(sqlx::query(sql), args)
-                .execute(&mut **self.0)
+                .execute(&mut *self.0)
                 .await?
                 .rows_affected())
         })
@@ -261,9 +258,7 @@ impl Tx for SqlxTx<'_> {
 
     fn fetch<'a>(&'a mut self, sql: &'a str, args: &'a [Value]) -> TxFuture<'a, Vec<Row>> {
         Box::pin(async move {
-            let rows = bind(sqlx::query(sql), args)
-                .fetch_all(&mut **self.0)
-                .await?;
+            let rows = bind(sqlx::query(sql), args).fetch_all(&mut *self.0).await?;
             let Some(first) = rows.first() else {
                 return Ok(vec![]);
             };
