@@ -109,18 +109,12 @@ async fn run_once(
 /// Claims `key` in `scope` for a request whose canonical body is `body`.
 async fn begin(db: &Db, scope: &str, key: &str, body: &Value, now: i64) -> Result<Begin, ApiError> {
     let hash = hex::encode(Sha256::digest(body.to_string().as_bytes()));
-    let claim = args![scope, key, &hash, now];
     let inserted = db
-        .write(move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) \
-                     VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (scope, key) DO NOTHING",
-                    &claim,
-                )
-                .await
-            })
-        })
+        .execute(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) \
+             VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (scope, key) DO NOTHING",
+            args![scope, key, &hash, now],
+        )
         .await
         .map_err(|e| ApiError::internal(&e))?;
     if inserted == 1 {
@@ -182,9 +176,7 @@ async fn finish(db: &Db, scope: &str, key: &str, status: StatusCode, body: &Valu
             args![scope, key].to_vec(),
         )
     };
-    let result = db
-        .write(move |tx| Box::pin(async move { tx.execute(sql, &values).await }))
-        .await;
+    let result = db.execute(sql, values).await;
     if let Err(e) = result {
         tracing::error!(scope, key, "could not store the idempotent response: {e}");
     }

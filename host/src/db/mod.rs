@@ -284,13 +284,21 @@ impl Db {
         })
     }
 
-    /// Runs one write statement as a transaction of its own; the number of rows it changed.
+    /// Runs one write statement on its own (autocommit); the number of rows it changed.
     pub async fn execute<A>(&self, sql: &'static str, args: A) -> sqlx::Result<u64>
     where
         A: AsRef<[Value]> + Send + 'static,
     {
-        self.write(move |tx| Box::pin(async move { tx.execute(sql, args.as_ref()).await }))
-            .await
+        if self.writer.is_some() {
+            return self
+                .write(move |tx| Box::pin(async move { tx.execute(sql, args.as_ref()).await }))
+                .await;
+        }
+        // One round trip, not three (begin, statement, commit).
+        Ok(tx::bind(sqlx::query(sql), args.as_ref())
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     /// Checks that the database answers, on the write path (the writer thread on SQLite).

@@ -197,7 +197,7 @@ impl dyn Tx + '_ {
 /// [`Tx`] on a sqlx connection (inside a transaction for writes).
 pub(super) struct SqlxTx<'t>(pub(super) &'t mut sqlx::AnyConnection, pub(super) Backend);
 
-fn bind<'q>(
+pub(super) fn bind<'q>(
     mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     args: &'q [Value],
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
