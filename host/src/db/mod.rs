@@ -1,17 +1,28 @@
 //! The database: SQLite by default (a file in the data directory, WAL), PostgreSQL for
-//! production and several hosts on one database. One code path serves both through sqlx's
-//! `Any` driver; the SQL is the common subset (`$n` parameters, no `FOR UPDATE`), and the only
+//! production and several hosts on one database. The SQL is the common subset (`$n`
+//! parameters; `FOR UPDATE` only where [`Tx::backend`] says PostgreSQL), and the only
 //! per-backend files are the migrations in `migrations/sqlite` and `migrations/postgres`.
 //!
-//! Concurrency: on PostgreSQL, writers lock the rows they change in a fixed order. SQLite has a
-//! single writer anyway, so write transactions begin `IMMEDIATE` and take turns on one thread
-//! ([`sqlite`]): the hot ones are [`Tx`] bodies run by [`Db::write`] on that thread, the rest
-//! sqlx transactions ([`Db::begin`], [`Db::write_conn`]) that borrow the thread's turn. Reads
-//! outside transactions go to [`Db::reader`], a few read-only connections (WAL lets them read
-//! while the writer writes), so they do not wait behind the writer.
+//! Two ways in, one SQL:
+//! - **[`Tx`] bodies** — [`Db::write`] (a write transaction), [`Db::read`] (a read snapshot),
+//!   [`Db::execute`] (one write statement). The hot paths (carts, checkout, inventory,
+//!   idempotency) are written this way. On SQLite a body runs on a rusqlite connection's own
+//!   thread (`sqlite.rs`), start to finish without a hand-off; on PostgreSQL on a sqlx
+//!   connection as any future does.
+//! - **sqlx** on [`Db::begin`], [`Db::write_conn`], [`Db::reader`] and [`Db::pool`], for the
+//!   rest (orders after checkout, catalog admin, registry, customers). On SQLite this goes
+//!   through sqlx's own driver, a hand-off to its worker thread per statement.
 //!
-//! Layout: this file (connecting, migrations, the sqlx side), [`tx`] (the [`Tx`] trait, its
-//! values and rows, and its sqlx implementation), [`sqlite`] (the writer thread).
+//! Concurrency: on PostgreSQL, writers lock the rows they change in a fixed order. SQLite has a
+//! single writer anyway, so write transactions begin `IMMEDIATE` and take turns on one writer
+//! thread: [`Db::write`] bodies run on it, and sqlx writes ([`Db::begin`], [`Db::write_conn`])
+//! lease it for their duration, so the two connections never wait on SQLite's busy handler.
+//! Reads go to reader threads ([`Db::read`]) or read-only sqlx connections ([`Db::reader`]);
+//! WAL lets them read while the writer writes, so they do not wait behind it.
+//!
+//! Layout: this file (connecting, migrations, the entry points, the sqlx side), `tx.rs` (the
+//! [`Tx`] trait, its values and rows, and its sqlx implementation), `sqlite.rs` (the writer and
+//! reader threads).
 //!
 //! Durability: SQLite runs with `synchronous = NORMAL` in WAL mode — a process crash loses
 //! nothing; a power loss can lose the last transactions committed before it.
