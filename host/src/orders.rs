@@ -566,14 +566,14 @@ impl Orders {
                 // Only an order still as this attempt left it; and 'voided' only if it was: a
                 // failed void leaves the payment 'authorized' on a cancelled order, for the operator
                 // to reconcile.
-                if let Err(e) = sqlx::query(
-                    "UPDATE orders SET status = 'cancelled', payment_status = $2 \
-                 WHERE id = $1 AND payment_status = 'authorized'",
-                )
-                .bind(&order_id)
-                .bind(if voided { "voided" } else { "authorized" })
-                .execute(&mut *self.db.write_conn().await?)
-                .await
+                if let Err(e) = self
+                    .db
+                    .execute(
+                        "UPDATE orders SET status = 'cancelled', payment_status = $2 \
+                         WHERE id = $1 AND payment_status = 'authorized'",
+                        args![&order_id, if voided { "voided" } else { "authorized" }],
+                    )
+                    .await
                 {
                     tracing::error!(order = %order_id, "could not mark the failed order cancelled: {e}");
                 }
