@@ -130,40 +130,40 @@ impl<T: FromValue> FromValue for Option<T> {
 impl Row {
     /// The value of `column` as a `T`.
     pub fn get<T: FromValue>(&self, column: &str) -> sqlx::Result<T> {
-        let index = self
-            .columns
-            .iter()
-            .position(|c| c == column)
-            .ok_or_else(|| sqlx::Error::ColumnNotFound(column.to_owned()))?;
-        T::from_value(&self.values[index]).ok_or_else(|| sqlx::Error::ColumnDecode {
-            index: column.to_owned(),
-            source: format!(
-                "{:?} is not a {}",
-                self.values[index],
-                std::any::type_name::<T>()
+        let value = self.value(column)?;
+        T::from_value(value).ok_or_else(|| {
+            decode_error(
+                column,
+                format!("{value:?} is not a {}", std::any::type_name::<T>()),
             )
-            .into(),
         })
     }
 
     /// The text of `column`, borrowed.
     pub fn text(&self, column: &str) -> sqlx::Result<&str> {
-        let index = self
-            .columns
+        match self.value(column)? {
+            Value::Text(v) => Ok(v),
+            other => Err(decode_error(column, format!("{other:?} is not text"))),
+        }
+    }
+
+    fn value(&self, column: &str) -> sqlx::Result<&Value> {
+        self.columns
             .iter()
             .position(|c| c == column)
-            .ok_or_else(|| sqlx::Error::ColumnNotFound(column.to_owned()))?;
-        match &self.values[index] {
-            Value::Text(v) => Ok(v),
-            other => Err(sqlx::Error::ColumnDecode {
-                index: column.to_owned(),
-                source: format!("{other:?} is not text").into(),
-            }),
-        }
+            .map(|index| &self.values[index])
+            .ok_or_else(|| sqlx::Error::ColumnNotFound(column.to_owned()))
     }
 
     pub(super) fn new(columns: Arc<[String]>, values: Vec<Value>) -> Self {
         Self { columns, values }
+    }
+}
+
+fn decode_error(column: &str, why: String) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: why.into(),
     }
 }
 
