@@ -29,11 +29,17 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use tokio::sync::mpsc;
 
-use crate::db::Db;
+use crate::db::{Db, args};
 use crate::plugin::{
     CallWatch, Capability, HookKind, LoadError, Manifest, Plugin, Runtime, SecretPolicy, SecretRef,
     WatchEvent, WatchPolicy,
 };
+
+/// The call log is written at most once per this interval (see `write_events`).
+const CALL_LOG_PACE: Duration = Duration::from_millis(250);
+
+/// Rows per insert statement of the call log (8 parameters a row).
+const CALL_LOG_ROWS_PER_STATEMENT: usize = 100;
 
 /// How the registry behaves on this host.
 #[derive(Debug, Clone)]
@@ -1129,53 +1135,80 @@ impl Registry {
                     }
                 }
             }
-            if !calls.is_empty()
-                && let Err(e) = self.write_calls(&calls).await
-            {
-                tracing::warn!(calls = calls.len(), "call log write failed: {e}");
+            if calls.is_empty() {
+                continue;
             }
+            if let Err(e) = self.write_calls(calls).await {
+                tracing::warn!("call log write failed: {e}");
+            }
+            // The log is a sample: under load, one write a pace gathers what came meanwhile
+            // instead of competing with checkouts for the writer call by call.
+            tokio::time::sleep(CALL_LOG_PACE).await;
         }
     }
 
+    /// Appends `calls` to the call log and trims each plugin's log to the newest
+    /// `call_log_keep`, in one write transaction.
     async fn write_calls(
         &self,
-        calls: &[crate::plugin::watch::CallRecord],
+        mut calls: Vec<crate::plugin::watch::CallRecord>,
     ) -> Result<(), sqlx::Error> {
         let now = now_ms();
-        let mut tx = self.inner.db.begin().await?;
-        let mut names: Vec<&str> = Vec::new();
-        for call in calls {
-            sqlx::query(
-                "INSERT INTO plugin_calls \
-                   (plugin_name, version, hook, at, input, output, error, duration_us) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&call.plugin.name)
-            .bind(call.plugin.version.to_string())
-            .bind(call.plugin.hook.as_str())
-            .bind(now)
-            .bind(&call.input)
-            .bind(&call.output)
-            .bind(&call.error)
-            .bind(i64::try_from(call.duration.as_micros()).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?;
-            if !names.contains(&call.plugin.name.as_str()) {
-                names.push(&call.plugin.name);
+        let keep = self.inner.config.call_log_keep;
+        // What the trim would delete at once is not written.
+        let mut names: Vec<String> = Vec::new();
+        let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+        calls.reverse();
+        calls.retain(|call| {
+            let count = seen.entry(call.plugin.name.clone()).or_default();
+            *count += 1;
+            *count <= keep
+        });
+        calls.reverse();
+        for call in &calls {
+            if !names.contains(&call.plugin.name) {
+                names.push(call.plugin.name.clone());
             }
         }
-        for name in names {
-            sqlx::query(
-                "DELETE FROM plugin_calls WHERE plugin_name = $1 AND id <= \
-                   (SELECT id FROM plugin_calls WHERE plugin_name = $1 \
-                    ORDER BY id DESC LIMIT 1 OFFSET $2)",
-            )
-            .bind(name)
-            .bind(self.inner.config.call_log_keep)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await
+        self.inner
+            .db
+            .write(move |tx| {
+                Box::pin(async move {
+                    for chunk in calls.chunks(CALL_LOG_ROWS_PER_STATEMENT) {
+                        let sql = format!(
+                            "INSERT INTO plugin_calls \
+                               (plugin_name, version, hook, at, input, output, error, duration_us) \
+                             VALUES {}",
+                            crate::db::param_rows(1, chunk.len(), 8)
+                        );
+                        let mut values = Vec::with_capacity(chunk.len() * 8);
+                        for call in chunk {
+                            values.extend(args![
+                                &call.plugin.name,
+                                call.plugin.version.to_string(),
+                                call.plugin.hook.as_str(),
+                                now,
+                                &call.input,
+                                call.output.as_deref(),
+                                call.error.as_deref(),
+                                i64::try_from(call.duration.as_micros()).unwrap_or(i64::MAX)
+                            ]);
+                        }
+                        tx.execute(&sql, &values).await?;
+                    }
+                    for name in &names {
+                        tx.execute(
+                            "DELETE FROM plugin_calls WHERE plugin_name = $1 AND id <= \
+                               (SELECT id FROM plugin_calls WHERE plugin_name = $1 \
+                                ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                            &args![name, keep],
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Records a breaker trip for every host: the plugin stays installed and is served as
