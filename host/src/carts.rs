@@ -8,7 +8,6 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 
 use crate::catalog::{Catalog, PricedVariant};
 use crate::db::{Db, Tx, Value, args};
@@ -402,12 +401,19 @@ impl Carts {
 
     /// What the shopper entered for checkout, if anything.
     pub async fn details(&self, id: &str) -> Result<CartDetails> {
-        let row = sqlx::query("SELECT details FROM carts WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.db.reader())
-            .await?
-            .ok_or(CartError::NotFound)?;
-        let text: Option<String> = row.try_get("details")?;
+        let id = id.to_owned();
+        let text: Option<String> = self
+            .db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let rows = tx
+                        .fetch("SELECT details FROM carts WHERE id = $1", &args![&id])
+                        .await?;
+                    let row = rows.first().ok_or(CartError::NotFound)?;
+                    Ok::<_, CartError>(row.get("details")?)
+                })
+            })
+            .await?;
         Ok(text
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default())
