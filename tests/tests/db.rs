@@ -316,3 +316,66 @@ async fn read_bodies_read() {
         t.drop_database().await;
     }
 }
+
+/// Write bodies that queue up behind the writer (here: behind a sqlx write holding it) commit
+/// together on SQLite, each in a savepoint of its own: one that fails, panics or breaks a
+/// constraint leaves no trace, and the others commit all the same.
+#[tokio::test]
+async fn queued_bodies_commit_together_each_on_its_own() {
+    for t in test_databases().await {
+        let db = migrated(&t.url).await;
+        let sqlite = db.backend() == Backend::Sqlite;
+        let held = db.write_conn().await.expect("hold the writer");
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..24_i64 {
+            let db = db.clone();
+            tasks.spawn(async move {
+                let outcome = db
+                    .write(move |tx| {
+                        Box::pin(async move {
+                            let id = if n % 4 == 3 {
+                                "same".to_owned()
+                            } else {
+                                format!("loc-{n:02}")
+                            };
+                            insert(tx, &id, n).await?;
+                            match n % 4 {
+                                0 => Err(Refused::Mine),
+                                2 if sqlite => panic!("a bug in body {n}"),
+                                2 => Err(Refused::Mine),
+                                _ => Ok(id),
+                            }
+                        })
+                    })
+                    .await;
+                (n, outcome)
+            });
+        }
+        // Let every body queue behind the held writer before it goes on.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        drop(held);
+        let mut committed = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            let (n, outcome) = done.expect("task");
+            match (n % 4, outcome) {
+                (1 | 3, Ok(id)) => committed.push(id),
+                (3, Err(Refused::Db(e))) => assert!(
+                    e.as_database_error()
+                        .is_some_and(|e| e.is_unique_violation()),
+                    "{e}"
+                ),
+                (0, Err(Refused::Mine)) | (2, Err(_)) => {}
+                (n, outcome) => panic!("{}: body {n}: {outcome:?}", t.backend),
+            }
+        }
+        committed.sort();
+        let stored: Vec<String> = locations(&db).await.into_iter().map(|l| l.0).collect();
+        assert_eq!(stored, committed, "{}", t.backend);
+        assert_eq!(
+            stored.len(),
+            7,
+            "six bodies and one of the same id: {stored:?}"
+        );
+        t.drop_database().await;
+    }
+}

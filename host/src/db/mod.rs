@@ -6,26 +6,29 @@
 //! Two ways in, one SQL:
 //! - **[`Tx`] bodies** — [`Db::write`] (a write transaction), [`Db::read`] (a read snapshot),
 //!   [`Db::execute`] (one write statement). The hot paths (carts, checkout, inventory,
-//!   idempotency) are written this way. On SQLite a body runs on a rusqlite connection's own
-//!   thread (`sqlite.rs`), start to finish without a hand-off; on PostgreSQL on a sqlx
-//!   connection as any future does.
+//!   idempotency, the call log) are written this way. On SQLite a body runs on a rusqlite
+//!   connection, start to finish without a hand-off: on the calling thread when the connection
+//!   is free, else on the connection's own thread, where queued write bodies commit together
+//!   (`sqlite.rs`); on PostgreSQL on a sqlx connection as any future does.
 //! - **sqlx** on [`Db::begin`], [`Db::write_conn`], [`Db::reader`] and [`Db::pool`], for the
 //!   rest (orders after checkout, catalog admin, registry, customers). On SQLite this goes
 //!   through sqlx's own driver, a hand-off to its worker thread per statement.
 //!
 //! Concurrency: on PostgreSQL, writers lock the rows they change in a fixed order. SQLite has a
 //! single writer anyway, so write transactions begin `IMMEDIATE` and take turns on one writer
-//! thread: [`Db::write`] bodies run on it, and sqlx writes ([`Db::begin`], [`Db::write_conn`])
-//! lease it for their duration, so the two connections never wait on SQLite's busy handler.
-//! Reads go to reader threads ([`Db::read`]) or read-only sqlx connections ([`Db::reader`]);
+//! connection: [`Db::write`] bodies run on it, and sqlx writes ([`Db::begin`],
+//! [`Db::write_conn`]) lease it for their duration, so the two connections never wait on
+//! SQLite's busy handler. Reads go to the reader connections ([`Db::read`]) or read-only sqlx
+//! connections ([`Db::reader`]);
 //! WAL lets them read while the writer writes, so they do not wait behind it.
 //!
 //! Layout: this file (connecting, migrations, the entry points, the sqlx side), `tx.rs` (the
-//! [`Tx`] trait, its values and rows, and its sqlx implementation), `sqlite.rs` (the writer and
-//! reader threads).
+//! [`Tx`] trait, its values and rows, and its sqlx implementation), `sqlite.rs` (the writer, the
+//! readers and the checkpointing thread).
 //!
 //! Durability: SQLite runs with `synchronous = NORMAL` in WAL mode — a process crash loses
-//! nothing; a power loss can lose the last transactions committed before it.
+//! nothing (a body is answered only after its commit); a power loss can lose the last
+//! transactions committed before it.
 
 mod sqlite;
 mod tx;

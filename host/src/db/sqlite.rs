@@ -1,26 +1,49 @@
-//! SQLite's writer — one OS thread owning the one write connection (rusqlite) — and its
-//! readers, a few threads with a read-only connection each.
+//! SQLite's writer — the one write connection (rusqlite) with its own OS thread — its readers
+//! (read-only connections, a thread each), and a thread that checkpoints the WAL.
 //!
 //! A SQLite database has one writer at a time, so write transactions queue anyway; the
 //! question is only how long each holds the lock. Through sqlx's driver every statement is a
 //! hand-off to the connection's worker thread and back to a tokio task, which under load waits
 //! its turn on a busy runtime — with the write lock held. Here a transaction body
-//! ([`super::Tx`]) runs on the writer thread from `BEGIN IMMEDIATE` to `COMMIT` without leaving
-//! it: each statement returns at once, so the body is polled to completion in one go.
+//! ([`super::Tx`]) runs from `BEGIN` to `COMMIT` without leaving the thread it runs on: each
+//! statement returns at once, so the body is polled to completion in one go.
+//!
+//! **Inline first.** A hand-off to a connection's thread and back costs two context switches,
+//! and under load those switches were most of a request's cost. So a body first tries to run
+//! right where it is asked for, on the calling (tokio) thread: if a connection is free — its
+//! thread idle and, for the writer, nothing queued for it — the caller takes the connection's
+//! lock and runs the body there, which takes microseconds because a body awaits nothing but
+//! its own statements. Only when the connection is busy does the body queue for its thread,
+//! and the caller awaits without blocking. The lock is what makes the two paths one: a
+//! connection's thread holds it while it runs a job (or sits parked under a [`Lease`]), an
+//! inline caller only ever `try_lock`s it.
+//!
+//! **Group commit.** When write bodies queue up, the writer thread runs all that are waiting
+//! (up to [`GROUP_MAX`]) in one transaction, each in a savepoint of its own, and commits once:
+//! a body that fails rolls back to its savepoint alone, and every body hears of its commit only
+//! after the commit. The WAL then gets each changed page once per group instead of once per
+//! body, and the file locks are taken once.
+//!
+//! **Checkpoints off the write path.** The writer does not checkpoint (`wal_autocheckpoint =
+//! 0`); a thread of its own runs a passive checkpoint every [`CHECKPOINT_EVERY`], which needs no
+//! write lock and keeps its `fsync`s out of the writer's way.
 //!
 //! Writes still written against sqlx (the less frequent ones) take a [`Lease`]: a job that
 //! parks the writer thread until the lease is dropped, so that exactly one of the two
 //! connections writes at a time and neither waits on SQLite's busy handler (which sleeps in
-//! milliseconds). Jobs and leases are served in the order they are asked for.
+//! milliseconds). Jobs and leases are served in the order they are asked for. (A commit
+//! through sqlx also empties the rusqlite connections' page caches, one more reason to keep
+//! the hot paths off it.)
 //!
-//! Read bodies ([`super::Db::read`]) run the same way on the reader threads, each in a read
+//! Read bodies ([`super::Db::read`]) run the same way on the readers, each in a read
 //! transaction of its own (one snapshot for all its statements); WAL lets them read while the
 //! writer writes.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Waker};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -29,15 +52,52 @@ use rusqlite::{Connection, OpenFlags};
 use super::Backend;
 use super::tx::{JobFuture, Row, SqliteError, Tx, Value};
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// What a connection's thread is asked to do.
+enum Job {
+    /// Runs alone, outside any transaction: a read body (which opens its own), a lease.
+    Alone(Alone),
+    /// A write body, run in a group's transaction (see [`group`]).
+    Grouped(Grouped),
+}
+
+/// A job that runs alone.
+type Alone = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Runs a write body inside the group's open transaction (`Ok`), or tells its caller that the
+/// transaction could not begin (`Err`). Returns what answers the caller once the group's
+/// commit is known.
+type Grouped = Box<dyn FnOnce(Result<&mut Connection, &rusqlite::Error>) -> Settle + Send>;
+
+/// Answers a write body's caller with its group's commit: `Ok` committed, `Err` not.
+type Settle = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+
+/// The most write bodies committed together.
+const GROUP_MAX: usize = 64;
 
 /// The handle to a set of connection threads (the writer, or the readers). Cloning shares
 /// the threads.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct Threads {
     jobs: mpsc::Sender<Job>,
+    /// One per thread; a thread holds its connection's lock while it runs a job.
+    conns: Arc<[Mutex<Connection>]>,
+    /// Jobs sent and not yet taken by a thread: an inline body does not overtake them.
+    queued: Arc<AtomicUsize>,
     /// How each body's transaction begins.
     begin: &'static str,
+    /// Whether bodies are write bodies, committed in groups.
+    grouped: bool,
+    /// The writer's: keeps the checkpointing thread alive (it stops when the last clone goes).
+    checkpoints: Option<mpsc::Sender<()>>,
+}
+
+impl std::fmt::Debug for Threads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Threads")
+            .field("connections", &self.conns.len())
+            .field("begin", &self.begin)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Permission to write through sqlx's connection: the writer thread waits until it is dropped.
@@ -61,10 +121,15 @@ impl Threads {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        // The writer's page cache outlives its transactions (only another connection's
+        // commit empties it), so it is given room for the hot tables and indexes.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+             PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 0;",
         )?;
-        Self::start("cartridge-sqlite-writer", vec![conn], "BEGIN IMMEDIATE")
+        let mut writer = Self::start("cartridge-sqlite-writer", vec![conn], "BEGIN IMMEDIATE")?;
+        writer.checkpoints = Some(checkpointer(path)?);
+        Ok(writer)
     }
 
     /// Opens `count` read-only connections to `path` and starts a thread for each.
@@ -81,37 +146,85 @@ impl Threads {
     }
 
     fn start(name: &str, conns: Vec<Connection>, begin: &'static str) -> anyhow::Result<Self> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
-        for conn in conns {
+        for conn in &conns {
             // Only another process on the same file can make a connection wait: this
-            // process's writes take turns through the writer thread.
+            // process's writes take turns through the writer's lock.
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
             conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-            let queue = queue.clone();
+        }
+        let conns: Arc<[Mutex<Connection>]> = conns.into_iter().map(Mutex::new).collect();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..conns.len() {
+            let (conns, queue, queued) = (conns.clone(), queue.clone(), queued.clone());
             std::thread::Builder::new()
                 .name(name.into())
-                .spawn(move || serve(conn, &queue))?;
+                .spawn(move || serve(&conns[index], &queue, &queued))?;
         }
-        Ok(Self { jobs, begin })
+        Ok(Self {
+            jobs,
+            conns,
+            queued,
+            begin,
+            grouped: begin == "BEGIN IMMEDIATE",
+            checkpoints: None,
+        })
     }
 
     fn send(&self, job: Job) -> sqlx::Result<()> {
-        self.jobs.send(job).map_err(|_| sqlx::Error::WorkerCrashed)
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.jobs.send(job).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            sqlx::Error::WorkerCrashed
+        })
     }
 
-    /// Runs `body` as one transaction on one of the threads.
+    /// A connection nobody is using and nothing queued is waiting for, if there is one.
+    fn idle(&self) -> Option<MutexGuard<'_, Connection>> {
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        self.conns.iter().find_map(|conn| match conn.try_lock() {
+            Ok(conn) => Some(conn),
+            // A panic never unwinds through a held lock (jobs are caught inside it), but a
+            // poisoned connection is as usable as any: `run` rolls back what is open.
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        })
+    }
+
+    /// Runs `body` as one transaction: on the calling thread if a connection is idle,
+    /// otherwise queued for one of the threads.
     pub(super) async fn transact<R, E, F>(&self, body: F) -> Result<R, E>
     where
         F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
         R: Send + 'static,
         E: From<sqlx::Error> + Send + 'static,
     {
-        let (done, outcome) = tokio::sync::oneshot::channel();
+        if self.grouped {
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            let job = grouped(body, move |result| {
+                let _ = done.send(result);
+            });
+            if let Some(mut conn) = self.idle() {
+                let left = group(&mut conn, job, || None);
+                debug_assert!(left.is_none());
+            } else {
+                self.send(Job::Grouped(job))?;
+            }
+            return outcome.await.map_err(|_| sqlx::Error::WorkerCrashed)?;
+        }
         let begin = self.begin;
-        self.send(Box::new(move |conn| {
+        if let Some(mut conn) = self.idle() {
+            let mut outcome = Err(sqlx::Error::WorkerCrashed.into());
+            run(&mut conn, |conn| outcome = transact(conn, begin, body));
+            return outcome;
+        }
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.send(Job::Alone(Box::new(move |conn| {
             let _ = done.send(transact(conn, begin, body));
-        }))?;
+        })))?;
         outcome.await.map_err(|_| sqlx::Error::WorkerCrashed)?
     }
 
@@ -119,13 +232,13 @@ impl Threads {
     pub(super) async fn lease(&self) -> sqlx::Result<Lease> {
         let (granted, on_grant) = tokio::sync::oneshot::channel();
         let (release, on_release) = mpsc::channel::<()>();
-        self.send(Box::new(move |_| {
+        self.send(Job::Alone(Box::new(move |_| {
             // Nobody waits any more (the asking future was dropped): nothing to hold.
             if granted.send(()).is_ok() {
                 // Returns when the lease's sender is dropped.
                 let _ = on_release.recv();
             }
-        }))?;
+        })))?;
         // As long as a pooled connection was waited for before the writer thread existed: a
         // lease that never comes is a bug (a lease held across another write), not a queue.
         match tokio::time::timeout(LEASE_TIMEOUT, on_grant).await {
@@ -136,56 +249,224 @@ impl Threads {
     }
 }
 
-fn serve(mut conn: Connection, queue: &Mutex<mpsc::Receiver<Job>>) {
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Starts the thread that checkpoints the WAL, on a connection of its own. Left to SQLite, the
+/// commit that grows the WAL past a threshold checkpoints it — on the writer, with the write
+/// lock held and an `fsync` or two inside. A passive checkpoint needs no write lock, so here it
+/// runs beside the writer instead of in its way. The thread stops when the returned sender
+/// (and every clone) is dropped.
+fn checkpointer(path: &Path) -> anyhow::Result<mpsc::Sender<()>> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let (keep, stop) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("cartridge-sqlite-checkpoint".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!("WAL checkpoint failed: {e}");
+                }
+            }
+        })?;
+    Ok(keep)
+}
+
+fn serve(conn: &Mutex<Connection>, queue: &Mutex<mpsc::Receiver<Job>>, queued: &AtomicUsize) {
     loop {
-        // The lock is held only while waiting for the next job, never while running one.
+        // The queue's lock is held only while waiting for the next job, never while running
+        // one.
         let next = match queue.lock() {
             Ok(queue) => queue.recv(),
             Err(_) => return,
         };
         let Ok(job) = next else { return };
-        // A panicking body must not take the thread (and every later write) with it; its
-        // caller sees the dropped answer as a crashed worker.
-        if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
-            tracing::error!("a database transaction panicked; it was rolled back");
-        }
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+        queued.fetch_sub(1, Ordering::AcqRel);
+        let mut conn = conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut job = Some(job);
+        while let Some(next) = job.take() {
+            match next {
+                Job::Alone(alone) => run(&mut conn, alone),
+                // Whatever write bodies queued meanwhile join the group.
+                Job::Grouped(first) => {
+                    job = group(&mut conn, first, || {
+                        let job = queue.lock().ok()?.try_recv().ok()?;
+                        queued.fetch_sub(1, Ordering::AcqRel);
+                        Some(job)
+                    })
+                    .map(Job::Alone);
+                }
+            }
         }
     }
 }
 
+/// Group commit: runs `first` and the write bodies `next` yields (up to [`GROUP_MAX`]) in one
+/// transaction, each inside a savepoint of its own, and commits them together. A body that
+/// fails is rolled back to its savepoint and answered at once; the others are answered after
+/// the commit, with its outcome. Under load this turns many small commits — each writing its
+/// pages to the WAL and taking and dropping the file locks — into one. Returns a job `next`
+/// yielded that cannot join (it runs after the commit).
+fn group(
+    conn: &mut Connection,
+    first: Grouped,
+    mut next: impl FnMut() -> Option<Job>,
+) -> Option<Alone> {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        first(Err(&e))(Err(&e));
+        return None;
+    }
+    let mut settles = vec![first(Ok(conn))];
+    let mut alone = None;
+    // A transaction SQLite rolled back by itself (an I/O error, say) takes no more bodies.
+    while settles.len() < GROUP_MAX && !conn.is_autocommit() {
+        match next() {
+            Some(Job::Grouped(body)) => settles.push(body(Ok(conn))),
+            Some(Job::Alone(job)) => {
+                alone = Some(job);
+                break;
+            }
+            None => break,
+        }
+    }
+    let commit = if conn.is_autocommit() {
+        Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some("the transaction was rolled back before it could commit".into()),
+        ))
+    } else {
+        conn.execute_batch("COMMIT")
+    };
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for settle in settles {
+        settle(commit.as_ref().map(|_| ()));
+    }
+    alone
+}
+
+/// Wraps a write body as a [`Grouped`] job; `answer` gets its outcome.
+fn grouped<R, E, F>(body: F, answer: impl FnOnce(Result<R, E>) + Send + 'static) -> Grouped
+where
+    F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
+    R: Send + 'static,
+    E: From<sqlx::Error> + Send + 'static,
+{
+    Box::new(move |conn| {
+        let outcome = match conn {
+            Ok(conn) => in_savepoint(conn, body),
+            Err(e) => Err(SqliteError::wrap(copy_error(e)).into()),
+        };
+        match outcome {
+            Ok(value) => Box::new(move |commit: Result<(), &rusqlite::Error>| {
+                answer(
+                    commit
+                        .map(|()| value)
+                        .map_err(|e| SqliteError::wrap(copy_error(e)).into()),
+                );
+            }),
+            Err(e) => {
+                answer(Err(e));
+                Box::new(|_| {})
+            }
+        }
+    })
+}
+
+/// Runs `body` inside a savepoint of the open transaction: released when it returns `Ok`,
+/// rolled back to otherwise (an error, a body that awaited something else, a panic).
+fn in_savepoint<R, E, F>(conn: &mut Connection, body: F) -> Result<R, E>
+where
+    F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E>,
+    E: From<sqlx::Error>,
+{
+    let fixed = |conn: &Connection, sql: &str| -> Result<(), E> {
+        conn.prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([]))
+            .map(drop)
+            .map_err(|e| SqliteError::wrap(e).into())
+    };
+    fixed(conn, "SAVEPOINT body")?;
+    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| poll_once(conn, body))) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            tracing::error!("a database transaction panicked; it was rolled back");
+            Err(sqlx::Error::WorkerCrashed.into())
+        }
+    };
+    let outcome = outcome.and_then(|value| fixed(conn, "RELEASE body").map(|()| value));
+    if outcome.is_err() && !conn.is_autocommit() {
+        let _ = fixed(conn, "ROLLBACK TO body");
+        let _ = fixed(conn, "RELEASE body");
+    }
+    outcome
+}
+
+/// The same error again (rusqlite's errors are not `Clone`): one commit answers many bodies.
+fn copy_error(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+/// Runs `job` on `conn` and rolls back whatever it left open. A panicking body must not take
+/// the connection (and every later write) with it: it is caught here, and its caller sees no
+/// answer (a crashed worker).
+fn run(conn: &mut Connection, job: impl FnOnce(&mut Connection)) {
+    if std::panic::catch_unwind(AssertUnwindSafe(|| job(conn))).is_err() {
+        tracing::error!("a database transaction panicked; it was rolled back");
+    }
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+}
+
+/// Runs a read body in a transaction of its own.
 fn transact<R, E, F>(conn: &mut Connection, begin: &str, body: F) -> Result<R, E>
 where
     F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E>,
     E: From<sqlx::Error>,
 {
     conn.execute_batch(begin).map_err(SqliteError::wrap)?;
-    let outcome = {
-        let mut tx = SqliteTx(conn);
-        let mut future = body(&mut tx);
-        match future
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-        {
-            Poll::Ready(outcome) => Some(outcome),
-            Poll::Pending => None,
-        }
-    };
-    match outcome {
-        Some(Ok(value)) => match conn.execute_batch("COMMIT") {
-            Ok(()) => Ok(value),
-            Err(e) => Err(SqliteError::wrap(e).into()),
-        },
-        Some(Err(e)) => Err(e),
-        // Everything a body awaits on this thread is ready at once; anything else (a lock, a
-        // plugin call) does not belong inside a write transaction.
-        None => Err(sqlx::Error::Protocol(
+    let value = poll_once(conn, body)?;
+    conn.execute_batch("COMMIT").map_err(SqliteError::wrap)?;
+    Ok(value)
+    // An open transaction (an error above) is rolled back by `run`.
+}
+
+/// Runs `body` to completion: every statement it awaits is ready at once.
+fn poll_once<R, E, F>(conn: &mut Connection, body: F) -> Result<R, E>
+where
+    F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E>,
+    E: From<sqlx::Error>,
+{
+    let mut tx = SqliteTx(conn);
+    let mut future = body(&mut tx);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(outcome) => outcome,
+        // Anything else a body awaits (a lock, a plugin call) does not belong inside a
+        // transaction.
+        Poll::Pending => Err(sqlx::Error::Protocol(
             "a write transaction awaited something other than its own statements".into(),
         )
         .into()),
     }
-    // An open transaction (an error above) is rolled back by `serve`.
 }
 
 /// [`Tx`] on the writer thread's connection: every call has finished when it returns.
