@@ -226,14 +226,7 @@ impl Inventory {
         now: i64,
         expires_at: i64,
     ) -> Result<Vec<Allocation>> {
-        let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
-        for (sku, quantity) in demand {
-            if *quantity <= 0 {
-                return Err(InventoryError::InvalidQuantity(*quantity));
-            }
-            let total = wanted.entry(sku.clone()).or_default();
-            *total = total.saturating_add(*quantity);
-        }
+        let wanted = demand_of(demand)?;
         let reference = reference.to_owned();
         self.db
             .write(move |tx| Box::pin(reserve_in(tx, reference, wanted, now, expires_at)))
@@ -452,7 +445,23 @@ async fn adjust_in(
     record_movements(tx, &[moved], &reason, 1, None, now).await
 }
 
-async fn reserve_in(
+/// What `demand` asks for per SKU (lines of one SKU added up); every quantity must be
+/// positive. What [`reserve_in`] takes.
+pub fn demand_of(demand: &[(String, i64)]) -> Result<BTreeMap<String, i64>> {
+    let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
+    for (sku, quantity) in demand {
+        if *quantity <= 0 {
+            return Err(InventoryError::InvalidQuantity(*quantity));
+        }
+        let total = wanted.entry(sku.clone()).or_default();
+        *total = total.saturating_add(*quantity);
+    }
+    Ok(wanted)
+}
+
+/// Reserves `wanted` (from [`demand_of`]) under `reference` until `expires_at`, inside `tx`
+/// — see [`Inventory::reserve`].
+pub async fn reserve_in(
     tx: &mut dyn Tx,
     reference: String,
     wanted: BTreeMap<String, i64>,

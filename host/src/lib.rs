@@ -17,6 +17,7 @@
 //! - [`catalog`], [`carts`], [`orders`], [`customers`]: products, carts, checkout and orders,
 //!   accounts.
 //! - [`payment_events`]: payment webhook events, stored once and applied in any order.
+//! - [`idempotency`]: stored idempotency keys, claimed and finished inside any transaction.
 //! - [`demo`]: the demo store's catalog and stock.
 //! - [`api`]: the HTTP routes, authentication and error convention; [`server`] starts them.
 //!
@@ -31,6 +32,7 @@ pub mod customers;
 pub mod db;
 pub mod demo;
 pub mod hooks;
+pub mod idempotency;
 pub mod inventory;
 pub mod orders;
 pub mod payment_events;

@@ -24,6 +24,7 @@ use crate::carts::{self, CartError};
 use crate::catalog::{self, PricedVariant};
 use crate::db::{Db, Tx, args, param_rows};
 use crate::hooks;
+use crate::idempotency;
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::plugin::bindings::types::{Address as WitAddress, Money};
 use crate::plugin::bindings::{fraud, payment};
@@ -86,6 +87,10 @@ pub enum OrderError {
         /// Where the order stands.
         state: String,
     },
+    /// Another request with the same idempotency key claimed it first; this one stopped
+    /// before reserving anything.
+    #[error("a request with this Idempotency-Key is still running")]
+    KeyTaken,
     /// A refund above what is captured and not yet refunded.
     #[error("cannot refund {requested}: only {refundable} is captured and not yet refunded")]
     RefundTooLarge {
@@ -290,12 +295,18 @@ impl Orders {
     /// (a crash, a timeout) reuses the same gateway operation ids — the gateway's idempotency
     /// returns the first authorisation instead of making a second — and, if the first attempt
     /// got as far as the order, answers with that order.
+    ///
+    /// `key`, when given, is claimed in the transaction that reserves the stock and finished
+    /// (the order stored as the answer) in the one that records the order; it is advanced as
+    /// each commits. If another request holds it, the checkout stops before reserving with
+    /// [`OrderError::KeyTaken`].
     pub async fn checkout(
         &self,
         cart_id: &str,
         request: &CheckoutRequest,
         plugins: &CheckoutPlugins,
         attempt: Option<&str>,
+        key: Option<&Arc<idempotency::Key>>,
         now: i64,
     ) -> Result<Value> {
         if !request.email.contains('@') || request.email.len() > 254 {
@@ -439,9 +450,30 @@ impl Orders {
             .iter()
             .map(|l| (l.sku.clone(), i64::from(l.quantity)))
             .collect();
-        self.inventory
-            .reserve(&order_id, &demand, now, now + RESERVATION_TTL_MS)
+        let wanted = inventory::demand_of(&demand)?;
+        let (reference, claim) = (order_id.clone(), key.cloned());
+        let claimed = self
+            .db
+            .write(move |tx| {
+                Box::pin(async move {
+                    if let Some(key) = &claim
+                        && !key.claim_in(tx).await?
+                    {
+                        return Ok(false);
+                    }
+                    let expires_at = now + RESERVATION_TTL_MS;
+                    inventory::reserve_in(tx, reference, wanted, now, expires_at).await?;
+                    Ok::<_, OrderError>(true)
+                })
+            })
             .await?;
+        if let Some(key) = key {
+            if !claimed {
+                key.advance(idempotency::Progress::Taken);
+                return Err(OrderError::KeyTaken);
+            }
+            key.advance(idempotency::Progress::Claimed);
+        }
 
         // 4. Authorise the payment; undo the reservation on any failure.
         let authorize = PaymentRequest::Authorize(payment::AuthorizeRequest {
@@ -536,6 +568,7 @@ impl Orders {
                 &decisions,
                 connector,
                 &authorized,
+                key,
                 now,
             )
             .await;
@@ -608,6 +641,7 @@ impl Orders {
         decisions: &Value,
         connector: &Plugin,
         authorized: &payment::PaymentResult,
+        key: Option<&Arc<idempotency::Key>>,
         now: i64,
     ) -> std::result::Result<Value, InventoryError> {
         // The order as `order` reads it back; what is written is taken from it.
@@ -656,20 +690,29 @@ impl Orders {
             refunds: vec![],
         };
         let (cart_id, currency) = (cart_id.to_owned(), authorized.amount.currency.clone());
-        let (mut order, payment, customer_id) = self
+        let finish = key.cloned();
+        let answer = self
             .db
             .write(move |tx| {
                 Box::pin(async move {
-                    let customer_id =
+                    let mut order = order;
+                    order.customer_id =
                         insert_order(tx, &order, &cart_id, &payment, &currency).await?;
                     inventory::commit_in(tx, &order.id, now).await?;
-                    Ok::<_, InventoryError>((order, payment, customer_id))
+                    order.payment = Some(payment);
+                    let answer = Value::from(order);
+                    if let Some(key) = &finish {
+                        // 201 Created: the API's answer to a checkout.
+                        key.finish_in(tx, 201, &answer).await?;
+                    }
+                    Ok::<_, InventoryError>(answer)
                 })
             })
             .await?;
-        order.customer_id = customer_id;
-        order.payment = Some(payment);
-        Ok(order.into())
+        if let Some(key) = key {
+            key.advance(idempotency::Progress::Finished);
+        }
+        Ok(answer)
     }
 
     /// An order with its lines and payment.

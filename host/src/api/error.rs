@@ -223,6 +223,7 @@ impl From<OrderError> for ApiError {
                         (StatusCode::CONFLICT, "invalid_transition")
                     }
                     OrderError::CartOrdered(_) => (StatusCode::CONFLICT, "cart_already_ordered"),
+                    OrderError::KeyTaken => (StatusCode::CONFLICT, "request_in_progress"),
                     OrderError::GatewayUnavailable => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "payment_gateway_unavailable",

@@ -7,27 +7,22 @@
 //! was rolled back, so a retry may run it again.
 //!
 //! Handlers use [`once`]: it claims the key, runs the operation only when the key is new,
-//! stores its answer and replays it afterwards. [`key`] reads a required header,
-//! [`optional_key`] one that a route accepts but does not insist on.
+//! stores its answer and replays it afterwards; [`once_within`] does the same for an operation
+//! that claims and finishes the key inside its own transactions (checkout). [`key`] reads a
+//! required header, [`optional_key`] one that a route accepts but does not insist on. The
+//! table itself is [`crate::idempotency`]'s.
+
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use sqlx::Row;
 
 use super::ApiError;
-use crate::db::{Db, args};
+use crate::db::Db;
+use crate::idempotency::{Key, Progress, Seen};
 
 /// The longest key accepted.
 pub const MAX_KEY_LEN: usize = 255;
-
-/// What to do with a request.
-enum Begin {
-    /// First time: run it, then [`finish`].
-    Run,
-    /// Seen and finished: answer this.
-    Replay(StatusCode, Value),
-}
 
 /// The `Idempotency-Key` header, required.
 pub fn key(headers: &HeaderMap) -> Result<String, ApiError> {
@@ -73,130 +68,148 @@ pub async fn once(
     now: i64,
     operation: impl Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'static,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let (db, scope, key, body) = (
-        db.clone(),
-        scope.to_owned(),
-        key.map(str::to_owned),
-        body.clone(),
-    );
-    tokio::spawn(async move { run_once(&db, &scope, key.as_deref(), &body, now, operation).await })
-        .await
-        .map_err(|e| ApiError::internal(&e))?
+    let Some(key) = key else {
+        return detached(async move { Ok(answer(operation.await).0) }).await;
+    };
+    let (db, key) = (db.clone(), Arc::new(Key::new(scope, key, body, now)));
+    detached(async move {
+        let claim = key.clone();
+        let claimed = db
+            .write(move |tx| Box::pin(async move { claim.claim_in(tx).await }))
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+        if !claimed {
+            return replay(&db, &key).await;
+        }
+        key.advance(Progress::Claimed);
+        settle(&db, &key, operation.await).await
+    })
+    .await
 }
 
-async fn run_once(
+/// [`once`] for an operation that claims the key in its own first write transaction and
+/// stores its answer in its own last one ([`Key::claim_in`], [`Key::finish_in`], advancing
+/// the key as each commits): a checkout, which so needs no transactions for the key of its
+/// own. A repeat is answered from a look-up before `operation` starts; a repeat racing the
+/// first request loses at the claim (the operation stops there, its transaction rolled back)
+/// and is answered as a repeat. Whatever the operation did not store is stored after it, as
+/// [`once`] would.
+pub async fn once_within<Op, Fut>(
     db: &Db,
     scope: &str,
-    key: Option<&str>,
+    key: &str,
     body: &Value,
     now: i64,
-    operation: impl Future<Output = Result<(StatusCode, Value), ApiError>>,
-) -> Result<(StatusCode, Value), ApiError> {
-    let Some(key) = key else {
-        return Ok(operation.await.unwrap_or_else(|e| (e.status(), e.body())));
-    };
-    if let Begin::Replay(status, stored) = begin(db, scope, key, body, now).await? {
-        return Ok((status, stored));
+    operation: Op,
+) -> Result<(StatusCode, Value), ApiError>
+where
+    Op: FnOnce(Arc<Key>) -> Fut,
+    Fut: Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'static,
+{
+    let (db, key) = (db.clone(), Arc::new(Key::new(scope, key, body, now)));
+    if let Some(answer) = repeat(&db, &key).await? {
+        return answer;
     }
-    let (status, answer, keep) = match operation.await {
-        Ok((status, answer)) => (status, answer, !status.is_server_error()),
-        Err(e) => (e.status(), e.body(), e.is_final()),
-    };
-    finish(db, scope, key, status, &answer, keep).await;
-    Ok((status, answer))
+    let operation = operation(key.clone());
+    detached(async move {
+        let outcome = operation.await;
+        match key.progress() {
+            Progress::Finished => outcome,
+            Progress::Taken => replay(&db, &key).await,
+            Progress::Claimed | Progress::Unclaimed => settle(&db, &key, outcome).await,
+        }
+    })
+    .await
 }
 
-/// Claims `key` in `scope` for a request whose canonical body is `body`.
-async fn begin(db: &Db, scope: &str, key: &str, body: &Value, now: i64) -> Result<Begin, ApiError> {
-    let hash = hex::encode(Sha256::digest(body.to_string().as_bytes()));
-    let inserted = db
-        .execute(
-            "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) \
-             VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (scope, key) DO NOTHING",
-            args![scope, key, &hash, now],
-        )
+/// Runs `work` as a task of its own, started at once, and returns its outcome (see [`once`]).
+fn detached(
+    work: impl Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'static,
+) -> impl Future<Output = Result<(StatusCode, Value), ApiError>> {
+    let task = tokio::spawn(work);
+    async move { task.await.map_err(|e| ApiError::internal(&e))? }
+}
+
+/// An operation's outcome as a response, and whether to keep it for repeats.
+fn answer(outcome: Result<(StatusCode, Value), ApiError>) -> ((StatusCode, Value), bool) {
+    match outcome {
+        Ok((status, body)) => ((status, body), !status.is_server_error()),
+        Err(e) => {
+            let keep = e.is_final();
+            ((e.status(), e.body()), keep)
+        }
+    }
+}
+
+/// Stores what the operation answered with the key (or forgets the key: `keep` false, a
+/// server failure that a retry may mend), as far as the operation did not.
+async fn settle(
+    db: &Db,
+    key: &Arc<Key>,
+    outcome: Result<(StatusCode, Value), ApiError>,
+) -> Result<(StatusCode, Value), ApiError> {
+    let ((status, body), keep) = answer(outcome);
+    let (claimed, stored, code) = (
+        key.progress() == Progress::Claimed,
+        body.clone(),
+        status.as_u16(),
+    );
+    let key_ = key.clone();
+    let result = db
+        .write(move |tx| {
+            Box::pin(async move {
+                match (claimed, keep) {
+                    (true, true) => key_.finish_in(tx, code, &stored).await,
+                    (true, false) => key_.forget_in(tx).await,
+                    (false, true) => key_.claim_finished_in(tx, code, &stored).await,
+                    (false, false) => Ok(()),
+                }
+            })
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(key = ?key, "could not store the idempotent response: {e}");
+    }
+    Ok((status, body))
+}
+
+/// The answer to a repeat of a request whose key is already claimed, if it is.
+async fn repeat(
+    db: &Db,
+    key: &Arc<Key>,
+) -> Result<Option<Result<(StatusCode, Value), ApiError>>, ApiError> {
+    let look = key.clone();
+    let seen = db
+        .read(move |tx| Box::pin(async move { look.seen_in(tx).await }))
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    if inserted == 1 {
-        return Ok(Begin::Run);
-    }
-    let row = sqlx::query(
-        "SELECT request_hash, state, response_status, response_body FROM idempotency_keys WHERE scope = $1 AND key = $2",
-    )
-    .bind(scope)
-    .bind(key)
-    .fetch_one(db.reader())
-    .await
-    .map_err(|e| ApiError::internal(&e))?;
-    let stored_hash: String = row
-        .try_get("request_hash")
-        .map_err(|e| ApiError::internal(&e))?;
-    if stored_hash != hash {
-        return Err(ApiError::new(
+    Ok(match seen {
+        Seen::New => None,
+        Seen::OtherRequest => Some(Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency_key_reused",
             "this Idempotency-Key was used with a different request",
-        ));
-    }
-    let state: String = row.try_get("state").map_err(|e| ApiError::internal(&e))?;
-    if state != "done" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "request_in_progress",
-            "a request with this Idempotency-Key is still running; retry shortly",
-        ));
-    }
-    let status: i32 = row
-        .try_get("response_status")
-        .map_err(|e| ApiError::internal(&e))?;
-    let body: String = row
-        .try_get("response_body")
-        .map_err(|e| ApiError::internal(&e))?;
-    Ok(Begin::Replay(
-        u16::try_from(status)
-            .ok()
-            .and_then(|s| StatusCode::from_u16(s).ok())
-            .unwrap_or(StatusCode::OK),
-        serde_json::from_str(&body).unwrap_or(Value::Null),
-    ))
+        ))),
+        Seen::Running => Some(Err(in_progress())),
+        Seen::Done(status, body) => Some(Ok((
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            body,
+        ))),
+    })
 }
 
-/// Stores the response of a request that ran, or forgets the key (`keep` false: a server
-/// failure that a retry may mend).
-async fn finish(db: &Db, scope: &str, key: &str, status: StatusCode, body: &Value, keep: bool) {
-    let (sql, values) = if keep {
-        (
-            "UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = $4 \
-             WHERE scope = $1 AND key = $2",
-            args![scope, key, i64::from(status.as_u16()), body.to_string()].to_vec(),
-        )
-    } else {
-        (
-            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2",
-            args![scope, key].to_vec(),
-        )
-    };
-    let result = db.execute(sql, values).await;
-    if let Err(e) = result {
-        tracing::error!(scope, key, "could not store the idempotent response: {e}");
-    }
+/// The answer to a request that lost the claim of its key to another.
+async fn replay(db: &Db, key: &Arc<Key>) -> Result<(StatusCode, Value), ApiError> {
+    // Gone again already (the other request failed and forgot it): retrying is right.
+    repeat(db, key).await?.unwrap_or_else(|| Err(in_progress()))
 }
 
-/// How long a stored response is replayed.
-pub const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
-/// A key still `running` after this long belongs to a request that died with its process; it
-/// is released so that the client's retry can run.
-pub const ABANDONED_AFTER_MS: i64 = 10 * 60 * 1000;
-
-/// Forgets keys older than [`KEEP_MS`] and releases keys abandoned while running. Returns how
-/// many keys were removed.
-pub async fn sweep(db: &Db, now: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "DELETE FROM idempotency_keys WHERE created_at < $1 OR (state = 'running' AND created_at < $2)",
+fn in_progress() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "request_in_progress",
+        "a request with this Idempotency-Key is still running; retry shortly",
     )
-    .bind(now - KEEP_MS)
-    .bind(now - ABANDONED_AFTER_MS)
-    .execute(&mut *db.write_conn().await?)
-    .await?
-    .rows_affected())
 }
+
+pub use crate::idempotency::{ABANDONED_AFTER_MS, KEEP_MS, sweep};

@@ -1,6 +1,8 @@
 //! `/store`: what shoppers use. Product listings show active products only; a cart is reached
 //! with its id and its secret token in `X-Cart-Token`, and anything else about it is a 404.
 
+use std::sync::Arc;
+
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
@@ -160,7 +162,8 @@ async fn checkout(
     let canonical = body.clone();
     let attempt = super::attempt_id("checkout", &id, &key);
     let (scope, db) = (format!("checkout:{id}"), state.db.clone());
-    let operation = async move {
+    // The key is claimed with the stock and finished with the order, in their transactions.
+    let operation = |claim: Arc<crate::idempotency::Key>| async move {
         // What the request leaves out comes from the details saved on the cart.
         let mut body = body;
         if let Value::Object(fields) = &mut body {
@@ -186,13 +189,14 @@ async fn checkout(
                 &request,
                 &state.checkout_plugins(),
                 Some(&attempt),
+                Some(&claim),
                 now,
             )
             .await?;
         Ok::<_, ApiError>((StatusCode::CREATED, order))
     };
     let (status, body) =
-        super::idempotency::once(&db, &scope, Some(&key), &canonical, now, operation).await?;
+        super::idempotency::once_within(&db, &scope, &key, &canonical, now, operation).await?;
     Ok((status, Json(body)))
 }
 

@@ -1,0 +1,190 @@
+//! Idempotency keys as stored (`idempotency_keys`): looked up, claimed and finished inside any
+//! transaction ([`Tx`]), so that an operation can claim its key in its own first write and
+//! store its answer in its own last one — a checkout does, which spares it two transactions of
+//! their own. The HTTP side (the header, replaying, answering a repeat) is
+//! [`crate::api::idempotency`].
+//!
+//! A key moves `running` (claimed) → `done` (answer stored), or is deleted when its request
+//! failed in a way a retry may mend. [`Key`] also tracks how far *this* request took it, so
+//! that whoever runs the operation knows what is left to store.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::db::{Db, Tx, args};
+
+/// How long a stored response is replayed.
+pub const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
+/// A key still `running` after this long belongs to a request that died with its process; it
+/// is released so that the client's retry can run.
+pub const ABANDONED_AFTER_MS: i64 = 10 * 60 * 1000;
+
+/// Forgets keys older than [`KEEP_MS`] and releases keys abandoned while running. Returns how
+/// many keys were removed.
+pub async fn sweep(db: &Db, now: i64) -> sqlx::Result<u64> {
+    db.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < $1 OR (state = 'running' AND created_at < $2)",
+        args![now - KEEP_MS, now - ABANDONED_AFTER_MS],
+    )
+    .await
+}
+
+/// One request's key: the scope it is unique in, the key, the hash of the request's canonical
+/// body, and the time of the request.
+#[derive(Debug)]
+pub struct Key {
+    scope: String,
+    key: String,
+    hash: String,
+    now: i64,
+    progress: AtomicU8,
+}
+
+/// How far this request has taken its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Not claimed (yet).
+    Unclaimed,
+    /// Claimed by this request, and the claim committed.
+    Claimed,
+    /// This request's answer is stored with it.
+    Finished,
+    /// Another request with the same key claimed it first.
+    Taken,
+}
+
+/// What the store says about a key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    /// No request has claimed it.
+    New,
+    /// Claimed by a request with another body.
+    OtherRequest,
+    /// Claimed by the same request, which is still running.
+    Running,
+    /// The same request finished with this status and answer.
+    Done(u16, Value),
+}
+
+impl Key {
+    /// The key `key` in `scope` for a request whose canonical body is `body`.
+    pub fn new(scope: &str, key: &str, body: &Value, now: i64) -> Self {
+        Self {
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+            hash: hex::encode(Sha256::digest(body.to_string().as_bytes())),
+            now,
+            progress: AtomicU8::new(0),
+        }
+    }
+
+    /// How far this request has taken the key.
+    pub fn progress(&self) -> Progress {
+        match self.progress.load(Ordering::Acquire) {
+            0 => Progress::Unclaimed,
+            1 => Progress::Claimed,
+            2 => Progress::Finished,
+            _ => Progress::Taken,
+        }
+    }
+
+    /// Records how far this request has taken the key; called once the transaction that did
+    /// it has committed (or, for [`Progress::Taken`], once the claim was refused).
+    pub fn advance(&self, to: Progress) {
+        let value = match to {
+            Progress::Unclaimed => 0,
+            Progress::Claimed => 1,
+            Progress::Finished => 2,
+            Progress::Taken => 3,
+        };
+        self.progress.store(value, Ordering::Release);
+    }
+
+    /// What the store says about the key.
+    pub async fn seen_in(&self, tx: &mut dyn Tx) -> sqlx::Result<Seen> {
+        let rows = tx
+            .fetch(
+                "SELECT request_hash, state, response_status, response_body FROM idempotency_keys \
+                 WHERE scope = $1 AND key = $2",
+                &args![&self.scope, &self.key],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(Seen::New);
+        };
+        if row.get::<String>("request_hash")? != self.hash {
+            return Ok(Seen::OtherRequest);
+        }
+        if row.get::<String>("state")? != "done" {
+            return Ok(Seen::Running);
+        }
+        let status: Option<i64> = row.get("response_status")?;
+        let body: Option<String> = row.get("response_body")?;
+        Ok(Seen::Done(
+            status.and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
+            body.and_then(|b| serde_json::from_str(&b).ok())
+                .unwrap_or(Value::Null),
+        ))
+    }
+
+    /// Claims the key for this request; `false` if a request already holds it. The claim
+    /// lasts if the transaction commits.
+    pub async fn claim_in(&self, tx: &mut dyn Tx) -> sqlx::Result<bool> {
+        let inserted = tx
+            .execute(
+                "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) \
+                 VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (scope, key) DO NOTHING",
+                &args![&self.scope, &self.key, &self.hash, self.now],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    /// Stores this request's answer with the key it claimed.
+    pub async fn finish_in(&self, tx: &mut dyn Tx, status: u16, body: &Value) -> sqlx::Result<()> {
+        tx.execute(
+            "UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = $4 \
+             WHERE scope = $1 AND key = $2",
+            &args![&self.scope, &self.key, i64::from(status), body.to_string()],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Claims the key and stores the answer at once, for a request that ended before it
+    /// claimed (a refusal); nothing if another request holds the key meanwhile.
+    pub async fn claim_finished_in(
+        &self,
+        tx: &mut dyn Tx,
+        status: u16,
+        body: &Value,
+    ) -> sqlx::Result<()> {
+        tx.execute(
+            "INSERT INTO idempotency_keys \
+               (scope, key, request_hash, state, response_status, response_body, created_at) \
+             VALUES ($1, $2, $3, 'done', $4, $5, $6) ON CONFLICT (scope, key) DO NOTHING",
+            &args![
+                &self.scope,
+                &self.key,
+                &self.hash,
+                i64::from(status),
+                body.to_string(),
+                self.now
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Forgets the key this request claimed (its failure may be mended by a retry).
+    pub async fn forget_in(&self, tx: &mut dyn Tx) -> sqlx::Result<()> {
+        tx.execute(
+            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2",
+            &args![&self.scope, &self.key],
+        )
+        .await
+        .map(drop)
+    }
+}
