@@ -379,3 +379,49 @@ async fn queued_bodies_commit_together_each_on_its_own() {
         t.drop_database().await;
     }
 }
+
+/// PostgreSQL: a pooled connection the server dropped while it sat idle (a restart, a
+/// failover, an idle-session timeout) is found out before it is handed out (the pool pings
+/// it), not by the request that gets it.
+#[tokio::test]
+async fn postgres_replaces_a_connection_the_server_dropped_while_idle() {
+    for t in test_databases().await {
+        if t.backend != "postgres" {
+            continue;
+        }
+        let db = migrated(&t.url).await;
+        let one = |db: Db| async move {
+            db.read(|tx| {
+                Box::pin(async move {
+                    tx.fetch_one("SELECT 1 AS one", &[])
+                        .await?
+                        .get::<i64>("one")
+                })
+            })
+            .await
+        };
+        assert_eq!(one(db.clone()).await.expect("first read"), 1);
+        {
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(&t.url).await.expect("connect");
+            let killed = sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_all(&mut admin)
+            .await
+            .expect("terminate the pool's connections");
+            assert!(!killed.is_empty(), "the pool had a connection to drop");
+            admin.close().await.expect("close");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+        assert_eq!(
+            one(db.clone())
+                .await
+                .expect("read after the server dropped the connections"),
+            1
+        );
+        drop(db);
+        t.drop_database().await;
+    }
+}
