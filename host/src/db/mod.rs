@@ -19,8 +19,8 @@
 //! connection: [`Db::write`] bodies run on it, and sqlx writes ([`Db::begin`],
 //! [`Db::write_conn`]) lease it for their duration, so the two connections never wait on
 //! SQLite's busy handler. Reads go to the reader connections ([`Db::read`]) or read-only sqlx
-//! connections ([`Db::reader`]);
-//! WAL lets them read while the writer writes, so they do not wait behind it.
+//! connections ([`Db::reader`]); WAL lets them read while the writer writes, so they do not
+//! wait behind it.
 //!
 //! Layout: this file (connecting, migrations, the entry points, the sqlx side), `tx.rs` (the
 //! [`Tx`] trait, its values and rows, and its sqlx implementation), `sqlite.rs` (the writer, the
@@ -61,10 +61,10 @@ pub struct Db {
     /// not queue behind the one writer. `None` on PostgreSQL (its pool serves both) and for an
     /// in-memory SQLite database (other connections would see another database).
     readers: Option<AnyPool>,
-    /// SQLite only (a file): the writer thread. Without it (PostgreSQL, an in-memory SQLite
+    /// SQLite only (a file): the writer connection and its thread. Without it (PostgreSQL, an in-memory SQLite
     /// database) [`Db::write`] runs its body on a sqlx transaction.
     writer: Option<sqlite::Threads>,
-    /// SQLite only (a file): the reader threads for [`Db::read`] bodies.
+    /// SQLite only (a file): the reader connections and their threads, for [`Db::read`].
     read_threads: Option<sqlite::Threads>,
     backend: Backend,
     url: Url,
@@ -238,8 +238,10 @@ impl Db {
     }
 
     /// Runs `body` as one write transaction: committed if it returns `Ok`, rolled back if it
-    /// returns `Err` (or fails to finish). On SQLite it runs on the writer thread; it must
-    /// await nothing but its own statements (anything else is refused as an error).
+    /// returns `Err` (or fails to finish). On SQLite it runs on the writer connection (on the
+    /// calling thread when it is free, else on the writer's thread, committed with whatever
+    /// else queued there); it must await nothing but its own statements (anything else is
+    /// refused as an error).
     pub async fn write<R, E, F>(&self, body: F) -> Result<R, E>
     where
         F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
@@ -257,7 +259,7 @@ impl Db {
         outcome
     }
 
-    /// Runs `body`, which only reads, on one snapshot: SQLite's reader threads (under the
+    /// Runs `body`, which only reads, on one snapshot: a SQLite reader connection (under the
     /// same rule as [`Db::write`]: it awaits nothing but its statements), or a pooled
     /// connection.
     pub async fn read<R, E, F>(&self, body: F) -> Result<R, E>
@@ -315,7 +317,7 @@ impl Db {
             .rows_affected())
     }
 
-    /// Checks that the database answers, on the write path (the writer thread on SQLite).
+    /// Checks that the database answers, on the write path (the writer connection on SQLite).
     pub async fn ping(&self) -> sqlx::Result<()> {
         self.write(|tx| Box::pin(async move { tx.fetch("SELECT 1", &[]).await.map(drop) }))
             .await

@@ -1,11 +1,11 @@
-//! Write transactions written once for both databases: [`Tx`], the handful of operations a
-//! transaction body needs, with one implementation on a sqlx transaction (PostgreSQL) and one
-//! on SQLite's writer thread ([`super::sqlite`]).
+//! Transactions written once for both databases: [`Tx`], the handful of operations a
+//! transaction body needs, with one implementation on a sqlx connection (PostgreSQL) and one
+//! on a rusqlite connection ([`super::sqlite`]).
 //!
 //! A body is an `async` function of `&mut dyn Tx`. On PostgreSQL it runs as any future does;
 //! on SQLite every call completes at once (the statement runs on the calling thread), so the
-//! writer thread polls the body to completion in one go and never hands a statement to
-//! another thread. That is the point: on SQLite the write lock is held only while SQLite works.
+//! body is polled to completion in one go, on whichever thread holds the connection, and no
+//! statement is handed to another thread. That is the point: on SQLite the write lock is held only while SQLite works.
 //!
 //! Parameters are `$1, $2, …` as everywhere else; values are [`Value`]s, rows are [`Row`]s.
 
@@ -167,7 +167,7 @@ fn decode_error(column: &str, why: String) -> sqlx::Error {
     }
 }
 
-/// What a [`Tx`] call returns: ready at once on SQLite's writer thread.
+/// What a [`Tx`] call returns: ready at once on SQLite.
 pub type TxFuture<'a, T> = Pin<Box<dyn Future<Output = sqlx::Result<T>> + Send + 'a>>;
 
 /// A transaction body's future.
