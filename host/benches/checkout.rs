@@ -5,7 +5,8 @@
 //! that its peak RSS can be read and the load generator's work is not counted as the server's.
 //! Workloads:
 //! - `checkout`: carts of 5 lines prepared beforehand; only the checkout requests are timed
-//!   (re-price through 2 pricing plugins, fraud, reserve, authorise, record, commit).
+//!   (re-price through 2 pricing plugins with the standard shipping rate, fraud, reserve,
+//!   authorise, record, commit).
 //! - the same with the plugins' own source compiled into the server (`--native-rules`, in a
 //!   build with the `native-rules` feature — `cargo xtask bench` passes it): a fresh server and
 //!   database each, Wasm and native alternating twice; the first order of each is compared,
@@ -157,6 +158,7 @@ async fn checkout(
             "email": format!("shopper{n}@example.com"),
             "payment_token": "tok_visa",
             "shipping_address": {"name": "Bench", "line1": "Main St 1", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+            "shipping_method": "standard",
         }),
     )
     .await

@@ -13,6 +13,7 @@ use crate::catalog::{Catalog, PricedVariant};
 use crate::db::{Db, Tx, Value, args};
 use crate::plugin::bindings::pricing;
 use crate::plugin::bindings::types::{Attribute, Money};
+use crate::shipping::{self, Offer};
 
 /// Largest quantity of one line.
 pub const MAX_LINE_QUANTITY: i64 = 999;
@@ -36,6 +37,9 @@ pub enum CartError {
     /// Bad input; the message says what.
     #[error("{0}")]
     Invalid(String),
+    /// The shipping method is not offered for this cart or does not ship to its address.
+    #[error("{0}")]
+    ShippingUnavailable(String),
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -52,6 +56,7 @@ impl CartError {
             CartError::LineNotFound => "line_not_found",
             CartError::NotForSale(_) => "not_for_sale",
             CartError::Invalid(_) => "invalid_input",
+            CartError::ShippingUnavailable(_) => "shipping_unavailable",
             CartError::Database(_) | CartError::Catalog(_) => "internal",
         }
     }
@@ -72,6 +77,11 @@ pub struct CartContents {
     pub lines: Vec<CartLine>,
     /// Entered coupon codes, upper-case.
     pub coupon_codes: Vec<String>,
+    /// The chosen shipping method's code.
+    pub shipping_method: Option<String>,
+    /// The chosen method priced in the cart's currency; `None` when none is chosen or the
+    /// chosen one is no longer offered.
+    pub shipping: Option<Offer>,
 }
 
 /// One line.
@@ -399,6 +409,87 @@ impl Carts {
         Ok(details.clone())
     }
 
+    /// Chooses the shipping method `code` (or none): it must be offered in the cart's currency
+    /// and, when the cart has a saved shipping address, ship there. Checkout checks again.
+    pub async fn set_shipping_method(
+        &self,
+        id: &str,
+        code: Option<&str>,
+        now: i64,
+    ) -> Result<CartContents> {
+        let change = args![id, code, now];
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    if let Some(Value::Text(code)) = change.get(1) {
+                        let rows = tx
+                            .fetch(
+                                "SELECT c.currency, c.details, m.countries, r.amount FROM carts c \
+                                 LEFT JOIN shipping_methods m ON m.code = $2 AND m.status = 'active' \
+                                 LEFT JOIN shipping_rates r ON r.method_id = m.id AND r.currency = c.currency \
+                                 WHERE c.id = $1",
+                                &change[..2],
+                            )
+                            .await?;
+                        let row = rows.first().ok_or(CartError::NotFound)?;
+                        if row.get::<Option<i64>>("amount")?.is_none() {
+                            let currency: String = row.get("currency")?;
+                            return Err(CartError::ShippingUnavailable(format!(
+                                "shipping method {code:?} is not offered in {currency}"
+                            )));
+                        }
+                        let countries = shipping::countries_of(row.get("countries")?)?;
+                        if let (Some(countries), Some(country)) = (countries, saved_country(row)?)
+                            && !countries.contains(&country)
+                        {
+                            return Err(CartError::ShippingUnavailable(format!(
+                                "shipping method {code:?} does not ship to {country}"
+                            )));
+                        }
+                    }
+                    let changed = tx
+                        .execute(
+                            "UPDATE carts SET shipping_method = $2, updated_at = $3 WHERE id = $1",
+                            &change,
+                        )
+                        .await?;
+                    if changed == 0 {
+                        return Err(CartError::NotFound);
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
+        self.contents(id).await
+    }
+
+    /// The shipping methods offered to the cart: those priced in its currency that ship to its
+    /// saved shipping address (any address, when none is saved yet). Returns them and the
+    /// country they were chosen for.
+    pub async fn shipping_offers(&self, id: &str) -> Result<(Vec<Offer>, Option<String>)> {
+        let id = id.to_owned();
+        self.db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let rows = tx
+                        .fetch(
+                            "SELECT currency, details FROM carts WHERE id = $1",
+                            &args![&id],
+                        )
+                        .await?;
+                    let row = rows.first().ok_or(CartError::NotFound)?;
+                    let currency: String = row.get("currency")?;
+                    let country = saved_country(row)?;
+                    let mut offers = shipping::offers_in(tx, &currency).await?;
+                    if let Some(country) = &country {
+                        offers.retain(|o| o.ships_to(country));
+                    }
+                    Ok((offers, country))
+                })
+            })
+            .await
+    }
+
     /// What the shopper entered for checkout, if anything.
     pub async fn details(&self, id: &str) -> Result<CartDetails> {
         let id = id.to_owned();
@@ -475,7 +566,10 @@ pub(crate) fn pricing_cart(
             lines,
             customer: None,
             coupon_codes: contents.coupon_codes.clone(),
-            shipping: None,
+            shipping: contents.shipping.as_ref().map(|offer| Money {
+                amount: u64::try_from(offer.amount).unwrap_or(0),
+                currency: offer.currency.clone(),
+            }),
             now,
         },
         unavailable,
@@ -484,11 +578,16 @@ pub(crate) fn pricing_cart(
 
 /// [`Carts::contents`] inside the caller's transaction; `None` for no such cart.
 pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Option<CartContents>> {
-    // The cart and its lines in one statement: a cart without lines is one row of NULLs.
+    // The cart, its lines and its shipping method priced in its currency, in one statement:
+    // a cart without lines is one row of NULLs.
     let rows = tx
         .fetch(
-            "SELECT c.id, c.currency, c.customer_id, l.id AS line_id, l.sku, l.quantity \
+            "SELECT c.id, c.currency, c.customer_id, c.shipping_method, \
+               m.code, m.name, m.carrier, m.countries, r.amount, r.currency AS rate_currency, \
+               l.id AS line_id, l.sku, l.quantity \
              FROM carts c LEFT JOIN cart_lines l ON l.cart_id = c.id \
+             LEFT JOIN shipping_methods m ON m.code = c.shipping_method AND m.status = 'active' \
+             LEFT JOIN shipping_rates r ON r.method_id = m.id AND r.currency = c.currency \
              WHERE c.id = $1 ORDER BY l.position, l.id",
             &args![id],
         )
@@ -516,13 +615,35 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
         .iter()
         .map(|r| r.get("code"))
         .collect::<sqlx::Result<Vec<String>>>()?;
+    let shipping = match cart.get::<Option<i64>>("amount")? {
+        Some(amount) => Some(Offer {
+            code: cart.get("code")?,
+            name: cart.get("name")?,
+            carrier: cart.get("carrier")?,
+            amount,
+            currency: cart.get("rate_currency")?,
+            countries: shipping::countries_of(cart.get("countries")?)?,
+        }),
+        None => None,
+    };
     Ok(Some(CartContents {
         id: cart.get("id")?,
         currency: cart.get("currency")?,
         customer_id: cart.get("customer_id")?,
         lines,
         coupon_codes,
+        shipping_method: cart.get("shipping_method")?,
+        shipping,
     }))
+}
+
+/// The country of the shipping address saved with the cart, from a row with its `details`.
+fn saved_country(row: &crate::db::Row) -> sqlx::Result<Option<String>> {
+    let details: Option<String> = row.get("details")?;
+    Ok(details
+        .and_then(|t| serde_json::from_str::<CartDetails>(&t).ok())
+        .and_then(|d| d.shipping_address)
+        .map(|a| a.country))
 }
 
 /// Marks cart `id` changed at `now`, in the caller's transaction.

@@ -1,11 +1,12 @@
 //! The demo store `cartridge serve --demo` starts with: a small catalog in a category tree,
-//! two stock locations, and stock. Seeded only into an empty catalog, so restarting the demo
+//! two stock locations, stock, and two shipping methods. Seeded only into an empty catalog, so restarting the demo
 //! keeps what was bought and changed.
 
 use std::collections::BTreeMap;
 
 use crate::catalog::{Catalog, NewProduct, NewVariant};
 use crate::inventory::Inventory;
+use crate::shipping::{NewShippingMethod, Shipping};
 
 fn variant(sku: &str, title: &str, options: &[(&str, &str)], eur: u32, usd: u32) -> NewVariant {
     NewVariant {
@@ -31,7 +32,12 @@ fn product(title: &str, category: &str, material: &str, variants: Vec<NewVariant
 
 /// Seeds the demo catalog and stock unless the catalog already has products. Returns whether
 /// it seeded.
-pub async fn seed(catalog: &Catalog, inventory: &Inventory, now: i64) -> anyhow::Result<bool> {
+pub async fn seed(
+    catalog: &Catalog,
+    inventory: &Inventory,
+    shipping: &Shipping,
+    now: i64,
+) -> anyhow::Result<bool> {
     if !catalog.list(&Default::default()).await?.is_empty() {
         return Ok(false);
     }
@@ -90,6 +96,31 @@ pub async fn seed(catalog: &Catalog, inventory: &Inventory, now: i64) -> anyhow:
                     .await?;
             }
         }
+    }
+    for (code, name, carrier, countries, eur, usd) in [
+        ("standard", "Standard (3–5 days)", None, None, 495, 595),
+        (
+            "express",
+            "Express (next day)",
+            Some("DHL"),
+            Some(vec!["DE".to_owned(), "AT".to_owned(), "NL".to_owned()]),
+            1295,
+            1495,
+        ),
+    ] {
+        shipping
+            .create(
+                &NewShippingMethod {
+                    code: code.to_owned(),
+                    name: name.to_owned(),
+                    carrier: carrier.map(str::to_owned),
+                    countries,
+                    position: 0,
+                    rates: BTreeMap::from([("EUR".to_owned(), eur), ("USD".to_owned(), usd)]),
+                },
+                now,
+            )
+            .await?;
     }
     Ok(true)
 }

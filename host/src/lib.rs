@@ -18,6 +18,7 @@
 //!   accounts.
 //! - [`payment_events`]: payment webhook events, stored once and applied in any order.
 //! - [`idempotency`]: stored idempotency keys, claimed and finished inside any transaction.
+//! - [`shipping`]: shipping methods, their rates per currency and where they ship.
 //! - [`demo`]: the demo store's catalog and stock.
 //! - [`api`]: the HTTP routes, authentication and error convention; [`server`] starts them.
 //!
@@ -40,3 +41,4 @@ pub mod plugin;
 pub mod pricing;
 pub mod registry;
 pub mod server;
+pub mod shipping;

@@ -29,6 +29,7 @@ use crate::inventory::{self, Inventory, InventoryError};
 use crate::plugin::bindings::types::{Address as WitAddress, Money};
 use crate::plugin::bindings::{fraud, payment};
 use crate::plugin::{HookError, PaymentRequest, Plugin};
+use crate::shipping;
 
 /// How long checkout holds stock while payment runs.
 pub const RESERVATION_TTL_MS: i64 = 15 * 60 * 1000;
@@ -41,6 +42,10 @@ pub enum OrderError {
     /// The cart has no lines.
     #[error("the cart is empty")]
     EmptyCart,
+    /// The cart cannot be shipped as asked: no method chosen where one is needed, or the
+    /// chosen one is not offered or does not ship to the address.
+    #[error(transparent)]
+    Shipping(#[from] crate::shipping::Refusal),
     /// Some lines are no longer for sale.
     #[error("no longer for sale: {0:?}")]
     Unavailable(Vec<String>),
@@ -197,6 +202,9 @@ pub struct CheckoutRequest {
     /// The shopper's IP, as the storefront saw it.
     #[serde(default)]
     pub client_ip: Option<String>,
+    /// The shipping method's code; the one chosen on the cart when absent.
+    #[serde(default)]
+    pub shipping_method: Option<String>,
 }
 
 /// The plugins a checkout runs, each list in hook order.
@@ -247,6 +255,8 @@ struct OrderView {
     discount_total: i64,
     shipping_total: i64,
     total: i64,
+    /// `{code, name, carrier, amount}` as priced at checkout, or null.
+    shipping_method: Value,
     shipping_address: Value,
     billing_address: Value,
     decisions: Value,
@@ -346,15 +356,17 @@ impl Orders {
                     let variants =
                         catalog::priced_variants_in(tx, &skus, &contents.currency).await?;
                     let history = history_in(tx, &email, now).await?;
+                    let offers = shipping::offers_in(tx, &contents.currency).await?;
                     Ok(BeforeCheckout::Cart {
-                        contents,
+                        contents: Box::new(contents),
                         variants,
                         history,
+                        offers,
                     })
                 })
             })
             .await?;
-        let (contents, variants, history) = match reads {
+        let (contents, variants, history, offers) = match reads {
             BeforeCheckout::Ordered(existing) if existing == order_id => {
                 return self.order(&order_id).await;
             }
@@ -363,15 +375,23 @@ impl Orders {
                 contents,
                 variants,
                 history,
-            } => (contents, variants, history),
+                offers,
+            } => (contents, variants, history, offers),
         };
-        let (cart, unavailable) = carts::pricing_cart(&contents, variants, now);
+        let (mut cart, unavailable) = carts::pricing_cart(&contents, variants, now);
         if !unavailable.is_empty() {
             return Err(OrderError::Unavailable(unavailable));
         }
         if cart.lines.is_empty() {
             return Err(OrderError::EmptyCart);
         }
+        // Shipping as offered now, to this address — not as it was when the shopper chose.
+        let chosen = request
+            .shipping_method
+            .as_deref()
+            .or(contents.shipping_method.as_deref());
+        let shipping = shipping::choose(&offers, chosen, &request.shipping_address.country)?;
+        cart.shipping = shipping.as_ref().map(|o| money(o.amount, &o.currency));
         let pricing = hooks::price(&plugins.pricing, &cart).await?;
         let priced = &pricing.priced;
         let currency = priced.currency.clone();
@@ -568,6 +588,7 @@ impl Orders {
                 &decisions,
                 connector,
                 &authorized,
+                shipping.as_ref(),
                 key,
                 now,
             )
@@ -641,6 +662,7 @@ impl Orders {
         decisions: &Value,
         connector: &Plugin,
         authorized: &payment::PaymentResult,
+        shipping: Option<&shipping::Offer>,
         key: Option<&Arc<idempotency::Key>>,
         now: i64,
     ) -> std::result::Result<Value, InventoryError> {
@@ -662,6 +684,9 @@ impl Orders {
             .into_iter()),
             shipping_total: signed(priced.shipping - priced.shipping_discount),
             total: signed(priced.total),
+            shipping_method: shipping.map_or(Value::Null, |o| {
+                json!({"code": o.code, "name": o.name, "carrier": o.carrier, "amount": o.amount})
+            }),
             shipping_address: json!(request.shipping_address),
             billing_address: json!(billing),
             decisions: decisions.clone(),
@@ -822,6 +847,10 @@ impl Orders {
             discount_total: row.try_get("discount_total")?,
             shipping_total: row.try_get("shipping_total")?,
             total: row.try_get("total")?,
+            shipping_method: row
+                .try_get::<Option<String>, _>("shipping_method")?
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or(Value::Null),
             shipping_address: text("shipping_address")?,
             billing_address: text("billing_address")?,
             decisions: text("decisions")?,
@@ -1532,9 +1561,11 @@ enum BeforeCheckout {
     Ordered(String),
     /// The cart, the catalog's answer for its SKUs, and the buyer's history.
     Cart {
-        contents: carts::CartContents,
+        contents: Box<carts::CartContents>,
         variants: HashMap<String, PricedVariant>,
         history: (u32, u32, i64, Option<i64>),
+        /// The shipping methods offered in the cart's currency.
+        offers: Vec<shipping::Offer>,
     },
 }
 
@@ -1586,8 +1617,9 @@ async fn insert_order(
     let customer_id = tx
         .fetch_one(
             "INSERT INTO orders (id, cart_id, email, status, payment_status, fulfilment_status, currency, \
-             subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at, customer_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, \
+             subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at, \
+             shipping_method, customer_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16, \
              (SELECT customer_id FROM carts WHERE id = $2)) RETURNING customer_id",
             &args![
                 &order.id,
@@ -1605,6 +1637,7 @@ async fn insert_order(
                 order.billing_address.to_string(),
                 order.decisions.to_string(),
                 order.created_at,
+                (!order.shipping_method.is_null()).then(|| order.shipping_method.to_string()),
             ],
         )
         .await?

@@ -54,7 +54,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.demo {
         let catalog = crate::catalog::Catalog::new(db.clone());
         let inventory = crate::inventory::Inventory::new(db.clone());
-        if crate::demo::seed(&catalog, &inventory, crate::api::now_ms()).await? {
+        let shipping = crate::shipping::Shipping::new(db.clone());
+        if crate::demo::seed(&catalog, &inventory, &shipping, crate::api::now_ms()).await? {
             tracing::info!("demo store seeded");
         }
     }

@@ -487,6 +487,23 @@ async fn carts_and_admin_routes_open_only_with_the_right_credential() {
                 "{path}"
             );
         }
+        // Every cart route (as the OpenAPI document lists them) opens no cart with another
+        // cart's token.
+        for (method, path) in cartridge_host::api::openapi::documented_routes()
+            .filter(|(_, path)| path.starts_with("/store/carts/{id}"))
+        {
+            let path = path.replace("{id}", &cart).replace("{line}", &line);
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            let r = app
+                .cart(method.clone(), &path, &other_token, Some(json!({})))
+                .await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (404, Some("cart_not_found")),
+                "{method} {path}: {}",
+                r.body
+            );
+        }
         // Changing a line of this cart through another cart's id and token does nothing.
         let r = app
             .cart(
@@ -2221,6 +2238,405 @@ async fn concurrent_adds_of_one_sku_make_one_line_and_respect_the_maximum() {
         assert_eq!(r.body["lines"].as_array().map(Vec::len), Some(1));
         assert_eq!(r.body["lines"][0]["quantity"], 900);
         let app = std::sync::Arc::into_inner(app).expect("sole owner");
+        app.db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_order() {
+    for db in test_databases().await {
+        let app = spawn_app(
+            db,
+            &[
+                "tiered-discount",
+                "coupon-promotions",
+                "rules-fraud",
+                "test-gateway",
+            ],
+        )
+        .await;
+        app.seed().await;
+        let methods = "/admin/shipping-methods";
+        let mut ids = std::collections::HashMap::new();
+        for method in [
+            json!({"code": "standard", "name": "Standard", "rates": {"EUR": 495, "USD": 595}}),
+            json!({"code": "express", "name": "Express", "carrier": "DHL", "countries": ["DE", "AT"],
+                   "position": -1, "rates": {"EUR": 1495}}),
+            json!({"code": "us-ground", "name": "US Ground", "countries": ["US"], "rates": {"USD": 900}}),
+        ] {
+            let r = app.admin(Method::POST, methods, method).await;
+            assert_eq!(r.status, 201, "{}", r.body);
+            ids.insert(
+                r.body["code"].as_str().expect("code").to_owned(),
+                r.body["id"].as_str().expect("id").to_owned(),
+            );
+        }
+        // Bad methods are refused with a clear code and store nothing.
+        for (body, status, code) in [
+            (
+                json!({"code": "standard", "name": "Again", "rates": {"EUR": 1}}),
+                409,
+                "shipping_method_code_taken",
+            ),
+            (
+                json!({"code": "neg", "name": "Neg", "rates": {"EUR": -1}}),
+                422,
+                "invalid_input",
+            ),
+            (
+                json!({"code": "none", "name": "None", "rates": {}}),
+                422,
+                "invalid_input",
+            ),
+            (
+                json!({"code": "de", "name": "DE", "countries": ["Germany"], "rates": {"EUR": 1}}),
+                422,
+                "invalid_input",
+            ),
+            (
+                json!({"code": "bad code!", "name": "X", "rates": {"EUR": 1}}),
+                422,
+                "invalid_input",
+            ),
+            (
+                json!({"code": "x", "name": "X", "rates": {"EUR": "1"}}),
+                422,
+                "invalid_input",
+            ),
+            (
+                json!({"code": "x", "name": "X", "rates": {"EUR": 1}, "free": true}),
+                422,
+                "invalid_input",
+            ),
+        ] {
+            let r = app.admin(Method::POST, methods, body.clone()).await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{body}: {}",
+                r.body
+            );
+        }
+        let r = app.admin(Method::GET, methods, Value::Null).await;
+        let listed: Vec<&str> = r.body["shipping_methods"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|m| m["code"].as_str())
+            .collect();
+        assert_eq!(listed, ["express", "standard", "us-ground"], "by position");
+        assert_eq!(r.body["shipping_methods"][1]["rates"]["EUR"], 495);
+        let r = app
+            .admin(Method::GET, &format!("{methods}/no-such-id"), Value::Null)
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (404, Some("shipping_method_not_found"))
+        );
+
+        // A cart sees what is priced in its currency; checkout wants a choice now that the
+        // store ships, and holds no stock while refusing.
+        let (cart, token) = app.cart_with("SOCK", 1).await;
+        let offers = format!("/store/carts/{cart}/shipping-methods");
+        let r = app.cart(Method::GET, &offers, &token, None).await;
+        let offered: Vec<&str> = r.body["shipping_methods"]
+            .as_array()
+            .expect("offers")
+            .iter()
+            .filter_map(|m| m["code"].as_str())
+            .collect();
+        assert_eq!(offered, ["express", "standard"], "{}", r.body);
+        let r = app
+            .checkout(&cart, &token, "k1", &checkout_body("tok_visa", "DE"))
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("shipping_method_required")),
+            "{}",
+            r.body
+        );
+        assert_eq!(app.level("SOCK").await["reserved"], 0);
+
+        // Choosing: only what is offered in the cart's currency and ships to its address.
+        let choose = format!("/store/carts/{cart}/shipping-method");
+        for (code, status, error) in [
+            (json!("us-ground"), 422, "shipping_unavailable"),
+            (json!("no-such-method"), 422, "shipping_unavailable"),
+            (json!(7), 422, "invalid_input"),
+        ] {
+            let r = app
+                .cart(Method::PUT, &choose, &token, Some(json!({ "code": code })))
+                .await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (status, Some(error)),
+                "{code}: {}",
+                r.body
+            );
+        }
+        let r = app
+            .cart(
+                Method::PUT,
+                &format!("/store/carts/{cart}/details"),
+                &token,
+                Some(json!({"shipping_address": address("FR")})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = app.cart(Method::GET, &offers, &token, None).await;
+        assert_eq!(r.body["country"], "FR");
+        assert_eq!(r.body["shipping_methods"][0]["code"], "standard");
+        assert_eq!(r.body["shipping_methods"].as_array().map(Vec::len), Some(1));
+        let r = app
+            .cart(
+                Method::PUT,
+                &choose,
+                &token,
+                Some(json!({"code": "express"})),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("shipping_unavailable")),
+            "express does not ship to FR: {}",
+            r.body
+        );
+        let r = app
+            .cart(
+                Method::PUT,
+                &choose,
+                &token,
+                Some(json!({"code": "standard"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["shipping_method"]["code"], "standard");
+        assert_eq!(r.body["pricing"]["shipping"], 495);
+        assert_eq!(r.body["pricing"]["total"], 500 + 495);
+
+        // A free-shipping promotion discounts the chosen rate.
+        let r = app
+            .cart(
+                Method::PUT,
+                &format!("/store/carts/{cart}/coupons"),
+                &token,
+                Some(json!({"codes": ["FREESHIP"]})),
+            )
+            .await;
+        assert_eq!(r.body["pricing"]["shipping_discount"], 495, "{}", r.body);
+        assert_eq!(r.body["pricing"]["total"], 500);
+
+        // The checkout ships to DE: the request may name another method for it.
+        let mut body = checkout_body("tok_visa", "DE");
+        body["shipping_method"] = json!("us-ground");
+        let r = app.checkout(&cart, &token, "k2", &body).await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("shipping_unavailable")),
+            "{}",
+            r.body
+        );
+        let r = app
+            .checkout(&cart, &token, "k3", &checkout_body("tok_visa", "DE"))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let order = r.body["id"].as_str().expect("order").to_owned();
+        assert_eq!(r.body["shipping_total"], 0, "FREESHIP: {}", r.body);
+        assert_eq!(r.body["shipping_method"]["code"], "standard");
+        assert_eq!(r.body["shipping_method"]["amount"], 495);
+        assert_eq!(r.body["total"], 500);
+
+        let (express_cart, express_token) = app.cart_with("SOCK", 1).await;
+        let mut body = checkout_body("tok_visa", "DE");
+        body["shipping_method"] = json!("express");
+        let r = app
+            .checkout(&express_cart, &express_token, "k4", &body)
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.body["shipping_total"], 1495);
+        assert_eq!(r.body["total"], 500 + 1495);
+        assert_eq!(r.body["shipping_method"]["carrier"], "DHL");
+
+        // Editing a method changes open carts, never placed orders; an archived method is
+        // shown as unavailable and checkout asks for another.
+        let r = app
+            .admin(
+                Method::PUT,
+                &format!("{methods}/{}", ids["standard"]),
+                json!({"name": "Standard", "rates": {"EUR": 695}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["code"], "standard");
+        assert_eq!(r.body["rates"], json!({"EUR": 695}));
+        let r = app
+            .admin(Method::GET, &format!("/admin/orders/{order}"), Value::Null)
+            .await;
+        assert_eq!(r.body["shipping_method"]["amount"], 495);
+        let (late_cart, late_token) = app.cart_with("SOCK", 1).await;
+        let r = app
+            .cart(
+                Method::PUT,
+                &format!("/store/carts/{late_cart}/shipping-method"),
+                &late_token,
+                Some(json!({"code": "standard"})),
+            )
+            .await;
+        assert_eq!(r.body["pricing"]["shipping"], 695, "{}", r.body);
+        let r = app
+            .admin(
+                Method::PUT,
+                &format!("{methods}/{}", ids["standard"]),
+                json!({"name": "Standard", "rates": {"EUR": 695}, "status": "archived"}),
+            )
+            .await;
+        assert_eq!(r.body["status"], "archived", "{}", r.body);
+        let r = app
+            .cart(
+                Method::GET,
+                &format!("/store/carts/{late_cart}"),
+                &late_token,
+                None,
+            )
+            .await;
+        assert_eq!(
+            r.body["shipping_method"],
+            json!({"code": "standard", "available": false})
+        );
+        assert_eq!(r.body["pricing"]["shipping"], 0);
+        let r = app
+            .checkout(
+                &late_cart,
+                &late_token,
+                "k5",
+                &checkout_body("tok_visa", "DE"),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("shipping_unavailable")),
+            "{}",
+            r.body
+        );
+        assert_eq!(app.level("SOCK").await["reserved"], 0);
+        let r = app
+            .admin(
+                Method::PUT,
+                &format!("{methods}/{}", ids["standard"]),
+                json!({"name": "Standard", "rates": {"EUR": 695}, "status": "gone"}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        app.db.drop_database().await;
+    }
+}
+
+/// The README's walk through the demo store, step by step, on the demo's own seed and plugins.
+#[tokio::test]
+async fn the_demo_store_can_be_shopped_as_the_readme_shows() {
+    for db in test_databases().await {
+        let app = spawn_app(
+            db,
+            &[
+                "tiered-discount",
+                "coupon-promotions",
+                "rules-fraud",
+                "test-gateway",
+            ],
+        )
+        .await;
+        let pool = Db::connect(&app.db.url).await.expect("connect");
+        let seeded = cartridge_host::demo::seed(
+            &cartridge_host::catalog::Catalog::new(pool.clone()),
+            &cartridge_host::inventory::Inventory::new(pool.clone()),
+            &cartridge_host::shipping::Shipping::new(pool.clone()),
+            1,
+        )
+        .await
+        .expect("seed");
+        assert!(seeded);
+        let r = app.send(Method::GET, "/store/products", &[], None).await;
+        assert_eq!(r.body["products"].as_array().map(Vec::len), Some(3));
+        let r = app
+            .send(
+                Method::POST,
+                "/store/carts",
+                &[],
+                Some(json!({"currency": "EUR"}).to_string()),
+            )
+            .await;
+        let (cart, token) = (
+            r.body["id"].as_str().expect("id").to_owned(),
+            r.body["token"].as_str().expect("token").to_owned(),
+        );
+        let r = app
+            .cart(
+                Method::POST,
+                &format!("/store/carts/{cart}/lines"),
+                &token,
+                Some(json!({"sku": "TEE-M", "quantity": 3})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = app
+            .cart(
+                Method::PUT,
+                &format!("/store/carts/{cart}/coupons"),
+                &token,
+                Some(json!({"codes": ["WELCOME10"]})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = app
+            .cart(
+                Method::GET,
+                &format!("/store/carts/{cart}/shipping-methods"),
+                &token,
+                None,
+            )
+            .await;
+        assert_eq!(r.body["shipping_methods"].as_array().map(Vec::len), Some(2));
+        let r = app
+            .cart(
+                Method::PUT,
+                &format!("/store/carts/{cart}/shipping-method"),
+                &token,
+                Some(json!({"code": "standard"})),
+            )
+            .await;
+        assert_eq!(r.body["pricing"]["shipping"], 495, "{}", r.body);
+        let r = app
+            .checkout(
+                &cart,
+                &token,
+                "try-1",
+                &json!({"email": "ada@example.com", "payment_token": "tok_visa", "shipping_address":
+                        {"name": "Ada", "line1": "Main St 1", "city": "Berlin", "postal_code": "10115", "country": "DE"}}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.body["shipping_total"], 495);
+        let order = r.body["id"].as_str().expect("order").to_owned();
+        for action in ["capture", "fulfil"] {
+            let r = app
+                .admin(
+                    Method::POST,
+                    &format!("/admin/orders/{order}/{action}"),
+                    Value::Null,
+                )
+                .await;
+            assert_eq!(r.status, 200, "{action}: {}", r.body);
+        }
+        let r = app
+            .admin(Method::GET, "/admin/inventory/TEE-M", Value::Null)
+            .await;
+        let on_hand: i64 = r.body["levels"]
+            .as_array()
+            .expect("levels")
+            .iter()
+            .filter_map(|l| l["on_hand"].as_i64())
+            .sum();
+        assert_eq!(on_hand, 50 - 3, "{}", r.body);
         app.db.drop_database().await;
     }
 }

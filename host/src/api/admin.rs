@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::{Admin, ApiError, AppState, now_ms};
 use crate::catalog::NewProduct;
+use crate::shipping::{NewShippingMethod, ShippingMethodUpdate};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -27,6 +28,55 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/orders/{id}/cancel", post(cancel))
         .route("/orders/{id}/refunds", post(refund))
         .route("/orders/{id}/returns", post(receive_return))
+        .route(
+            "/shipping-methods",
+            get(shipping_methods).post(create_shipping_method),
+        )
+        .route(
+            "/shipping-methods/{id}",
+            get(shipping_method).put(replace_shipping_method),
+        )
+}
+
+async fn create_shipping_method(
+    _: Admin,
+    State(state): State<AppState>,
+    body: Result<Json<NewShippingMethod>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let Json(new) = body?;
+    let method = state.shipping.create(&new, now_ms()).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(json!(method))))
+}
+
+async fn shipping_methods(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({"shipping_methods": state.shipping.list().await?}),
+    ))
+}
+
+async fn shipping_method(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(state.shipping.get(&id).await?)))
+}
+
+/// Replaces a method's name, carrier, countries, position, rates and status (its code stays).
+/// Carts that chose it see the change when next read; orders keep what they were priced with.
+async fn replace_shipping_method(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ShippingMethodUpdate>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(update) = body?;
+    Ok(Json(json!(
+        state.shipping.replace(&id, &update, now_ms()).await?
+    )))
 }
 
 async fn create_product(

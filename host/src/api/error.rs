@@ -166,7 +166,9 @@ impl From<CartError> for ApiError {
     fn from(e: CartError) -> Self {
         let status = match &e {
             CartError::NotFound | CartError::LineNotFound => StatusCode::NOT_FOUND,
-            CartError::NotForSale(_) | CartError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CartError::NotForSale(_)
+            | CartError::Invalid(_)
+            | CartError::ShippingUnavailable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             CartError::Database(cause) => return Self::internal(cause),
             CartError::Catalog(cause) => return Self::internal(cause),
         };
@@ -205,6 +207,14 @@ impl From<OrderError> for ApiError {
                     "checkout refused by the fraud check: {}",
                     reasons.join(", ")
                 ),
+            ),
+            OrderError::Shipping(refusal) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                match refusal {
+                    crate::shipping::Refusal::Required(_) => "shipping_method_required",
+                    crate::shipping::Refusal::Unavailable(_) => "shipping_unavailable",
+                },
+                refusal.to_string(),
             ),
             OrderError::PaymentRefused { code, message } => Self::new(
                 StatusCode::PAYMENT_REQUIRED,
@@ -247,6 +257,19 @@ impl From<OrderError> for ApiError {
                 Self::new(status, code, other.to_string())
             }
         }
+    }
+}
+
+impl From<crate::shipping::ShippingError> for ApiError {
+    fn from(e: crate::shipping::ShippingError) -> Self {
+        use crate::shipping::ShippingError as E;
+        let status = match &e {
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::CodeTaken(_) => StatusCode::CONFLICT,
+            E::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            E::Database(cause) => return Self::internal(cause),
+        };
+        Self::new(status, e.code(), e.to_string())
     }
 }
 

@@ -36,6 +36,7 @@ use crate::inventory::Inventory;
 use crate::orders::{CheckoutPlugins, Orders};
 use crate::plugin::{HookKind, Plugin};
 use crate::registry::Registry;
+use crate::shipping::Shipping;
 
 /// Largest request body accepted.
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
@@ -49,6 +50,7 @@ pub struct AppState {
     carts: Carts,
     orders: Orders,
     customers: Customers,
+    shipping: Shipping,
     registry: Registry,
 }
 
@@ -61,6 +63,7 @@ impl AppState {
         Self {
             orders: Orders::new(db.clone(), inventory.clone()),
             customers: Customers::new(db.clone()),
+            shipping: Shipping::new(db.clone()),
             inventory,
             carts,
             catalog,

@@ -105,6 +105,18 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         "Save email and addresses for checkout",
     ),
     (
+        "get",
+        "/store/carts/{id}/shipping-methods",
+        Access::CartToken,
+        "Shipping methods for the cart, priced in its currency, that ship to its saved address",
+    ),
+    (
+        "put",
+        "/store/carts/{id}/shipping-method",
+        Access::CartToken,
+        "Choose a shipping method by code (null for none); checkout checks it against the address",
+    ),
+    (
         "post",
         "/store/orders/{id}/returns",
         Access::Customer,
@@ -211,6 +223,30 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         "/admin/orders/{id}/returns",
         Access::Admin,
         "Receive returned units (restocks once per return id)",
+    ),
+    (
+        "get",
+        "/admin/shipping-methods",
+        Access::Admin,
+        "Every shipping method, archived ones included",
+    ),
+    (
+        "post",
+        "/admin/shipping-methods",
+        Access::Admin,
+        "Create a shipping method: code, name, carrier, countries (absent: anywhere), rates per currency",
+    ),
+    (
+        "get",
+        "/admin/shipping-methods/{id}",
+        Access::Admin,
+        "One shipping method",
+    ),
+    (
+        "put",
+        "/admin/shipping-methods/{id}",
+        Access::Admin,
+        "Replace a shipping method (its code stays); status active or archived",
     ),
     (
         "patch",

@@ -32,6 +32,8 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/carts/{id}/coupons", put(set_coupons))
         .route("/carts/{id}/details", put(set_details))
+        .route("/carts/{id}/shipping-methods", get(shipping_offers))
+        .route("/carts/{id}/shipping-method", put(set_shipping_method))
         .route("/carts/{id}/checkout", post(checkout))
         .route("/customers", post(register))
         .route("/customers/login", post(login))
@@ -146,6 +148,39 @@ async fn set_details(
     let mut body = priced(&state, contents, now_ms()).await?;
     body["details"] = json!(saved);
     Ok(Json(body))
+}
+
+/// The shipping methods the cart can choose from, priced in its currency; only those that ship
+/// to its saved shipping address when it has one.
+async fn shipping_offers(
+    State(state): State<AppState>,
+    CartAccess(id): CartAccess,
+) -> Result<Json<Value>, ApiError> {
+    let (offers, country) = state.carts.shipping_offers(&id).await?;
+    Ok(Json(
+        json!({"shipping_methods": offers, "country": country}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShippingChoice {
+    /// A method's code, or null for none.
+    code: Option<String>,
+}
+
+async fn set_shipping_method(
+    State(state): State<AppState>,
+    CartAccess(id): CartAccess,
+    body: Result<Json<ShippingChoice>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(choice) = body?;
+    let now = now_ms();
+    let contents = state
+        .carts
+        .set_shipping_method(&id, choice.code.as_deref(), now)
+        .await?;
+    Ok(Json(priced(&state, contents, now).await?))
 }
 
 /// Checks the cart out. Requires an `Idempotency-Key`: a retry with the same key and body gets
@@ -497,6 +532,16 @@ async fn priced(state: &AppState, contents: CartContents, now: i64) -> Result<Va
         "currency": contents.currency,
         "lines": contents.lines,
         "coupon_codes": contents.coupon_codes,
+        "shipping_method": match (&contents.shipping_method, &contents.shipping) {
+            (_, Some(offer)) => json!({
+                "code": offer.code, "name": offer.name, "carrier": offer.carrier,
+                "amount": offer.amount, "available": true,
+            }),
+            // Chosen, but archived or no longer priced in this currency since: checkout will
+            // ask for another.
+            (Some(code), None) => json!({"code": code, "available": false}),
+            (None, None) => Value::Null,
+        },
         "unavailable": unavailable,
         "pricing": outcome.priced,
         "priced_by": outcome.decided_by,

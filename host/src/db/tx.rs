@@ -67,6 +67,12 @@ impl From<Option<&str>> for Value {
     }
 }
 
+impl From<Option<String>> for Value {
+    fn from(v: Option<String>) -> Self {
+        v.map_or(Self::NullText, Self::Text)
+    }
+}
+
 impl From<Option<i64>> for Value {
     fn from(v: Option<i64>) -> Self {
         v.map_or(Self::NullInt, Self::Int)
