@@ -972,8 +972,10 @@ impl Orders {
             }
         }
         let mut tx = self.db.begin().await?;
-        // Lock the order row: concurrent fulfilments of one order take turns.
-        let locked = sqlx::query("UPDATE orders SET updated_at = $2 WHERE id = $1 AND status = 'placed' AND fulfilment_status <> 'fulfilled'")
+        // Lock the order row: concurrent fulfilments of one order take turns. A voided payment
+        // holds no money any more (the gateway voided it, or the authorisation lapsed): nothing
+        // ships on it; the merchant cancels (restocking) or takes payment anew.
+        let locked = sqlx::query("UPDATE orders SET updated_at = $2 WHERE id = $1 AND status = 'placed' AND fulfilment_status <> 'fulfilled' AND payment_status <> 'voided'")
             .bind(id)
             .bind(now)
             .execute(&mut *tx)
@@ -981,10 +983,10 @@ impl Orders {
             .rows_affected();
         if locked == 0 {
             drop(tx);
-            let (status, _, fulfilment) = self.states(id).await?;
+            let (status, payment_status, fulfilment) = self.states(id).await?;
             return Err(OrderError::InvalidTransition {
                 action: "fulfil",
-                state: format!("{status}/{fulfilment}"),
+                state: format!("{status}/{payment_status}/{fulfilment}"),
             });
         }
         let mut remaining: Vec<(String, i64)> = Vec::new();

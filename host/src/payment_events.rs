@@ -17,7 +17,8 @@
 //!   for reconciliation. Refund events that were waiting for the capture are applied then.
 //! - `refunded`: raises `refunded` to the total when that is at most what is captured. A refund
 //!   reported before its capture is seen is kept as `waiting_for_capture` and changes nothing.
-//! - `voided`: an authorised payment becomes voided; the order itself is left to the merchant.
+//! - `voided`: an authorised payment becomes voided. The order stays for the merchant to
+//!   cancel (which restocks), but nothing more of it ships: fulfilment needs money held.
 //! - `authorized`, `failed`, `other`: recorded only; checkout learns these synchronously.
 //!
 //! Locks are taken in one order everywhere: the order row, then the payment row.

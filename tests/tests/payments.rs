@@ -755,6 +755,53 @@ async fn events_out_of_order_never_resurrect_an_order_or_refund_beyond_the_captu
     }
 }
 
+#[tokio::test]
+async fn a_payment_voided_at_the_gateway_ships_nothing_and_cancelling_restocks() {
+    for database in test_databases().await {
+        let shop = shop(database).await;
+        let before = shop.available().await;
+        let order = shop.placed_order().await;
+        let reference = shop.reference(&order).await;
+        let r = shop
+            .deliver_signed(&event("evt_v", "payment.voided", &reference, TOTAL))
+            .await;
+        assert_eq!(r.body["outcome"], "applied", "{}", r.body);
+        // No money is held: neither shipping nor capturing goes ahead.
+        for action in ["fulfil", "capture"] {
+            let r = shop
+                .admin(&format!("/admin/orders/{order}/{action}"), None, json!({}))
+                .await;
+            assert_eq!(
+                code(&r),
+                (409, Some("invalid_transition")),
+                "{action}: {}",
+                r.body
+            );
+        }
+        let o = shop.order(&order).await;
+        assert_eq!(
+            (
+                o["status"].as_str(),
+                o["payment_status"].as_str(),
+                o["fulfilment_status"].as_str()
+            ),
+            (Some("placed"), Some("voided"), Some("unfulfilled"))
+        );
+        assert_eq!(shop.available().await, before - 3, "still committed");
+        // The merchant cancels: no gateway call is needed, the stock comes back.
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            (r.body["status"].as_str(), r.body["payment_status"].as_str()),
+            (Some("cancelled"), Some("voided"))
+        );
+        assert_eq!(shop.available().await, before);
+        shop.drop_database().await;
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // 4. localstripe
 
