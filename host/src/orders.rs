@@ -225,6 +225,21 @@ pub struct Orders {
     inventory: Inventory,
 }
 
+/// The snake_case name of a contract enum's case (`PaymentErrorCode::InsufficientFunds` →
+/// `insufficient_funds`), as the API reports gateway codes.
+fn snake_name(case: &impl std::fmt::Debug) -> String {
+    let debug = format!("{case:?}");
+    let name = debug.rsplit("::").next().unwrap_or(&debug);
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
 fn sum(values: impl Iterator<Item = u64>) -> i64 {
     i64::try_from(values.sum::<u64>()).unwrap_or(i64::MAX)
 }
@@ -517,7 +532,7 @@ impl Orders {
                 Err(refusal) => {
                     self.inventory.release(&order_id, now).await?;
                     return Err(OrderError::PaymentRefused {
-                        code: format!("{:?}", refusal.code).to_lowercase(),
+                        code: snake_name(&refusal.code),
                         message: "the payment was declined".into(),
                     });
                 }
@@ -560,7 +575,7 @@ impl Orders {
                 }
             } else {
                 OrderError::PaymentRefused {
-                    code: format!("{:?}", authorized.status).to_lowercase(),
+                    code: snake_name(&authorized.status),
                     message: "the payment needs a step this checkout does not support".into(),
                 }
             });
@@ -1063,10 +1078,17 @@ impl Orders {
     /// Captures `amount` of the authorised payment (all of it when `None`). There is one
     /// capture per order, as with Stripe's manual capture: what it leaves is released.
     ///
-    /// The order is claimed first (`authorized` → `capturing`, a guarded update), so two
-    /// captures, or a capture and a cancel, never both reach the gateway. A refusal or a failed
-    /// call gives the claim back; a retry reuses the operation id, so the gateway's own
-    /// idempotency keeps a timed-out capture from being taken twice.
+    /// The order is claimed first (`authorized` → `capturing`, a guarded update), so a capture
+    /// and a cancel never both reach the gateway (a cancel refuses a `capturing` order). Every
+    /// capture of an order uses one operation id, so the gateway's idempotency makes a second
+    /// attempt return the first one's outcome instead of capturing twice.
+    ///
+    /// How it ends decides the claim: a definite refusal (or a failure before the gateway was
+    /// asked) gives it back (`authorized`, so the order can be cancelled and voided); an
+    /// outcome nobody knows — the gateway unavailable, the connector failing mid-call, the
+    /// result not recorded — keeps the order `capturing`, because the money may have moved.
+    /// Such an order is settled by trying the capture again (it may re-enter `capturing`) or
+    /// by the gateway's webhook.
     pub async fn capture(
         &self,
         id: &str,
@@ -1079,7 +1101,7 @@ impl Orders {
         }
         let claimed = sqlx::query(
             "UPDATE orders SET payment_status = 'capturing', updated_at = $2 \
-             WHERE id = $1 AND payment_status = 'authorized' AND status <> 'cancelled'",
+             WHERE id = $1 AND payment_status IN ('authorized', 'capturing') AND status <> 'cancelled'",
         )
         .bind(id)
         .bind(now)
@@ -1093,16 +1115,22 @@ impl Orders {
                 state: format!("{status}/{payment_status}"),
             });
         }
-        let outcome = self.capture_claimed(id, amount, connector, now).await;
-        if outcome.is_err() {
-            sqlx::query(
-                "UPDATE orders SET payment_status = 'authorized' WHERE id = $1 AND payment_status = 'capturing'",
-            )
-            .bind(id)
-            .execute(&mut *self.db.write_conn().await?)
-            .await?;
+        match self.capture_claimed(id, amount, connector, now).await {
+            Ok(()) => {}
+            Err(CaptureFailure::Definite(e)) => {
+                sqlx::query(
+                    "UPDATE orders SET payment_status = 'authorized' WHERE id = $1 AND payment_status = 'capturing'",
+                )
+                .bind(id)
+                .execute(&mut *self.db.write_conn().await?)
+                .await?;
+                return Err(e);
+            }
+            Err(CaptureFailure::Uncertain(e)) => {
+                tracing::warn!(order = %id, "capture outcome unknown, the order stays capturing until a retry or the gateway's webhook settles it: {e}");
+                return Err(e);
+            }
         }
-        outcome?;
         self.order(id).await
     }
 
@@ -1113,38 +1141,59 @@ impl Orders {
         amount: Option<i64>,
         connector: &Plugin,
         now: i64,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), CaptureFailure> {
+        let definite = |e: sqlx::Error| CaptureFailure::Definite(e.into());
         let pay = sqlx::query(
             "SELECT gateway_reference, currency, authorized FROM payments WHERE order_id = $1",
         )
         .bind(id)
         .fetch_one(self.db.reader())
-        .await?;
-        let currency: String = pay.try_get("currency")?;
-        let authorized: i64 = pay.try_get("authorized")?;
+        .await
+        .map_err(definite)?;
+        let currency: String = pay.try_get("currency").map_err(definite)?;
+        let authorized: i64 = pay.try_get("authorized").map_err(definite)?;
         let amount = amount.unwrap_or(authorized);
         if amount > authorized {
-            return Err(OrderError::CaptureTooLarge {
+            return Err(CaptureFailure::Definite(OrderError::CaptureTooLarge {
                 requested: amount,
                 authorized,
-            });
+            }));
         }
         let request = PaymentRequest::Capture(payment::CaptureRequest {
             operation_id: format!("{id}:capture"),
-            gateway_reference: pay.try_get("gateway_reference")?,
+            gateway_reference: pay.try_get("gateway_reference").map_err(definite)?,
             amount: money(amount, &currency),
             final_capture: true,
             now,
         });
-        let result =
-            connector
-                .payment(&request)
-                .await?
-                .output
-                .map_err(|e| OrderError::PaymentRefused {
-                    code: format!("{:?}", e.code).to_lowercase(),
-                    message: "the capture was refused".into(),
-                })?;
+        // From here on, a failure may hide a capture the gateway made.
+        let result = match connector.payment(&request).await {
+            Ok(call) => match call.output {
+                Ok(result) => result,
+                Err(refusal) if refusal.code == payment::PaymentErrorCode::GatewayUnavailable => {
+                    return Err(CaptureFailure::Uncertain(OrderError::GatewayUnavailable));
+                }
+                Err(refusal) => {
+                    return Err(CaptureFailure::Definite(OrderError::PaymentRefused {
+                        code: snake_name(&refusal.code),
+                        message: "the capture was refused".into(),
+                    }));
+                }
+            },
+            Err(e) => return Err(CaptureFailure::Uncertain(e.into())),
+        };
+        self.record_capture(id, &result, now)
+            .await
+            .map_err(|e| CaptureFailure::Uncertain(e.into()))
+    }
+
+    /// Records a capture the gateway made, unless a webhook settled the order meanwhile.
+    async fn record_capture(
+        &self,
+        id: &str,
+        result: &payment::PaymentResult,
+        now: i64,
+    ) -> std::result::Result<(), sqlx::Error> {
         let captured = signed(result.amount.amount);
         // A webhook may have recorded the capture (or a void) meanwhile: then the order is no
         // longer `capturing` and nothing here changes. The order row first, then the payment.
@@ -1375,7 +1424,7 @@ impl Orders {
                 Err(e) => (
                     None,
                     Some(OrderError::PaymentRefused {
-                        code: format!("{:?}", e.code).to_lowercase(),
+                        code: snake_name(&e.code),
                         message: "the refund was refused".into(),
                     }),
                 ),
@@ -1558,6 +1607,14 @@ impl Orders {
 /// left alone.
 /// Writes a new order, its lines and its payment; returns the customer the cart belonged to.
 /// What checkout reads before it writes.
+/// How a claimed capture failed, which decides whether the claim is given back.
+enum CaptureFailure {
+    /// Nothing moved at the gateway: refused, or failed before it was asked.
+    Definite(OrderError),
+    /// The gateway may have captured.
+    Uncertain(OrderError),
+}
+
 enum BeforeCheckout {
     /// The cart already has a live order.
     Ordered(String),
@@ -1693,4 +1750,22 @@ pub(crate) async fn settle_payment_status(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_codes_are_reported_in_snake_case() {
+        assert_eq!(
+            snake_name(&payment::PaymentErrorCode::InsufficientFunds),
+            "insufficient_funds"
+        );
+        assert_eq!(
+            snake_name(&payment::PaymentStatus::RequiresAction),
+            "requires_action"
+        );
+        assert_eq!(snake_name(&payment::PaymentErrorCode::Declined), "declined");
+    }
 }

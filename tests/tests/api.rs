@@ -926,7 +926,7 @@ async fn a_declined_payment_releases_the_stock_and_a_cancel_voids_and_restocks()
         assert!(
             r.body["error"]["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("insufficientfunds"))
+                .is_some_and(|m| m.contains("(insufficient_funds)"))
         );
         let level = app.level("TEE-L").await;
         assert_eq!(
@@ -1011,7 +1011,7 @@ async fn a_declined_payment_releases_the_stock_and_a_cancel_voids_and_restocks()
         assert!(
             r.body["error"]["message"]
                 .to_string()
-                .contains("requiresaction"),
+                .contains("(requires_action)"),
             "{}",
             r.body
         );

@@ -802,6 +802,103 @@ async fn a_payment_voided_at_the_gateway_ships_nothing_and_cancelling_restocks()
     }
 }
 
+impl Shop {
+    /// Sets the test gateway's `capture-fault` (empty: captures succeed).
+    async fn capture_fault(&self, fault: &str) {
+        let auth = format!("Bearer {ADMIN}");
+        let r = self
+            .send(
+                Method::PUT,
+                "/admin/plugins/test-gateway/config",
+                &[("authorization", &auth)],
+                Some(json!({"capture-fault": fault}).to_string().into_bytes()),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn a_capture_whose_outcome_is_unknown_is_never_voided_and_is_settled_by_a_retry_or_webhook() {
+    for database in test_databases().await {
+        let shop = shop(database).await;
+        let states = |o: &Value| {
+            (
+                o["status"].as_str().map(str::to_owned),
+                o["payment_status"].as_str().map(str::to_owned),
+            )
+        };
+        let placed_capturing = (Some("placed".to_owned()), Some("capturing".to_owned()));
+
+        // The gateway times out: the money may have moved, so the order stays `capturing` and
+        // a cancel (which would void) is refused; a retry asks the gateway again.
+        let order = shop.placed_order().await;
+        shop.capture_fault("gateway-unavailable").await;
+        for _ in 0..2 {
+            let r = shop
+                .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
+                .await;
+            assert_eq!(
+                code(&r),
+                (503, Some("payment_gateway_unavailable")),
+                "{}",
+                r.body
+            );
+            assert_eq!(states(&shop.order(&order).await), placed_capturing);
+        }
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
+            .await;
+        assert_eq!(code(&r), (409, Some("invalid_transition")), "{}", r.body);
+        shop.capture_fault("").await;
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["payment_status"], "captured");
+        assert_eq!(amounts(&r.body), (TOTAL, TOTAL, 0));
+
+        // Or the gateway's webhook reports the capture it did make.
+        let order = shop.placed_order().await;
+        shop.capture_fault("gateway-unavailable").await;
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
+            .await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        let reference = shop.reference(&order).await;
+        let r = shop
+            .deliver_signed(&event(
+                "evt_late_capture",
+                "payment.captured",
+                &reference,
+                TOTAL,
+            ))
+            .await;
+        assert_eq!(r.body["outcome"], "applied", "{}", r.body);
+        let o = shop.order(&order).await;
+        assert_eq!(o["payment_status"], "captured");
+        assert_eq!(amounts(&o), (TOTAL, TOTAL, 0));
+
+        // A definite refusal gives the claim back: the order can be cancelled and voided.
+        let order = shop.placed_order().await;
+        shop.capture_fault("invalid-state").await;
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
+            .await;
+        assert_eq!(code(&r), (402, Some("payment_refused")), "{}", r.body);
+        assert_eq!(
+            states(&shop.order(&order).await),
+            (Some("placed".to_owned()), Some("authorized".to_owned()))
+        );
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["payment_status"], "voided");
+        shop.drop_database().await;
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // 4. localstripe
 

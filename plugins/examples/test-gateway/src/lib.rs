@@ -20,8 +20,13 @@
 //! reference.
 //!
 //! The gateway reference is `tg_` followed by the step's operation id, so a retry of the same
-//! operation gets the same reference. Capture, refund and void always succeed and echo the
-//! request (`tg_cap_…` and `tg_ref_…` step references); a void releases the amount it names.
+//! operation gets the same reference. Capture, refund and void succeed and echo the request
+//! (`tg_cap_…` and `tg_ref_…` step references); a void releases the amount it names.
+//!
+//! Faults on demand, for testing what a host does when a capture fails: the `capture-fault`
+//! configuration value makes every capture answer `gateway-unavailable` (an outcome the host
+//! cannot know: the capture may have happened) or `invalid-state` (a definite refusal); empty,
+//! the default, captures.
 //!
 //! **Webhooks.** A delivery must carry a `tg-signature` header `t=<unix seconds>,v1=<hex>`,
 //! where `v1` is the 64-bit FNV-1a hash, as 16 hex digits, of `<secret>.<t>.<body>` (`t` as
@@ -59,6 +64,27 @@ const MAX_JSON_DEPTH: u32 = 32;
 
 /// Why a token is declined: our code, the gateway's code, the gateway's message.
 type Decline = (PaymentErrorCode, &'static str, &'static str);
+
+/// The failure the operator's `capture-fault` configuration asks every capture to answer with.
+fn capture_fault() -> Option<PaymentError> {
+    let (code, message) = match cartridge_sdk::config("capture-fault")?.as_str() {
+        "gateway-unavailable" => (
+            PaymentErrorCode::GatewayUnavailable,
+            "The gateway timed out; the capture may or may not have happened.",
+        ),
+        "invalid-state" => (
+            PaymentErrorCode::InvalidState,
+            "This authorization can no longer be captured.",
+        ),
+        _ => return None,
+    };
+    Some(PaymentError {
+        code,
+        message: message.to_owned(),
+        gateway_code: None,
+        gateway_reference: None,
+    })
+}
 
 /// What the test gateway does with `token`: `Ok` authorises.
 fn decide(token: &str) -> Result<(), Decline> {
@@ -168,6 +194,9 @@ impl Payment for TestGateway {
 
     fn capture(request: CaptureRequest) -> Result<PaymentResult, PaymentError> {
         require_reference(&request.gateway_reference)?;
+        if let Some(fault) = capture_fault() {
+            return Err(fault);
+        }
         Ok(PaymentResult {
             status: PaymentStatus::Captured,
             step_reference: Some(format!("tg_cap_{}", request.operation_id)),
@@ -744,6 +773,29 @@ mod tests {
         }
         assert_eq!(declined("").message, "No payment token.");
         assert_eq!(declined("tok_amex").message, "No such token: 'tok_amex'.");
+    }
+
+    #[test]
+    fn a_configured_capture_fault_is_answered_until_it_is_cleared() {
+        let capture = || {
+            TestGateway::capture(CaptureRequest {
+                operation_id: "op_2".into(),
+                gateway_reference: "tg_op_1".into(),
+                amount: Money::new(3_000, "EUR"),
+                final_capture: true,
+                now: NOW_MS,
+            })
+        };
+        for (fault, code) in [
+            ("gateway-unavailable", PaymentErrorCode::GatewayUnavailable),
+            ("invalid-state", PaymentErrorCode::InvalidState),
+        ] {
+            let config = [("capture-fault".to_owned(), fault.to_owned())].into();
+            let error = cartridge_sdk::with_config(&config, capture).expect_err(fault);
+            assert_eq!(error.code, code);
+        }
+        let cleared = [("capture-fault".to_owned(), String::new())].into();
+        assert!(cartridge_sdk::with_config(&cleared, capture).is_ok());
     }
 
     #[test]
