@@ -81,7 +81,8 @@ pub struct ServeArgs {
     /// printed at start-up.
     #[arg(long, env = "CARTRIDGE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Seed the demo store (catalog, two stock locations, stock) into an empty catalog.
+    /// Seed the demo store (catalog, two stock locations, stock, two shipping methods) into an
+    /// empty catalog.
     #[arg(long)]
     pub demo: bool,
     /// How often this host checks the registry for changes made through other hosts, in ms.

@@ -548,22 +548,7 @@ impl Orders {
             // challenge, so it must not record an order on money that is not held — nor on
             // less than the total (a partial authorisation). Release what the gateway started
             // (a gateway that captured at once gets a refund), and the stock.
-            let undo = if authorized.status == payment::PaymentStatus::Captured {
-                PaymentRequest::Refund(payment::RefundRequest {
-                    operation_id: format!("{order_id}:refund-unrequested-capture"),
-                    gateway_reference: authorized.gateway_reference.clone(),
-                    amount: authorized.amount.clone(),
-                    reason: Some("captured at authorisation; checkout refused".into()),
-                    now,
-                })
-            } else {
-                PaymentRequest::Void(payment::VoidRequest {
-                    operation_id: format!("{order_id}:void"),
-                    gateway_reference: authorized.gateway_reference.clone(),
-                    amount: authorized.amount.clone(),
-                    now,
-                })
-            };
+            let undo = undo_request(&order_id, &authorized, now);
             if let Err(e) = connector.payment(&undo).await {
                 tracing::error!(order = %order_id, "void of an incomplete authorisation failed; reconcile by gateway reference {}: {e}", authorized.gateway_reference);
             }
@@ -738,7 +723,10 @@ impl Orders {
                     let mut order = order;
                     order.customer_id =
                         insert_order(tx, &order, &cart_id, &payment, &currency).await?;
-                    inventory::commit_in(tx, &order.id, now).await?;
+                    // Expiry is judged by the clock now, not when the checkout began: a checkout
+                    // stalled past its reservation must not commit stock that others may have
+                    // reserved since it stopped counting.
+                    inventory::commit_in(tx, &order.id, now.max(wall_clock_ms())).await?;
                     order.payment = Some(payment);
                     let answer = Value::from(order);
                     if let Some(key) = &finish {
@@ -1607,6 +1595,34 @@ impl Orders {
 /// left alone.
 /// Writes a new order, its lines and its payment; returns the customer the cart belonged to.
 /// What checkout reads before it writes.
+/// The wall clock in ms since the Unix epoch.
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What releases the money a checkout's authorisation `result` holds: a void, or a refund when
+/// the gateway captured at once. The same operation ids every time, so repeating it is safe.
+fn undo_request(order_id: &str, result: &payment::PaymentResult, now: i64) -> PaymentRequest {
+    if result.status == payment::PaymentStatus::Captured {
+        PaymentRequest::Refund(payment::RefundRequest {
+            operation_id: format!("{order_id}:refund-unrequested-capture"),
+            gateway_reference: result.gateway_reference.clone(),
+            amount: result.amount.clone(),
+            reason: Some("captured at authorisation; checkout refused".into()),
+            now,
+        })
+    } else {
+        PaymentRequest::Void(payment::VoidRequest {
+            operation_id: format!("{order_id}:void"),
+            gateway_reference: result.gateway_reference.clone(),
+            amount: result.amount.clone(),
+            now,
+        })
+    }
+}
+
 /// How a claimed capture failed, which decides whether the claim is given back.
 enum CaptureFailure {
     /// Nothing moved at the gateway: refused, or failed before it was asked.
