@@ -82,6 +82,9 @@ pub struct CartContents {
     /// The chosen method priced in the cart's currency; `None` when none is chosen or the
     /// chosen one is no longer offered.
     pub shipping: Option<Offer>,
+    /// The order the cart became, unless that was cancelled.
+    #[serde(skip)]
+    pub live_order: Option<String>,
 }
 
 /// One line.
@@ -165,20 +168,21 @@ impl Carts {
         Ok((id, token))
     }
 
-    /// Checks that the cart's `token`, or its owner `customer`, opens cart `id`.
+    /// Checks that the cart's `token`, or its owner `customer`, opens cart `id`. Returns the
+    /// checkout details saved on it (read with the check: checkout needs both).
     pub async fn authorize(
         &self,
         id: &str,
         token: Option<&str>,
         customer: Option<&str>,
-    ) -> Result<()> {
+    ) -> Result<CartDetails> {
         let cart = args![id];
         let row = self
             .db
             .read(move |tx| {
                 Box::pin(async move {
                     tx.fetch(
-                        "SELECT token_hash, customer_id FROM carts WHERE id = $1",
+                        "SELECT token_hash, customer_id, details FROM carts WHERE id = $1",
                         &cart,
                     )
                     .await
@@ -196,7 +200,7 @@ impl Carts {
         if !(by_token || by_owner) {
             return Err(CartError::NotFound);
         }
-        Ok(())
+        Ok(details_of(row.get("details")?))
     }
 
     /// The cart's contents.
@@ -490,26 +494,6 @@ impl Carts {
             .await
     }
 
-    /// What the shopper entered for checkout, if anything.
-    pub async fn details(&self, id: &str) -> Result<CartDetails> {
-        let id = id.to_owned();
-        let text: Option<String> = self
-            .db
-            .read(move |tx| {
-                Box::pin(async move {
-                    let rows = tx
-                        .fetch("SELECT details FROM carts WHERE id = $1", &args![&id])
-                        .await?;
-                    let row = rows.first().ok_or(CartError::NotFound)?;
-                    Ok::<_, CartError>(row.get("details")?)
-                })
-            })
-            .await?;
-        Ok(text
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default())
-    }
-
     /// The cart as the pricing hook sees it, with catalog prices. Lines whose SKU is no longer
     /// for sale in the cart's currency are left out and returned separately.
     pub async fn pricing_input(
@@ -584,6 +568,10 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
         .fetch(
             "SELECT c.id, c.currency, c.customer_id, c.shipping_method, \
                m.code, m.name, m.carrier, m.countries, r.amount, r.currency AS rate_currency, \
+               (SELECT string_agg(k.code, ',' ORDER BY k.code) FROM cart_coupons k \
+                WHERE k.cart_id = c.id) AS coupon_codes, \
+               (SELECT o.id FROM orders o WHERE o.cart_id = c.id AND o.status <> 'cancelled') \
+                 AS live_order, \
                l.id AS line_id, l.sku, l.quantity \
              FROM carts c LEFT JOIN cart_lines l ON l.cart_id = c.id \
              LEFT JOIN shipping_methods m ON m.code = c.shipping_method AND m.status = 'active' \
@@ -606,15 +594,11 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
             quantity: r.get("quantity")?,
         });
     }
-    let coupon_codes = tx
-        .fetch(
-            "SELECT code FROM cart_coupons WHERE cart_id = $1 ORDER BY code",
-            &args![id],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get("code"))
-        .collect::<sqlx::Result<Vec<String>>>()?;
+    // Codes are letters, digits, '-' and '_': a comma cannot be part of one.
+    let coupon_codes = cart
+        .get::<Option<String>>("coupon_codes")?
+        .map(|joined| joined.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
     let shipping = match cart.get::<Option<i64>>("amount")? {
         Some(amount) => Some(Offer {
             code: cart.get("code")?,
@@ -634,15 +618,21 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
         coupon_codes,
         shipping_method: cart.get("shipping_method")?,
         shipping,
+        live_order: cart.get("live_order")?,
     }))
+}
+
+/// Saved checkout details from their stored text (none saved, or unreadable: empty).
+fn details_of(stored: Option<String>) -> CartDetails {
+    stored
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
 }
 
 /// The country of the shipping address saved with the cart, from a row with its `details`.
 fn saved_country(row: &crate::db::Row) -> sqlx::Result<Option<String>> {
-    let details: Option<String> = row.get("details")?;
-    Ok(details
-        .and_then(|t| serde_json::from_str::<CartDetails>(&t).ok())
-        .and_then(|d| d.shipping_address)
+    Ok(details_of(row.get("details")?)
+        .shipping_address
         .map(|a| a.country))
 }
 

@@ -361,12 +361,12 @@ impl Orders {
             .db
             .read(move |tx| {
                 Box::pin(async move {
-                    if let Some(existing) = live_order_in(tx, &cart).await? {
-                        return Ok(BeforeCheckout::Ordered(existing));
-                    }
                     let Some(contents) = carts::contents_in(tx, &cart).await? else {
                         return Err(OrderError::Cart(CartError::NotFound));
                     };
+                    if let Some(existing) = contents.live_order {
+                        return Ok(BeforeCheckout::Ordered(existing));
+                    }
                     let skus: Vec<String> = contents.lines.iter().map(|l| l.sku.clone()).collect();
                     let variants =
                         catalog::priced_variants_in(tx, &skus, &contents.currency).await?;

@@ -2420,9 +2420,10 @@ async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_o
                 Method::PUT,
                 &format!("/store/carts/{cart}/coupons"),
                 &token,
-                Some(json!({"codes": ["FREESHIP"]})),
+                Some(json!({"codes": ["SAVE5", "FREESHIP", "freeship"]})),
             )
             .await;
+        assert_eq!(r.body["coupon_codes"], json!(["FREESHIP", "SAVE5"]));
         assert_eq!(r.body["pricing"]["shipping_discount"], 495, "{}", r.body);
         assert_eq!(r.body["pricing"]["total"], 500);
 

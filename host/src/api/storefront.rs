@@ -187,7 +187,7 @@ async fn set_shipping_method(
 /// the first answer, never a second order or charge.
 async fn checkout(
     State(state): State<AppState>,
-    CartAccess(id): CartAccess,
+    CheckoutAccess(id, saved): CheckoutAccess,
     headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -202,7 +202,7 @@ async fn checkout(
         // What the request leaves out comes from the details saved on the cart.
         let mut body = body;
         if let Value::Object(fields) = &mut body {
-            let saved = json!(state.carts.details(&id).await?);
+            let saved = json!(saved);
             for key in ["email", "shipping_address", "billing_address"] {
                 if !fields.contains_key(key) && !saved[key].is_null() {
                     fields.insert(key.to_owned(), saved[key].clone());
@@ -397,28 +397,47 @@ async fn product(
 /// The cart named in the path, opened with its `X-Cart-Token` or by its signed-in owner.
 struct CartAccess(String);
 
+/// [`CartAccess`] with the checkout details saved on the cart, read in the same look-up.
+struct CheckoutAccess(String, crate::carts::CartDetails);
+
+/// Opens the cart named in the path: its id and saved details.
+async fn open_cart(
+    parts: &mut Parts,
+    state: &AppState,
+) -> Result<(String, crate::carts::CartDetails), ApiError> {
+    let Path(params): Path<Vec<(String, String)>> = Path::from_request_parts(parts, state).await?;
+    let id = params
+        .into_iter()
+        .find(|(k, _)| k == "id")
+        .map(|(_, v)| v)
+        .ok_or_else(|| ApiError::not_found("cart_not_found", "no such cart"))?;
+    let token = parts
+        .headers
+        .get("x-cart-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let MaybeSignedIn(customer) = MaybeSignedIn::from_request_parts(parts, state).await?;
+    let details = state
+        .carts
+        .authorize(&id, token.as_deref(), customer.as_deref())
+        .await?;
+    Ok((id, details))
+}
+
 impl FromRequestParts<AppState> for CartAccess {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Path(params): Path<Vec<(String, String)>> =
-            Path::from_request_parts(parts, state).await?;
-        let id = params
-            .into_iter()
-            .find(|(k, _)| k == "id")
-            .map(|(_, v)| v)
-            .ok_or_else(|| ApiError::not_found("cart_not_found", "no such cart"))?;
-        let token = parts
-            .headers
-            .get("x-cart-token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let MaybeSignedIn(customer) = MaybeSignedIn::from_request_parts(parts, state).await?;
-        state
-            .carts
-            .authorize(&id, token.as_deref(), customer.as_deref())
-            .await?;
-        Ok(CartAccess(id))
+        Ok(CartAccess(open_cart(parts, state).await?.0))
+    }
+}
+
+impl FromRequestParts<AppState> for CheckoutAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let (id, details) = open_cart(parts, state).await?;
+        Ok(CheckoutAccess(id, details))
     }
 }
 
