@@ -469,12 +469,17 @@ pub async fn reserve_in(
     expires_at: i64,
 ) -> Result<Vec<Allocation>> {
     let skus: Vec<Value> = wanted.keys().map(Value::from).collect();
-    // Lock every level involved, in (sku, location) order, before reading any of them.
+    // Lock every level involved, in (sku, location) order, before reading any of them (SQLite's
+    // write transaction holds the whole database already).
+    let lock = match tx.backend() {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
     let rows = tx
         .fetch(
             &format!(
                 "SELECT sku, location_id FROM inventory_levels WHERE sku IN ({}) \
-                 ORDER BY sku, location_id",
+                 ORDER BY sku, location_id{lock}",
                 params(1, skus.len())
             ),
             &skus,
@@ -490,7 +495,6 @@ pub async fn reserve_in(
     {
         return Err(InventoryError::UnknownSku(sku.clone()));
     }
-    lock_levels(tx, &levels).await?;
     tx.execute(
         "UPDATE reservations SET state = 'released' WHERE reference = $1 AND state = 'active'",
         &args![&reference],
@@ -565,7 +569,8 @@ pub async fn reserve_in(
 /// [`Inventory::commit`] inside the caller's write transaction, so that an order and its stock
 /// are recorded together or not at all.
 pub async fn commit_in(tx: &mut dyn Tx, reference: &str, now: i64) -> Result<Vec<Allocation>> {
-    let held = reservations_in(tx, reference, "active").await?;
+    // The reservations, with their levels locked in (sku, location) order by the same statement.
+    let held = reservations_locking_levels_in(tx, reference, "active").await?;
     if held.is_empty() {
         return Err(InventoryError::NothingTo {
             action: "commit",
@@ -576,7 +581,6 @@ pub async fn commit_in(tx: &mut dyn Tx, reference: &str, now: i64) -> Result<Vec
         return Err(InventoryError::Expired(reference.to_owned()));
     }
     let allocations: Vec<Allocation> = held.into_iter().map(|(a, _)| a).collect();
-    lock_levels(tx, &levels_of(&allocations)).await?;
     tx.execute(
         "UPDATE inventory_levels SET committed = committed + CAST((SELECT SUM(r.quantity) \
          FROM reservations r WHERE r.reference = $1 AND r.state = 'active' \
@@ -795,6 +799,34 @@ async fn reservations_in(
             &args![reference, state],
         )
         .await?;
+    allocations_of(&rows)
+}
+
+/// [`reservations_in`], also locking the levels they draw on, in (sku, location) order, as
+/// [`lock_levels`] would — in the same statement (on SQLite the transaction holds the whole
+/// database, so it is the plain read).
+async fn reservations_locking_levels_in(
+    tx: &mut dyn Tx,
+    reference: &str,
+    state: &str,
+) -> Result<Vec<(Allocation, i64)>> {
+    if tx.backend() == Backend::Sqlite {
+        return reservations_in(tx, reference, state).await;
+    }
+    let rows = tx
+        .fetch(
+            "SELECT r.sku, r.location_id, r.quantity, r.expires_at FROM reservations r \
+             JOIN inventory_levels l ON l.sku = r.sku AND l.location_id = r.location_id \
+             WHERE r.reference = $1 AND r.state = $2 ORDER BY r.sku, r.location_id \
+             FOR UPDATE OF l",
+            &args![reference, state],
+        )
+        .await?;
+    allocations_of(&rows)
+}
+
+/// (allocation, expiry) from rows with `sku`, `location_id`, `quantity` and `expires_at`.
+fn allocations_of(rows: &[crate::db::Row]) -> Result<Vec<(Allocation, i64)>> {
     rows.iter()
         .map(|r| {
             Ok((
