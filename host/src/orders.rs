@@ -22,7 +22,7 @@ use sqlx::Row;
 
 use crate::carts::{self, CartError};
 use crate::catalog::{self, PricedVariant};
-use crate::db::{Db, Tx, args, param_rows};
+use crate::db::{Backend, Db, Tx, args, param_rows};
 use crate::hooks;
 use crate::idempotency;
 use crate::inventory::{self, Inventory, InventoryError};
@@ -1682,6 +1682,9 @@ async fn history_in(
     ))
 }
 
+/// Inserts the order, its lines and its payment; returns the cart's customer, which the order
+/// takes. On PostgreSQL one statement (data-modifying CTEs; the foreign keys are checked at its
+/// end), on SQLite three.
 async fn insert_order(
     tx: &mut dyn Tx,
     order: &OrderView,
@@ -1689,39 +1692,38 @@ async fn insert_order(
     payment: &PaymentView,
     payment_currency: &str,
 ) -> std::result::Result<Option<String>, sqlx::Error> {
-    let customer_id = tx
-        .fetch_one(
-            "INSERT INTO orders (id, cart_id, email, status, payment_status, fulfilment_status, currency, \
-             subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at, \
-             shipping_method, customer_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16, \
-             (SELECT customer_id FROM carts WHERE id = $2)) RETURNING customer_id",
-            &args![
-                &order.id,
-                cart_id,
-                &order.email,
-                &order.status,
-                &order.payment_status,
-                &order.fulfilment_status,
-                &order.currency,
-                order.subtotal,
-                order.discount_total,
-                order.shipping_total,
-                order.total,
-                order.shipping_address.to_string(),
-                order.billing_address.to_string(),
-                order.decisions.to_string(),
-                order.created_at,
-                (!order.shipping_method.is_null()).then(|| order.shipping_method.to_string()),
-            ],
-        )
-        .await?
-        .get::<Option<String>>("customer_id")?;
-    for (chunk_no, chunk) in order.lines.chunks(LINES_PER_STATEMENT).enumerate() {
-        let sql = format!(
-            "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price, discount, total) VALUES {}",
-            param_rows(1, chunk.len(), 7)
-        );
+    const ORDER: &str = "INSERT INTO orders (id, cart_id, email, status, payment_status, fulfilment_status, currency, \
+         subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at, \
+         shipping_method, customer_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16, \
+         (SELECT customer_id FROM carts WHERE id = $2)) RETURNING customer_id";
+    const PAYMENT: &str = "INSERT INTO payments (order_id, plugin, gateway_reference, currency, authorized) \
+         VALUES ($1, $17, $18, $19, $20)";
+    const LINES: &str = "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price, discount, total) VALUES";
+    let mut values = args![
+        &order.id,
+        cart_id,
+        &order.email,
+        &order.status,
+        &order.payment_status,
+        &order.fulfilment_status,
+        &order.currency,
+        order.subtotal,
+        order.discount_total,
+        order.shipping_total,
+        order.total,
+        order.shipping_address.to_string(),
+        order.billing_address.to_string(),
+        order.decisions.to_string(),
+        order.created_at,
+        (!order.shipping_method.is_null()).then(|| order.shipping_method.to_string()),
+        &payment.plugin,
+        &payment.gateway_reference,
+        payment_currency,
+        payment.authorized,
+    ]
+    .to_vec();
+    let line_values = |chunk_no: usize, chunk: &[OrderLineView]| {
         let mut values = Vec::with_capacity(chunk.len() * 7);
         for (i, line) in chunk.iter().enumerate() {
             let line_no = chunk_no * LINES_PER_STATEMENT + i;
@@ -1735,19 +1737,33 @@ async fn insert_order(
                 line.total,
             ]);
         }
-        tx.execute(&sql, &values).await?;
+        values
+    };
+    let mut chunks = order.lines.chunks(LINES_PER_STATEMENT).enumerate();
+    let customer_id = if tx.backend() == Backend::Postgres {
+        let mut sql = format!("WITH o AS ({ORDER}), p AS ({PAYMENT})");
+        if let Some((chunk_no, chunk)) = chunks.next() {
+            let first = values.len() + 1;
+            sql.push_str(&format!(
+                ", l AS ({LINES} {})",
+                param_rows(first, chunk.len(), 7)
+            ));
+            values.extend(line_values(chunk_no, chunk));
+        }
+        sql.push_str(" SELECT customer_id FROM o");
+        tx.fetch_one(&sql, &values).await?.get("customer_id")?
+    } else {
+        let customer_id = tx
+            .fetch_one(ORDER, &values[..16])
+            .await?
+            .get("customer_id")?;
+        tx.execute(PAYMENT, &values).await?;
+        customer_id
+    };
+    for (chunk_no, chunk) in chunks {
+        let sql = format!("{LINES} {}", param_rows(1, chunk.len(), 7));
+        tx.execute(&sql, &line_values(chunk_no, chunk)).await?;
     }
-    tx.execute(
-        "INSERT INTO payments (order_id, plugin, gateway_reference, currency, authorized) VALUES ($1, $2, $3, $4, $5)",
-        &args![
-            &order.id,
-            &payment.plugin,
-            &payment.gateway_reference,
-            payment_currency,
-            payment.authorized,
-        ],
-    )
-    .await?;
     Ok(customer_id)
 }
 
