@@ -723,16 +723,18 @@ impl Orders {
                     let mut order = order;
                     order.customer_id =
                         insert_order(tx, &order, &cart_id, &payment, &currency).await?;
-                    // Expiry is judged by the clock now, not when the checkout began: a checkout
-                    // stalled past its reservation must not commit stock that others may have
-                    // reserved since it stopped counting.
-                    inventory::commit_in(tx, &order.id, now.max(wall_clock_ms())).await?;
+                    let id = order.id.clone();
                     order.payment = Some(payment);
                     let answer = Value::from(order);
                     if let Some(key) = &finish {
                         // 201 Created: the API's answer to a checkout.
                         key.finish_in(tx, 201, &answer).await?;
                     }
+                    // The stock last: on PostgreSQL it locks the level rows every checkout of
+                    // these SKUs needs, until the commit. Expiry is judged by the clock now,
+                    // not when the checkout began: a checkout stalled past its reservation must
+                    // not commit stock that others may have reserved since it stopped counting.
+                    inventory::commit_in(tx, &id, now.max(wall_clock_ms())).await?;
                     Ok::<_, InventoryError>(answer)
                 })
             })
