@@ -504,9 +504,6 @@ pub async fn reserve_in(
         return Err(InventoryError::UnknownSku(sku.clone()));
     }
 
-    if tx.backend() == Backend::Postgres {
-        return allocate_in_one_statement(tx, &reference, &wanted, now, expires_at).await;
-    }
     let mut available_args = vec![Value::from(now)];
     available_args.extend(skus);
     let rows = tx
@@ -582,73 +579,6 @@ pub async fn reserve_in(
     }
     if !postgres {
         record_movements(tx, &allocations, "reserve", 1, Some(&reference), now).await?;
-    }
-    Ok(allocations)
-}
-
-/// The rest of [`reserve_in`] on PostgreSQL, once the levels are locked: the same allocation
-/// (per SKU, locations by priority, each giving what it has until the demand is met), the
-/// reservations and their movements, in one statement — every round trip here is one more
-/// that every other checkout of these SKUs waits for.
-async fn allocate_in_one_statement(
-    tx: &mut dyn Tx,
-    reference: &str,
-    wanted: &BTreeMap<String, i64>,
-    now: i64,
-    expires_at: i64,
-) -> Result<Vec<Allocation>> {
-    let mut values = args![reference, now, expires_at].to_vec();
-    let mut rows = Vec::with_capacity(wanted.len());
-    for (sku, quantity) in wanted {
-        let at = values.len() + 1;
-        rows.push(format!("(${at}::text, ${}::bigint)", at + 1));
-        values.extend(args![sku, *quantity]);
-    }
-    let sql = format!(
-        "WITH wanted (sku, want) AS (VALUES {rows}), \
-         a AS (SELECT l.sku, l.location_id, s.priority, w.want, \
-                 GREATEST(l.on_hand - l.committed - {RESERVED}, 0) AS available \
-               FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
-               JOIN wanted w ON w.sku = l.sku), \
-         c AS (SELECT sku, location_id, priority, want, available, \
-                 CAST(SUM(available) OVER (PARTITION BY sku ORDER BY priority, location_id) AS BIGINT) \
-                   - available AS before, \
-                 CAST(SUM(available) OVER (PARTITION BY sku) AS BIGINT) AS total \
-               FROM a), \
-         short AS (SELECT 1 FROM c WHERE total < want), \
-         ins AS (INSERT INTO reservations (id, reference, sku, location_id, quantity, expires_at, created_at, state) \
-                 SELECT gen_random_uuid()::text, $1, sku, location_id, LEAST(available, want - before), $3, $2, 'active' \
-                 FROM c WHERE available > 0 AND want > before AND NOT EXISTS (SELECT 1 FROM short) \
-                 RETURNING sku, location_id, quantity), \
-         mov AS (INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
-                 SELECT sku, location_id, 'reserve', quantity, $1, $2 FROM ins) \
-         SELECT c.sku, c.location_id, c.priority, c.want, c.total, COALESCE(ins.quantity, 0) AS quantity \
-         FROM c LEFT JOIN ins ON ins.sku = c.sku AND ins.location_id = c.location_id \
-         ORDER BY c.sku, c.priority, c.location_id",
-        rows = rows.join(", "),
-        // The reserved sum reads `$1` as the time; here the time is `$2`.
-        RESERVED = RESERVED.replace("$1", "$2"),
-    );
-    let found = tx.fetch(&sql, &values).await?;
-    let mut allocations = Vec::new();
-    for row in &found {
-        let (sku, want, total): (String, i64, i64) =
-            (row.get("sku")?, row.get("want")?, row.get("total")?);
-        if total < want {
-            return Err(InventoryError::Insufficient {
-                sku,
-                requested: want,
-                available: total,
-            });
-        }
-        let quantity: i64 = row.get("quantity")?;
-        if quantity > 0 {
-            allocations.push(Allocation {
-                sku,
-                location_id: row.get("location_id")?,
-                quantity,
-            });
-        }
     }
     Ok(allocations)
 }
