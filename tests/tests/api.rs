@@ -773,6 +773,13 @@ async fn a_failing_plugin_invocation_is_a_bad_gateway_with_its_named_error() {
 }
 
 const SHOP: &[&str] = &["tiered-discount", "rules-fraud", "test-gateway"];
+/// [`SHOP`] with the coupon promotions (`FREESHIP`, `WELCOME10`, …), as the demo store has it.
+const WITH_COUPONS: &[&str] = &[
+    "tiered-discount",
+    "coupon-promotions",
+    "rules-fraud",
+    "test-gateway",
+];
 
 fn address(country: &str) -> Value {
     json!({"name": "Ada Buyer", "line1": "Main St 1", "city": "Berlin", "postal_code": "10115", "country": country})
@@ -2245,16 +2252,7 @@ async fn concurrent_adds_of_one_sku_make_one_line_and_respect_the_maximum() {
 #[tokio::test]
 async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_order() {
     for db in test_databases().await {
-        let app = spawn_app(
-            db,
-            &[
-                "tiered-discount",
-                "coupon-promotions",
-                "rules-fraud",
-                "test-gateway",
-            ],
-        )
-        .await;
+        let app = spawn_app(db, WITH_COUPONS).await;
         app.seed().await;
         let methods = "/admin/shipping-methods";
         let mut ids = std::collections::HashMap::new();
@@ -2536,16 +2534,7 @@ async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_o
 #[tokio::test]
 async fn the_demo_store_can_be_shopped_as_the_readme_shows() {
     for db in test_databases().await {
-        let app = spawn_app(
-            db,
-            &[
-                "tiered-discount",
-                "coupon-promotions",
-                "rules-fraud",
-                "test-gateway",
-            ],
-        )
-        .await;
+        let app = spawn_app(db, WITH_COUPONS).await;
         let pool = Db::connect(&app.db.url).await.expect("connect");
         let seeded = cartridge_host::demo::seed(
             &cartridge_host::catalog::Catalog::new(pool.clone()),
