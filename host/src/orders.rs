@@ -1078,7 +1078,9 @@ impl Orders {
     /// outcome nobody knows — the gateway unavailable, the connector failing mid-call, the
     /// result not recorded — keeps the order `capturing`, because the money may have moved.
     /// Such an order is settled by trying the capture again (it may re-enter `capturing`) or
-    /// by the gateway's webhook.
+    /// by the gateway's webhook. Only the call that moved the order from `authorized` gives it
+    /// back: a re-entry cannot know what an earlier attempt (or one still running) did, so its
+    /// failures leave the order `capturing`.
     pub async fn capture(
         &self,
         id: &str,
@@ -1089,15 +1091,24 @@ impl Orders {
         if amount.is_some_and(|a| a <= 0) {
             return Err(OrderError::Invalid("amount must be at least 1".into()));
         }
-        let claimed = sqlx::query(
-            "UPDATE orders SET payment_status = 'capturing', updated_at = $2 \
-             WHERE id = $1 AND payment_status IN ('authorized', 'capturing') AND status <> 'cancelled'",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(&mut *self.db.write_conn().await?)
-        .await?
-        .rows_affected();
+        let mut claimed = 0;
+        let mut fresh = false;
+        for from in ["authorized", "capturing"] {
+            claimed = sqlx::query(
+                "UPDATE orders SET payment_status = 'capturing', updated_at = $2 \
+                 WHERE id = $1 AND payment_status = $3 AND status <> 'cancelled'",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(from)
+            .execute(&mut *self.db.write_conn().await?)
+            .await?
+            .rows_affected();
+            if claimed == 1 {
+                fresh = from == "authorized";
+                break;
+            }
+        }
         if claimed == 0 {
             let (status, payment_status, _) = self.states(id).await?;
             return Err(OrderError::InvalidTransition {
@@ -1107,7 +1118,7 @@ impl Orders {
         }
         match self.capture_claimed(id, amount, connector, now).await {
             Ok(()) => {}
-            Err(CaptureFailure::Definite(e)) => {
+            Err(CaptureFailure::Definite(e)) if fresh => {
                 sqlx::query(
                     "UPDATE orders SET payment_status = 'authorized' WHERE id = $1 AND payment_status = 'capturing'",
                 )
@@ -1116,7 +1127,7 @@ impl Orders {
                 .await?;
                 return Err(e);
             }
-            Err(CaptureFailure::Uncertain(e)) => {
+            Err(CaptureFailure::Definite(e) | CaptureFailure::Uncertain(e)) => {
                 tracing::warn!(order = %id, "capture outcome unknown, the order stays capturing until a retry or the gateway's webhook settles it: {e}");
                 return Err(e);
             }

@@ -850,6 +850,22 @@ async fn a_capture_whose_outcome_is_unknown_is_never_voided_and_is_settled_by_a_
             .admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
             .await;
         assert_eq!(code(&r), (409, Some("invalid_transition")), "{}", r.body);
+        // A retry that fails for its own reasons cannot know what the first attempt did: the
+        // order stays `capturing` (were it handed back, a cancel could void a capture).
+        let r = shop
+            .admin(
+                &format!("/admin/orders/{order}/capture"),
+                None,
+                json!({"amount": TOTAL + 1}),
+            )
+            .await;
+        assert_eq!(
+            code(&r),
+            (409, Some("capture_exceeds_authorized")),
+            "{}",
+            r.body
+        );
+        assert_eq!(states(&shop.order(&order).await), placed_capturing);
         shop.capture_fault("").await;
         let r = shop
             .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
