@@ -421,6 +421,13 @@ impl Carts {
         code: Option<&str>,
         now: i64,
     ) -> Result<CartContents> {
+        if let Some(code) = code
+            && !shipping::is_code(code)
+        {
+            return Err(CartError::Invalid(
+                "code must be 1 to 64 letters, digits, '-' or '_'".into(),
+            ));
+        }
         let change = args![id, code, now];
         self.db
             .write(move |tx| {

@@ -108,7 +108,7 @@ pub async fn seed(
             1495,
         ),
     ] {
-        shipping
+        let created = shipping
             .create(
                 &NewShippingMethod {
                     code: code.to_owned(),
@@ -120,7 +120,12 @@ pub async fn seed(
                 },
                 now,
             )
-            .await?;
+            .await;
+        // An earlier, interrupted seeding may have created it already.
+        match created {
+            Ok(_) | Err(crate::shipping::ShippingError::CodeTaken(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(true)
 }

@@ -601,7 +601,7 @@ pub async fn commit_in(tx: &mut dyn Tx, reference: &str, now: i64) -> Result<Vec
     if tx.backend() == Backend::Postgres {
         // The levels are locked: the three writes in one statement, so the lock is held for one
         // round trip and the commit.
-        tx.execute(
+        let moved = tx.execute(
             "WITH r AS (UPDATE reservations SET state = 'committed' \
                         WHERE reference = $1 AND state = 'active' RETURNING sku, location_id, quantity), \
              s AS (SELECT sku, location_id, SUM(quantity) AS quantity FROM r GROUP BY sku, location_id), \
@@ -612,6 +612,13 @@ pub async fn commit_in(tx: &mut dyn Tx, reference: &str, now: i64) -> Result<Vec
             &args![reference, now],
         )
         .await?;
+        // One movement per reservation read above: anything else means they changed under us.
+        if usize::try_from(moved).ok() != Some(allocations.len()) {
+            return Err(InventoryError::NothingTo {
+                action: "commit",
+                reference: reference.to_owned(),
+            });
+        }
         return Ok(allocations);
     }
     tx.execute(

@@ -22,6 +22,8 @@ use crate::db::{Db, Row, Tx, Value, args};
 
 /// Most countries one method lists.
 pub const MAX_COUNTRIES: usize = 250;
+/// Most currencies one method has a rate in.
+pub const MAX_RATES: usize = 50;
 
 /// Why a shipping operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -117,13 +119,9 @@ pub struct ShippingMethodUpdate {
     pub position: i32,
     /// Rate per currency, in minor units (at least one); replaces the old rates.
     pub rates: BTreeMap<String, i64>,
-    /// `active` (the default) or `archived`.
-    #[serde(default = "active")]
+    /// `active` or `archived`: required, so that a replace never revives an archived method
+    /// by leaving it out.
     pub status: String,
-}
-
-fn active() -> String {
-    "active".into()
 }
 
 /// A method as offered to a cart: priced in the cart's currency.
@@ -205,15 +203,20 @@ pub fn choose(
 /// The active methods priced in `currency`, in listing order, in the caller's transaction.
 pub(crate) async fn offers_in(tx: &mut dyn Tx, currency: &str) -> sqlx::Result<Vec<Offer>> {
     tx.fetch(
-        "SELECT m.code, m.name, m.carrier, m.countries, r.amount, r.currency \
+        "SELECT m.code, m.name, m.carrier, m.countries, m.position, r.amount, r.currency \
          FROM shipping_methods m JOIN shipping_rates r ON r.method_id = m.id AND r.currency = $1 \
-         WHERE m.status = 'active' ORDER BY m.position, m.code",
+         WHERE m.status = 'active' ORDER BY m.position",
         &args![currency],
     )
     .await?
     .iter()
-    .map(offer_of)
-    .collect()
+    .map(|row| Ok((row.get::<i64>("position")?, offer_of(row)?)))
+    .collect::<sqlx::Result<Vec<_>>>()
+    .map(|mut offers| {
+        // Ties by code, byte-wise: the databases' collations differ.
+        offers.sort_by(|(p, a), (q, b)| p.cmp(q).then_with(|| a.code.cmp(&b.code)));
+        offers.into_iter().map(|(_, offer)| offer).collect()
+    })
 }
 
 /// An [`Offer`] from a row with `code`, `name`, `carrier`, `countries`, `amount`, `currency`.
@@ -240,7 +243,7 @@ pub(crate) fn countries_of(stored: Option<String>) -> sqlx::Result<Option<Vec<St
 }
 
 /// Whether `code` is a well-formed method code.
-fn is_code(code: &str) -> bool {
+pub fn is_code(code: &str) -> bool {
     !code.is_empty()
         && code.len() <= 64
         && code
@@ -266,10 +269,10 @@ fn check(
             "carrier must be 1 to 100 characters".into(),
         ));
     }
-    if rates.is_empty() {
-        return Err(ShippingError::Invalid(
-            "rates must price at least one currency".into(),
-        ));
+    if rates.is_empty() || rates.len() > MAX_RATES {
+        return Err(ShippingError::Invalid(format!(
+            "rates must price 1 to {MAX_RATES} currencies"
+        )));
     }
     for (currency, amount) in rates {
         if !crate::catalog::is_currency(currency) {
@@ -333,7 +336,7 @@ async fn methods_in(tx: &mut dyn Tx, only: Option<&str>) -> Result<Vec<ShippingM
             "SELECT m.id, m.code, m.name, m.carrier, m.countries, m.position, m.status, \
              m.created_at, m.updated_at, r.currency, r.amount \
              FROM shipping_methods m LEFT JOIN shipping_rates r ON r.method_id = m.id \
-             WHERE $1 IS NULL OR m.id = $1 ORDER BY m.position, m.code, r.currency",
+             WHERE $1 IS NULL OR m.id = $1 ORDER BY m.id, r.currency",
             &args![only],
         )
         .await?;
@@ -360,6 +363,12 @@ async fn methods_in(tx: &mut dyn Tx, only: Option<&str>) -> Result<Vec<ShippingM
             method.rates.insert(currency, row.get("amount")?);
         }
     }
+    // Listing order: position, then code byte-wise (the databases' collations differ).
+    methods.sort_by(|a, b| {
+        a.position
+            .cmp(&b.position)
+            .then_with(|| a.code.cmp(&b.code))
+    });
     Ok(methods)
 }
 

@@ -2361,6 +2361,7 @@ async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_o
             (json!("us-ground"), 422, "shipping_unavailable"),
             (json!("no-such-method"), 422, "shipping_unavailable"),
             (json!(7), 422, "invalid_input"),
+            (json!("x".repeat(100_000)), 422, "invalid_input"),
         ] {
             let r = app
                 .cart(Method::PUT, &choose, &token, Some(json!({ "code": code })))
@@ -2462,7 +2463,7 @@ async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_o
             .admin(
                 Method::PUT,
                 &format!("{methods}/{}", ids["standard"]),
-                json!({"name": "Standard", "rates": {"EUR": 695}}),
+                json!({"name": "Standard", "rates": {"EUR": 695}, "status": "active"}),
             )
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -2526,6 +2527,23 @@ async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_o
             )
             .await;
         assert_eq!(r.status, 422, "{}", r.body);
+        // A replace must say the status: leaving it out does not revive an archived method.
+        let r = app
+            .admin(
+                Method::PUT,
+                &format!("{methods}/{}", ids["standard"]),
+                json!({"name": "Standard", "rates": {"EUR": 695}}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        let r = app
+            .admin(
+                Method::GET,
+                &format!("{methods}/{}", ids["standard"]),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(r.body["status"], "archived");
         app.db.drop_database().await;
     }
 }
