@@ -1,8 +1,10 @@
-//! Carts: lines of SKUs in one currency, coupon codes, and a secret token.
+//! Carts: lines of SKUs in one currency, coupon codes, checkout details (email, addresses),
+//! the chosen shipping method, and a secret token.
 //!
 //! A cart is reached with its id *and* its token (the token is stored as a SHA-256 digest);
 //! a wrong token looks exactly like an unknown cart. Prices are never stored on the cart: it
-//! is priced when read, from the catalog and the active pricing plugins.
+//! is priced when read, from the catalog, the chosen shipping method's rate in its currency
+//! and the active pricing plugins.
 
 use std::collections::{BTreeSet, HashMap};
 
