@@ -1221,7 +1221,9 @@ impl Orders {
     }
 
     /// Cancels an order that has not shipped: voids the authorisation, or refunds what was
-    /// captured and not yet refunded, and puts the stock back. Exactly once.
+    /// captured and not yet refunded, and puts the stock back. Exactly once. An order whose
+    /// payment was voided (nothing more of it can ship) can also be cancelled after part of it
+    /// shipped: what had not shipped goes back to stock.
     ///
     /// The cancel claims the order with a guarded update that a capture in flight blocks (and
     /// a capture needs an order that is not cancelled), so a void never races a capture. The
@@ -1230,7 +1232,9 @@ impl Orders {
     pub async fn cancel(&self, id: &str, connector: &Plugin, now: i64) -> Result<Value> {
         let claimed = sqlx::query(
             "UPDATE orders SET status = 'cancelled', updated_at = $2 WHERE id = $1 \
-             AND status <> 'cancelled' AND fulfilment_status = 'unfulfilled' AND payment_status <> 'capturing'",
+             AND status <> 'cancelled' AND payment_status <> 'capturing' \
+             AND (fulfilment_status = 'unfulfilled' \
+                  OR (fulfilment_status = 'partially_fulfilled' AND payment_status = 'voided'))",
         )
         .bind(id)
         .bind(now)

@@ -798,6 +798,33 @@ async fn a_payment_voided_at_the_gateway_ships_nothing_and_cancelling_restocks()
             (Some("cancelled"), Some("voided"))
         );
         assert_eq!(shop.available().await, before);
+
+        // Voided after part of it shipped: the rest cannot ship, and cancelling puts the rest
+        // back (the shipped unit stays gone, for the merchant to reconcile).
+        let order = shop.placed_order().await;
+        let r = shop
+            .admin(
+                &format!("/admin/orders/{order}/fulfil"),
+                None,
+                json!({"lines": [{"sku": "TEE", "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(
+            r.body["fulfilment_status"], "partially_fulfilled",
+            "{}",
+            r.body
+        );
+        let reference = shop.reference(&order).await;
+        let r = shop
+            .deliver_signed(&event("evt_v2", "payment.voided", &reference, TOTAL))
+            .await;
+        assert_eq!(r.body["outcome"], "applied", "{}", r.body);
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["status"], "cancelled");
+        assert_eq!(shop.available().await, before - 1);
         shop.drop_database().await;
     }
 }
