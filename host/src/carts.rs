@@ -81,8 +81,8 @@ pub struct CartContents {
     pub coupon_codes: Vec<String>,
     /// The chosen shipping method's code.
     pub shipping_method: Option<String>,
-    /// The chosen method priced in the cart's currency; `None` when none is chosen or the
-    /// chosen one is no longer offered.
+    /// The chosen method priced in the cart's currency; `None` when none is chosen, or the
+    /// chosen one is no longer offered or does not ship to the saved shipping address.
     pub shipping: Option<Offer>,
     /// The order the cart became, unless that was cancelled.
     #[serde(skip)]
@@ -575,7 +575,7 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
     // a cart without lines is one row of NULLs.
     let rows = tx
         .fetch(
-            "SELECT c.id, c.currency, c.customer_id, c.shipping_method, \
+            "SELECT c.id, c.currency, c.customer_id, c.shipping_method, c.details, \
                m.code, m.name, m.carrier, m.countries, r.amount, r.currency AS rate_currency, \
                (SELECT string_agg(k.code, ',' ORDER BY k.code) FROM cart_coupons k \
                 WHERE k.cart_id = c.id) AS coupon_codes, \
@@ -619,6 +619,10 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
         }),
         None => None,
     };
+    // Chosen before the saved address moved somewhere it does not ship: not priced, as
+    // checkout would refuse it.
+    let country = saved_country(cart)?;
+    let shipping = shipping.filter(|offer| country.as_deref().is_none_or(|c| offer.ships_to(c)));
     Ok(Some(CartContents {
         id: cart.get("id")?,
         currency: cart.get("currency")?,

@@ -2426,6 +2426,35 @@ async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_o
         assert_eq!(r.body["pricing"]["shipping_discount"], 495, "{}", r.body);
         assert_eq!(r.body["pricing"]["total"], 500);
 
+        // Express, chosen for DE; the saved address then moves to FR, where it does not ship:
+        // the cart stops pricing it, as checkout would refuse it.
+        let (moving, moving_token) = app.cart_with("SOCK", 1).await;
+        let details = format!("/store/carts/{moving}/details");
+        let r = app
+            .cart(
+                Method::PUT,
+                &format!("/store/carts/{moving}/shipping-method"),
+                &moving_token,
+                Some(json!({"code": "express"})),
+            )
+            .await;
+        assert_eq!(r.body["pricing"]["shipping"], 1495, "{}", r.body);
+        let r = app
+            .cart(
+                Method::PUT,
+                &details,
+                &moving_token,
+                Some(json!({"shipping_address": address("FR")})),
+            )
+            .await;
+        assert_eq!(
+            r.body["shipping_method"],
+            json!({"code": "express", "available": false}),
+            "{}",
+            r.body
+        );
+        assert_eq!(r.body["pricing"]["shipping"], 0);
+
         // The checkout ships to DE: the request may name another method for it.
         let mut body = checkout_body("tok_visa", "DE");
         body["shipping_method"] = json!("us-ground");

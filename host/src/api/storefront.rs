@@ -556,8 +556,8 @@ async fn priced(state: &AppState, contents: CartContents, now: i64) -> Result<Va
                 "code": offer.code, "name": offer.name, "carrier": offer.carrier,
                 "amount": offer.amount, "available": true,
             }),
-            // Chosen, but archived or no longer priced in this currency since: checkout will
-            // ask for another.
+            // Chosen, but archived, no longer priced in this currency or not shipping to the
+            // saved address: checkout will ask for another.
             (Some(code), None) => json!({"code": code, "available": false}),
             (None, None) => Value::Null,
         },
