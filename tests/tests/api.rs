@@ -819,6 +819,17 @@ impl TestApp {
         .await
     }
 
+    /// Chooses shipping method `code` on the cart; the priced cart.
+    async fn choose_shipping(&self, cart: &str, token: &str, code: &str) -> Response {
+        self.cart(
+            Method::PUT,
+            &format!("/store/carts/{cart}/shipping-method"),
+            token,
+            Some(json!({ "code": code })),
+        )
+        .await
+    }
+
     async fn level(&self, sku: &str) -> Value {
         self.admin(Method::GET, &format!("/admin/inventory/{sku}"), Value::Null)
             .await
@@ -2430,14 +2441,7 @@ async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_o
         // the cart stops pricing it, as checkout would refuse it.
         let (moving, moving_token) = app.cart_with("SOCK", 1).await;
         let details = format!("/store/carts/{moving}/details");
-        let r = app
-            .cart(
-                Method::PUT,
-                &format!("/store/carts/{moving}/shipping-method"),
-                &moving_token,
-                Some(json!({"code": "express"})),
-            )
-            .await;
+        let r = app.choose_shipping(&moving, &moving_token, "express").await;
         assert_eq!(r.body["pricing"]["shipping"], 1495, "{}", r.body);
         let r = app
             .cart(
@@ -2504,12 +2508,7 @@ async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_o
         assert_eq!(r.body["shipping_method"]["amount"], 495);
         let (late_cart, late_token) = app.cart_with("SOCK", 1).await;
         let r = app
-            .cart(
-                Method::PUT,
-                &format!("/store/carts/{late_cart}/shipping-method"),
-                &late_token,
-                Some(json!({"code": "standard"})),
-            )
+            .choose_shipping(&late_cart, &late_token, "standard")
             .await;
         assert_eq!(r.body["pricing"]["shipping"], 695, "{}", r.body);
         let r = app
@@ -2633,14 +2632,7 @@ async fn the_demo_store_can_be_shopped_as_the_readme_shows() {
             )
             .await;
         assert_eq!(r.body["shipping_methods"].as_array().map(Vec::len), Some(2));
-        let r = app
-            .cart(
-                Method::PUT,
-                &format!("/store/carts/{cart}/shipping-method"),
-                &token,
-                Some(json!({"code": "standard"})),
-            )
-            .await;
+        let r = app.choose_shipping(&cart, &token, "standard").await;
         assert_eq!(r.body["pricing"]["shipping"], 495, "{}", r.body);
         let r = app
             .checkout(

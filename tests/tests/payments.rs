@@ -461,10 +461,7 @@ async fn a_capture_racing_a_cancel_never_leaves_money_on_a_cancelled_order() {
             let order = shop.placed_order().await;
             let capture = {
                 let (shop, order) = (shop.clone(), order.clone());
-                tokio::spawn(async move {
-                    shop.admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
-                        .await
-                })
+                tokio::spawn(async move { shop.capture(&order).await })
             };
             let cancel = {
                 let (shop, order) = (shop.clone(), order.clone());
@@ -598,9 +595,7 @@ async fn a_webhook_delivered_ten_times_is_stored_once_and_applied_once() {
         assert_eq!(amounts(&o), (TOTAL, 4000, 0));
         assert_eq!(o["payment_status"], "captured");
         // Our own capture afterwards finds it done.
-        let r = shop
-            .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
-            .await;
+        let r = shop.capture(&order).await;
         assert_eq!(code(&r), (409, Some("invalid_transition")));
         Arc::into_inner(shop)
             .expect("sole owner")
@@ -830,6 +825,12 @@ async fn a_payment_voided_at_the_gateway_ships_nothing_and_cancelling_restocks()
 }
 
 impl Shop {
+    /// Captures all of `order`, without an idempotency key.
+    async fn capture(&self, order: &str) -> Reply {
+        self.admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
+            .await
+    }
+
     /// Sets the test gateway's `capture-fault` (empty: captures succeed).
     async fn capture_fault(&self, fault: &str) {
         let auth = format!("Bearer {ADMIN}");
@@ -862,9 +863,7 @@ async fn a_capture_whose_outcome_is_unknown_is_never_voided_and_is_settled_by_a_
         let order = shop.placed_order().await;
         shop.capture_fault("gateway-unavailable").await;
         for _ in 0..2 {
-            let r = shop
-                .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
-                .await;
+            let r = shop.capture(&order).await;
             assert_eq!(
                 code(&r),
                 (503, Some("payment_gateway_unavailable")),
@@ -894,9 +893,7 @@ async fn a_capture_whose_outcome_is_unknown_is_never_voided_and_is_settled_by_a_
         );
         assert_eq!(states(&shop.order(&order).await), placed_capturing);
         shop.capture_fault("").await;
-        let r = shop
-            .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
-            .await;
+        let r = shop.capture(&order).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["payment_status"], "captured");
         assert_eq!(amounts(&r.body), (TOTAL, TOTAL, 0));
@@ -904,9 +901,7 @@ async fn a_capture_whose_outcome_is_unknown_is_never_voided_and_is_settled_by_a_
         // Or the gateway's webhook reports the capture it did make.
         let order = shop.placed_order().await;
         shop.capture_fault("gateway-unavailable").await;
-        let r = shop
-            .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
-            .await;
+        let r = shop.capture(&order).await;
         assert_eq!(r.status, 503, "{}", r.body);
         let reference = shop.reference(&order).await;
         let r = shop
@@ -925,9 +920,7 @@ async fn a_capture_whose_outcome_is_unknown_is_never_voided_and_is_settled_by_a_
         // A definite refusal gives the claim back: the order can be cancelled and voided.
         let order = shop.placed_order().await;
         shop.capture_fault("invalid-state").await;
-        let r = shop
-            .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
-            .await;
+        let r = shop.capture(&order).await;
         assert_eq!(code(&r), (402, Some("payment_refused")), "{}", r.body);
         assert_eq!(
             states(&shop.order(&order).await),
