@@ -2423,6 +2423,20 @@ async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_o
         assert_eq!(r.body["shipping_method"]["code"], "standard");
         assert_eq!(r.body["pricing"]["shipping"], 495);
         assert_eq!(r.body["pricing"]["total"], 500 + 495);
+        // Clearing takes an explicit null: an empty object is a mistake and changes nothing.
+        let r = app
+            .cart(Method::PUT, &choose, &token, Some(json!({})))
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("invalid_input")),
+            "{}",
+            r.body
+        );
+        let r = app
+            .cart(Method::GET, &format!("/store/carts/{cart}"), &token, None)
+            .await;
+        assert_eq!(r.body["shipping_method"]["code"], "standard", "{}", r.body);
 
         // A free-shipping promotion discounts the chosen rate.
         let r = app

@@ -165,7 +165,8 @@ async fn shipping_offers(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ShippingChoice {
-    /// A method's code, or null for none.
+    /// A method's code, or null for none. Required: `{}` is a mistake, not a way to clear it.
+    #[serde(deserialize_with = "Option::deserialize")]
     code: Option<String>,
 }
 
