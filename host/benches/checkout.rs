@@ -13,6 +13,10 @@
 //!   and the run fails if the two builds of the rules decided differently.
 //! - `shopper flow`: create a cart, add 5 lines, check out — timed end to end, at concurrency 1
 //!   (latency) and at the load concurrency (throughput).
+//! - `checkout, spread`: the checkout workload again, but each cart holds 5 of 1,000 SKUs (a
+//!   catalog the benchmark adds) instead of the same 5 demo SKUs. Every demo-SKU checkout
+//!   locks the same five stock rows — a flash sale, the worst case for row locks — so this one
+//!   shows the checkout path when shoppers buy different things.
 //!
 //! `CARTRIDGE_BENCH_DATABASE_URL=postgres://…` runs it on PostgreSQL (a fresh database per
 //! server); otherwise SQLite in a temporary directory. Under `cargo test` it runs a few
@@ -26,6 +30,8 @@ use serde_json::{Value, json};
 
 const ADMIN: &str = "bench-admin";
 const SKUS: [&str; 5] = ["TEE-S", "TEE-M", "TEE-L", "SOCK-M", "MUG"];
+/// Variants per product of the spread catalog.
+const SPREAD_VARIANTS: usize = 100;
 const PLUGINS: [&str; 5] = [
     "tiered-discount",
     "coupon-promotions",
@@ -120,8 +126,12 @@ async fn post(
     Ok(body)
 }
 
-/// Creates a cart with the five SKUs; returns (id, token).
-async fn cart(client: &reqwest::Client, base: &str) -> anyhow::Result<(String, String)> {
+/// Creates a cart with `skus`; returns (id, token).
+async fn cart(
+    client: &reqwest::Client,
+    base: &str,
+    skus: &[String],
+) -> anyhow::Result<(String, String)> {
     let cart = post(
         client,
         format!("{base}/store/carts"),
@@ -131,7 +141,7 @@ async fn cart(client: &reqwest::Client, base: &str) -> anyhow::Result<(String, S
     .await?;
     let id = cart["id"].as_str().unwrap_or_default().to_owned();
     let token = cart["token"].as_str().unwrap_or_default().to_owned();
-    for sku in SKUS {
+    for sku in skus {
         post(
             client,
             format!("{base}/store/carts/{id}/lines"),
@@ -256,6 +266,66 @@ impl Database {
     }
 }
 
+/// Which SKUs the carts of a run hold.
+#[derive(Clone, Copy, PartialEq)]
+enum Carts {
+    /// The same five demo SKUs in every cart.
+    Hot,
+    /// 5 of the SKUs of a catalog of this many added for the run, different for each cart.
+    Spread(usize),
+}
+
+/// Adds a catalog of `size` SKUs and stocks it; returns its SKUs.
+async fn spread_catalog(
+    client: &reqwest::Client,
+    base: &str,
+    size: usize,
+) -> anyhow::Result<Vec<String>> {
+    let auth = format!("Bearer {ADMIN}");
+    let mut skus = Vec::with_capacity(size);
+    for p in 0..size.div_ceil(SPREAD_VARIANTS) {
+        let variants: Vec<Value> = (0..SPREAD_VARIANTS.min(size - p * SPREAD_VARIANTS))
+            .map(|v| {
+                let sku = format!("SPREAD-{p}-{v}");
+                skus.push(sku.clone());
+                json!({"sku": sku, "title": format!("#{v}"), "prices": {"EUR": 1000 + 10 * v}})
+            })
+            .collect();
+        post(
+            client,
+            format!("{base}/admin/products"),
+            &[("authorization", &auth)],
+            json!({"title": format!("Spread {p}"), "variants": variants}),
+        )
+        .await?;
+    }
+    for sku in &skus {
+        post(
+            client,
+            format!("{base}/admin/inventory/{sku}/berlin/adjust"),
+            &[("authorization", &auth)],
+            json!({"delta": 1_000_000, "reason": "bench stock"}),
+        )
+        .await?;
+    }
+    Ok(skus)
+}
+
+/// The SKUs of cart `n`: 5 distinct ones of `catalog` (at least 5), picked by a fixed
+/// pseudo-random walk, so every run sees the same carts.
+fn spread_skus(catalog: &[String], n: usize) -> Vec<String> {
+    let mut picked: Vec<String> = Vec::with_capacity(5);
+    let mut at = n.wrapping_mul(2_654_435_761);
+    while picked.len() < 5 {
+        at = at.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let sku = &catalog[(at >> 33) % catalog.len()];
+        if !picked.contains(sku) {
+            picked.push(sku.clone());
+        }
+    }
+    picked
+}
+
 /// One server's run: the checkout workload, and (when asked) the shopper flows.
 struct Run {
     checkouts: Stats,
@@ -268,6 +338,7 @@ struct Run {
 async fn run(
     admin_url: Option<&str>,
     native: bool,
+    carts_of: Carts,
     total: usize,
     concurrency: usize,
     with_flows: bool,
@@ -287,9 +358,18 @@ async fn run(
         )
         .await?;
     }
+    let hot: Vec<String> = SKUS.iter().map(|s| (*s).to_owned()).collect();
+    let catalog = match carts_of {
+        Carts::Hot => Vec::new(),
+        Carts::Spread(size) => spread_catalog(&client, &base, size).await?,
+    };
     let mut carts = Vec::with_capacity(total);
-    for _ in 0..total {
-        carts.push(cart(&client, &base).await?);
+    for n in 0..total {
+        let skus = match carts_of {
+            Carts::Hot => hot.clone(),
+            Carts::Spread(_) => spread_skus(&catalog, n),
+        };
+        carts.push(cart(&client, &base, &skus).await?);
     }
     let first_order = checkout(&client, &base, &carts[0].0, &carts[0].1, 0).await?;
     let carts = Arc::new(carts);
@@ -306,11 +386,11 @@ async fn run(
     };
     let flows = if with_flows {
         let flow = |concurrency: usize, total: usize| {
-            let (client, base) = (client.clone(), base.clone());
+            let (client, base, hot) = (client.clone(), base.clone(), hot.clone());
             drive(total, concurrency, move |n| {
-                let (client, base) = (client.clone(), base.clone());
+                let (client, base, hot) = (client.clone(), base.clone(), hot.clone());
                 async move {
-                    let (id, token) = cart(&client, &base).await?;
+                    let (id, token) = cart(&client, &base, &hot).await?;
                     checkout(&client, &base, &id, &token, n + 1_000_000)
                         .await
                         .map(drop)
@@ -374,12 +454,23 @@ async fn main() -> anyhow::Result<()> {
     let rounds = if compare && benching { 2 } else { 1 };
     let mut wasm = Vec::new();
     let mut native = Vec::new();
+    let admin = admin_url.as_deref();
     for round in 0..rounds {
-        wasm.push(run(admin_url.as_deref(), false, total, concurrency, round == 0).await?);
+        wasm.push(run(admin, false, Carts::Hot, total, concurrency, round == 0).await?);
         if compare {
-            native.push(run(admin_url.as_deref(), true, total, concurrency, false).await?);
+            native.push(run(admin, true, Carts::Hot, total, concurrency, false).await?);
         }
     }
+    let spread_size = if benching { 1_000 } else { 20 };
+    let spread = run(
+        admin,
+        false,
+        Carts::Spread(spread_size),
+        total,
+        concurrency,
+        false,
+    )
+    .await?;
     if let Some(n) = native.first() {
         anyhow::ensure!(
             decided(&wasm[0].first_order) == decided(&n.first_order),
@@ -418,6 +509,13 @@ async fn main() -> anyhow::Result<()> {
             )
         );
     }
+    println!(
+        "{}",
+        row(
+            &format!("checkout, Wasm, each cart 5 of {spread_size} SKUs (spread, not the same 5)"),
+            &spread.checkouts
+        )
+    );
     if let Some((one, many)) = &wasm[0].flows {
         println!(
             "{}",
