@@ -1,9 +1,18 @@
 //! Multi-location inventory that cannot oversell.
 //!
-//! Per SKU and location the database keeps `on_hand` and `committed`; what is *reserved* is
-//! the sum of active reservations that have not expired, computed when needed, so an expired
-//! reservation stops counting the instant it expires — no cleanup job is involved.
-//! `available = on_hand − committed − reserved`.
+//! Per SKU and location the database keeps `on_hand` and `held`: the units of every active
+//! (reserved) or committed reservation there, so `available = on_hand − held`, read off the
+//! row a checkout locks, and `held ≤ on_hand` is a constraint — the database itself refuses to
+//! oversell. Placing an order turns reserved into committed without touching the level row:
+//! only reserving, releasing, shipping and adjusting write it.
+//!
+//! An expired reservation stops counting the instant it expires, with no cleanup job: every
+//! read adds lapsed reservations that are still `active` back to what is available, and every
+//! writer that needs stock first releases the lapsed reservations of the levels it locked (and
+//! records each as an `expire` movement). A reservation is committed or released by one
+//! statement on its own row, so an order being placed and a checkout taking its lapsed stock
+//! cannot both win: whichever changes the row first decides, and committing checks that it got
+//! every reservation it made.
 //!
 //! Every write takes the write lock of the level rows it depends on before it reads them, in
 //! one fixed order (SKU, then location id), so two checkouts can never both see the last unit
@@ -21,7 +30,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::db::{Backend, Db, FromValue, Tx, Value, args, param_rows, params};
+use crate::db::{Backend, Db, FromValue, Tx, Value, args, param_rows};
 
 /// Why an inventory operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +109,7 @@ pub struct StockLevel {
     pub location_id: String,
     /// Physically there.
     pub on_hand: i64,
-    /// Held by active, unexpired reservations.
+    /// Held by active reservations that have not expired.
     pub reserved: i64,
     /// Sold, not yet shipped.
     pub committed: i64,
@@ -125,10 +134,16 @@ pub struct Inventory {
     db: Db,
 }
 
-/// Reserved units of a level at `now`, as a SQL expression over `l` (inventory_levels).
-const RESERVED: &str = "CAST(COALESCE((SELECT SUM(r.quantity) FROM reservations r \
+/// Units of a level still `held` by reservations that lapsed at `$1` and were not released
+/// yet — they no longer count — as a SQL expression over `l` (inventory_levels).
+const LAPSED: &str = "CAST(COALESCE((SELECT SUM(r.quantity) FROM reservations r \
      WHERE r.sku = l.sku AND r.location_id = l.location_id AND r.state = 'active' \
-     AND r.expires_at > $1), 0) AS BIGINT)";
+     AND r.expires_at <= $1), 0) AS BIGINT)";
+
+/// Committed (sold, not shipped) units of a level, as a SQL expression over `l`.
+const COMMITTED: &str = "CAST(COALESCE((SELECT SUM(r.quantity) FROM reservations r \
+     WHERE r.sku = l.sku AND r.location_id = l.location_id AND r.state = 'committed'), 0) \
+     AS BIGINT)";
 
 /// The most rows one multi-row statement carries (parameter limits: SQLite 32,766, PostgreSQL
 /// 65,535; a row here has at most 7).
@@ -157,7 +172,8 @@ impl Inventory {
     /// Stock of `sku` at every location, in shipping order.
     pub async fn levels(&self, sku: &str, now: i64) -> Result<Vec<StockLevel>> {
         let rows = sqlx::query(&format!(
-            "SELECT l.sku, l.location_id, l.on_hand, l.committed, {RESERVED} AS reserved \
+            "SELECT l.sku, l.location_id, l.on_hand, l.held, {LAPSED} AS lapsed, \
+             {COMMITTED} AS committed \
              FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
              WHERE l.sku = $2 ORDER BY s.priority, l.location_id"
         ))
@@ -168,15 +184,16 @@ impl Inventory {
         rows.iter()
             .map(|row| {
                 let on_hand: i64 = row.try_get("on_hand")?;
+                let held: i64 = row.try_get("held")?;
+                let lapsed: i64 = row.try_get("lapsed")?;
                 let committed: i64 = row.try_get("committed")?;
-                let reserved: i64 = row.try_get("reserved")?;
                 Ok(StockLevel {
                     sku: row.try_get("sku")?,
                     location_id: row.try_get("location_id")?,
                     on_hand,
-                    reserved,
+                    reserved: held - lapsed - committed,
                     committed,
-                    available: on_hand - committed - reserved,
+                    available: on_hand - held + lapsed,
                 })
             })
             .collect()
@@ -233,12 +250,20 @@ impl Inventory {
             .await
     }
 
-    /// Turns `reference`'s active reservations into committed stock (the order is placed).
-    /// Fails if they expired: their stock may already belong to someone else.
-    pub async fn commit(&self, reference: &str, now: i64) -> Result<Vec<Allocation>> {
-        let reference = reference.to_owned();
+    /// Turns the reservations [`reserve`](Self::reserve) made for `reference` — `reserved`,
+    /// what it returned — into committed stock (the order is placed). Fails, committing
+    /// nothing, if any of them expired: their stock may already belong to someone else.
+    pub async fn commit(
+        &self,
+        reference: &str,
+        reserved: &[Allocation],
+        now: i64,
+    ) -> Result<Vec<Allocation>> {
+        let (reference, expected) = (reference.to_owned(), reserved.len());
         self.db
-            .write(move |tx| Box::pin(async move { commit_in(tx, &reference, now).await }))
+            .write(move |tx| {
+                Box::pin(async move { commit_in(tx, &reference, expected, now).await })
+            })
             .await
     }
 
@@ -414,13 +439,13 @@ async fn adjust_in(
     )
     .await?;
     lock_levels(tx, &[(sku.clone(), location_id.clone())]).await?;
+    // What lapsed no longer counts: release it, so `held` is what really holds stock.
+    release_stale_in(tx, &[(sku.clone(), location_id.clone())], None, now).await?;
     let available = tx
         .fetch_one(
-            &format!(
-                "SELECT l.on_hand - l.committed - {RESERVED} AS available FROM inventory_levels l \
-                 WHERE l.sku = $2 AND l.location_id = $3"
-            ),
-            &args![now, &sku, &location_id],
+            "SELECT on_hand - held AS available FROM inventory_levels \
+             WHERE sku = $1 AND location_id = $2",
+            &args![&sku, &location_id],
         )
         .await?
         .get::<i64>("available")?;
@@ -468,71 +493,83 @@ pub async fn reserve_in(
     now: i64,
     expires_at: i64,
 ) -> Result<Vec<Allocation>> {
-    let skus: Vec<Value> = wanted.keys().map(Value::from).collect();
-    // A retry under the same reference replaces what it reserved before. Done before taking
-    // the level locks: on PostgreSQL every statement between the lock and the commit makes
-    // the other checkouts of these SKUs wait.
-    tx.execute(
-        "UPDATE reservations SET state = 'released' WHERE reference = $1 AND state = 'active'",
-        &args![&reference],
-    )
-    .await?;
-    // Lock every level involved, in (sku, location) order, before reading any of them (SQLite's
-    // write transaction holds the whole database already).
-    let lock = match tx.backend() {
-        Backend::Postgres => " FOR UPDATE",
-        Backend::Sqlite => "",
-    };
+    let postgres = tx.backend() == Backend::Postgres;
+    // Lock every level involved — those of the wanted SKUs and those of the reference's
+    // earlier reservations, which a retry replaces — in (sku, location) order, reading what
+    // they hold as it is now (on PostgreSQL a row locked after waiting is read as its newest
+    // version; SQLite's write transaction holds the whole database). `stale` says whether a
+    // level has reservations to release first: lapsed ones, or the reference's own. Its
+    // sub-query sees the statement's snapshot, which can only over-report: a reservation
+    // leaves `active` once and lapses long after it was made.
+    let lock = if postgres { " FOR UPDATE OF l" } else { "" };
+    let mut values = args![now, &reference].to_vec();
+    values.extend(wanted.keys().map(Value::from));
     let rows = tx
         .fetch(
             &format!(
-                "SELECT sku, location_id FROM inventory_levels WHERE sku IN ({}) \
-                 ORDER BY sku, location_id{lock}",
-                params(1, skus.len())
+                "SELECT l.sku, l.location_id, s.priority, l.on_hand, l.held, \
+                 CASE WHEN EXISTS (SELECT 1 FROM reservations r \
+                   WHERE r.sku = l.sku AND r.location_id = l.location_id AND r.state = 'active' \
+                   AND (r.expires_at <= $1 OR r.reference = $2)) THEN 1 ELSE 0 END AS stale \
+                 FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
+                 WHERE l.sku IN (SELECT sku FROM reservations WHERE reference = $2 AND state = 'active' \
+                   UNION VALUES {}) \
+                 ORDER BY l.sku, l.location_id{lock}",
+                param_rows(3, wanted.len(), 1)
             ),
-            &skus,
+            &values,
         )
         .await?;
-    let mut levels: Vec<(String, String)> = Vec::with_capacity(rows.len());
+    // (sku, priority, location) → on_hand − held.
+    let mut levels: BTreeMap<(String, i32, String), i64> = BTreeMap::new();
+    let mut stale = false;
     for row in &rows {
-        levels.push((row.get("sku")?, row.get("location_id")?));
+        stale |= row.get::<i64>("stale")? != 0;
+        let held: i64 = row.get("held")?;
+        levels.insert(
+            (
+                row.get("sku")?,
+                row.get("priority")?,
+                row.get("location_id")?,
+            ),
+            row.get::<i64>("on_hand")? - held,
+        );
     }
     if let Some(sku) = wanted
         .keys()
-        .find(|sku| !levels.iter().any(|(s, _)| s == *sku))
+        .find(|sku| !levels.keys().any(|(s, _, _)| s == *sku))
     {
         return Err(InventoryError::UnknownSku(sku.clone()));
     }
+    if stale {
+        let locked: Vec<(String, String)> = levels
+            .keys()
+            .map(|(sku, _, location)| (sku.clone(), location.clone()))
+            .collect();
+        for freed in release_stale_in(tx, &locked, Some(&reference), now).await? {
+            if let Some(available) = levels
+                .iter_mut()
+                .find(|((s, _, l), _)| *s == freed.sku && *l == freed.location_id)
+                .map(|(_, a)| a)
+            {
+                *available += freed.quantity;
+            }
+        }
+    }
 
-    let mut available_args = vec![Value::from(now)];
-    available_args.extend(skus);
-    let rows = tx
-        .fetch(
-            &format!(
-                "SELECT l.sku, l.location_id, l.on_hand - l.committed - {RESERVED} AS available \
-                 FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
-                 WHERE l.sku IN ({}) ORDER BY l.sku, s.priority, l.location_id",
-                params(2, wanted.len())
-            ),
-            &available_args,
-        )
-        .await?;
+    // Allocate each SKU across its locations in priority order.
     let mut allocations = Vec::new();
     for (sku, &requested) in &wanted {
         let mut remaining = requested;
         let mut total_available = 0;
-        for row in &rows {
-            if row.text("sku")? != sku {
-                continue;
-            }
-            let available: i64 = row.get("available")?;
+        for ((_, _, location_id), &available) in levels.iter().filter(|((s, _, _), _)| s == sku) {
             total_available += available.max(0);
             if remaining > 0 && available > 0 {
                 let take = available.min(remaining);
                 remaining -= take;
                 allocations.push(Allocation {
                     sku: sku.clone(),
-                    location_id: row.get("location_id")?,
+                    location_id: location_id.clone(),
                     quantity: take,
                 });
             }
@@ -545,20 +582,24 @@ pub async fn reserve_in(
             });
         }
     }
-    let postgres = tx.backend() == Backend::Postgres;
+
     for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
         let insert = format!(
             "INSERT INTO reservations (id, reference, sku, location_id, quantity, expires_at, created_at, state) \
              VALUES {}",
             param_rows(1, chunk.len(), 7).replace(')', ", 'active')")
         );
-        // PostgreSQL: the movements in the same statement (one round trip fewer under the
-        // level locks); SQLite: after it.
+        // PostgreSQL: the movements and the levels in the same statement (the levels are
+        // locked until the commit; each round trip here is one every other checkout of these
+        // SKUs waits for); SQLite: one statement each.
         let sql = if postgres {
             format!(
-                "WITH ins AS ({insert} RETURNING sku, location_id, quantity, reference, created_at) \
-                 INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
-                 SELECT sku, location_id, 'reserve', quantity, reference, created_at FROM ins"
+                "WITH ins AS ({insert} RETURNING sku, location_id, quantity, reference, created_at), \
+                 mv AS (INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
+                        SELECT sku, location_id, 'reserve', quantity, reference, created_at FROM ins), \
+                 s AS (SELECT sku, location_id, SUM(quantity) AS quantity FROM ins GROUP BY sku, location_id) \
+                 UPDATE inventory_levels l SET held = l.held + s.quantity FROM s \
+                 WHERE l.sku = s.sku AND l.location_id = s.location_id"
             )
         } else {
             insert
@@ -579,79 +620,173 @@ pub async fn reserve_in(
     }
     if !postgres {
         record_movements(tx, &allocations, "reserve", 1, Some(&reference), now).await?;
+        tx.execute(
+            "UPDATE inventory_levels SET held = held + CAST((SELECT SUM(r.quantity) \
+             FROM reservations r WHERE r.reference = $1 AND r.state = 'active' \
+             AND r.sku = inventory_levels.sku AND r.location_id = inventory_levels.location_id) AS BIGINT) \
+             WHERE (sku, location_id) IN \
+               (SELECT sku, location_id FROM reservations WHERE reference = $1 AND state = 'active')",
+            &args![&reference],
+        )
+        .await?;
     }
     Ok(allocations)
 }
 
-/// [`Inventory::commit`] inside the caller's write transaction, so that an order and its stock
-/// are recorded together or not at all.
-pub async fn commit_in(tx: &mut dyn Tx, reference: &str, now: i64) -> Result<Vec<Allocation>> {
-    // The reservations, with their levels locked in (sku, location) order by the same statement.
-    let held = reservations_locking_levels_in(tx, reference, "active").await?;
-    if held.is_empty() {
-        return Err(InventoryError::NothingTo {
-            action: "commit",
-            reference: reference.to_owned(),
-        });
+/// Releases, on `levels` (sku, location — their rows locked by the caller), the active
+/// reservations that lapsed at `now` — recorded as `expire` movements — and those of `own` (a
+/// reference reserving again: `release`), and lowers `held` by what they held. Returns what
+/// it freed. Each reservation is changed by one guarded statement, so one that was committed
+/// or released meanwhile is left alone.
+async fn release_stale_in(
+    tx: &mut dyn Tx,
+    levels: &[(String, String)],
+    own: Option<&str>,
+    now: i64,
+) -> Result<Vec<Allocation>> {
+    let mut rows = Vec::new();
+    for chunk in levels.chunks(ROWS_PER_STATEMENT) {
+        let mut values = args![now, own].to_vec();
+        for (sku, location) in chunk {
+            values.extend(args![sku, location]);
+        }
+        rows.extend(
+            tx.fetch(
+                &format!(
+                    "UPDATE reservations SET state = 'released' \
+                     WHERE state = 'active' AND (expires_at <= $1 OR reference = $2) \
+                     AND (sku, location_id) IN ({}) \
+                     RETURNING sku, location_id, quantity, reference, expires_at",
+                    param_rows(3, chunk.len(), 2)
+                ),
+                &values,
+            )
+            .await?,
+        );
     }
+    let mut freed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let freed_one = Allocation {
+            sku: row.get("sku")?,
+            location_id: row.get("location_id")?,
+            quantity: row.get("quantity")?,
+        };
+        let reference: String = row.get("reference")?;
+        let kind = if own == Some(reference.as_str()) && row.get::<i64>("expires_at")? > now {
+            "release"
+        } else {
+            "expire"
+        };
+        tx.execute(
+            "INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &args![
+                &freed_one.sku,
+                &freed_one.location_id,
+                kind,
+                -freed_one.quantity,
+                reference,
+                now
+            ],
+        )
+        .await?;
+        freed.push(freed_one);
+    }
+    unhold(tx, &freed).await?;
+    Ok(freed)
+}
+
+/// Lowers `held` by each allocation (their level rows locked by the caller).
+async fn unhold(tx: &mut dyn Tx, allocations: &[Allocation]) -> Result<()> {
+    for a in allocations {
+        tx.execute(
+            "UPDATE inventory_levels SET held = held - $3 WHERE sku = $1 AND location_id = $2",
+            &args![&a.sku, &a.location_id, a.quantity],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// [`Inventory::commit`] inside the caller's write transaction, so that an order and its stock
+/// are recorded together or not at all: `expected` is how many reservations the reserve made
+/// (one per allocation). The level rows are not touched — committed stock is still `held` —
+/// so no other checkout waits for this one.
+pub async fn commit_in(
+    tx: &mut dyn Tx,
+    reference: &str,
+    expected: usize,
+    now: i64,
+) -> Result<Vec<Allocation>> {
+    // Each reservation changes state by this one statement on its own row: one that a checkout
+    // released as lapsed meanwhile is not found here, and one found here cannot be released.
+    let update = "UPDATE reservations SET state = 'committed' \
+                  WHERE reference = $1 AND state = 'active' \
+                  RETURNING sku, location_id, quantity, expires_at";
+    let rows = if tx.backend() == Backend::Postgres {
+        tx.fetch(
+            &format!(
+                "WITH r AS ({update}), \
+                 mv AS (INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
+                        SELECT sku, location_id, 'commit', quantity, $1, $2 FROM r) \
+                 SELECT sku, location_id, quantity, expires_at FROM r ORDER BY sku, location_id"
+            ),
+            &args![reference, now],
+        )
+        .await?
+    } else {
+        tx.fetch(update, &args![reference]).await?
+    };
+    let mut held = allocations_of(&rows)?;
+    held.sort_by(|a, b| (&a.0.sku, &a.0.location_id).cmp(&(&b.0.sku, &b.0.location_id)));
+    // The caller rolls the transaction back on any of these errors, so nothing is committed.
     if held.iter().any(|(_, expires_at)| *expires_at <= now) {
         return Err(InventoryError::Expired(reference.to_owned()));
     }
-    let allocations: Vec<Allocation> = held.into_iter().map(|(a, _)| a).collect();
-    if tx.backend() == Backend::Postgres {
-        // The levels are locked: the three writes in one statement, so the lock is held for one
-        // round trip and the commit.
-        let moved = tx.execute(
-            "WITH r AS (UPDATE reservations SET state = 'committed' \
-                        WHERE reference = $1 AND state = 'active' RETURNING sku, location_id, quantity), \
-             s AS (SELECT sku, location_id, SUM(quantity) AS quantity FROM r GROUP BY sku, location_id), \
-             u AS (UPDATE inventory_levels l SET committed = l.committed + s.quantity FROM s \
-                   WHERE l.sku = s.sku AND l.location_id = s.location_id) \
-             INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
-             SELECT sku, location_id, 'commit', quantity, $1, $2 FROM r",
-            &args![reference, now],
-        )
-        .await?;
-        // One movement per reservation read above: anything else means they changed under us.
-        if usize::try_from(moved).ok() != Some(allocations.len()) {
-            return Err(InventoryError::NothingTo {
+    if held.len() != expected {
+        let lapsed = !tx
+            .fetch(
+                "SELECT 1 FROM inventory_movements WHERE reference = $1 AND kind = 'expire'",
+                &args![reference],
+            )
+            .await?
+            .is_empty();
+        return Err(if lapsed {
+            InventoryError::Expired(reference.to_owned())
+        } else {
+            InventoryError::NothingTo {
                 action: "commit",
                 reference: reference.to_owned(),
-            });
-        }
-        return Ok(allocations);
+            }
+        });
     }
-    tx.execute(
-        "UPDATE inventory_levels SET committed = committed + CAST((SELECT SUM(r.quantity) \
-         FROM reservations r WHERE r.reference = $1 AND r.state = 'active' \
-         AND r.sku = inventory_levels.sku AND r.location_id = inventory_levels.location_id) AS BIGINT) \
-         WHERE EXISTS (SELECT 1 FROM reservations r WHERE r.reference = $1 AND r.state = 'active' \
-         AND r.sku = inventory_levels.sku AND r.location_id = inventory_levels.location_id)",
-        &args![reference],
-    )
-    .await?;
-    record_movements(tx, &allocations, "commit", 1, Some(reference), now).await?;
-    tx.execute(
-        "UPDATE reservations SET state = 'committed' WHERE reference = $1 AND state = 'active'",
-        &args![reference],
-    )
-    .await?;
+    let allocations: Vec<Allocation> = held.into_iter().map(|(a, _)| a).collect();
+    if tx.backend() == Backend::Sqlite {
+        record_movements(tx, &allocations, "commit", 1, Some(reference), now).await?;
+    }
     Ok(allocations)
 }
 
 async fn release_in(tx: &mut dyn Tx, reference: String, now: i64) -> Result<i64> {
-    let held: Vec<Allocation> = reservations_in(tx, &reference, "active")
+    // Lock the levels first (in order); then release what is still active — a checkout may
+    // have released some of it as lapsed meanwhile.
+    if reservations_locking_levels_in(tx, &reference, "active")
         .await?
-        .into_iter()
-        .map(|(a, _)| a)
-        .collect();
-    record_movements(tx, &held, "release", -1, Some(&reference), now).await?;
-    tx.execute(
-        "UPDATE reservations SET state = 'released' WHERE reference = $1 AND state = 'active'",
-        &args![&reference],
-    )
-    .await?;
-    Ok(held.iter().map(|a| a.quantity).sum())
+        .is_empty()
+    {
+        return Ok(0);
+    }
+    let rows = tx
+        .fetch(
+            "UPDATE reservations SET state = 'released' WHERE reference = $1 AND state = 'active' \
+             RETURNING sku, location_id, quantity, expires_at",
+            &args![&reference],
+        )
+        .await?;
+    let released: Vec<Allocation> = allocations_of(&rows)?.into_iter().map(|(a, _)| a).collect();
+    unhold(tx, &released).await?;
+    record_movements(tx, &released, "release", -1, Some(&reference), now).await?;
+    Ok(released.iter().map(|a| a.quantity).sum())
 }
 
 async fn ship_items_in(
@@ -733,7 +868,7 @@ async fn ship_items_in(
             .await?;
         }
         tx.execute(
-            "UPDATE inventory_levels SET committed = committed - $3, on_hand = on_hand - $3 \
+            "UPDATE inventory_levels SET held = held - $3, on_hand = on_hand - $3 \
              WHERE sku = $1 AND location_id = $2",
             &args![&sku, &location, take],
         )
@@ -765,12 +900,12 @@ async fn settle_in(
     lock_levels(tx, &levels_of(&committed)).await?;
     let (sql, state) = match action {
         "ship" => (
-            "UPDATE inventory_levels SET committed = committed - $3, on_hand = on_hand - $3 \
+            "UPDATE inventory_levels SET held = held - $3, on_hand = on_hand - $3 \
              WHERE sku = $1 AND location_id = $2",
             "shipped",
         ),
         _ => (
-            "UPDATE inventory_levels SET committed = committed - $3 WHERE sku = $1 AND location_id = $2",
+            "UPDATE inventory_levels SET held = held - $3 WHERE sku = $1 AND location_id = $2",
             "released",
         ),
     };

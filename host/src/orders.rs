@@ -487,26 +487,29 @@ impl Orders {
             .collect();
         let wanted = inventory::demand_of(&demand)?;
         let (reference, claim) = (order_id.clone(), key.cloned());
-        let claimed = self
+        let reserved = self
             .db
             .write(move |tx| {
                 Box::pin(async move {
                     if let Some(key) = &claim
                         && !key.claim_in(tx).await?
                     {
-                        return Ok(false);
+                        return Ok(None);
                     }
                     let expires_at = now + RESERVATION_TTL_MS;
-                    inventory::reserve_in(tx, reference, wanted, now, expires_at).await?;
-                    Ok::<_, OrderError>(true)
+                    let allocations =
+                        inventory::reserve_in(tx, reference, wanted, now, expires_at).await?;
+                    Ok::<_, OrderError>(Some(allocations.len()))
                 })
             })
             .await?;
-        if let Some(key) = key {
-            if !claimed {
+        let Some(reservations) = reserved else {
+            if let Some(key) = key {
                 key.advance(idempotency::Progress::Taken);
-                return Err(OrderError::KeyTaken);
             }
+            return Err(OrderError::KeyTaken);
+        };
+        if let Some(key) = key {
             key.advance(idempotency::Progress::Claimed);
         }
 
@@ -589,6 +592,7 @@ impl Orders {
                 connector,
                 &authorized,
                 shipping.as_ref(),
+                reservations,
                 key,
                 now,
             )
@@ -663,6 +667,7 @@ impl Orders {
         connector: &Plugin,
         authorized: &payment::PaymentResult,
         shipping: Option<&shipping::Offer>,
+        reservations: usize,
         key: Option<&Arc<idempotency::Key>>,
         now: i64,
     ) -> std::result::Result<Value, InventoryError> {
@@ -730,11 +735,10 @@ impl Orders {
                         // 201 Created: the API's answer to a checkout.
                         key.finish_in(tx, 201, &answer).await?;
                     }
-                    // The stock last: on PostgreSQL it locks the level rows every checkout of
-                    // these SKUs needs, until the commit. Expiry is judged by the clock now,
-                    // not when the checkout began: a checkout stalled past its reservation must
-                    // not commit stock that others may have reserved since it stopped counting.
-                    inventory::commit_in(tx, &id, now.max(wall_clock_ms())).await?;
+                    // Expiry is judged by the clock now, not when the checkout began: a
+                    // checkout stalled past its reservation must not commit stock that others
+                    // may have reserved since it stopped counting.
+                    inventory::commit_in(tx, &id, reservations, now.max(wall_clock_ms())).await?;
                     Ok::<_, InventoryError>(answer)
                 })
             })

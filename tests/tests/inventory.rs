@@ -84,7 +84,7 @@ async fn stock_moves_from_reserved_to_committed_to_shipped_and_every_step_is_rec
             t.backend
         );
 
-        inv.commit("order-1", NOW + 1).await.expect("commit");
+        inv.commit("order-1", &got, NOW + 1).await.expect("commit");
         let level = &inv.levels("TEE-M", NOW).await.expect("levels")[0];
         assert_eq!(
             (
@@ -223,7 +223,8 @@ async fn an_expired_reservation_stops_counting_at_once_and_cannot_be_committed()
         inv.adjust("TEE-M", "eu", 1, "receive", NOW)
             .await
             .expect("receive");
-        inv.reserve("slow", &demand(&[("TEE-M", 1)]), NOW, NOW + MINUTE)
+        let slow = inv
+            .reserve("slow", &demand(&[("TEE-M", 1)]), NOW, NOW + MINUTE)
             .await
             .expect("reserve");
         assert_eq!(
@@ -237,17 +238,61 @@ async fn an_expired_reservation_stops_counting_at_once_and_cannot_be_committed()
             "{}",
             t.backend
         );
-        inv.reserve(
-            "fast",
-            &demand(&[("TEE-M", 1)]),
-            NOW + MINUTE,
-            NOW + 2 * MINUTE,
-        )
-        .await
-        .expect("the expired unit can be sold again");
-        let err = inv.commit("slow", NOW + MINUTE).await.expect_err("expired");
+        let fast = inv
+            .reserve(
+                "fast",
+                &demand(&[("TEE-M", 1)]),
+                NOW + MINUTE,
+                NOW + 2 * MINUTE,
+            )
+            .await
+            .expect("the expired unit can be sold again");
+        let err = inv
+            .commit("slow", &slow, NOW + MINUTE)
+            .await
+            .expect_err("expired");
         assert_eq!(err.code(), "reservation_expired", "{}", t.backend);
-        inv.commit("fast", NOW + MINUTE + 1).await.expect("commit");
+        // Not even by a clock that says it has not lapsed yet (a host whose clock runs
+        // behind): its stock went to `fast`, and the unit cannot be sold twice.
+        let err = inv
+            .commit("slow", &slow, NOW + MINUTE - 1)
+            .await
+            .expect_err("taken by fast");
+        assert_eq!(err.code(), "reservation_expired", "{}", t.backend);
+        inv.commit("fast", &fast, NOW + MINUTE + 1)
+            .await
+            .expect("commit");
+        let level = &inv.levels("TEE-M", NOW + MINUTE + 1).await.expect("levels")[0];
+        assert_eq!(
+            (
+                level.on_hand,
+                level.reserved,
+                level.committed,
+                level.available
+            ),
+            (1, 0, 1, 0),
+            "{}",
+            t.backend
+        );
+        let kinds: Vec<String> = inv
+            .movements("TEE-M", "eu")
+            .await
+            .expect("movements")
+            .into_iter()
+            .map(|(kind, qty, reference)| format!("{kind}:{qty}:{}", reference.unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "receive:1:",
+                "reserve:1:slow",
+                "expire:-1:slow",
+                "reserve:1:fast",
+                "commit:1:fast"
+            ],
+            "{}: the lapsed reservation was released, and recorded, by the checkout that needed its stock",
+            t.backend
+        );
         t.drop_database().await;
     }
 }
@@ -302,10 +347,13 @@ async fn release_cancel_and_restock_happen_exactly_once() {
         assert_eq!(inv.release("abandoned", NOW).await.expect("again"), 0);
         assert_eq!(inv.available("TEE-M", NOW).await.expect("a"), 4);
 
-        inv.reserve("cancelled", &demand(&[("TEE-M", 2)]), NOW, NOW + MINUTE)
+        let cancelled = inv
+            .reserve("cancelled", &demand(&[("TEE-M", 2)]), NOW, NOW + MINUTE)
             .await
             .expect("r");
-        inv.commit("cancelled", NOW).await.expect("commit");
+        inv.commit("cancelled", &cancelled, NOW)
+            .await
+            .expect("commit");
         inv.cancel("cancelled", NOW).await.expect("cancel");
         assert_eq!(
             inv.cancel("cancelled", NOW)
@@ -321,10 +369,11 @@ async fn release_cancel_and_restock_happen_exactly_once() {
             t.backend
         );
 
-        inv.reserve("shipped", &demand(&[("TEE-M", 1)]), NOW, NOW + MINUTE)
+        let shipped = inv
+            .reserve("shipped", &demand(&[("TEE-M", 1)]), NOW, NOW + MINUTE)
             .await
             .expect("r");
-        inv.commit("shipped", NOW).await.expect("commit");
+        inv.commit("shipped", &shipped, NOW).await.expect("commit");
         inv.ship("shipped", NOW).await.expect("ship");
         assert!(
             inv.restock("return-1", "TEE-M", "eu", 1, NOW)
@@ -374,6 +423,157 @@ async fn bad_quantities_unknown_skus_and_write_offs_of_sold_stock_are_refused() 
         assert_eq!(err.code(), "insufficient_stock", "{}", t.backend);
         let level = &inv.levels("TEE-M", NOW).await.expect("levels")[0];
         assert_eq!(level.on_hand, 2, "{}: nothing changed", t.backend);
+        t.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn reserving_again_replaces_what_the_reference_held_and_lapsed_stock_can_be_written_off() {
+    for t in test_databases().await {
+        let (_db, inv) = store(&t.url).await;
+        inv.adjust("TEE-M", "eu", 3, "receive", NOW)
+            .await
+            .expect("receive");
+        inv.adjust("TEE-L", "eu", 3, "receive", NOW)
+            .await
+            .expect("receive");
+        // A retry under the same reference, for other SKUs: the first reservation is given back.
+        inv.reserve("retry", &demand(&[("TEE-M", 3)]), NOW, NOW + MINUTE)
+            .await
+            .expect("first");
+        let second = inv
+            .reserve("retry", &demand(&[("TEE-L", 2)]), NOW + 1, NOW + MINUTE)
+            .await
+            .expect("second");
+        assert_eq!(
+            inv.available("TEE-M", NOW + 1).await.expect("a"),
+            3,
+            "{}: nothing of the first attempt is held",
+            t.backend
+        );
+        assert_eq!(inv.available("TEE-L", NOW + 1).await.expect("a"), 1);
+        // The whole of TEE-M can go to someone else, and the retry commits what it holds.
+        inv.reserve("other", &demand(&[("TEE-M", 3)]), NOW + 2, NOW + 2)
+            .await
+            .expect("other");
+        inv.commit("retry", &second, NOW + 3).await.expect("commit");
+
+        // `other` lapsed at NOW + 2: its stock can be written off without anyone selling it.
+        let level = inv
+            .adjust("TEE-M", "eu", -3, "damaged", NOW + 3)
+            .await
+            .expect("write-off of lapsed stock");
+        assert_eq!(
+            (level.on_hand, level.reserved, level.available),
+            (0, 0, 0),
+            "{}",
+            t.backend
+        );
+        let kinds: Vec<String> = inv
+            .movements("TEE-M", "eu")
+            .await
+            .expect("movements")
+            .into_iter()
+            .map(|(kind, qty, reference)| format!("{kind}:{qty}:{}", reference.unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "receive:3:",
+                "reserve:3:retry",
+                "release:-3:retry",
+                "reserve:3:other",
+                "expire:-3:other",
+                "damaged:-3:"
+            ],
+            "{}",
+            t.backend
+        );
+        t.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn upgrading_a_store_to_the_held_counter_keeps_every_unit_where_it_was() {
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms");
+    for t in test_databases().await {
+        let db = Db::connect(&t.url).await.expect("connect");
+        // The schema as it was before migration 14, with stock in every state.
+        let mut before = match db.backend() {
+            cartridge_host::db::Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
+            cartridge_host::db::Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
+        };
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 14)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(db.pool()).await.expect("migrations 1 to 13");
+        for sql in [
+            "INSERT INTO products (id, title, created_at) VALUES ('tee', 'Tee', 0)",
+            "INSERT INTO variants (sku, product_id, title) VALUES ('TEE-M', 'tee', 'M')",
+            "INSERT INTO stock_locations (id, name, priority) VALUES ('eu', 'Berlin', 1)",
+            "INSERT INTO inventory_levels (sku, location_id, on_hand, committed) VALUES ('TEE-M', 'eu', 10, 2)",
+        ] {
+            sqlx::query(sql).execute(db.pool()).await.expect(sql);
+        }
+        for (id, state, quantity, expires_at) in [
+            ("sold", "committed", 2, now - MINUTE),
+            ("open", "active", 3, now + 60 * MINUTE),
+            ("lapsed", "active", 4, now - MINUTE),
+            ("gone", "released", 5, now + 60 * MINUTE),
+        ] {
+            sqlx::query(
+                "INSERT INTO reservations (id, reference, sku, location_id, quantity, state, expires_at, created_at) \
+                 VALUES ($1, $1, 'TEE-M', 'eu', $2, $3, $4, 0)",
+            )
+            .bind(id)
+            .bind(quantity)
+            .bind(state)
+            .bind(expires_at)
+            .execute(db.pool())
+            .await
+            .expect("reservation");
+        }
+
+        db.migrate().await.expect("migration 14");
+        let inv = Inventory::new(db.clone());
+        let level = &inv.levels("TEE-M", now).await.expect("levels")[0];
+        assert_eq!(
+            (
+                level.on_hand,
+                level.reserved,
+                level.committed,
+                level.available
+            ),
+            (10, 3, 2, 5),
+            "{}",
+            t.backend
+        );
+        let movements = inv.movements("TEE-M", "eu").await.expect("movements");
+        assert_eq!(
+            movements,
+            [("expire".to_owned(), -4, Some("lapsed".to_owned()))],
+            "{}: the lapsed reservation is released, and recorded",
+            t.backend
+        );
+        // What is available is exactly what can be sold, and no more.
+        inv.reserve("next", &demand(&[("TEE-M", 5)]), now, now + MINUTE)
+            .await
+            .expect("the five available units");
+        let err = inv
+            .reserve("one-more", &demand(&[("TEE-M", 1)]), now, now + MINUTE)
+            .await
+            .expect_err("sold out");
+        assert_eq!(err.code(), "insufficient_stock", "{}", t.backend);
         t.drop_database().await;
     }
 }
