@@ -26,6 +26,7 @@
 //! movement.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 use sqlx::Row;
@@ -132,7 +133,12 @@ pub struct Allocation {
 #[derive(Debug, Clone)]
 pub struct Inventory {
     db: Db,
+    /// Admission to reserving on PostgreSQL: see [`Inventory::admit_reservation`].
+    gate: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many reserving transactions one host runs on PostgreSQL at once.
+const RESERVING_AT_ONCE: usize = 4;
 
 /// Units of a level still `held` by reservations that lapsed at `$1` and were not released
 /// yet — they no longer count — as a SQL expression over `l` (inventory_levels).
@@ -152,7 +158,24 @@ const ROWS_PER_STATEMENT: usize = 500;
 impl Inventory {
     /// Inventory over `db`.
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self {
+            db,
+            gate: Arc::new(tokio::sync::Semaphore::new(RESERVING_AT_ONCE)),
+        }
+    }
+
+    /// A turn to run a reserving transaction ([`reserve_in`]); hold it until the transaction
+    /// has finished. On PostgreSQL checkouts of the same SKUs queue for the level rows' locks,
+    /// and every commit there wakes every backend waiting behind it to re-read the rows: with
+    /// dozens waiting, that churn costs more than the work. A few transactions at a time per
+    /// host keep the queue here, where waiting is free; the row locks still decide between
+    /// hosts. On SQLite the single writer queues them already (and commits them in groups), so
+    /// there is no gate.
+    pub async fn admit_reservation(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        match self.db.backend() {
+            Backend::Sqlite => None,
+            Backend::Postgres => self.gate.acquire().await.ok(),
+        }
     }
 
     /// Creates or renames a stock location. Lower `priority` ships first.
@@ -245,6 +268,7 @@ impl Inventory {
     ) -> Result<Vec<Allocation>> {
         let wanted = demand_of(demand)?;
         let reference = reference.to_owned();
+        let _turn = self.admit_reservation().await;
         self.db
             .write(move |tx| Box::pin(reserve_in(tx, reference, wanted, now, expires_at)))
             .await
@@ -494,6 +518,16 @@ pub async fn reserve_in(
     expires_at: i64,
 ) -> Result<Vec<Allocation>> {
     let postgres = tx.backend() == Backend::Postgres;
+    if postgres {
+        // The reservation's commit does not wait for its WAL flush, so the level locks are
+        // released without it. Nothing durable rests on a reservation alone: what makes it
+        // count is the commit that places the order, which does wait — and PostgreSQL
+        // flushes its WAL in order, so once the order is durable, so is its reservation. A
+        // crash before that loses at most reservations whose orders were never placed (the
+        // checkout's record then fails and voids the payment).
+        tx.execute("SET LOCAL synchronous_commit = off", &[])
+            .await?;
+    }
     // Lock every level involved — those of the wanted SKUs and those of the reference's
     // earlier reservations, which a retry replaces — in (sku, location) order, reading what
     // they hold as it is now (on PostgreSQL a row locked after waiting is read as its newest

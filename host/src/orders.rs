@@ -487,6 +487,7 @@ impl Orders {
             .collect();
         let wanted = inventory::demand_of(&demand)?;
         let (reference, claim) = (order_id.clone(), key.cloned());
+        let turn = self.inventory.admit_reservation().await;
         let reserved = self
             .db
             .write(move |tx| {
@@ -502,8 +503,9 @@ impl Orders {
                     Ok::<_, OrderError>(Some(allocations.len()))
                 })
             })
-            .await?;
-        let Some(reservations) = reserved else {
+            .await;
+        drop(turn);
+        let Some(reservations) = reserved? else {
             if let Some(key) = key {
                 key.advance(idempotency::Progress::Taken);
             }
