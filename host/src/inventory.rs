@@ -31,7 +31,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::db::{Backend, Db, FromValue, Tx, Value, args, param_rows};
+use crate::db::{Backend, Db, FromValue, Tx, Value, args, param_rows, params};
 
 /// Why an inventory operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -528,37 +528,50 @@ pub async fn reserve_in(
         tx.execute("SET LOCAL synchronous_commit = off", &[])
             .await?;
     }
-    // Lock every level involved — those of the wanted SKUs and those of the reference's
-    // earlier reservations, which a retry replaces — in (sku, location) order, reading what
-    // they hold as it is now (on PostgreSQL a row locked after waiting is read as its newest
-    // version; SQLite's write transaction holds the whole database). `stale` says whether a
-    // level has reservations to release first: lapsed ones, or the reference's own. Its
-    // sub-query sees the statement's snapshot, which can only over-report: a reservation
-    // leaves `active` once and lapses long after it was made.
-    let lock = if postgres { " FOR UPDATE OF l" } else { "" };
-    let mut values = args![now, &reference].to_vec();
+    // Before taking the locks (so it costs the other checkouts no wait): the reference's own
+    // earlier reservations, which a retry replaces — their levels are locked too — and
+    // whether any wanted SKU holds reservations that lapsed and must be released first. A
+    // snapshot taken before the locks can only over-report either: a reservation leaves
+    // `active` once, and lapses long after it was made.
+    let mut values = args![&reference, now].to_vec();
     values.extend(wanted.keys().map(Value::from));
+    let stale = tx
+        .fetch(
+            &format!(
+                "SELECT sku FROM reservations WHERE reference = $1 AND state = 'active' \
+                 UNION ALL \
+                 SELECT sku FROM reservations WHERE sku IN ({}) AND state = 'active' \
+                 AND expires_at <= $2",
+                params(3, wanted.len())
+            ),
+            &values,
+        )
+        .await?;
+    let mut skus: Vec<String> = wanted.keys().cloned().collect();
+    for row in &stale {
+        skus.push(row.get("sku")?);
+    }
+    skus.sort();
+    skus.dedup();
+    // Lock every level involved in (sku, location) order, reading what they hold as it is
+    // now (on PostgreSQL a row locked after waiting is read as its newest version; SQLite's
+    // write transaction holds the whole database).
+    let lock = if postgres { " FOR UPDATE OF l" } else { "" };
+    let values: Vec<Value> = skus.iter().map(Value::from).collect();
     let rows = tx
         .fetch(
             &format!(
-                "SELECT l.sku, l.location_id, s.priority, l.on_hand, l.held, \
-                 CASE WHEN EXISTS (SELECT 1 FROM reservations r \
-                   WHERE r.sku = l.sku AND r.location_id = l.location_id AND r.state = 'active' \
-                   AND (r.expires_at <= $1 OR r.reference = $2)) THEN 1 ELSE 0 END AS stale \
+                "SELECT l.sku, l.location_id, s.priority, l.on_hand, l.held \
                  FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
-                 WHERE l.sku IN (SELECT sku FROM reservations WHERE reference = $2 AND state = 'active' \
-                   UNION VALUES {}) \
-                 ORDER BY l.sku, l.location_id{lock}",
-                param_rows(3, wanted.len(), 1)
+                 WHERE l.sku IN ({}) ORDER BY l.sku, l.location_id{lock}",
+                params(1, skus.len())
             ),
             &values,
         )
         .await?;
     // (sku, priority, location) → on_hand − held.
     let mut levels: BTreeMap<(String, i32, String), i64> = BTreeMap::new();
-    let mut stale = false;
     for row in &rows {
-        stale |= row.get::<i64>("stale")? != 0;
         let held: i64 = row.get("held")?;
         levels.insert(
             (
@@ -575,7 +588,7 @@ pub async fn reserve_in(
     {
         return Err(InventoryError::UnknownSku(sku.clone()));
     }
-    if stale {
+    if !stale.is_empty() {
         let locked: Vec<(String, String)> = levels
             .keys()
             .map(|(sku, _, location)| (sku.clone(), location.clone()))

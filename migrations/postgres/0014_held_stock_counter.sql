@@ -28,3 +28,6 @@ ALTER TABLE inventory_levels
     -- Never used: row locks are taken by `SELECT … FOR UPDATE` (PostgreSQL) and the single
     -- writer (SQLite).
     DROP COLUMN lock_seq;
+
+-- Finding lapsed reservations is now part of every checkout: only active ones, by expiry.
+CREATE INDEX reservations_active_by_expiry ON reservations (sku, expires_at) WHERE state = 'active';

@@ -31,3 +31,6 @@ ALTER TABLE inventory_levels DROP COLUMN committed;
 ALTER TABLE inventory_levels DROP COLUMN lock_seq;
 
 DROP TABLE migration_clock;
+
+-- Finding lapsed reservations is now part of every checkout: only active ones, by expiry.
+CREATE INDEX reservations_active_by_expiry ON reservations (sku, expires_at) WHERE state = 'active';
