@@ -48,6 +48,16 @@ async fn store(url: &str) -> (Db, Inventory) {
     (db, inventory)
 }
 
+/// The movements of a level as `kind:quantity:reference`, oldest first.
+async fn movement_log(inv: &Inventory, sku: &str, location: &str) -> Vec<String> {
+    inv.movements(sku, location)
+        .await
+        .expect("movements")
+        .into_iter()
+        .map(|(kind, qty, reference)| format!("{kind}:{qty}:{}", reference.unwrap_or_default()))
+        .collect()
+}
+
 fn demand(items: &[(&str, i64)]) -> Vec<(String, i64)> {
     items.iter().map(|(s, q)| (s.to_string(), *q)).collect()
 }
@@ -274,13 +284,7 @@ async fn an_expired_reservation_stops_counting_at_once_and_cannot_be_committed()
             "{}",
             t.backend
         );
-        let kinds: Vec<String> = inv
-            .movements("TEE-M", "eu")
-            .await
-            .expect("movements")
-            .into_iter()
-            .map(|(kind, qty, reference)| format!("{kind}:{qty}:{}", reference.unwrap_or_default()))
-            .collect();
+        let kinds = movement_log(&inv, "TEE-M", "eu").await;
         assert_eq!(
             kinds,
             [
@@ -469,13 +473,7 @@ async fn reserving_again_replaces_what_the_reference_held_and_lapsed_stock_can_b
             "{}",
             t.backend
         );
-        let kinds: Vec<String> = inv
-            .movements("TEE-M", "eu")
-            .await
-            .expect("movements")
-            .into_iter()
-            .map(|(kind, qty, reference)| format!("{kind}:{qty}:{}", reference.unwrap_or_default()))
-            .collect();
+        let kinds = movement_log(&inv, "TEE-M", "eu").await;
         assert_eq!(
             kinds,
             [
