@@ -300,7 +300,7 @@ impl Inventory {
             .await
     }
 
-    /// Ships everything committed for `reference`: it leaves `committed` and `on_hand`.
+    /// Ships everything committed for `reference`: it leaves `held` and `on_hand`.
     pub async fn ship(&self, reference: &str, now: i64) -> Result<Vec<Allocation>> {
         self.settle(reference, "ship", now).await
     }
@@ -776,7 +776,7 @@ pub async fn commit_in(
                 "WITH r AS ({update}), \
                  mv AS (INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
                         SELECT sku, location_id, 'commit', quantity, $1, $2 FROM r) \
-                 SELECT sku, location_id, quantity, expires_at FROM r ORDER BY sku, location_id"
+                 SELECT sku, location_id, quantity, expires_at FROM r"
             ),
             &args![reference, now],
         )
@@ -784,6 +784,7 @@ pub async fn commit_in(
     } else {
         tx.fetch(update, &args![reference]).await?
     };
+    // In (sku, location) order, as every other read of a reference's reservations.
     let mut held = allocations_of(&rows)?;
     held.sort_by(|a, b| (&a.0.sku, &a.0.location_id).cmp(&(&b.0.sku, &b.0.location_id)));
     // The caller rolls the transaction back on any of these errors, so nothing is committed.
@@ -791,9 +792,11 @@ pub async fn commit_in(
         return Err(InventoryError::Expired(reference.to_owned()));
     }
     if held.len() != expected {
+        // Fewer than were made: if some of them were released, another checkout took them as
+        // lapsed (a checkout releases its own only when it gives up, and then never commits).
         let lapsed = !tx
             .fetch(
-                "SELECT 1 FROM inventory_movements WHERE reference = $1 AND kind = 'expire'",
+                "SELECT 1 FROM reservations WHERE reference = $1 AND state = 'released'",
                 &args![reference],
             )
             .await?
