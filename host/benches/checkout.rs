@@ -72,7 +72,10 @@ async fn start(database_url: Option<&str>, native: bool) -> anyhow::Result<Serve
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cartridge"));
+    // Another build of the server (say, the code before a change) for a same-machine A/B.
+    let exe = std::env::var("CARTRIDGE_BENCH_SERVER")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_cartridge").to_owned());
+    let mut cmd = Command::new(exe);
     cmd.args(["serve", "--demo", "--admin-token", ADMIN, "--addr"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--plugins-dir")
@@ -442,6 +445,11 @@ fn row(name: &str, s: &Stats) -> String {
 async fn main() -> anyhow::Result<()> {
     let benching = std::env::args().any(|a| a == "--bench");
     let (total, concurrency) = if benching { (3_000, 32) } else { (20, 4) };
+    // Another load level, for finding where throughput stops growing with concurrency.
+    let concurrency = std::env::var("CARTRIDGE_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(concurrency);
     let admin_url = std::env::var("CARTRIDGE_BENCH_DATABASE_URL").ok();
     let backend = if admin_url.is_some() {
         "PostgreSQL (synchronous_commit = on)"
