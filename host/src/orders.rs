@@ -104,6 +104,17 @@ pub enum OrderError {
         /// What may still be refunded.
         refundable: i64,
     },
+    /// A capture asking for another amount than the capture already in progress (whose
+    /// outcome is not known yet) asked for.
+    #[error(
+        "a capture of {in_progress} is in progress (its outcome is unknown): retry it with that amount or none, not {requested}"
+    )]
+    CaptureInProgress {
+        /// What was asked.
+        requested: i64,
+        /// What the capture in progress asked.
+        in_progress: i64,
+    },
     /// A capture above what was authorised.
     #[error("cannot capture {requested}: only {authorized} is authorised")]
     CaptureTooLarge {
@@ -1087,6 +1098,10 @@ impl Orders {
     /// by the gateway's webhook. Only the call that moved the order from `authorized` gives it
     /// back: a re-entry cannot know what an earlier attempt (or one still running) did, so its
     /// failures leave the order `capturing`.
+    ///
+    /// The claim records the amount it captures; a re-entry asks the gateway for that amount
+    /// again (the same operation must not carry two amounts): naming no amount means that one,
+    /// naming another is refused ([`OrderError::CaptureInProgress`]).
     pub async fn capture(
         &self,
         id: &str,
@@ -1097,32 +1112,83 @@ impl Orders {
         if amount.is_some_and(|a| a <= 0) {
             return Err(OrderError::Invalid("amount must be at least 1".into()));
         }
-        let mut claimed = 0;
-        let mut fresh = false;
-        for from in ["authorized", "capturing"] {
-            claimed = sqlx::query(
-                "UPDATE orders SET payment_status = 'capturing', updated_at = $2 \
-                 WHERE id = $1 AND payment_status = $3 AND status <> 'cancelled'",
-            )
-            .bind(id)
-            .bind(now)
-            .bind(from)
-            .execute(&mut *self.db.write_conn().await?)
-            .await?
-            .rows_affected();
-            if claimed == 1 {
-                fresh = from == "authorized";
-                break;
-            }
-        }
-        if claimed == 0 {
+        // What the payment allows (fixed since checkout) and what a capture in flight asked.
+        let Some(pay) = sqlx::query(
+            "SELECT p.gateway_reference, p.currency, p.authorized, o.capture_amount \
+             FROM payments p JOIN orders o ON o.id = p.order_id WHERE p.order_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.db.reader())
+        .await?
+        else {
             let (status, payment_status, _) = self.states(id).await?;
             return Err(OrderError::InvalidTransition {
                 action: "capture",
                 state: format!("{status}/{payment_status}"),
             });
+        };
+        let authorized: i64 = pay.try_get("authorized")?;
+        let in_flight: Option<i64> = pay.try_get("capture_amount")?;
+        // A fresh claim captures what is asked (all by default); a re-entry what was asked.
+        let fresh_amount = amount.unwrap_or(authorized);
+        let again_amount = amount.or(in_flight).unwrap_or(authorized);
+        for requested in [fresh_amount, again_amount] {
+            if requested > authorized {
+                return Err(OrderError::CaptureTooLarge {
+                    requested,
+                    authorized,
+                });
+            }
         }
-        match self.capture_claimed(id, amount, connector, now).await {
+        let payment = ClaimedPayment {
+            gateway_reference: pay.try_get("gateway_reference")?,
+            currency: pay.try_get("currency")?,
+        };
+        let fresh = sqlx::query(
+            "UPDATE orders SET payment_status = 'capturing', capture_amount = $3, updated_at = $2 \
+             WHERE id = $1 AND payment_status = 'authorized' AND status <> 'cancelled'",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(fresh_amount)
+        .execute(&mut *self.db.write_conn().await?)
+        .await?
+        .rows_affected()
+            == 1;
+        // Orders claimed before the amount was recorded have none: any amount re-enters.
+        let claimed = fresh
+            || sqlx::query(
+                "UPDATE orders SET updated_at = $2 WHERE id = $1 AND payment_status = 'capturing' \
+                 AND status <> 'cancelled' AND (capture_amount IS NULL OR capture_amount = $3)",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(again_amount)
+            .execute(&mut *self.db.write_conn().await?)
+            .await?
+            .rows_affected()
+                == 1;
+        if !claimed {
+            let (status, payment_status, _) = self.states(id).await?;
+            if payment_status == "capturing"
+                && status != "cancelled"
+                && let Some(in_progress) = in_flight
+            {
+                return Err(OrderError::CaptureInProgress {
+                    requested: again_amount,
+                    in_progress,
+                });
+            }
+            return Err(OrderError::InvalidTransition {
+                action: "capture",
+                state: format!("{status}/{payment_status}"),
+            });
+        }
+        let amount = if fresh { fresh_amount } else { again_amount };
+        match self
+            .capture_claimed(id, &payment, amount, connector, now)
+            .await
+        {
             Ok(()) => {}
             Err(CaptureFailure::Definite(e)) if fresh => {
                 sqlx::query(
@@ -1141,35 +1207,19 @@ impl Orders {
         self.order(id).await
     }
 
-    /// The gateway half of [`Orders::capture`], once the order is claimed.
+    /// The gateway half of [`Orders::capture`], once the order is claimed for `amount`.
     async fn capture_claimed(
         &self,
         id: &str,
-        amount: Option<i64>,
+        payment: &ClaimedPayment,
+        amount: i64,
         connector: &Plugin,
         now: i64,
     ) -> std::result::Result<(), CaptureFailure> {
-        let definite = |e: sqlx::Error| CaptureFailure::Definite(e.into());
-        let pay = sqlx::query(
-            "SELECT gateway_reference, currency, authorized FROM payments WHERE order_id = $1",
-        )
-        .bind(id)
-        .fetch_one(self.db.reader())
-        .await
-        .map_err(definite)?;
-        let currency: String = pay.try_get("currency").map_err(definite)?;
-        let authorized: i64 = pay.try_get("authorized").map_err(definite)?;
-        let amount = amount.unwrap_or(authorized);
-        if amount > authorized {
-            return Err(CaptureFailure::Definite(OrderError::CaptureTooLarge {
-                requested: amount,
-                authorized,
-            }));
-        }
         let request = PaymentRequest::Capture(payment::CaptureRequest {
             operation_id: format!("{id}:capture"),
-            gateway_reference: pay.try_get("gateway_reference").map_err(definite)?,
-            amount: money(amount, &currency),
+            gateway_reference: payment.gateway_reference.clone(),
+            amount: money(amount, &payment.currency),
             final_capture: true,
             now,
         });
@@ -1652,6 +1702,12 @@ enum CaptureFailure {
     Definite(OrderError),
     /// The gateway may have captured.
     Uncertain(OrderError),
+}
+
+/// The payment a capture asks the gateway about.
+struct ClaimedPayment {
+    gateway_reference: String,
+    currency: String,
 }
 
 enum BeforeCheckout {

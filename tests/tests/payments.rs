@@ -935,6 +935,49 @@ async fn a_capture_whose_outcome_is_unknown_is_never_voided_and_is_settled_by_a_
     }
 }
 
+#[tokio::test]
+async fn a_retried_capture_asks_the_gateway_for_the_amount_the_first_attempt_asked() {
+    for database in test_databases().await {
+        let shop = shop(database).await;
+        let part = TOTAL / 2;
+        let order = shop.placed_order().await;
+        let path = format!("/admin/orders/{order}/capture");
+
+        // A partial capture times out: its outcome is unknown, the order stays `capturing`.
+        shop.capture_fault("gateway-unavailable").await;
+        let r = shop.admin(&path, None, json!({"amount": part})).await;
+        assert_eq!(
+            code(&r),
+            (503, Some("payment_gateway_unavailable")),
+            "{}",
+            r.body
+        );
+        // The retry is the same gateway operation: another amount is refused before the
+        // gateway is asked (it would still be unavailable, a 503), and the claim stays.
+        let r = shop.admin(&path, None, json!({"amount": part + 1})).await;
+        assert_eq!(code(&r), (409, Some("capture_in_progress")), "{}", r.body);
+        assert_eq!(shop.order(&order).await["payment_status"], "capturing");
+        let r = shop.admin(&path, None, json!({"amount": TOTAL})).await;
+        assert_eq!(code(&r), (409, Some("capture_in_progress")), "{}", r.body);
+        // The same amount re-enters (and meets the gateway's fault again).
+        let r = shop.admin(&path, None, json!({"amount": part})).await;
+        assert_eq!(
+            code(&r),
+            (503, Some("payment_gateway_unavailable")),
+            "{}",
+            r.body
+        );
+
+        // Naming no amount retries the one in progress, not all that was authorised.
+        shop.capture_fault("").await;
+        let r = shop.capture(&order).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["payment_status"], "captured");
+        assert_eq!(amounts(&r.body), (TOTAL, part, 0));
+        shop.drop_database().await;
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // 4. localstripe
 

@@ -252,6 +252,9 @@ impl From<OrderError> for ApiError {
                     OrderError::CaptureTooLarge { .. } => {
                         (StatusCode::CONFLICT, "capture_exceeds_authorized")
                     }
+                    OrderError::CaptureInProgress { .. } => {
+                        (StatusCode::CONFLICT, "capture_in_progress")
+                    }
                     _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
                 };
                 Self::new(status, code, other.to_string())

@@ -198,7 +198,7 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         "post",
         "/admin/orders/{id}/capture",
         Access::AdminMaybeIdempotent,
-        "Capture the authorised payment, all of it or `amount`; the rest is released",
+        "Capture the authorised payment, all of it or `amount`; the rest is released. A retry of a capture whose outcome is unknown captures what that capture asked (409 `capture_in_progress` for another amount)",
     ),
     (
         "post",
