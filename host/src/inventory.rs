@@ -291,6 +291,40 @@ impl Inventory {
             .await
     }
 
+    /// Releases reservations that lapsed by `now` and are still marked active, on at most
+    /// `levels` stock levels, recording each as an `expire` movement; returns the units
+    /// released. Lapsed stock already counts as available (reads add it back), and a checkout
+    /// releases the lapsed reservations of the levels it reserves on — this tidies the levels
+    /// nobody reserves on again, so that their `held` and the reservations table say what is
+    /// really held. Safe beside checkouts: each reservation is released by one guarded
+    /// statement under its level's lock.
+    pub async fn release_lapsed(&self, now: i64, levels: i64) -> Result<i64> {
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    let rows = tx
+                        .fetch(
+                            "SELECT DISTINCT sku, location_id FROM reservations \
+                             WHERE state = 'active' AND expires_at <= $1 \
+                             ORDER BY sku, location_id LIMIT $2",
+                            &args![now, levels],
+                        )
+                        .await?;
+                    let levels = rows
+                        .iter()
+                        .map(|row| Ok((row.get("sku")?, row.get("location_id")?)))
+                        .collect::<Result<Vec<(String, String)>>>()?;
+                    if levels.is_empty() {
+                        return Ok(0);
+                    }
+                    lock_levels(tx, &levels).await?;
+                    let freed = release_stale_in(tx, &levels, None, now).await?;
+                    Ok(freed.iter().map(|a| a.quantity).sum())
+                })
+            })
+            .await
+    }
+
     /// Releases `reference`'s active reservations (checkout abandoned or failed). Idempotent:
     /// returns the units released, 0 the second time.
     pub async fn release(&self, reference: &str, now: i64) -> Result<i64> {

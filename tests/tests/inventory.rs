@@ -575,3 +575,119 @@ async fn upgrading_a_store_to_the_held_counter_keeps_every_unit_where_it_was() {
         t.drop_database().await;
     }
 }
+
+/// `held` and the reservation states of a level, as stored (not as reads correct them).
+async fn stored(db: &Db, sku: &str) -> (i64, Vec<String>) {
+    use sqlx::Row;
+    let held: i64 =
+        sqlx::query("SELECT held FROM inventory_levels WHERE sku = $1 AND location_id = 'eu'")
+            .bind(sku)
+            .fetch_one(db.pool())
+            .await
+            .expect("level")
+            .get("held");
+    let states =
+        sqlx::query("SELECT reference, state FROM reservations WHERE sku = $1 ORDER BY reference")
+            .bind(sku)
+            .fetch_all(db.pool())
+            .await
+            .expect("reservations")
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}:{}",
+                    r.get::<String, _>("reference"),
+                    r.get::<String, _>("state")
+                )
+            })
+            .collect();
+    (held, states)
+}
+
+#[tokio::test]
+async fn maintenance_releases_lapsed_reservations_nobody_reserved_over_and_nothing_else() {
+    for t in test_databases().await {
+        let (db, inv) = store(&t.url).await;
+        for sku in ["TEE-M", "TEE-L"] {
+            inv.adjust(sku, "eu", 5, "receive", NOW)
+                .await
+                .expect("receive");
+        }
+        // On TEE-M: one reservation lapses, one is placed (committed) although its reservation
+        // time passes too; on TEE-L one lapses and one is still live.
+        inv.reserve("lapsed-m", &demand(&[("TEE-M", 2)]), NOW, NOW + MINUTE)
+            .await
+            .expect("reserve");
+        let ordered = inv
+            .reserve("ordered", &demand(&[("TEE-M", 1)]), NOW, NOW + MINUTE)
+            .await
+            .expect("reserve");
+        inv.commit("ordered", &ordered, NOW + 1)
+            .await
+            .expect("commit");
+        inv.reserve("lapsed-l", &demand(&[("TEE-L", 1)]), NOW, NOW + MINUTE)
+            .await
+            .expect("reserve");
+        let live = inv
+            .reserve("live", &demand(&[("TEE-L", 3)]), NOW, NOW + 3 * MINUTE)
+            .await
+            .expect("reserve");
+
+        let later = NOW + 2 * MINUTE;
+        assert_eq!(
+            inv.release_lapsed(later, 100).await.expect("sweep"),
+            3,
+            "{}: the two lapsed reservations' units",
+            t.backend
+        );
+        assert_eq!(
+            stored(&db, "TEE-M").await,
+            (
+                1,
+                vec![
+                    "lapsed-m:released".to_owned(),
+                    "ordered:committed".to_owned()
+                ]
+            ),
+            "{}",
+            t.backend
+        );
+        assert_eq!(
+            stored(&db, "TEE-L").await,
+            (
+                3,
+                vec!["lapsed-l:released".to_owned(), "live:active".to_owned()]
+            ),
+            "{}",
+            t.backend
+        );
+        assert_eq!(
+            movement_log(&inv, "TEE-M", "eu").await,
+            [
+                "receive:5:",
+                "reserve:2:lapsed-m",
+                "reserve:1:ordered",
+                "commit:1:ordered",
+                "expire:-2:lapsed-m"
+            ],
+            "{}",
+            t.backend
+        );
+        // What reads showed before is what is stored now; a second pass finds nothing.
+        assert_eq!(inv.available("TEE-M", later).await.expect("a"), 4);
+        assert_eq!(inv.available("TEE-L", later).await.expect("a"), 2);
+        assert_eq!(inv.release_lapsed(later, 100).await.expect("sweep"), 0);
+        // The live reservation can still be placed.
+        inv.commit("live", &live, later).await.expect("commit");
+        assert_eq!(
+            stored(&db, "TEE-L").await,
+            (
+                3,
+                vec!["lapsed-l:released".to_owned(), "live:committed".to_owned()]
+            ),
+            "{}",
+            t.backend
+        );
+        t.drop_database().await;
+    }
+}

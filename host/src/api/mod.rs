@@ -41,6 +41,10 @@ use crate::shipping::Shipping;
 /// Largest request body accepted.
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 
+/// The most stock levels one maintenance pass releases lapsed reservations on (each pass is
+/// one transaction holding their locks).
+const LAPSED_LEVELS_PER_SWEEP: i64 = 200;
+
 /// Shared state of the application.
 #[derive(Clone)]
 pub struct AppState {
@@ -98,10 +102,11 @@ impl AppState {
         }
     }
 
-    /// Sweeps expired and abandoned idempotency keys every few minutes, for as long as the
-    /// returned task runs.
+    /// Every few minutes, for as long as the returned task runs: sweeps expired and abandoned
+    /// idempotency keys, and releases lapsed reservations on levels no checkout touched since
+    /// ([`Inventory::release_lapsed`]). Several hosts on one database may all run it.
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
-        let db = self.db.clone();
+        let (db, inventory) = (self.db.clone(), self.inventory.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
             loop {
@@ -110,6 +115,14 @@ impl AppState {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(keys = n, "idempotency keys swept"),
                     Err(e) => tracing::warn!("idempotency sweep failed: {e}"),
+                }
+                match inventory
+                    .release_lapsed(now_ms(), LAPSED_LEVELS_PER_SWEEP)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(units = n, "lapsed reservations released"),
+                    Err(e) => tracing::warn!("releasing lapsed reservations failed: {e}"),
                 }
             }
         })
