@@ -1170,9 +1170,16 @@ impl Orders {
                 == 1;
         if !claimed {
             let (status, payment_status, _) = self.states(id).await?;
+            // Read again: another capture may have claimed the order since the read above.
+            let in_progress: Option<i64> =
+                sqlx::query_scalar("SELECT capture_amount FROM orders WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(self.db.reader())
+                    .await?
+                    .flatten();
             if payment_status == "capturing"
                 && status != "cancelled"
-                && let Some(in_progress) = in_flight
+                && let Some(in_progress) = in_progress
             {
                 return Err(OrderError::CaptureInProgress {
                     requested: again_amount,
