@@ -449,6 +449,7 @@ async fn main() -> anyhow::Result<()> {
     let concurrency = std::env::var("CARTRIDGE_BENCH_CONCURRENCY")
         .ok()
         .and_then(|c| c.parse().ok())
+        .filter(|&c: &usize| c > 0)
         .unwrap_or(concurrency);
     let admin_url = std::env::var("CARTRIDGE_BENCH_DATABASE_URL").ok();
     let backend = if admin_url.is_some() {
