@@ -366,14 +366,35 @@ async fn run(
         Carts::Hot => Vec::new(),
         Carts::Spread(size) => spread_catalog(&client, &base, size).await?,
     };
-    let mut carts = Vec::with_capacity(total);
-    for n in 0..total {
-        let skus = match carts_of {
-            Carts::Hot => hot.clone(),
-            Carts::Spread(_) => spread_skus(&catalog, n),
-        };
-        carts.push(cart(&client, &base, &skus).await?);
+    // Set-up, not measured: the carts are prepared concurrently, in the order of their number.
+    let prepared = Arc::new(std::sync::Mutex::new(vec![None; total]));
+    {
+        let (client, base, prepared) = (client.clone(), base.clone(), prepared.clone());
+        let (hot, catalog) = (Arc::new(hot.clone()), Arc::new(catalog));
+        drive(total, concurrency.min(8), move |n| {
+            let (client, base, prepared) = (client.clone(), base.clone(), prepared.clone());
+            let skus = match carts_of {
+                Carts::Hot => hot.to_vec(),
+                Carts::Spread(_) => spread_skus(&catalog, n),
+            };
+            async move {
+                let made = cart(&client, &base, &skus).await?;
+                prepared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[n] = Some(made);
+                Ok(())
+            }
+        })
+        .await?;
     }
+    let carts: Vec<(String, String)> =
+        std::mem::take(&mut *prepared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?)
+            .into_iter()
+            .flatten()
+            .collect();
+    eprintln!(
+        "bench: {} carts prepared on server pid {}; checking out",
+        carts.len(),
+        server.child.id()
+    );
     let first_order = checkout(&client, &base, &carts[0].0, &carts[0].1, 0).await?;
     let carts = Arc::new(carts);
     let checkouts = {
@@ -445,12 +466,18 @@ fn row(name: &str, s: &Stats) -> String {
 async fn main() -> anyhow::Result<()> {
     let benching = std::env::args().any(|a| a == "--bench");
     let (total, concurrency) = if benching { (3_000, 32) } else { (20, 4) };
+    let setting = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .filter(|&c: &usize| c > 0)
+    };
+    // More checkouts, for a run long enough to profile.
+    let total = setting("CARTRIDGE_BENCH_CHECKOUTS").unwrap_or(total);
     // Another load level, for finding where throughput stops growing with concurrency.
-    let concurrency = std::env::var("CARTRIDGE_BENCH_CONCURRENCY")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .filter(|&c: &usize| c > 0)
-        .unwrap_or(concurrency);
+    let concurrency = setting("CARTRIDGE_BENCH_CONCURRENCY").unwrap_or(concurrency);
+    // `wasm` alone: one Wasm checkout run with its flows, nothing else (for profiling).
+    let only_wasm = std::env::var("CARTRIDGE_BENCH_ONLY").is_ok_and(|v| v == "wasm");
     let admin_url = std::env::var("CARTRIDGE_BENCH_DATABASE_URL").ok();
     let backend = if admin_url.is_some() {
         "PostgreSQL (synchronous_commit = on)"
@@ -459,7 +486,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // Wasm, then the same rules native, twice over, so that drift on this shared machine
     // falls on both alike. Without the `native-rules` build only the Wasm runs.
-    let compare = cfg!(feature = "native-rules");
+    let compare = cfg!(feature = "native-rules") && !only_wasm;
     let rounds = if compare && benching { 2 } else { 1 };
     let mut wasm = Vec::new();
     let mut native = Vec::new();
@@ -471,15 +498,21 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let spread_size = if benching { 1_000 } else { 20 };
-    let spread = run(
-        admin,
-        false,
-        Carts::Spread(spread_size),
-        total,
-        concurrency,
-        false,
-    )
-    .await?;
+    let spread = if only_wasm {
+        None
+    } else {
+        Some(
+            run(
+                admin,
+                false,
+                Carts::Spread(spread_size),
+                total,
+                concurrency,
+                false,
+            )
+            .await?,
+        )
+    };
     if let Some(n) = native.first() {
         anyhow::ensure!(
             decided(&wasm[0].first_order) == decided(&n.first_order),
@@ -518,13 +551,17 @@ async fn main() -> anyhow::Result<()> {
             )
         );
     }
-    println!(
-        "{}",
-        row(
-            &format!("checkout, Wasm, each cart 5 of {spread_size} SKUs (spread, not the same 5)"),
-            &spread.checkouts
-        )
-    );
+    if let Some(spread) = &spread {
+        println!(
+            "{}",
+            row(
+                &format!(
+                    "checkout, Wasm, each cart 5 of {spread_size} SKUs (spread, not the same 5)"
+                ),
+                &spread.checkouts
+            )
+        );
+    }
     if let Some((one, many)) = &wasm[0].flows {
         println!(
             "{}",
