@@ -425,3 +425,61 @@ async fn postgres_replaces_a_connection_the_server_dropped_while_idle() {
         t.drop_database().await;
     }
 }
+
+/// SQLite: under a steady stream of writes the WAL still starts over. A passive checkpoint
+/// alone never lets it (there is always a frame written since the checkpoint began), and the
+/// file grew by the size of everything written — gigabytes in a minute of checkouts.
+#[tokio::test]
+async fn sqlite_wal_starts_over_under_a_steady_stream_of_writes() {
+    const BODY: usize = 32 * 1024;
+    // Eight times the length past which the WAL is made to start over.
+    const WRITE: usize = 512 << 20;
+    let t = test_databases().await.remove(0);
+    assert_eq!(t.backend, "sqlite");
+    let db = migrated(&t.url).await;
+    db.execute(
+        "CREATE TABLE wal_stream (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+        &[],
+    )
+    .await
+    .expect("create table");
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (db, written) = (db.clone(), written.clone());
+        writers.spawn(async move {
+            // Back to back, from several tasks at once: the writer is never idle for long.
+            while written.fetch_add(BODY, std::sync::atomic::Ordering::Relaxed) < WRITE {
+                db.write(|tx| {
+                    Box::pin(async move {
+                        let body = uuid::Uuid::new_v4().simple().to_string().repeat(BODY / 32);
+                        tx.execute(
+                            "INSERT INTO wal_stream (body) VALUES ($1)",
+                            &[Value::from(body)],
+                        )
+                        .await?;
+                        tx.execute(
+                            "DELETE FROM wal_stream WHERE id < (SELECT MAX(id) FROM wal_stream) - 64",
+                            &[],
+                        )
+                        .await
+                    })
+                })
+                .await
+                .expect("write");
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.expect("writer");
+    }
+    let path = t.url.trim_start_matches("sqlite://").to_owned() + "-wal";
+    let wal = std::fs::metadata(&path).expect("the WAL file").len();
+    let written = written.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    assert!(
+        wal < written / 2,
+        "the WAL is {} MiB after {} MiB written: it kept growing",
+        wal >> 20,
+        written >> 20
+    );
+}

@@ -26,7 +26,8 @@
 //!
 //! **Checkpoints off the write path.** The writer does not checkpoint (`wal_autocheckpoint =
 //! 0`); a thread of its own runs a passive checkpoint every [`CHECKPOINT_EVERY`], which needs no
-//! write lock and keeps its `fsync`s out of the writer's way.
+//! write lock and keeps its `fsync`s out of the writer's way, and pauses the writer for a moment
+//! now and then so that the WAL starts over instead of growing without end ([`checkpointer`]).
 //!
 //! Writes still written against sqlx (the less frequent ones) take a [`Lease`]: a job that
 //! parks the writer thread until the lease is dropped, so that exactly one of the two
@@ -132,7 +133,7 @@ impl Threads {
              PRAGMA temp_store = MEMORY;",
         )?;
         let mut writer = Self::start("cartridge-sqlite-writer", vec![conn], "BEGIN IMMEDIATE")?;
-        writer.checkpoints = Some(checkpointer(path)?);
+        writer.checkpoints = Some(checkpointer(path, writer.conns.clone())?);
         Ok(writer)
     }
 
@@ -254,14 +255,30 @@ impl Threads {
 }
 
 /// How often the WAL is copied back into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The WAL's length, in frames (pages), past which the checkpointing thread has it start over
+/// from its beginning: 16,384 frames of 4 KiB, 64 MiB. Each start-over holds the writer for
+/// a moment (a few milliseconds under the checkout benchmark's load, where the WAL grows by
+/// some 100 MiB/s), so not every round: about twice a second at that load.
+const RESTART_WAL_AFTER_FRAMES: i64 = 16_384;
 
 /// Starts the thread that checkpoints the WAL, on a connection of its own. Left to SQLite, the
 /// commit that grows the WAL past a threshold checkpoints it — on the writer, with the write
 /// lock held and an `fsync` or two inside. A passive checkpoint needs no write lock, so here it
-/// runs beside the writer instead of in its way. The thread stops when the returned sender
-/// (and every clone) is dropped.
-fn checkpointer(path: &Path) -> anyhow::Result<mpsc::Sender<()>> {
+/// runs beside the writer instead of in its way.
+///
+/// A passive checkpoint alone never lets the WAL start over: SQLite rewinds the WAL only when a
+/// write transaction begins while every frame in it has been copied back, and under a steady
+/// stream of writes there is always a frame written since the checkpoint began — the file grew
+/// by gigabytes in a minute of checkouts, and every commit appended to it (a new page of the
+/// file each time, not a rewrite of one the kernel already holds). So once the WAL is longer
+/// than [`RESTART_WAL_AFTER_FRAMES`], the thread takes the writer's connection (`writer`) for a
+/// moment, copies back the few frames written since its last passive checkpoint, and gives it
+/// back: the writer's next transaction then finds the WAL fully copied and rewinds it. Readers
+/// are not held up; one still reading old frames at that instant only defers the rewind to the
+/// next round. The thread stops when the returned sender (and every clone) is dropped.
+fn checkpointer(path: &Path, writer: Arc<[Mutex<Connection>]>) -> anyhow::Result<mpsc::Sender<()>> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -272,12 +289,42 @@ fn checkpointer(path: &Path) -> anyhow::Result<mpsc::Sender<()>> {
         .name("cartridge-sqlite-checkpoint".into())
         .spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                if let Err(e) = checkpoint_and_restart(&conn, &writer[0]) {
                     tracing::warn!("WAL checkpoint failed: {e}");
                 }
             }
         })?;
     Ok(keep)
+}
+
+/// One round of the checkpointing thread (see [`checkpointer`]). Passive checkpoints copy
+/// back what was written until one finds little to do (each copies what was written while the
+/// one before ran); only then, if the WAL is long, is the writer held for the last few frames.
+fn checkpoint_and_restart(conn: &Connection, writer: &Mutex<Connection>) -> rusqlite::Result<()> {
+    const SHORT: std::time::Duration = std::time::Duration::from_millis(2);
+    const MOST_PASSES: usize = 4;
+    let mut passes = 0;
+    let frames = loop {
+        let started = std::time::Instant::now();
+        let frames = checkpoint(conn)?;
+        passes += 1;
+        if frames <= RESTART_WAL_AFTER_FRAMES || started.elapsed() < SHORT || passes == MOST_PASSES
+        {
+            break frames;
+        }
+    };
+    if frames > RESTART_WAL_AFTER_FRAMES {
+        let _held = writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        checkpoint(conn)?;
+    }
+    Ok(())
+}
+
+/// A passive checkpoint; returns how many frames the WAL holds.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
 }
 
 fn serve(conn: &Mutex<Connection>, queue: &Mutex<mpsc::Receiver<Job>>, queued: &AtomicUsize) {
