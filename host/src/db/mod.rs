@@ -83,18 +83,35 @@ impl std::fmt::Debug for Url {
 
 /// `$from, $from+1, …` — `count` numbered parameters for an `IN (…)` list or a `VALUES` row.
 pub(crate) fn params(from: usize, count: usize) -> String {
-    (from..from + count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::with_capacity(count * 5);
+    push_params(&mut out, from, count);
+    out
 }
 
 /// `($from, …), (…), …` — `rows` parenthesised groups of `width` numbered parameters.
 pub(crate) fn param_rows(from: usize, rows: usize, width: usize) -> String {
-    (0..rows)
-        .map(|r| format!("({})", params(from + r * width, width)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    // Built in one buffer: these run inside write transactions, where every allocation is
+    // time the database's write lock is held.
+    let mut out = String::with_capacity(rows * (width * 5 + 4));
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        push_params(&mut out, from + r * width, width);
+        out.push(')');
+    }
+    out
+}
+
+fn push_params(out: &mut String, from: usize, count: usize) {
+    use std::fmt::Write;
+    for n in from..from + count {
+        if n > from {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "${n}");
+    }
 }
 
 /// Read-only SQLite connections (each is a thread in sqlx's driver).
@@ -399,5 +416,18 @@ impl std::ops::Deref for WriteConn {
 impl std::ops::DerefMut for WriteConn {
     fn deref_mut(&mut self) -> &mut AnyConnection {
         &mut self.conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{param_rows, params};
+
+    #[test]
+    fn parameter_lists_are_numbered_from_where_they_start() {
+        assert_eq!(params(3, 3), "$3, $4, $5");
+        assert_eq!(params(1, 0), "");
+        assert_eq!(param_rows(2, 2, 3), "($2, $3, $4), ($5, $6, $7)");
+        assert_eq!(param_rows(1, 1, 1), "($1)");
     }
 }
