@@ -66,8 +66,17 @@ type Alone = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// Runs a write body inside the group's open transaction (`Ok`), or tells its caller that the
 /// transaction could not begin (`Err`). Returns what answers the caller once the group's
-/// commit is known.
-type Grouped = Box<dyn FnOnce(Result<&mut Connection, &rusqlite::Error>) -> Settle + Send>;
+/// commit is known, or `None` if the body failed (its caller has its answer already).
+type Grouped = Box<dyn FnOnce(Result<Slot<'_>, &rusqlite::Error>) -> Option<Settle> + Send>;
+
+/// Where in its group's transaction a write body runs.
+enum Slot<'c> {
+    /// First: nothing else is in the transaction yet, so the body needs no savepoint — if it
+    /// fails, rolling back the transaction undoes it (and nothing joins after it).
+    First(&'c mut Connection),
+    /// After others: in a savepoint of its own, so that failing undoes it alone.
+    Joined(&'c mut Connection),
+}
 
 /// Answers a write body's caller with its group's commit: `Ok` committed, `Err` not.
 type Settle = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
@@ -359,9 +368,10 @@ fn serve(conn: &Mutex<Connection>, queue: &Mutex<mpsc::Receiver<Job>>, queued: &
 }
 
 /// Group commit: runs `first` and the write bodies `next` yields (up to [`GROUP_MAX`]) in one
-/// transaction, each inside a savepoint of its own, and commits them together. A body that
-/// fails is rolled back to its savepoint and answered at once; the others are answered after
-/// the commit, with its outcome. Under load this turns many small commits — each writing its
+/// transaction, each after the first inside a savepoint of its own, and commits them together.
+/// A body that fails is rolled back to its savepoint (the first: the transaction is rolled
+/// back, and the group ends there) and answered at once; the others are answered after the
+/// commit, with its outcome. Under load this turns many small commits — each writing its
 /// pages to the WAL and taking and dropping the file locks — into one. Returns a job `next`
 /// yielded that cannot join (it runs after the commit).
 fn group(
@@ -370,15 +380,24 @@ fn group(
     mut next: impl FnMut() -> Option<Job>,
 ) -> Option<Alone> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        first(Err(&e))(Err(&e));
+        if let Some(settle) = first(Err(&e)) {
+            settle(Err(&e));
+        }
         return None;
     }
-    let mut settles = vec![first(Ok(conn))];
+    let Some(settle) = first(Ok(Slot::First(conn))) else {
+        // The first body failed, and the transaction holds nothing but what it did.
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        return None;
+    };
+    let mut settles = vec![settle];
     let mut alone = None;
     // A transaction SQLite rolled back by itself (an I/O error, say) takes no more bodies.
     while settles.len() < GROUP_MAX && !conn.is_autocommit() {
         match next() {
-            Some(Job::Grouped(body)) => settles.push(body(Ok(conn))),
+            Some(Job::Grouped(body)) => settles.extend(body(Ok(Slot::Joined(conn)))),
             Some(Job::Alone(job)) => {
                 alone = Some(job);
                 break;
@@ -410,25 +429,41 @@ where
     R: Send + 'static,
     E: From<sqlx::Error> + Send + 'static,
 {
-    Box::new(move |conn| {
-        let outcome = match conn {
-            Ok(conn) => in_savepoint(conn, body),
+    Box::new(move |slot| {
+        let outcome = match slot {
+            Ok(Slot::First(conn)) => caught(conn, body),
+            Ok(Slot::Joined(conn)) => in_savepoint(conn, body),
             Err(e) => Err(SqliteError::wrap(copy_error(e)).into()),
         };
         match outcome {
-            Ok(value) => Box::new(move |commit: Result<(), &rusqlite::Error>| {
+            Ok(value) => Some(Box::new(move |commit: Result<(), &rusqlite::Error>| {
                 answer(
                     commit
                         .map(|()| value)
                         .map_err(|e| SqliteError::wrap(copy_error(e)).into()),
                 );
-            }),
+            })),
             Err(e) => {
                 answer(Err(e));
-                Box::new(|_| {})
+                None
             }
         }
     })
+}
+
+/// Runs `body` to completion; a panic in it is its error.
+fn caught<R, E, F>(conn: &mut Connection, body: F) -> Result<R, E>
+where
+    F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E>,
+    E: From<sqlx::Error>,
+{
+    match std::panic::catch_unwind(AssertUnwindSafe(|| poll_once(conn, body))) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            tracing::error!("a database transaction panicked; it was rolled back");
+            Err(sqlx::Error::WorkerCrashed.into())
+        }
+    }
 }
 
 /// Runs `body` inside a savepoint of the open transaction: released when it returns `Ok`,
@@ -445,13 +480,7 @@ where
             .map_err(|e| SqliteError::wrap(e).into())
     };
     fixed(conn, "SAVEPOINT body")?;
-    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| poll_once(conn, body))) {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            tracing::error!("a database transaction panicked; it was rolled back");
-            Err(sqlx::Error::WorkerCrashed.into())
-        }
-    };
+    let outcome = caught(conn, body);
     let outcome = outcome.and_then(|value| fixed(conn, "RELEASE body").map(|()| value));
     if outcome.is_err() && !conn.is_autocommit() {
         let _ = fixed(conn, "ROLLBACK TO body");
