@@ -142,24 +142,25 @@ impl Key {
         Ok(inserted == 1)
     }
 
-    /// Stores this request's answer with the key it claimed.
-    pub async fn finish_in(&self, tx: &mut dyn Tx, status: u16, body: &Value) -> sqlx::Result<()> {
+    /// Stores this request's answer (`body`, serialized JSON — serialized before the
+    /// transaction, not while it holds the write lock) with the key it claimed.
+    pub async fn finish_in(&self, tx: &mut dyn Tx, status: u16, body: &str) -> sqlx::Result<()> {
         tx.execute(
             "UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = $4 \
              WHERE scope = $1 AND key = $2",
-            &args![&self.scope, &self.key, i64::from(status), body.to_string()],
+            &args![&self.scope, &self.key, i64::from(status), body],
         )
         .await
         .map(drop)
     }
 
-    /// Claims the key and stores the answer at once, for a request that ended before it
-    /// claimed (a refusal); nothing if another request holds the key meanwhile.
+    /// Claims the key and stores the answer (serialized) at once, for a request that ended
+    /// before it claimed (a refusal); nothing if another request holds the key meanwhile.
     pub async fn claim_finished_in(
         &self,
         tx: &mut dyn Tx,
         status: u16,
-        body: &Value,
+        body: &str,
     ) -> sqlx::Result<()> {
         tx.execute(
             "INSERT INTO idempotency_keys \
@@ -170,7 +171,7 @@ impl Key {
                 &self.key,
                 &self.hash,
                 i64::from(status),
-                body.to_string(),
+                body,
                 self.now
             ],
         )

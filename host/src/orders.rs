@@ -605,6 +605,7 @@ impl Orders {
                 connector,
                 &authorized,
                 shipping.as_ref(),
+                contents.customer_id.as_deref(),
                 reservations,
                 key,
                 now,
@@ -680,6 +681,7 @@ impl Orders {
         connector: &Plugin,
         authorized: &payment::PaymentResult,
         shipping: Option<&shipping::Offer>,
+        customer_id: Option<&str>,
         reservations: usize,
         key: Option<&Arc<idempotency::Key>>,
         now: i64,
@@ -688,7 +690,8 @@ impl Orders {
         let order = OrderView {
             id: order_id.to_owned(),
             email: request.email.trim().to_lowercase(),
-            customer_id: None,
+            // The cart's owner; a cart never changes owner.
+            customer_id: customer_id.map(str::to_owned),
             status: status.to_owned(),
             payment_status: "authorized".into(),
             fulfilment_status: "unfulfilled".into(),
@@ -732,27 +735,27 @@ impl Orders {
             refunded: 0,
             refunds: vec![],
         };
-        let (cart_id, currency) = (cart_id.to_owned(), authorized.amount.currency.clone());
-        let finish = key.cloned();
-        let answer = self
-            .db
+        // Everything but the statements is prepared before the transaction: on SQLite a write
+        // transaction holds the database's one write lock from its first statement.
+        let insert = OrderInsert::new(&order, cart_id, &payment, &authorized.amount.currency);
+        let mut order = order;
+        order.payment = Some(payment);
+        let answer = Value::from(order);
+        let finish = key.cloned().map(|key| (key, answer.to_string()));
+        let id = order_id.to_owned();
+        self.db
             .write(move |tx| {
                 Box::pin(async move {
-                    let mut order = order;
-                    order.customer_id =
-                        insert_order(tx, &order, &cart_id, &payment, &currency).await?;
-                    let id = order.id.clone();
-                    order.payment = Some(payment);
-                    let answer = Value::from(order);
-                    if let Some(key) = &finish {
+                    insert.run_in(tx).await?;
+                    if let Some((key, answer)) = &finish {
                         // 201 Created: the API's answer to a checkout.
-                        key.finish_in(tx, 201, &answer).await?;
+                        key.finish_in(tx, 201, answer).await?;
                     }
                     // Expiry is judged by the clock now, not when the checkout began: a
                     // checkout stalled past its reservation must not commit stock that others
                     // may have reserved since it stopped counting.
                     inventory::commit_in(tx, &id, reservations, now.max(wall_clock_ms())).await?;
-                    Ok::<_, InventoryError>(answer)
+                    Ok::<_, InventoryError>(())
                 })
             })
             .await?;
@@ -1768,89 +1771,108 @@ async fn history_in(
     ))
 }
 
-/// Inserts the order, its lines and its payment; returns the cart's customer, which the order
-/// takes. On PostgreSQL one statement (data-modifying CTEs; the foreign keys are checked at its
-/// end), on SQLite three.
-async fn insert_order(
-    tx: &mut dyn Tx,
-    order: &OrderView,
-    cart_id: &str,
-    payment: &PaymentView,
-    payment_currency: &str,
-) -> std::result::Result<Option<String>, sqlx::Error> {
+/// The statements that insert an order, its lines and its payment, with their values: built
+/// before the write transaction, run inside it. On PostgreSQL one statement (data-modifying
+/// CTEs; the foreign keys are checked at its end), on SQLite the order, the payment and the
+/// lines.
+struct OrderInsert {
+    /// The order's and the payment's values.
+    values: Vec<crate::db::Value>,
+    /// Each statement's lines.
+    lines: Vec<Vec<crate::db::Value>>,
+}
+
+impl OrderInsert {
     const ORDER: &str = "INSERT INTO orders (id, cart_id, email, status, payment_status, fulfilment_status, currency, \
          subtotal, discount_total, shipping_total, total, shipping_address, billing_address, decisions, created_at, updated_at, \
          shipping_method, customer_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16, \
-         (SELECT customer_id FROM carts WHERE id = $2)) RETURNING customer_id";
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16, $17)";
     const PAYMENT: &str = "INSERT INTO payments (order_id, plugin, gateway_reference, currency, authorized) \
-         VALUES ($1, $17, $18, $19, $20)";
+         VALUES ($1, $18, $19, $20, $21)";
     const LINES: &str = "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price, discount, total) VALUES";
-    let mut values = args![
-        &order.id,
-        cart_id,
-        &order.email,
-        &order.status,
-        &order.payment_status,
-        &order.fulfilment_status,
-        &order.currency,
-        order.subtotal,
-        order.discount_total,
-        order.shipping_total,
-        order.total,
-        order.shipping_address.to_string(),
-        order.billing_address.to_string(),
-        order.decisions.to_string(),
-        order.created_at,
-        (!order.shipping_method.is_null()).then(|| order.shipping_method.to_string()),
-        &payment.plugin,
-        &payment.gateway_reference,
-        payment_currency,
-        payment.authorized,
-    ]
-    .to_vec();
-    let line_values = |chunk_no: usize, chunk: &[OrderLineView]| {
-        let mut values = Vec::with_capacity(chunk.len() * 7);
-        for (i, line) in chunk.iter().enumerate() {
-            let line_no = chunk_no * LINES_PER_STATEMENT + i;
-            values.extend(args![
-                &order.id,
-                i64::try_from(line_no).unwrap_or(i64::MAX),
-                &line.sku,
-                line.quantity,
-                line.unit_price,
-                line.discount,
-                line.total,
-            ]);
-        }
-        values
-    };
-    let mut chunks = order.lines.chunks(LINES_PER_STATEMENT).enumerate();
-    let customer_id = if tx.backend() == Backend::Postgres {
-        let mut sql = format!("WITH o AS ({ORDER}), p AS ({PAYMENT})");
-        if let Some((chunk_no, chunk)) = chunks.next() {
-            let first = values.len() + 1;
-            sql.push_str(&format!(
-                ", l AS ({LINES} {})",
-                param_rows(first, chunk.len(), 7)
-            ));
-            values.extend(line_values(chunk_no, chunk));
-        }
-        sql.push_str(" SELECT customer_id FROM o");
-        tx.fetch_one(&sql, &values).await?.get("customer_id")?
-    } else {
-        let customer_id = tx
-            .fetch_one(ORDER, &values[..16])
-            .await?
-            .get("customer_id")?;
-        tx.execute(PAYMENT, &values).await?;
-        customer_id
-    };
-    for (chunk_no, chunk) in chunks {
-        let sql = format!("{LINES} {}", param_rows(1, chunk.len(), 7));
-        tx.execute(&sql, &line_values(chunk_no, chunk)).await?;
+    /// Values of the order and payment statements.
+    const WIDTH: usize = 21;
+
+    fn new(
+        order: &OrderView,
+        cart_id: &str,
+        payment: &PaymentView,
+        payment_currency: &str,
+    ) -> Self {
+        let values = args![
+            &order.id,
+            cart_id,
+            &order.email,
+            &order.status,
+            &order.payment_status,
+            &order.fulfilment_status,
+            &order.currency,
+            order.subtotal,
+            order.discount_total,
+            order.shipping_total,
+            order.total,
+            order.shipping_address.to_string(),
+            order.billing_address.to_string(),
+            order.decisions.to_string(),
+            order.created_at,
+            (!order.shipping_method.is_null()).then(|| order.shipping_method.to_string()),
+            order.customer_id.as_deref(),
+            &payment.plugin,
+            &payment.gateway_reference,
+            payment_currency,
+            payment.authorized,
+        ]
+        .to_vec();
+        debug_assert_eq!(values.len(), Self::WIDTH);
+        let lines = order
+            .lines
+            .chunks(LINES_PER_STATEMENT)
+            .enumerate()
+            .map(|(chunk_no, chunk)| {
+                let mut values = Vec::with_capacity(chunk.len() * 7);
+                for (i, line) in chunk.iter().enumerate() {
+                    let line_no = chunk_no * LINES_PER_STATEMENT + i;
+                    values.extend(args![
+                        &order.id,
+                        i64::try_from(line_no).unwrap_or(i64::MAX),
+                        &line.sku,
+                        line.quantity,
+                        line.unit_price,
+                        line.discount,
+                        line.total,
+                    ]);
+                }
+                values
+            })
+            .collect();
+        Self { values, lines }
     }
-    Ok(customer_id)
+
+    async fn run_in(self, tx: &mut dyn Tx) -> std::result::Result<(), sqlx::Error> {
+        let Self { mut values, lines } = self;
+        let mut lines = lines.into_iter();
+        if tx.backend() == Backend::Postgres {
+            let mut sql = format!("WITH o AS ({}), p AS ({})", Self::ORDER, Self::PAYMENT);
+            if let Some(first) = lines.next() {
+                sql.push_str(&format!(
+                    ", l AS ({} {})",
+                    Self::LINES,
+                    param_rows(values.len() + 1, first.len() / 7, 7)
+                ));
+                values.extend(first);
+            }
+            sql.push_str(" SELECT 1");
+            tx.execute(&sql, &values).await?;
+        } else {
+            tx.execute(Self::ORDER, &values[..17]).await?;
+            tx.execute(Self::PAYMENT, &values).await?;
+        }
+        for chunk in lines {
+            let sql = format!("{} {}", Self::LINES, param_rows(1, chunk.len() / 7, 7));
+            tx.execute(&sql, &chunk).await?;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) async fn settle_payment_status(

@@ -151,7 +151,7 @@ async fn settle(
     let ((status, body), keep) = answer(outcome);
     let (claimed, stored, code) = (
         key.progress() == Progress::Claimed,
-        body.clone(),
+        body.to_string(),
         status.as_u16(),
     );
     let key_ = key.clone();
