@@ -190,13 +190,31 @@ async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
 /// every retry with that key, different for another key. A checkout's becomes the order's id;
 /// a refund's names it at the gateway, so that the gateway's own idempotency sees a retry as
 /// the same request.
+///
+/// When `subject` is a time-ordered id (a cart's, an order's: UUIDv7), so is the attempt's,
+/// with the subject's time: orders then sort roughly by when they were placed, and every index
+/// that leads with an order's id takes new orders at its end (a few pages written per commit)
+/// rather than at random places in the whole history (a page each).
 pub(crate) fn attempt_id(operation: &str, subject: &str, key: &str) -> String {
     let digest = Sha256::digest(format!("{operation}\0{subject}\0{key}").as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes)
-        .into_uuid()
-        .to_string()
+    let builder = match uuid::Uuid::parse_str(subject)
+        .ok()
+        .and_then(|subject| subject.get_timestamp())
+    {
+        Some(at) => {
+            let (seconds, nanos) = at.to_unix();
+            let millis = seconds * 1000 + u64::from(nanos) / 1_000_000;
+            let mut rest = [0u8; 10];
+            rest.copy_from_slice(&digest[..10]);
+            uuid::Builder::from_unix_timestamp_millis(millis, &rest)
+        }
+        None => {
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&digest[..16]);
+            uuid::Builder::from_custom_bytes(bytes)
+        }
+    };
+    builder.into_uuid().to_string()
 }
 
 /// `text` with every run of eight or more digits blanked: what could be a card number.
@@ -333,5 +351,30 @@ mod tests {
         assert_ne!(a, attempt_id("checkout", "cart-2", "k1"));
         assert_ne!(a, attempt_id("refund", "cart-1", "k1"));
         assert!(uuid::Uuid::parse_str(&a).is_ok());
+    }
+
+    #[test]
+    fn attempts_on_time_ordered_subjects_sort_by_the_subjects_time() {
+        let earlier = uuid::Uuid::new_v7(uuid::Timestamp::from_unix_time(1_700_000_000, 0, 0, 0));
+        let later = uuid::Uuid::new_v7(uuid::Timestamp::from_unix_time(1_700_000_001, 0, 0, 0));
+        let (earlier, later) = (earlier.to_string(), later.to_string());
+        // Whatever the keys: the attempt on the later subject sorts after.
+        for (k1, k2) in [("a", "b"), ("b", "a"), ("zzz", "0")] {
+            assert!(attempt_id("checkout", &earlier, k1) < attempt_id("checkout", &later, k2));
+        }
+        let attempt = uuid::Uuid::parse_str(&attempt_id("checkout", &later, "k")).expect("a UUID");
+        assert_eq!(attempt.get_version_num(), 7);
+        assert_eq!(
+            attempt.get_timestamp().map(|t| t.to_unix().0),
+            Some(1_700_000_001)
+        );
+        assert_eq!(
+            attempt_id("checkout", &later, "k"),
+            attempt_id("checkout", &later, "k")
+        );
+        assert_ne!(
+            attempt_id("checkout", &later, "k"),
+            attempt_id("checkout", &later, "l")
+        );
     }
 }
