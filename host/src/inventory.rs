@@ -146,9 +146,10 @@ const LAPSED: &str = "CAST(COALESCE((SELECT SUM(r.quantity) FROM reservations r 
      WHERE r.sku = l.sku AND r.location_id = l.location_id AND r.state = 'active' \
      AND r.expires_at <= $1), 0) AS BIGINT)";
 
-/// Committed (sold, not shipped) units of a level, as a SQL expression over `l`.
-const COMMITTED: &str = "CAST(COALESCE((SELECT SUM(r.quantity) FROM reservations r \
-     WHERE r.sku = l.sku AND r.location_id = l.location_id AND r.state = 'committed'), 0) \
+/// Units of a level's active reservations, lapsed or not, as a SQL expression over `l`: what
+/// it holds beyond them is committed (sold, not shipped).
+const ACTIVE: &str = "CAST(COALESCE((SELECT SUM(r.quantity) FROM reservations r \
+     WHERE r.sku = l.sku AND r.location_id = l.location_id AND r.state = 'active'), 0) \
      AS BIGINT)";
 
 /// The most rows one multi-row statement carries (parameter limits: SQLite 32,766, PostgreSQL
@@ -196,7 +197,7 @@ impl Inventory {
     pub async fn levels(&self, sku: &str, now: i64) -> Result<Vec<StockLevel>> {
         let rows = sqlx::query(&format!(
             "SELECT l.sku, l.location_id, l.on_hand, l.held, {LAPSED} AS lapsed, \
-             {COMMITTED} AS committed \
+             {ACTIVE} AS active \
              FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
              WHERE l.sku = $2 ORDER BY s.priority, l.location_id"
         ))
@@ -209,13 +210,14 @@ impl Inventory {
                 let on_hand: i64 = row.try_get("on_hand")?;
                 let held: i64 = row.try_get("held")?;
                 let lapsed: i64 = row.try_get("lapsed")?;
-                let committed: i64 = row.try_get("committed")?;
+                let active: i64 = row.try_get("active")?;
                 Ok(StockLevel {
                     sku: row.try_get("sku")?,
                     location_id: row.try_get("location_id")?,
                     on_hand,
-                    reserved: held - lapsed - committed,
-                    committed,
+                    reserved: active - lapsed,
+                    // `held` is every active and committed reservation's units.
+                    committed: held - active,
                     available: on_hand - held + lapsed,
                 })
             })
