@@ -54,6 +54,16 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// CPU time the server has used so far (user and system), from `/proc`.
+    fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name (which may hold spaces) end with ')'.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // The kernel reports clock ticks of 1/100 s on Linux.
+        Some(Duration::from_millis(ticks * 10))
+    }
+
     fn peak_rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         status
@@ -332,6 +342,8 @@ fn spread_skus(catalog: &[String], n: usize) -> Vec<String> {
 /// One server's run: the checkout workload, and (when asked) the shopper flows.
 struct Run {
     checkouts: Stats,
+    /// The server's CPU time per checkout during the checkout workload.
+    cpu_per_checkout: Option<Duration>,
     /// The first checkout's answer, to compare the decisions of the two builds of the rules.
     first_order: Value,
     flows: Option<(Stats, Stats)>,
@@ -397,6 +409,7 @@ async fn run(
     );
     let first_order = checkout(&client, &base, &carts[0].0, &carts[0].1, 0).await?;
     let carts = Arc::new(carts);
+    let cpu_before = server.cpu_time();
     let checkouts = {
         let (client, base, carts) = (client.clone(), base.clone(), carts.clone());
         drive(total - 1, concurrency, move |n| {
@@ -408,6 +421,9 @@ async fn run(
         })
         .await?
     };
+    let cpu_per_checkout = cpu_before.zip(server.cpu_time()).map(|(before, after)| {
+        (after.saturating_sub(before)) / u32::try_from(total - 1).unwrap_or(u32::MAX)
+    });
     let flows = if with_flows {
         let flow = |concurrency: usize, total: usize| {
             let (client, base, hot) = (client.clone(), base.clone(), hot.clone());
@@ -433,6 +449,7 @@ async fn run(
     database.drop_now().await?;
     Ok(Run {
         checkouts,
+        cpu_per_checkout,
         first_order,
         flows,
         rss_kib,
@@ -460,6 +477,14 @@ fn row(name: &str, s: &Stats) -> String {
         ms(s.p50),
         ms(s.p99)
     )
+}
+
+/// A checkout run's row, with the server's CPU time per checkout.
+fn checkout_row(name: &str, r: &Run) -> String {
+    let cpu = r.cpu_per_checkout.map_or("?".to_owned(), |d| {
+        format!("{:.0} µs", d.as_secs_f64() * 1e6)
+    });
+    format!("{} {cpu} |", row(name, &r.checkouts))
 }
 
 #[tokio::main]
@@ -525,53 +550,53 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "checkout over HTTP on loopback, {backend}; {total} checkouts at concurrency {concurrency}"
     );
-    println!("| workload | throughput | p50 | p99 |");
-    println!("|---|---|---|---|");
+    println!("| workload | throughput | p50 | p99 | server CPU per checkout |");
+    println!("|---|---|---|---|---|");
     for (i, r) in wasm.iter().enumerate() {
         println!(
             "{}",
-            row(
+            checkout_row(
                 &format!(
                     "checkout (5 lines; 2 pricing plugins, fraud, test gateway), Wasm, run {}",
                     i + 1
                 ),
-                &r.checkouts
+                r
             )
         );
     }
     for (i, r) in native.iter().enumerate() {
         println!(
             "{}",
-            row(
+            checkout_row(
                 &format!(
                     "checkout, the same plugins' source compiled natively, run {}",
                     i + 1
                 ),
-                &r.checkouts
+                r
             )
         );
     }
     if let Some(spread) = &spread {
         println!(
             "{}",
-            row(
+            checkout_row(
                 &format!(
                     "checkout, Wasm, each cart 5 of {spread_size} SKUs (spread, not the same 5)"
                 ),
-                &spread.checkouts
+                spread
             )
         );
     }
     if let Some((one, many)) = &wasm[0].flows {
         println!(
-            "{}",
+            "{} |",
             row(
                 "shopper flow (create cart, add 5 lines, check out), concurrency 1",
                 one
             )
         );
         println!(
-            "{}",
+            "{} |",
             row(&format!("shopper flow, concurrency {concurrency}"), many)
         );
     }
