@@ -87,6 +87,38 @@ pub struct CartContents {
     /// The order the cart became, unless that was cancelled.
     #[serde(skip)]
     pub live_order: Option<String>,
+    /// The checkout details saved on it.
+    #[serde(skip)]
+    pub details: CartDetails,
+    /// The digest of its token.
+    #[serde(skip)]
+    token_hash: String,
+}
+
+impl CartContents {
+    /// Whether `token`, or the signed-in `customer`, opens this cart.
+    pub fn opens_with(&self, token: Option<&str>, customer: Option<&str>) -> bool {
+        opens(
+            &self.token_hash,
+            self.customer_id.as_deref(),
+            token,
+            customer,
+        )
+    }
+}
+
+/// Whether `token` (against the stored digest `token_hash`) or the signed-in `customer`
+/// (against the cart's `owner`) opens a cart.
+fn opens(
+    token_hash: &str,
+    owner: Option<&str>,
+    token: Option<&str>,
+    customer: Option<&str>,
+) -> bool {
+    // Both sides are digests of fixed length, so comparing them leaks nothing useful.
+    let by_token = token.is_some_and(|t| token_hash == digest(t));
+    let by_owner = customer.is_some() && owner == customer;
+    by_token || by_owner
 }
 
 /// One line.
@@ -170,21 +202,20 @@ impl Carts {
         Ok((id, token))
     }
 
-    /// Checks that the cart's `token`, or its owner `customer`, opens cart `id`. Returns the
-    /// checkout details saved on it (read with the check: checkout needs both).
+    /// Checks that the cart's `token`, or its owner `customer`, opens cart `id`.
     pub async fn authorize(
         &self,
         id: &str,
         token: Option<&str>,
         customer: Option<&str>,
-    ) -> Result<CartDetails> {
+    ) -> Result<()> {
         let cart = args![id];
         let row = self
             .db
             .read(move |tx| {
                 Box::pin(async move {
                     tx.fetch(
-                        "SELECT token_hash, customer_id, details FROM carts WHERE id = $1",
+                        "SELECT token_hash, customer_id FROM carts WHERE id = $1",
                         &cart,
                     )
                     .await
@@ -196,13 +227,10 @@ impl Carts {
             .ok_or(CartError::NotFound)?;
         let stored: String = row.get("token_hash")?;
         let owner: Option<String> = row.get("customer_id")?;
-        // Both sides are digests of fixed length, so comparing them leaks nothing useful.
-        let by_token = token.is_some_and(|t| stored == digest(t));
-        let by_owner = customer.is_some() && owner.as_deref() == customer;
-        if !(by_token || by_owner) {
+        if !opens(&stored, owner.as_deref(), token, customer) {
             return Err(CartError::NotFound);
         }
-        Ok(details_of(row.get("details")?))
+        Ok(())
     }
 
     /// The cart's contents.
@@ -575,7 +603,7 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
     // a cart without lines is one row of NULLs.
     let rows = tx
         .fetch(
-            "SELECT c.id, c.currency, c.customer_id, c.shipping_method, c.details, \
+            "SELECT c.id, c.currency, c.customer_id, c.shipping_method, c.details, c.token_hash, \
                m.code, m.name, m.carrier, m.countries, r.amount, r.currency AS rate_currency, \
                (SELECT string_agg(k.code, ',' ORDER BY k.code) FROM cart_coupons k \
                 WHERE k.cart_id = c.id) AS coupon_codes, \
@@ -621,8 +649,12 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
     };
     // Chosen before the saved address moved somewhere it does not ship: not priced, as
     // checkout would refuse it.
-    let country = saved_country(cart)?;
-    let shipping = shipping.filter(|offer| country.as_deref().is_none_or(|c| offer.ships_to(c)));
+    let details = details_of(cart.get("details")?);
+    let country = details
+        .shipping_address
+        .as_ref()
+        .map(|a| a.country.as_str());
+    let shipping = shipping.filter(|offer| country.is_none_or(|c| offer.ships_to(c)));
     Ok(Some(CartContents {
         id: cart.get("id")?,
         currency: cart.get("currency")?,
@@ -632,6 +664,8 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
         shipping_method: cart.get("shipping_method")?,
         shipping,
         live_order: cart.get("live_order")?,
+        details,
+        token_hash: cart.get("token_hash")?,
     }))
 }
 

@@ -197,7 +197,59 @@ impl Address {
     }
 }
 
-/// What the shopper sends to check out. Card data never comes here: only a gateway token.
+/// What the shopper sends to check out: a [`CheckoutRequest`] whose email and addresses may be
+/// left out where the cart has them saved ([`crate::carts::CartDetails`]). Card data never
+/// comes here: only a gateway token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutInput {
+    /// Where to send the receipt.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Where to ship.
+    #[serde(default)]
+    pub shipping_address: Option<Address>,
+    /// Billing address; the shipping address when absent.
+    #[serde(default)]
+    pub billing_address: Option<Address>,
+    /// The payment gateway's token for the payment method.
+    pub payment_token: String,
+    /// The shopper's IP, as the storefront saw it.
+    #[serde(default)]
+    pub client_ip: Option<String>,
+    /// The shipping method's code; the one chosen on the cart when absent.
+    #[serde(default)]
+    pub shipping_method: Option<String>,
+}
+
+impl CheckoutInput {
+    /// The request, with what it leaves out taken from the details `saved` on the cart.
+    pub fn complete(self, saved: &carts::CartDetails) -> Result<CheckoutRequest> {
+        let missing = |field: &str| {
+            OrderError::Invalid(format!(
+                "{field} is required: send it, or save it on the cart first"
+            ))
+        };
+        Ok(CheckoutRequest {
+            email: self
+                .email
+                .or_else(|| saved.email.clone())
+                .ok_or_else(|| missing("email"))?,
+            shipping_address: self
+                .shipping_address
+                .or_else(|| saved.shipping_address.clone())
+                .ok_or_else(|| missing("shipping_address"))?,
+            billing_address: self
+                .billing_address
+                .or_else(|| saved.billing_address.clone()),
+            payment_token: self.payment_token,
+            client_ip: self.client_ip,
+            shipping_method: self.shipping_method,
+        })
+    }
+}
+
+/// A checkout as it runs: what the shopper sent, completed from the cart's saved details.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
@@ -216,6 +268,15 @@ pub struct CheckoutRequest {
     /// The shipping method's code; the one chosen on the cart when absent.
     #[serde(default)]
     pub shipping_method: Option<String>,
+}
+
+/// What opens a cart for checkout: its token, or its owner signed in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CartKey<'a> {
+    /// The cart's secret token, as sent.
+    pub token: Option<&'a str>,
+    /// The signed-in customer.
+    pub customer: Option<&'a str>,
 }
 
 /// The plugins a checkout runs, each list in hook order.
@@ -336,15 +397,85 @@ impl Orders {
     /// (the order stored as the answer) in the one that records the order; it is advanced as
     /// each commits. If another request holds it, the checkout stops before reserving with
     /// [`OrderError::KeyTaken`].
+    #[allow(clippy::too_many_arguments)]
     pub async fn checkout(
         &self,
         cart_id: &str,
-        request: &CheckoutRequest,
+        access: CartKey<'_>,
+        input: CheckoutInput,
         plugins: &CheckoutPlugins,
         attempt: Option<&str>,
         key: Option<&Arc<idempotency::Key>>,
         now: i64,
     ) -> Result<Value> {
+        let order_id = attempt.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+
+        // 1. Everything checkout reads before it writes, in one read transaction: the cart
+        //    (opened only with its token or by its owner), whether the idempotency key was
+        //    used before, the catalog's prices for its SKUs, the buyer's history, the shipping
+        //    offers.
+        let (cart, email) = (cart_id.to_owned(), input.email.clone());
+        let (token, customer) = (
+            access.token.map(str::to_owned),
+            access.customer.map(str::to_owned),
+        );
+        let look = key.cloned();
+        let reads = self
+            .db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let Some(contents) = carts::contents_in(tx, &cart).await? else {
+                        return Err(OrderError::Cart(CartError::NotFound));
+                    };
+                    if !contents.opens_with(token.as_deref(), customer.as_deref()) {
+                        return Err(OrderError::Cart(CartError::NotFound));
+                    }
+                    if let Some(key) = &look
+                        && key.seen_in(tx).await? != idempotency::Seen::New
+                    {
+                        return Ok(BeforeCheckout::KeySeen);
+                    }
+                    if let Some(existing) = contents.live_order {
+                        return Ok(BeforeCheckout::Ordered(existing));
+                    }
+                    let skus: Vec<String> = contents.lines.iter().map(|l| l.sku.clone()).collect();
+                    let variants =
+                        catalog::priced_variants_in(tx, &skus, &contents.currency).await?;
+                    // The buyer's history by the email the checkout will use (refused later
+                    // if it is none or not an email).
+                    let email = email
+                        .or_else(|| contents.details.email.clone())
+                        .unwrap_or_default();
+                    let history = history_in(tx, &email, now).await?;
+                    let offers = shipping::offers_in(tx, &contents.currency).await?;
+                    Ok(BeforeCheckout::Cart {
+                        contents: Box::new(contents),
+                        variants,
+                        history,
+                        offers,
+                    })
+                })
+            })
+            .await?;
+        let (contents, variants, history, offers) = match reads {
+            BeforeCheckout::KeySeen => {
+                if let Some(key) = key {
+                    key.advance(idempotency::Progress::Taken);
+                }
+                return Err(OrderError::KeyTaken);
+            }
+            BeforeCheckout::Ordered(existing) if existing == order_id => {
+                return self.order(&order_id).await;
+            }
+            BeforeCheckout::Ordered(existing) => return Err(OrderError::CartOrdered(existing)),
+            BeforeCheckout::Cart {
+                contents,
+                variants,
+                history,
+                offers,
+            } => (contents, variants, history, offers),
+        };
+        let request = &input.complete(&contents.details)?;
         if !request.email.contains('@') || request.email.len() > 254 {
             return Err(OrderError::Invalid("email is not an email address".into()));
         }
@@ -363,47 +494,8 @@ impl Orders {
             .payment
             .first()
             .ok_or(OrderError::NoPaymentConnector)?;
-        let order_id = attempt.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
 
-        // 1. Re-price from the catalog and the pricing plugins: never trust an earlier quote.
-        //    Everything checkout reads before it writes, in one read transaction.
-        let (cart, email) = (cart_id.to_owned(), request.email.clone());
-        let reads = self
-            .db
-            .read(move |tx| {
-                Box::pin(async move {
-                    let Some(contents) = carts::contents_in(tx, &cart).await? else {
-                        return Err(OrderError::Cart(CartError::NotFound));
-                    };
-                    if let Some(existing) = contents.live_order {
-                        return Ok(BeforeCheckout::Ordered(existing));
-                    }
-                    let skus: Vec<String> = contents.lines.iter().map(|l| l.sku.clone()).collect();
-                    let variants =
-                        catalog::priced_variants_in(tx, &skus, &contents.currency).await?;
-                    let history = history_in(tx, &email, now).await?;
-                    let offers = shipping::offers_in(tx, &contents.currency).await?;
-                    Ok(BeforeCheckout::Cart {
-                        contents: Box::new(contents),
-                        variants,
-                        history,
-                        offers,
-                    })
-                })
-            })
-            .await?;
-        let (contents, variants, history, offers) = match reads {
-            BeforeCheckout::Ordered(existing) if existing == order_id => {
-                return self.order(&order_id).await;
-            }
-            BeforeCheckout::Ordered(existing) => return Err(OrderError::CartOrdered(existing)),
-            BeforeCheckout::Cart {
-                contents,
-                variants,
-                history,
-                offers,
-            } => (contents, variants, history, offers),
-        };
+        // Re-priced from the catalog and the pricing plugins: never trust an earlier quote.
         let (mut cart, unavailable) = carts::pricing_cart(&contents, variants, now);
         if !unavailable.is_empty() {
             return Err(OrderError::Unavailable(unavailable));
@@ -1721,6 +1813,8 @@ struct ClaimedPayment {
 }
 
 enum BeforeCheckout {
+    /// The idempotency key was used before (the answer is the API's to give).
+    KeySeen,
     /// The cart already has a live order.
     Ordered(String),
     /// The cart, the catalog's answer for its SKUs, and the buyer's history.

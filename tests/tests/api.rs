@@ -1314,6 +1314,11 @@ async fn an_empty_cart_or_a_bad_checkout_is_refused() {
             );
         }
         assert_eq!(app.level("SOCK").await["reserved"], 0);
+        // A body refused before anything ran does not use up its key (as at Stripe).
+        let r = app
+            .checkout(&cart, &token, "d", &checkout_body("tok_visa", "DE"))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
         let r = app
             .admin(Method::GET, "/admin/orders/nope", Value::Null)
             .await;

@@ -8,7 +8,7 @@
 //!
 //! Handlers use [`once`]: it claims the key, runs the operation only when the key is new,
 //! stores its answer and replays it afterwards; [`once_within`] does the same for an operation
-//! that claims and finishes the key inside its own transactions (checkout). [`key`] reads a
+//! that looks up, claims and finishes the key inside its own transactions (checkout). [`key`] reads a
 //! required header, [`optional_key`] one that a route accepts but does not insist on. The
 //! table itself is [`crate::idempotency`]'s.
 
@@ -87,13 +87,13 @@ pub async fn once(
     .await
 }
 
-/// [`once`] for an operation that claims the key in its own first write transaction and
-/// stores its answer in its own last one ([`Key::claim_in`], [`Key::finish_in`], advancing
-/// the key as each commits): a checkout, which so needs no transactions for the key of its
-/// own. A repeat is answered from a look-up before `operation` starts; a repeat racing the
-/// first request loses at the claim (the operation stops there, its transaction rolled back)
-/// and is answered as a repeat. Whatever the operation did not store is stored after it, as
-/// [`once`] would.
+/// [`once`] for an operation that looks the key up in its own first read, claims it in its
+/// own first write transaction and stores its answer in its own last one ([`Key::seen_in`],
+/// [`Key::claim_in`], [`Key::finish_in`], advancing the key as each commits): a checkout, which
+/// so needs no reads or transactions for the key of its own. An operation that finds the key
+/// used, or loses the claim to a repeat racing it (its transaction rolled back), stops with
+/// the key advanced to [`Progress::Taken`] and is answered as a repeat. Whatever the operation
+/// did not store is stored after it, as [`once`] would.
 pub async fn once_within<Op, Fut>(
     db: &Db,
     scope: &str,
@@ -107,9 +107,6 @@ where
     Fut: Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'static,
 {
     let (db, key) = (db.clone(), Arc::new(Key::new(scope, key, body, now)));
-    if let Some(answer) = repeat(&db, &key).await? {
-        return answer;
-    }
     let operation = operation(key.clone());
     detached(async move {
         let outcome = operation.await;

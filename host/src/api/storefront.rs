@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::{ApiError, AppState, MaybeSignedIn, SignedIn, now_ms};
 use crate::carts::CartContents;
 use crate::catalog::ProductFilter;
-use crate::orders::CheckoutRequest;
+use crate::orders::{CartKey, CheckoutInput};
 use crate::plugin::HookKind;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -186,43 +186,60 @@ async fn set_shipping_method(
 
 /// Checks the cart out. Requires an `Idempotency-Key`: a retry with the same key and body gets
 /// the first answer, never a second order or charge.
+///
+/// The cart is opened (its token, or its owner signed in) in the checkout's own first read,
+/// with the key's look-up and everything else checkout reads. A request refused before that
+/// (no key, a body that is not a checkout) opens it on its own first, so that a caller without
+/// access learns nothing but "no such cart" either way; like Stripe, such a refusal is not
+/// kept as the key's answer (nothing ran).
 async fn checkout(
     State(state): State<AppState>,
-    CheckoutAccess(id, saved): CheckoutAccess,
+    Path(id): Path<String>,
+    MaybeSignedIn(customer): MaybeSignedIn,
     headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let key = super::idempotency::key(&headers)?;
-    let Json(body) = body?;
-    let now = now_ms();
-    let canonical = body.clone();
-    let attempt = super::attempt_id("checkout", &id, &key);
-    let (scope, db) = (format!("checkout:{id}"), state.db.clone());
-    // The key is claimed with the stock and finished with the order, in their transactions.
-    let operation = |claim: Arc<crate::idempotency::Key>| async move {
-        // What the request leaves out comes from the details saved on the cart.
-        let mut body = body;
-        if let Value::Object(fields) = &mut body {
-            let saved = json!(saved);
-            for key in ["email", "shipping_address", "billing_address"] {
-                if !fields.contains_key(key) && !saved[key].is_null() {
-                    fields.insert(key.to_owned(), saved[key].clone());
-                }
-            }
-        }
+    let token = headers
+        .get("x-cart-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let parsed = super::idempotency::key(&headers).and_then(|key| {
+        let Json(body) = body?;
         // serde quotes the offending value; a card number sent by mistake must not come back
         // (nor be stored with the idempotent answer).
-        let request = serde_json::from_value::<CheckoutRequest>(body).map_err(|e| {
+        let input = serde_json::from_value::<CheckoutInput>(body.clone()).map_err(|e| {
             ApiError::invalid(format!(
                 "not a valid checkout: {}",
                 super::without_long_numbers(&e.to_string())
             ))
         })?;
+        Ok((key, body, input))
+    });
+    let (key, canonical, input) = match parsed {
+        Ok(parsed) => parsed,
+        Err(refused) => {
+            state
+                .carts
+                .authorize(&id, token.as_deref(), customer.as_deref())
+                .await?;
+            return Err(refused);
+        }
+    };
+    let now = now_ms();
+    let attempt = super::attempt_id("checkout", &id, &key);
+    let (scope, db) = (format!("checkout:{id}"), state.db.clone());
+    // The key is looked up in the checkout's first read, claimed with the stock and finished
+    // with the order, in their transactions.
+    let operation = |claim: Arc<crate::idempotency::Key>| async move {
         let order = state
             .orders
             .checkout(
                 &id,
-                &request,
+                CartKey {
+                    token: token.as_deref(),
+                    customer: customer.as_deref(),
+                },
+                input,
                 &state.checkout_plugins(),
                 Some(&attempt),
                 Some(&claim),
@@ -398,14 +415,8 @@ async fn product(
 /// The cart named in the path, opened with its `X-Cart-Token` or by its signed-in owner.
 struct CartAccess(String);
 
-/// [`CartAccess`] with the checkout details saved on the cart, read in the same look-up.
-struct CheckoutAccess(String, crate::carts::CartDetails);
-
-/// Opens the cart named in the path: its id and saved details.
-async fn open_cart(
-    parts: &mut Parts,
-    state: &AppState,
-) -> Result<(String, crate::carts::CartDetails), ApiError> {
+/// Opens the cart named in the path: its id.
+async fn open_cart(parts: &mut Parts, state: &AppState) -> Result<String, ApiError> {
     let Path(params): Path<Vec<(String, String)>> = Path::from_request_parts(parts, state).await?;
     let id = params
         .into_iter()
@@ -418,27 +429,18 @@ async fn open_cart(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let MaybeSignedIn(customer) = MaybeSignedIn::from_request_parts(parts, state).await?;
-    let details = state
+    state
         .carts
         .authorize(&id, token.as_deref(), customer.as_deref())
         .await?;
-    Ok((id, details))
+    Ok(id)
 }
 
 impl FromRequestParts<AppState> for CartAccess {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Ok(CartAccess(open_cart(parts, state).await?.0))
-    }
-}
-
-impl FromRequestParts<AppState> for CheckoutAccess {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let (id, details) = open_cart(parts, state).await?;
-        Ok(CheckoutAccess(id, details))
+        Ok(CartAccess(open_cart(parts, state).await?))
     }
 }
 
