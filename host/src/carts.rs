@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{Catalog, PricedVariant};
+use crate::catalog::PricedVariant;
 use crate::db::{Db, Tx, Value, args};
 use crate::plugin::bindings::pricing;
 use crate::plugin::bindings::types::{Attribute, Money};
@@ -95,6 +95,33 @@ pub struct CartContents {
     token_hash: String,
 }
 
+/// A cart with the catalog's answer for its SKUs: everything pricing it needs. Every change
+/// to a cart returns it as its own transaction left it (read on the connection that wrote,
+/// rather than in a read transaction of its own afterwards).
+#[derive(Debug, Clone)]
+pub struct CartView {
+    /// The cart.
+    pub contents: CartContents,
+    /// Its SKUs for sale in its currency; a SKU missing here is no longer for sale.
+    pub variants: HashMap<String, PricedVariant>,
+}
+
+impl CartView {
+    /// The cart as the pricing hook sees it, with catalog prices; lines whose SKU is no longer
+    /// for sale in the cart's currency are left out and returned separately.
+    pub fn pricing_input(&self, now: i64) -> (pricing::Cart, Vec<String>) {
+        pricing_cart(&self.contents, self.variants.clone(), now)
+    }
+}
+
+/// Cart `id` and the catalog's answer for its SKUs, inside the caller's transaction.
+async fn view_in(tx: &mut dyn Tx, id: &str) -> Result<CartView> {
+    let contents = contents_in(tx, id).await?.ok_or(CartError::NotFound)?;
+    let skus: Vec<String> = contents.lines.iter().map(|l| l.sku.clone()).collect();
+    let variants = crate::catalog::priced_variants_in(tx, &skus, &contents.currency).await?;
+    Ok(CartView { contents, variants })
+}
+
 impl CartContents {
     /// Whether `token`, or the signed-in `customer`, opens this cart.
     pub fn opens_with(&self, token: Option<&str>, customer: Option<&str>) -> bool {
@@ -151,7 +178,6 @@ pub struct CartDetails {
 #[derive(Debug, Clone)]
 pub struct Carts {
     db: Db,
-    catalog: Catalog,
 }
 
 fn digest(token: &str) -> String {
@@ -169,18 +195,18 @@ fn check_quantity(quantity: i64) -> Result<()> {
 
 impl Carts {
     /// Carts over `db`.
-    pub fn new(db: Db, catalog: Catalog) -> Self {
-        Self { db, catalog }
+    pub fn new(db: Db) -> Self {
+        Self { db }
     }
 
-    /// Creates an empty cart, owned by `customer` if one is signed in; returns its id and its
-    /// secret token (shown once).
+    /// Creates an empty cart, owned by `customer` if one is signed in; returns it and its secret
+    /// token (shown once).
     pub async fn create(
         &self,
         currency: &str,
         customer: Option<&str>,
         now: i64,
-    ) -> Result<(String, String)> {
+    ) -> Result<(CartView, String)> {
         if !crate::catalog::is_currency(currency) {
             return Err(CartError::Invalid(format!(
                 "{currency:?} is not an ISO 4217 currency code"
@@ -192,14 +218,32 @@ impl Carts {
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
+        let token_hash = digest(&token);
         self.db
             .execute(
                 "INSERT INTO carts (id, token_hash, currency, customer_id, created_at, updated_at) \
                  VALUES ($1, $2, $3, $5, $4, $4)",
-                args![&id, digest(&token), currency, now, customer],
+                args![&id, &token_hash, currency, now, customer],
             )
             .await?;
-        Ok((id, token))
+        // As the database now holds it: nothing to read back.
+        let contents = CartContents {
+            id,
+            currency: currency.to_owned(),
+            customer_id: customer.map(str::to_owned),
+            lines: Vec::new(),
+            coupon_codes: Vec::new(),
+            shipping_method: None,
+            shipping: None,
+            live_order: None,
+            details: CartDetails::default(),
+            token_hash,
+        };
+        let view = CartView {
+            contents,
+            variants: HashMap::new(),
+        };
+        Ok((view, token))
     }
 
     /// Checks that the cart's `token`, or its owner `customer`, opens cart `id`.
@@ -233,23 +277,16 @@ impl Carts {
         Ok(())
     }
 
-    /// The cart's contents.
-    pub async fn contents(&self, id: &str) -> Result<CartContents> {
+    /// The cart and the catalog's answer for its SKUs, in one read.
+    pub async fn view(&self, id: &str) -> Result<CartView> {
         let id = id.to_owned();
         self.db
-            .read(move |tx| Box::pin(async move { contents_in(tx, &id).await }))
-            .await?
-            .ok_or(CartError::NotFound)
+            .read(move |tx| Box::pin(async move { view_in(tx, &id).await }))
+            .await
     }
 
     /// Adds `quantity` of `sku`; adding a SKU already in the cart adds to its line.
-    pub async fn add_line(
-        &self,
-        id: &str,
-        sku: &str,
-        quantity: i64,
-        now: i64,
-    ) -> Result<CartContents> {
+    pub async fn add_line(&self, id: &str, sku: &str, quantity: i64, now: i64) -> Result<CartView> {
         check_quantity(quantity)?;
         let line = args![
             uuid::Uuid::now_v7().to_string(),
@@ -259,7 +296,7 @@ impl Carts {
             now,
             MAX_LINE_QUANTITY
         ];
-        let wanted = sku.to_owned();
+        let (wanted, cart) = (sku.to_owned(), id.to_owned());
         self.db
             .write(move |tx| {
                 Box::pin(async move {
@@ -312,11 +349,11 @@ impl Carts {
                             )));
                         }
                     }
-                    touch(tx, &line[1], &line[4]).await
+                    touch(tx, &line[1], &line[4]).await?;
+                    view_in(tx, &cart).await
                 })
             })
-            .await?;
-        self.contents(id).await
+            .await
     }
 
     /// Sets a line's quantity.
@@ -326,33 +363,41 @@ impl Carts {
         line_id: &str,
         quantity: i64,
         now: i64,
-    ) -> Result<CartContents> {
+    ) -> Result<CartView> {
         check_quantity(quantity)?;
         self.change_line(
+            id,
             "UPDATE cart_lines SET quantity = $3 WHERE id = $1 AND cart_id = $2",
             args![line_id, id, quantity],
             now,
         )
-        .await?;
-        self.contents(id).await
+        .await
     }
 
     /// Removes a line.
-    pub async fn remove_line(&self, id: &str, line_id: &str, now: i64) -> Result<CartContents> {
+    pub async fn remove_line(&self, id: &str, line_id: &str, now: i64) -> Result<CartView> {
         self.change_line(
+            id,
             "DELETE FROM cart_lines WHERE id = $1 AND cart_id = $2",
             args![line_id, id],
             now,
         )
-        .await?;
-        self.contents(id).await
+        .await
     }
 
-    /// Runs `sql` on line `$1` of cart `$2` and touches the cart; no such line is an error.
-    async fn change_line<A>(&self, sql: &'static str, args: A, now: i64) -> Result<()>
+    /// Runs `sql` on line `$1` of cart `$2` (`id`) and touches the cart; no such line is an
+    /// error.
+    async fn change_line<A>(
+        &self,
+        id: &str,
+        sql: &'static str,
+        args: A,
+        now: i64,
+    ) -> Result<CartView>
     where
         A: AsRef<[Value]> + Send + 'static,
     {
+        let cart = id.to_owned();
         self.db
             .write(move |tx| {
                 Box::pin(async move {
@@ -360,14 +405,15 @@ impl Carts {
                     if tx.execute(sql, args).await? == 0 {
                         return Err(CartError::LineNotFound);
                     }
-                    touch(tx, &args[1], &Value::from(now)).await
+                    touch(tx, &args[1], &Value::from(now)).await?;
+                    view_in(tx, &cart).await
                 })
             })
             .await
     }
 
     /// Replaces the cart's coupon codes (upper-cased, without duplicates).
-    pub async fn set_coupons(&self, id: &str, codes: &[String], now: i64) -> Result<CartContents> {
+    pub async fn set_coupons(&self, id: &str, codes: &[String], now: i64) -> Result<CartView> {
         let codes: BTreeSet<String> = codes.iter().map(|c| c.trim().to_uppercase()).collect();
         if codes.len() > MAX_COUPONS {
             return Err(CartError::Invalid(format!(
@@ -386,11 +432,14 @@ impl Carts {
                 )));
             }
         }
-        self.contents(id).await?;
-        let (cart, now) = (Value::from(id), Value::from(now));
+        let (id, cart, now) = (id.to_owned(), Value::from(id), Value::from(now));
         self.db
             .write(move |tx| {
                 Box::pin(async move {
+                    // The cart first: an unknown one has no coupons to replace.
+                    if !touch(tx, &cart, &now).await? {
+                        return Err(CartError::NotFound);
+                    }
                     tx.execute(
                         "DELETE FROM cart_coupons WHERE cart_id = $1",
                         std::slice::from_ref(&cart),
@@ -403,11 +452,10 @@ impl Carts {
                         )
                         .await?;
                     }
-                    touch(tx, &cart, &now).await
+                    view_in(tx, &id).await
                 })
             })
-            .await?;
-        self.contents(id).await
+            .await
     }
 
     /// Saves what the shopper entered for checkout (email, addresses), replacing what was
@@ -450,7 +498,7 @@ impl Carts {
         id: &str,
         code: Option<&str>,
         now: i64,
-    ) -> Result<CartContents> {
+    ) -> Result<CartView> {
         if let Some(code) = code
             && !shipping::is_code(code)
         {
@@ -458,7 +506,7 @@ impl Carts {
                 "code must be 1 to 64 letters, digits, '-' or '_'".into(),
             ));
         }
-        let change = args![id, code, now];
+        let (change, cart) = (args![id, code, now], id.to_owned());
         self.db
             .write(move |tx| {
                 Box::pin(async move {
@@ -497,11 +545,10 @@ impl Carts {
                     if changed == 0 {
                         return Err(CartError::NotFound);
                     }
-                    Ok(())
+                    view_in(tx, &cart).await
                 })
             })
-            .await?;
-        self.contents(id).await
+            .await
     }
 
     /// The shipping methods offered to the cart: those priced in its currency that ship to its
@@ -529,21 +576,6 @@ impl Carts {
                 })
             })
             .await
-    }
-
-    /// The cart as the pricing hook sees it, with catalog prices. Lines whose SKU is no longer
-    /// for sale in the cart's currency are left out and returned separately.
-    pub async fn pricing_input(
-        &self,
-        contents: &CartContents,
-        now: i64,
-    ) -> Result<(pricing::Cart, Vec<String>)> {
-        let skus: Vec<&str> = contents.lines.iter().map(|l| l.sku.as_str()).collect();
-        let variants = self
-            .catalog
-            .priced_variants(&skus, &contents.currency)
-            .await?;
-        Ok(pricing_cart(contents, variants, now))
     }
 }
 
@@ -683,12 +715,13 @@ fn saved_country(row: &crate::db::Row) -> sqlx::Result<Option<String>> {
         .map(|a| a.country))
 }
 
-/// Marks cart `id` changed at `now`, in the caller's transaction.
-async fn touch(tx: &mut dyn Tx, id: &Value, now: &Value) -> Result<()> {
-    tx.execute(
-        "UPDATE carts SET updated_at = $2 WHERE id = $1",
-        &[id.clone(), now.clone()],
-    )
-    .await?;
-    Ok(())
+/// Marks cart `id` changed at `now`, in the caller's transaction; whether there is such a cart.
+async fn touch(tx: &mut dyn Tx, id: &Value, now: &Value) -> Result<bool> {
+    Ok(tx
+        .execute(
+            "UPDATE carts SET updated_at = $2 WHERE id = $1",
+            &[id.clone(), now.clone()],
+        )
+        .await?
+        == 1)
 }

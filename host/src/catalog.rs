@@ -628,25 +628,11 @@ impl Catalog {
         let categories = self.categories_of(&product_id).await?;
         Ok(Some((product_id, categories)))
     }
-
-    /// What pricing needs to know about `skus` in `currency`, in three statements whatever
-    /// their number. A SKU missing from the answer is not for sale in `currency`: unknown, its
-    /// product archived, or no price in that currency.
-    pub async fn priced_variants(
-        &self,
-        skus: &[&str],
-        currency: &str,
-    ) -> Result<HashMap<String, PricedVariant>> {
-        let skus: Vec<String> = skus.iter().map(|s| (*s).to_owned()).collect();
-        let currency = currency.to_owned();
-        Ok(self
-            .db
-            .read(move |tx| Box::pin(async move { priced_variants_in(tx, &skus, &currency).await }))
-            .await?)
-    }
 }
 
-/// [`Catalog::priced_variants`] inside the caller's transaction.
+/// What pricing needs to know about `skus` in `currency`, in three statements whatever their
+/// number, inside the caller's transaction. A SKU missing from the answer is not for sale in
+/// `currency`: unknown, its product archived, or no price in that currency.
 pub(crate) async fn priced_variants_in(
     tx: &mut dyn Tx,
     skus: &[String],

@@ -63,7 +63,7 @@ impl AppState {
     pub fn new(db: Db, registry: Registry) -> Self {
         let catalog = Catalog::new(db.clone());
         let inventory = Inventory::new(db.clone());
-        let carts = Carts::new(db.clone(), catalog.clone());
+        let carts = Carts::new(db.clone());
         Self {
             orders: Orders::new(db.clone(), inventory.clone()),
             customers: Customers::new(db.clone()),

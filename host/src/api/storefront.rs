@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, MaybeSignedIn, SignedIn, now_ms};
-use crate::carts::CartContents;
+use crate::carts::CartView;
 use crate::catalog::ProductFilter;
 use crate::orders::{CartKey, CheckoutInput};
 use crate::plugin::HookKind;
@@ -144,8 +144,8 @@ async fn set_details(
 ) -> Result<Json<Value>, ApiError> {
     let Json(details) = body?;
     let saved = state.carts.set_details(&id, &details, now_ms()).await?;
-    let contents = state.carts.contents(&id).await?;
-    let mut body = priced(&state, contents, now_ms()).await?;
+    let view = state.carts.view(&id).await?;
+    let mut body = priced(&state, view, now_ms()).await?;
     body["details"] = json!(saved);
     Ok(Json(body))
 }
@@ -177,11 +177,11 @@ async fn set_shipping_method(
 ) -> Result<Json<Value>, ApiError> {
     let Json(choice) = body?;
     let now = now_ms();
-    let contents = state
+    let view = state
         .carts
         .set_shipping_method(&id, choice.code.as_deref(), now)
         .await?;
-    Ok(Json(priced(&state, contents, now).await?))
+    Ok(Json(priced(&state, view, now).await?))
 }
 
 /// Checks the cart out. Requires an `Idempotency-Key`: a retry with the same key and body gets
@@ -457,12 +457,11 @@ async fn create_cart(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(new) = body?;
     let now = now_ms();
-    let (id, token) = state
+    let (view, token) = state
         .carts
         .create(&new.currency, customer.as_deref(), now)
         .await?;
-    let contents = state.carts.contents(&id).await?;
-    let mut body = priced(&state, contents, now).await?;
+    let mut body = priced(&state, view, now).await?;
     body["token"] = json!(token);
     Ok((StatusCode::CREATED, Json(body)))
 }
@@ -471,8 +470,8 @@ async fn cart(
     State(state): State<AppState>,
     CartAccess(id): CartAccess,
 ) -> Result<Json<Value>, ApiError> {
-    let contents = state.carts.contents(&id).await?;
-    Ok(Json(priced(&state, contents, now_ms()).await?))
+    let view = state.carts.view(&id).await?;
+    Ok(Json(priced(&state, view, now_ms()).await?))
 }
 
 #[derive(Deserialize)]
@@ -489,11 +488,11 @@ async fn add_line(
 ) -> Result<Json<Value>, ApiError> {
     let Json(line) = body?;
     let now = now_ms();
-    let contents = state
+    let view = state
         .carts
         .add_line(&id, &line.sku, line.quantity, now)
         .await?;
-    Ok(Json(priced(&state, contents, now).await?))
+    Ok(Json(priced(&state, view, now).await?))
 }
 
 #[derive(Deserialize)]
@@ -510,11 +509,11 @@ async fn set_quantity(
 ) -> Result<Json<Value>, ApiError> {
     let Json(q) = body?;
     let now = now_ms();
-    let contents = state
+    let view = state
         .carts
         .set_quantity(&id, &line, q.quantity, now)
         .await?;
-    Ok(Json(priced(&state, contents, now).await?))
+    Ok(Json(priced(&state, view, now).await?))
 }
 
 async fn remove_line(
@@ -523,8 +522,8 @@ async fn remove_line(
     Path((_, line)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let now = now_ms();
-    let contents = state.carts.remove_line(&id, &line, now).await?;
-    Ok(Json(priced(&state, contents, now).await?))
+    let view = state.carts.remove_line(&id, &line, now).await?;
+    Ok(Json(priced(&state, view, now).await?))
 }
 
 #[derive(Deserialize)]
@@ -540,14 +539,15 @@ async fn set_coupons(
 ) -> Result<Json<Value>, ApiError> {
     let Json(c) = body?;
     let now = now_ms();
-    let contents = state.carts.set_coupons(&id, &c.codes, now).await?;
-    Ok(Json(priced(&state, contents, now).await?))
+    let view = state.carts.set_coupons(&id, &c.codes, now).await?;
+    Ok(Json(priced(&state, view, now).await?))
 }
 
 /// The cart priced by the active pricing plugins, in hook order. A failing fail-open plugin
 /// is skipped (and listed); a failing fail-closed one fails the request with its named error.
-async fn priced(state: &AppState, contents: CartContents, now: i64) -> Result<Value, ApiError> {
-    let (input, unavailable) = state.carts.pricing_input(&contents, now).await?;
+async fn priced(state: &AppState, view: CartView, now: i64) -> Result<Value, ApiError> {
+    let (input, unavailable) = view.pricing_input(now);
+    let contents = view.contents;
     let outcome = crate::hooks::price(&state.hook(HookKind::Pricing), &input).await?;
     Ok(json!({
         "id": contents.id,
