@@ -95,6 +95,33 @@ pub struct CartContents {
     token_hash: String,
 }
 
+/// What opens a cart: its secret token as sent, or its owner signed in.
+#[derive(Debug, Clone, Default)]
+pub struct CartKey {
+    /// The cart's token (`X-Cart-Token`).
+    pub token: Option<String>,
+    /// The signed-in customer.
+    pub customer: Option<String>,
+}
+
+/// Checks, inside the caller's transaction, that `key` opens cart `id`; a cart it does not
+/// open is no cart at all ([`CartError::NotFound`]).
+async fn open_in(tx: &mut dyn Tx, id: &str, key: &CartKey) -> Result<()> {
+    let rows = tx
+        .fetch(
+            "SELECT token_hash, customer_id FROM carts WHERE id = $1",
+            &args![id],
+        )
+        .await?;
+    let row = rows.first().ok_or(CartError::NotFound)?;
+    let stored: String = row.get("token_hash")?;
+    let owner: Option<String> = row.get("customer_id")?;
+    if !opens(&stored, owner.as_deref(), key) {
+        return Err(CartError::NotFound);
+    }
+    Ok(())
+}
+
 /// A cart with the catalog's answer for its SKUs: everything pricing it needs. Every change
 /// to a cart returns it as its own transaction left it (read on the connection that wrote,
 /// rather than in a read transaction of its own afterwards).
@@ -123,28 +150,21 @@ async fn view_in(tx: &mut dyn Tx, id: &str) -> Result<CartView> {
 }
 
 impl CartContents {
-    /// Whether `token`, or the signed-in `customer`, opens this cart.
-    pub fn opens_with(&self, token: Option<&str>, customer: Option<&str>) -> bool {
-        opens(
-            &self.token_hash,
-            self.customer_id.as_deref(),
-            token,
-            customer,
-        )
+    /// Whether `key` opens this cart.
+    pub fn opens_with(&self, key: &CartKey) -> bool {
+        opens(&self.token_hash, self.customer_id.as_deref(), key)
     }
 }
 
-/// Whether `token` (against the stored digest `token_hash`) or the signed-in `customer`
+/// Whether `key`'s token (against the stored digest `token_hash`) or its signed-in customer
 /// (against the cart's `owner`) opens a cart.
-fn opens(
-    token_hash: &str,
-    owner: Option<&str>,
-    token: Option<&str>,
-    customer: Option<&str>,
-) -> bool {
+fn opens(token_hash: &str, owner: Option<&str>, key: &CartKey) -> bool {
     // Both sides are digests of fixed length, so comparing them leaks nothing useful.
-    let by_token = token.is_some_and(|t| token_hash == digest(t));
-    let by_owner = customer.is_some() && owner == customer;
+    let by_token = key
+        .token
+        .as_deref()
+        .is_some_and(|t| token_hash == digest(t));
+    let by_owner = key.customer.is_some() && owner == key.customer.as_deref();
     by_token || by_owner
 }
 
@@ -191,6 +211,49 @@ fn check_quantity(quantity: i64) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Coupon codes as a cart keeps them: trimmed, upper-case, without duplicates.
+fn coupon_codes(codes: &[String]) -> Result<BTreeSet<String>> {
+    let codes: BTreeSet<String> = codes.iter().map(|c| c.trim().to_uppercase()).collect();
+    if codes.len() > MAX_COUPONS {
+        return Err(CartError::Invalid(format!(
+            "at most {MAX_COUPONS} coupon codes"
+        )));
+    }
+    for code in &codes {
+        if code.is_empty()
+            || code.len() > 64
+            || !code
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(CartError::Invalid(format!(
+                "coupon code {code:?}: use 1 to 64 letters, digits, '-' or '_'"
+            )));
+        }
+    }
+    Ok(codes)
+}
+
+/// Checkout details, checked, as the cart stores them (JSON text).
+fn checked_details(details: &CartDetails) -> Result<String> {
+    if let Some(email) = &details.email
+        && (!email.contains('@') || email.len() > 254)
+    {
+        return Err(CartError::Invalid("email is not an email address".into()));
+    }
+    for (what, address) in [
+        ("shipping_address", &details.shipping_address),
+        ("billing_address", &details.billing_address),
+    ] {
+        if let Some(address) = address {
+            address
+                .validate(what)
+                .map_err(|e| CartError::Invalid(e.to_string()))?;
+        }
+    }
+    serde_json::to_string(details).map_err(|e| CartError::Invalid(e.to_string()))
 }
 
 impl Carts {
@@ -246,48 +309,42 @@ impl Carts {
         Ok((view, token))
     }
 
-    /// Checks that the cart's `token`, or its owner `customer`, opens cart `id`.
-    pub async fn authorize(
-        &self,
-        id: &str,
-        token: Option<&str>,
-        customer: Option<&str>,
-    ) -> Result<()> {
-        let cart = args![id];
-        let row = self
-            .db
-            .read(move |tx| {
-                Box::pin(async move {
-                    tx.fetch(
-                        "SELECT token_hash, customer_id FROM carts WHERE id = $1",
-                        &cart,
-                    )
-                    .await
-                })
-            })
-            .await?
-            .into_iter()
-            .next()
-            .ok_or(CartError::NotFound)?;
-        let stored: String = row.get("token_hash")?;
-        let owner: Option<String> = row.get("customer_id")?;
-        if !opens(&stored, owner.as_deref(), token, customer) {
-            return Err(CartError::NotFound);
-        }
-        Ok(())
-    }
-
-    /// The cart and the catalog's answer for its SKUs, in one read.
-    pub async fn view(&self, id: &str) -> Result<CartView> {
-        let id = id.to_owned();
+    /// Checks that `key` opens cart `id`.
+    pub async fn authorize(&self, id: &str, key: &CartKey) -> Result<()> {
+        let (id, key) = (id.to_owned(), key.clone());
         self.db
-            .read(move |tx| Box::pin(async move { view_in(tx, &id).await }))
+            .read(move |tx| Box::pin(async move { open_in(tx, &id, &key).await }))
             .await
     }
 
-    /// Adds `quantity` of `sku`; adding a SKU already in the cart adds to its line.
-    pub async fn add_line(&self, id: &str, sku: &str, quantity: i64, now: i64) -> Result<CartView> {
-        check_quantity(quantity)?;
+    /// The cart, if `key` opens it, and the catalog's answer for its SKUs, in one read.
+    pub async fn view(&self, id: &str, key: &CartKey) -> Result<CartView> {
+        let (id, key) = (id.to_owned(), key.clone());
+        self.db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let view = view_in(tx, &id).await?;
+                    if !view.contents.opens_with(&key) {
+                        return Err(CartError::NotFound);
+                    }
+                    Ok(view)
+                })
+            })
+            .await
+    }
+
+    /// Adds `quantity` of `sku` to the cart `key` opens; adding a SKU already in the cart adds
+    /// to its line.
+    pub async fn add_line(
+        &self,
+        id: &str,
+        key: &CartKey,
+        sku: &str,
+        quantity: i64,
+        now: i64,
+    ) -> Result<CartView> {
+        // Refused only once the cart is open: to anyone else it is no cart at all.
+        let checked = check_quantity(quantity);
         let line = args![
             uuid::Uuid::now_v7().to_string(),
             id,
@@ -296,10 +353,12 @@ impl Carts {
             now,
             MAX_LINE_QUANTITY
         ];
-        let (wanted, cart) = (sku.to_owned(), id.to_owned());
+        let (wanted, cart, key) = (sku.to_owned(), id.to_owned(), key.clone());
         self.db
             .write(move |tx| {
                 Box::pin(async move {
+                    open_in(tx, &cart, &key).await?;
+                    checked?;
                     // What the checks need, in one statement: whether the SKU is for sale in
                     // the cart's currency, how many lines the cart has, and whether one is
                     // this SKU's. Checked in the transaction that adds the line, so two adds at
@@ -360,13 +419,16 @@ impl Carts {
     pub async fn set_quantity(
         &self,
         id: &str,
+        key: &CartKey,
         line_id: &str,
         quantity: i64,
         now: i64,
     ) -> Result<CartView> {
-        check_quantity(quantity)?;
+        let checked = check_quantity(quantity);
         self.change_line(
             id,
+            key,
+            checked,
             "UPDATE cart_lines SET quantity = $3 WHERE id = $1 AND cart_id = $2",
             args![line_id, id, quantity],
             now,
@@ -375,9 +437,17 @@ impl Carts {
     }
 
     /// Removes a line.
-    pub async fn remove_line(&self, id: &str, line_id: &str, now: i64) -> Result<CartView> {
+    pub async fn remove_line(
+        &self,
+        id: &str,
+        key: &CartKey,
+        line_id: &str,
+        now: i64,
+    ) -> Result<CartView> {
         self.change_line(
             id,
+            key,
+            Ok(()),
             "DELETE FROM cart_lines WHERE id = $1 AND cart_id = $2",
             args![line_id, id],
             now,
@@ -385,11 +455,13 @@ impl Carts {
         .await
     }
 
-    /// Runs `sql` on line `$1` of cart `$2` (`id`) and touches the cart; no such line is an
-    /// error.
+    /// Once `key` opens cart `id` (`$2`) and the request `checked` out, runs `sql` on line `$1`
+    /// and touches the cart; no such line is an error.
     async fn change_line<A>(
         &self,
         id: &str,
+        key: &CartKey,
+        checked: Result<()>,
         sql: &'static str,
         args: A,
         now: i64,
@@ -397,10 +469,12 @@ impl Carts {
     where
         A: AsRef<[Value]> + Send + 'static,
     {
-        let cart = id.to_owned();
+        let (cart, key) = (id.to_owned(), key.clone());
         self.db
             .write(move |tx| {
                 Box::pin(async move {
+                    open_in(tx, &cart, &key).await?;
+                    checked?;
                     let args = args.as_ref();
                     if tx.execute(sql, args).await? == 0 {
                         return Err(CartError::LineNotFound);
@@ -413,33 +487,26 @@ impl Carts {
     }
 
     /// Replaces the cart's coupon codes (upper-cased, without duplicates).
-    pub async fn set_coupons(&self, id: &str, codes: &[String], now: i64) -> Result<CartView> {
-        let codes: BTreeSet<String> = codes.iter().map(|c| c.trim().to_uppercase()).collect();
-        if codes.len() > MAX_COUPONS {
-            return Err(CartError::Invalid(format!(
-                "at most {MAX_COUPONS} coupon codes"
-            )));
-        }
-        for code in &codes {
-            if code.is_empty()
-                || code.len() > 64
-                || !code
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(CartError::Invalid(format!(
-                    "coupon code {code:?}: use 1 to 64 letters, digits, '-' or '_'"
-                )));
-            }
-        }
-        let (id, cart, now) = (id.to_owned(), Value::from(id), Value::from(now));
+    pub async fn set_coupons(
+        &self,
+        id: &str,
+        key: &CartKey,
+        codes: &[String],
+        now: i64,
+    ) -> Result<CartView> {
+        let checked = coupon_codes(codes);
+        let (id, key, cart, now) = (
+            id.to_owned(),
+            key.clone(),
+            Value::from(id),
+            Value::from(now),
+        );
         self.db
             .write(move |tx| {
                 Box::pin(async move {
-                    // The cart first: an unknown one has no coupons to replace.
-                    if !touch(tx, &cart, &now).await? {
-                        return Err(CartError::NotFound);
-                    }
+                    open_in(tx, &id, &key).await?;
+                    let codes = checked?;
+                    touch(tx, &cart, &now).await?;
                     tx.execute(
                         "DELETE FROM cart_coupons WHERE cart_id = $1",
                         std::slice::from_ref(&cart),
@@ -463,32 +530,31 @@ impl Carts {
     pub async fn set_details(
         &self,
         id: &str,
+        key: &CartKey,
         details: &CartDetails,
         now: i64,
-    ) -> Result<CartDetails> {
-        if let Some(email) = &details.email
-            && (!email.contains('@') || email.len() > 254)
-        {
-            return Err(CartError::Invalid("email is not an email address".into()));
-        }
-        for (what, address) in [
-            ("shipping_address", &details.shipping_address),
-            ("billing_address", &details.billing_address),
-        ] {
-            if let Some(address) = address {
-                address
-                    .validate(what)
-                    .map_err(|e| CartError::Invalid(e.to_string()))?;
-            }
-        }
-        let text = serde_json::to_string(details).map_err(|e| CartError::Invalid(e.to_string()))?;
+    ) -> Result<CartView> {
+        let checked = checked_details(details);
+        let change = args![
+            id,
+            checked.as_ref().map(String::as_str).unwrap_or_default(),
+            now
+        ];
+        let (cart, key) = (id.to_owned(), key.clone());
         self.db
-            .execute(
-                "UPDATE carts SET details = $2, updated_at = $3 WHERE id = $1",
-                args![id, text, now],
-            )
-            .await?;
-        Ok(details.clone())
+            .write(move |tx| {
+                Box::pin(async move {
+                    open_in(tx, &cart, &key).await?;
+                    checked?;
+                    tx.execute(
+                        "UPDATE carts SET details = $2, updated_at = $3 WHERE id = $1",
+                        &change,
+                    )
+                    .await?;
+                    view_in(tx, &cart).await
+                })
+            })
+            .await
     }
 
     /// Chooses the shipping method `code` (or none): it must be offered in the cart's currency
@@ -496,20 +562,22 @@ impl Carts {
     pub async fn set_shipping_method(
         &self,
         id: &str,
+        key: &CartKey,
         code: Option<&str>,
         now: i64,
     ) -> Result<CartView> {
-        if let Some(code) = code
-            && !shipping::is_code(code)
-        {
-            return Err(CartError::Invalid(
+        let checked = match code {
+            Some(code) if !shipping::is_code(code) => Err(CartError::Invalid(
                 "code must be 1 to 64 letters, digits, '-' or '_'".into(),
-            ));
-        }
-        let (change, cart) = (args![id, code, now], id.to_owned());
+            )),
+            _ => Ok(()),
+        };
+        let (change, cart, key) = (args![id, code, now], id.to_owned(), key.clone());
         self.db
             .write(move |tx| {
                 Box::pin(async move {
+                    open_in(tx, &cart, &key).await?;
+                    checked?;
                     if let Some(Value::Text(code)) = change.get(1) {
                         let rows = tx
                             .fetch(
@@ -554,18 +622,29 @@ impl Carts {
     /// The shipping methods offered to the cart: those priced in its currency that ship to its
     /// saved shipping address (any address, when none is saved yet). Returns them and the
     /// country they were chosen for.
-    pub async fn shipping_offers(&self, id: &str) -> Result<(Vec<Offer>, Option<String>)> {
-        let id = id.to_owned();
+    pub async fn shipping_offers(
+        &self,
+        id: &str,
+        key: &CartKey,
+    ) -> Result<(Vec<Offer>, Option<String>)> {
+        let (id, key) = (id.to_owned(), key.clone());
         self.db
             .read(move |tx| {
                 Box::pin(async move {
                     let rows = tx
                         .fetch(
-                            "SELECT currency, details FROM carts WHERE id = $1",
+                            "SELECT currency, details, token_hash, customer_id FROM carts WHERE id = $1",
                             &args![&id],
                         )
                         .await?;
-                    let row = rows.first().ok_or(CartError::NotFound)?;
+                    let row = rows
+                        .first()
+                        .filter(|row| {
+                            let stored = row.text("token_hash").unwrap_or_default();
+                            let owner = row.get::<Option<String>>("customer_id").ok().flatten();
+                            opens(stored, owner.as_deref(), &key)
+                        })
+                        .ok_or(CartError::NotFound)?;
                     let currency: String = row.get("currency")?;
                     let country = saved_country(row)?;
                     let mut offers = shipping::offers_in(tx, &currency).await?;

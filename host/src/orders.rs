@@ -270,15 +270,6 @@ pub struct CheckoutRequest {
     pub shipping_method: Option<String>,
 }
 
-/// What opens a cart for checkout: its token, or its owner signed in.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CartKey<'a> {
-    /// The cart's secret token, as sent.
-    pub token: Option<&'a str>,
-    /// The signed-in customer.
-    pub customer: Option<&'a str>,
-}
-
 /// The plugins a checkout runs, each list in hook order.
 #[derive(Debug, Clone, Default)]
 pub struct CheckoutPlugins {
@@ -401,7 +392,7 @@ impl Orders {
     pub async fn checkout(
         &self,
         cart_id: &str,
-        access: CartKey<'_>,
+        access: &carts::CartKey,
         input: CheckoutInput,
         plugins: &CheckoutPlugins,
         attempt: Option<&str>,
@@ -414,11 +405,7 @@ impl Orders {
         //    (opened only with its token or by its owner), whether the idempotency key was
         //    used before, the catalog's prices for its SKUs, the buyer's history, the shipping
         //    offers.
-        let (cart, email) = (cart_id.to_owned(), input.email.clone());
-        let (token, customer) = (
-            access.token.map(str::to_owned),
-            access.customer.map(str::to_owned),
-        );
+        let (cart, email, access) = (cart_id.to_owned(), input.email.clone(), access.clone());
         let look = key.cloned();
         let reads = self
             .db
@@ -427,7 +414,7 @@ impl Orders {
                     let Some(contents) = carts::contents_in(tx, &cart).await? else {
                         return Err(OrderError::Cart(CartError::NotFound));
                     };
-                    if !contents.opens_with(token.as_deref(), customer.as_deref()) {
+                    if !contents.opens_with(&access) {
                         return Err(OrderError::Cart(CartError::NotFound));
                     }
                     if let Some(key) = &look

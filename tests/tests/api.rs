@@ -504,6 +504,47 @@ async fn carts_and_admin_routes_open_only_with_the_right_credential() {
                 r.body
             );
         }
+        // Well-formed requests with bad values are refused only once the cart is open: to
+        // another cart's token, the cart is not there at all.
+        for (method, path, body) in [
+            (
+                Method::POST,
+                format!("/store/carts/{cart}/lines"),
+                json!({"sku": "TEE-M", "quantity": 0}),
+            ),
+            (
+                Method::PATCH,
+                format!("/store/carts/{cart}/lines/{line}"),
+                json!({"quantity": -1}),
+            ),
+            (
+                Method::PUT,
+                format!("/store/carts/{cart}/coupons"),
+                json!({"codes": ["not a code!"]}),
+            ),
+            (
+                Method::PUT,
+                format!("/store/carts/{cart}/details"),
+                json!({"email": "nope"}),
+            ),
+            (
+                Method::PUT,
+                format!("/store/carts/{cart}/shipping-method"),
+                json!({"code": "no such code!"}),
+            ),
+        ] {
+            let r = app
+                .cart(method.clone(), &path, &other_token, Some(body.clone()))
+                .await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (404, Some("cart_not_found")),
+                "{method} {path} {body}: {}",
+                r.body
+            );
+            let r = app.cart(method.clone(), &path, &token, Some(body)).await;
+            assert_eq!(r.status, 422, "{method} {path}: {}", r.body);
+        }
         // Changing a line of this cart through another cart's id and token does nothing.
         let r = app
             .cart(

@@ -13,9 +13,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, MaybeSignedIn, SignedIn, now_ms};
-use crate::carts::CartView;
+use crate::carts::{CartKey, CartView};
 use crate::catalog::ProductFilter;
-use crate::orders::{CartKey, CheckoutInput};
+use crate::orders::CheckoutInput;
 use crate::plugin::HookKind;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -139,14 +139,15 @@ async fn my_order(
 
 async fn set_details(
     State(state): State<AppState>,
-    CartAccess(id): CartAccess,
+    CartCaller(id, key): CartCaller,
     body: Result<Json<crate::carts::CartDetails>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(details) = body?;
-    let saved = state.carts.set_details(&id, &details, now_ms()).await?;
-    let view = state.carts.view(&id).await?;
-    let mut body = priced(&state, view, now_ms()).await?;
-    body["details"] = json!(saved);
+    let details = opened_body(&state, &id, &key, body).await?;
+    let now = now_ms();
+    let view = state.carts.set_details(&id, &key, &details, now).await?;
+    let saved = json!(view.contents.details);
+    let mut body = priced(&state, view, now).await?;
+    body["details"] = saved;
     Ok(Json(body))
 }
 
@@ -154,9 +155,9 @@ async fn set_details(
 /// to its saved shipping address when it has one.
 async fn shipping_offers(
     State(state): State<AppState>,
-    CartAccess(id): CartAccess,
+    CartCaller(id, key): CartCaller,
 ) -> Result<Json<Value>, ApiError> {
-    let (offers, country) = state.carts.shipping_offers(&id).await?;
+    let (offers, country) = state.carts.shipping_offers(&id, &key).await?;
     Ok(Json(
         json!({"shipping_methods": offers, "country": country}),
     ))
@@ -172,14 +173,14 @@ struct ShippingChoice {
 
 async fn set_shipping_method(
     State(state): State<AppState>,
-    CartAccess(id): CartAccess,
+    CartCaller(id, key): CartCaller,
     body: Result<Json<ShippingChoice>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(choice) = body?;
+    let choice = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
     let view = state
         .carts
-        .set_shipping_method(&id, choice.code.as_deref(), now)
+        .set_shipping_method(&id, &key, choice.code.as_deref(), now)
         .await?;
     Ok(Json(priced(&state, view, now).await?))
 }
@@ -194,15 +195,10 @@ async fn set_shipping_method(
 /// kept as the key's answer (nothing ran).
 async fn checkout(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    MaybeSignedIn(customer): MaybeSignedIn,
+    CartCaller(id, cart_key): CartCaller,
     headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let token = headers
-        .get("x-cart-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let parsed = super::idempotency::key(&headers).and_then(|key| {
         let Json(body) = body?;
         // serde quotes the offending value; a card number sent by mistake must not come back
@@ -218,10 +214,7 @@ async fn checkout(
     let (key, canonical, input) = match parsed {
         Ok(parsed) => parsed,
         Err(refused) => {
-            state
-                .carts
-                .authorize(&id, token.as_deref(), customer.as_deref())
-                .await?;
+            state.carts.authorize(&id, &cart_key).await?;
             return Err(refused);
         }
     };
@@ -235,10 +228,7 @@ async fn checkout(
             .orders
             .checkout(
                 &id,
-                CartKey {
-                    token: token.as_deref(),
-                    customer: customer.as_deref(),
-                },
+                &cart_key,
                 input,
                 &state.checkout_plugins(),
                 Some(&attempt),
@@ -412,35 +402,47 @@ async fn product(
     Ok(Json(json!(product)))
 }
 
-/// The cart named in the path, opened with its `X-Cart-Token` or by its signed-in owner.
-struct CartAccess(String);
+/// The cart named in the path and what the caller offers to open it with: its `X-Cart-Token`,
+/// or a signed-in customer (its owner, if it has one). Nothing is read here: each cart operation
+/// opens the cart in its own transaction, and to anyone it does not open for, the cart does not
+/// exist.
+struct CartCaller(String, CartKey);
 
-/// Opens the cart named in the path: its id.
-async fn open_cart(parts: &mut Parts, state: &AppState) -> Result<String, ApiError> {
-    let Path(params): Path<Vec<(String, String)>> = Path::from_request_parts(parts, state).await?;
-    let id = params
-        .into_iter()
-        .find(|(k, _)| k == "id")
-        .map(|(_, v)| v)
-        .ok_or_else(|| ApiError::not_found("cart_not_found", "no such cart"))?;
-    let token = parts
-        .headers
-        .get("x-cart-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let MaybeSignedIn(customer) = MaybeSignedIn::from_request_parts(parts, state).await?;
-    state
-        .carts
-        .authorize(&id, token.as_deref(), customer.as_deref())
-        .await?;
-    Ok(id)
-}
-
-impl FromRequestParts<AppState> for CartAccess {
+impl FromRequestParts<AppState> for CartCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Ok(CartAccess(open_cart(parts, state).await?))
+        let Path(params): Path<Vec<(String, String)>> =
+            Path::from_request_parts(parts, state).await?;
+        let id = params
+            .into_iter()
+            .find(|(k, _)| k == "id")
+            .map(|(_, v)| v)
+            .ok_or_else(|| ApiError::not_found("cart_not_found", "no such cart"))?;
+        let token = parts
+            .headers
+            .get("x-cart-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let MaybeSignedIn(customer) = MaybeSignedIn::from_request_parts(parts, state).await?;
+        Ok(CartCaller(id, CartKey { token, customer }))
+    }
+}
+
+/// The request's body; or, when it is not one, its refusal — once the cart is open: a caller
+/// it does not open for learns nothing but "no such cart".
+async fn opened_body<T>(
+    state: &AppState,
+    id: &str,
+    key: &CartKey,
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<T, ApiError> {
+    match body {
+        Ok(Json(body)) => Ok(body),
+        Err(refused) => {
+            state.carts.authorize(id, key).await?;
+            Err(refused.into())
+        }
     }
 }
 
@@ -468,9 +470,9 @@ async fn create_cart(
 
 async fn cart(
     State(state): State<AppState>,
-    CartAccess(id): CartAccess,
+    CartCaller(id, key): CartCaller,
 ) -> Result<Json<Value>, ApiError> {
-    let view = state.carts.view(&id).await?;
+    let view = state.carts.view(&id, &key).await?;
     Ok(Json(priced(&state, view, now_ms()).await?))
 }
 
@@ -483,14 +485,14 @@ struct NewLine {
 
 async fn add_line(
     State(state): State<AppState>,
-    CartAccess(id): CartAccess,
+    CartCaller(id, key): CartCaller,
     body: Result<Json<NewLine>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(line) = body?;
+    let line = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
     let view = state
         .carts
-        .add_line(&id, &line.sku, line.quantity, now)
+        .add_line(&id, &key, &line.sku, line.quantity, now)
         .await?;
     Ok(Json(priced(&state, view, now).await?))
 }
@@ -503,26 +505,26 @@ struct Quantity {
 
 async fn set_quantity(
     State(state): State<AppState>,
-    CartAccess(id): CartAccess,
+    CartCaller(id, key): CartCaller,
     Path((_, line)): Path<(String, String)>,
     body: Result<Json<Quantity>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(q) = body?;
+    let q = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
     let view = state
         .carts
-        .set_quantity(&id, &line, q.quantity, now)
+        .set_quantity(&id, &key, &line, q.quantity, now)
         .await?;
     Ok(Json(priced(&state, view, now).await?))
 }
 
 async fn remove_line(
     State(state): State<AppState>,
-    CartAccess(id): CartAccess,
+    CartCaller(id, key): CartCaller,
     Path((_, line)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let now = now_ms();
-    let view = state.carts.remove_line(&id, &line, now).await?;
+    let view = state.carts.remove_line(&id, &key, &line, now).await?;
     Ok(Json(priced(&state, view, now).await?))
 }
 
@@ -534,12 +536,12 @@ struct Coupons {
 
 async fn set_coupons(
     State(state): State<AppState>,
-    CartAccess(id): CartAccess,
+    CartCaller(id, key): CartCaller,
     body: Result<Json<Coupons>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(c) = body?;
+    let c = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
-    let view = state.carts.set_coupons(&id, &c.codes, now).await?;
+    let view = state.carts.set_coupons(&id, &key, &c.codes, now).await?;
     Ok(Json(priced(&state, view, now).await?))
 }
 
