@@ -20,7 +20,11 @@
 //!
 //! `CARTRIDGE_BENCH_DATABASE_URL=postgres://…` runs it on PostgreSQL (a fresh database per
 //! server); otherwise SQLite in a temporary directory. Under `cargo test` it runs a few
-//! requests only (and the comparison once, in a `native-rules` build).
+//! requests only (and the comparison once, in a `native-rules` build). Other knobs:
+//! `CARTRIDGE_BENCH_SERVER` (another build of the server, for an A/B),
+//! `CARTRIDGE_BENCH_CONCURRENCY`, `CARTRIDGE_BENCH_CHECKOUTS`, and `CARTRIDGE_BENCH_ONLY=wasm`
+//! (one Wasm server and its flows, nothing else: for profiling). Each checkout run also reports
+//! the server's CPU time per checkout.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
