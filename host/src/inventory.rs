@@ -261,6 +261,12 @@ impl Inventory {
     /// SKU across locations in priority order. All or nothing: if any SKU falls short, nothing
     /// is reserved. Lines that draw on the same SKU are added up first. A reference that
     /// already holds active reservations has them replaced.
+    ///
+    /// Committed without waiting for the disk ([`Db::write_unsynced`]), so the level locks are
+    /// released without it. Nothing durable rests on a reservation alone: what makes it count
+    /// is the commit that places the order, which does wait. A crash before that loses at most
+    /// reservations whose orders were never placed (the checkout's record then fails and voids
+    /// the payment).
     pub async fn reserve(
         &self,
         reference: &str,
@@ -272,7 +278,7 @@ impl Inventory {
         let reference = reference.to_owned();
         let _turn = self.admit_reservation().await;
         self.db
-            .write(move |tx| Box::pin(reserve_in(tx, reference, wanted, now, expires_at)))
+            .write_unsynced(move |tx| Box::pin(reserve_in(tx, reference, wanted, now, expires_at)))
             .await
     }
 
@@ -545,7 +551,7 @@ pub fn demand_of(demand: &[(String, i64)]) -> Result<BTreeMap<String, i64>> {
 }
 
 /// Reserves `wanted` (from [`demand_of`]) under `reference` until `expires_at`, inside `tx`
-/// — see [`Inventory::reserve`].
+/// — see [`Inventory::reserve`], and run it as that does, in [`Db::write_unsynced`].
 pub async fn reserve_in(
     tx: &mut dyn Tx,
     reference: String,
@@ -554,16 +560,6 @@ pub async fn reserve_in(
     expires_at: i64,
 ) -> Result<Vec<Allocation>> {
     let postgres = tx.backend() == Backend::Postgres;
-    if postgres {
-        // The reservation's commit does not wait for its WAL flush, so the level locks are
-        // released without it. Nothing durable rests on a reservation alone: what makes it
-        // count is the commit that places the order, which does wait — and PostgreSQL
-        // flushes its WAL in order, so once the order is durable, so is its reservation. A
-        // crash before that loses at most reservations whose orders were never placed (the
-        // checkout's record then fails and voids the payment).
-        tx.execute("SET LOCAL synchronous_commit = off", &[])
-            .await?;
-    }
     // Before taking the locks (so it costs the other checkouts no wait): the reference's own
     // earlier reservations, which a retry replaces — their levels are locked too — and
     // whether any wanted SKU holds reservations that lapsed and must be released first. A

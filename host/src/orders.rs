@@ -580,7 +580,7 @@ impl Orders {
         let turn = self.inventory.admit_reservation().await;
         let reserved = self
             .db
-            .write(move |tx| {
+            .write_unsynced(move |tx| {
                 Box::pin(async move {
                     if let Some(key) = &claim
                         && !key.claim_in(tx).await?

@@ -426,6 +426,56 @@ async fn postgres_replaces_a_connection_the_server_dropped_while_idle() {
     }
 }
 
+/// PostgreSQL: `write_unsynced` commits without waiting for the WAL flush, for its own
+/// transaction only — the connection goes back to the pool as it was, and `write` still waits.
+/// Both commit what their bodies wrote.
+#[tokio::test]
+async fn unsynced_writes_are_unsynced_alone() {
+    for t in test_databases().await {
+        let db = migrated(&t.url).await;
+        // One body at a time: the pool has one connection, so the second write runs where
+        // the first did.
+        async fn setting(tx: &mut dyn Tx) -> sqlx::Result<Option<String>> {
+            if tx.backend() != Backend::Postgres {
+                return Ok(None);
+            }
+            tx.fetch_one("SELECT current_setting('synchronous_commit') AS s", &[])
+                .await?
+                .get::<String>("s")
+                .map(Some)
+        }
+        let unsynced = db
+            .write_unsynced(move |tx| {
+                Box::pin(async move {
+                    insert(tx, "unsynced", 1).await?;
+                    setting(tx).await
+                })
+            })
+            .await
+            .expect("unsynced write");
+        let synced = db
+            .write(move |tx| {
+                Box::pin(async move {
+                    insert(tx, "synced", 2).await?;
+                    setting(tx).await
+                })
+            })
+            .await
+            .expect("write");
+        if t.backend == "postgres" {
+            assert_eq!(unsynced.as_deref(), Some("off"));
+            assert_eq!(
+                synced.as_deref(),
+                Some("on"),
+                "the setting ended with its transaction"
+            );
+        }
+        let stored: Vec<String> = locations(&db).await.into_iter().map(|l| l.0).collect();
+        assert_eq!(stored, ["synced", "unsynced"], "{}", t.backend);
+        t.drop_database().await;
+    }
+}
+
 /// SQLite: under a steady stream of writes the WAL still starts over. A passive checkpoint
 /// alone never lets it (there is always a frame written since the checkpoint began), and the
 /// file grew by the size of everything written — gigabytes in a minute of checkouts.

@@ -117,6 +117,9 @@ fn push_params(out: &mut String, from: usize, count: usize) {
 /// Read-only SQLite connections (each is a thread in sqlx's driver).
 const SQLITE_READERS: u32 = 4;
 
+/// PostgreSQL: a pooled connection idle at least this long is pinged before it is used.
+const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -170,6 +173,21 @@ impl Db {
                 AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(30))
+                    // A connection is pinged before it is handed out only if it sat idle for
+                    // a while (as HikariCP does): one in use a moment ago is alive, and sqlx
+                    // already pings every connection as it comes back. Under load that is a
+                    // round trip saved on every transaction; a connection the server dropped
+                    // while idle (a restart, an idle-session timeout) is still found out
+                    // before a request gets it.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_IF_IDLE_FOR {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(options)
                     .await
             }
@@ -265,10 +283,41 @@ impl Db {
         R: Send + 'static,
         E: From<sqlx::Error> + Send + 'static,
     {
+        self.write_begun_with(None, body).await
+    }
+
+    /// [`Db::write`] for a transaction whose commit need not wait for its WAL flush: on
+    /// PostgreSQL it begins with `synchronous_commit = off` for itself alone (in the same
+    /// round trip as its `BEGIN`), so the locks it holds are released without waiting for the
+    /// disk. Only for a transaction nothing durable rests on until a later, synchronous one
+    /// commits: PostgreSQL flushes its WAL in order, so once the later one is durable, so is
+    /// this. On SQLite it is [`Db::write`].
+    pub async fn write_unsynced<R, E, F>(&self, body: F) -> Result<R, E>
+    where
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+    {
+        self.write_begun_with(Some("BEGIN; SET LOCAL synchronous_commit = off"), body)
+            .await
+    }
+
+    async fn write_begun_with<R, E, F>(&self, begin: Option<&'static str>, body: F) -> Result<R, E>
+    where
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+    {
         if let Some(writer) = &self.writer {
             return writer.transact(body).await;
         }
-        let mut tx = self.begin().await?;
+        let mut tx = match (self.backend, begin) {
+            (Backend::Postgres, Some(begin)) => WriteTx {
+                tx: self.pool.begin_with(begin).await?,
+                _lease: None,
+            },
+            _ => self.begin().await?,
+        };
         let outcome = body(&mut tx::SqlxTx(&mut tx.tx, self.backend)).await;
         if outcome.is_ok() {
             tx.commit().await?;
