@@ -49,6 +49,10 @@ pub struct DatabaseArgs {
     /// Where the host keeps its data (the SQLite file, the compiled-plugin cache).
     #[arg(long, env = "CARTRIDGE_DATA_DIR", default_value = ".cartridge")]
     pub data_dir: PathBuf,
+    /// PostgreSQL: connections this host opens at most. Default: twice its cores, plus one —
+    /// more connections than the database has cores to run them only queue inside it.
+    #[arg(long, env = "CARTRIDGE_DATABASE_POOL_SIZE")]
+    pub database_pool_size: Option<u32>,
 }
 
 impl DatabaseArgs {
@@ -57,6 +61,14 @@ impl DatabaseArgs {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("cartridge.db").display()))
+    }
+
+    /// Connects to the database in force.
+    pub async fn connect(&self) -> anyhow::Result<crate::db::Db> {
+        let pool = self
+            .database_pool_size
+            .unwrap_or_else(crate::db::default_pool_size);
+        crate::db::Db::connect_with(&self.url(), pool).await
     }
 }
 
@@ -204,7 +216,7 @@ pub async fn open_database(args: &DatabaseArgs) -> anyhow::Result<crate::db::Db>
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating {}", args.data_dir.display()))?;
     }
-    let db = crate::db::Db::connect(&args.url()).await?;
+    let db = args.connect().await?;
     db.migrate().await?;
     Ok(db)
 }
@@ -429,7 +441,7 @@ async fn replay(
     last: u32,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let db = crate::db::Db::connect(&database.url()).await?;
+    let db = database.connect().await?;
     let runtime = std::sync::Arc::new(runtime);
     let name = candidate.manifest().name.clone();
     let active = crate::registry::load_stored(

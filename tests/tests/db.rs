@@ -476,6 +476,48 @@ async fn unsynced_writes_are_unsynced_alone() {
     }
 }
 
+/// PostgreSQL: a host opens no more connections than it was given, however many requests
+/// want one at once; they take turns.
+#[tokio::test]
+async fn postgres_pool_keeps_to_its_size() {
+    for t in test_databases().await {
+        if t.backend != "postgres" {
+            continue;
+        }
+        migrated(&t.url).await;
+        let db = Db::connect_with(&t.url, 3).await.expect("connect");
+        let mut readers = tokio::task::JoinSet::new();
+        for _ in 0..24 {
+            let db = db.clone();
+            readers.spawn(async move {
+                db.read(|tx| {
+                    Box::pin(async move {
+                        let row = tx
+                            .fetch_one(
+                                "SELECT CAST(pg_backend_pid() AS BIGINT) AS pid, pg_sleep(0.02)",
+                                &[],
+                            )
+                            .await?;
+                        row.get::<i64>("pid")
+                    })
+                })
+                .await
+            });
+        }
+        let mut pids = std::collections::BTreeSet::new();
+        while let Some(pid) = readers.join_next().await {
+            pids.insert(pid.expect("join").expect("read"));
+        }
+        assert!(
+            (2..=3).contains(&pids.len()),
+            "24 reads at once on a pool of 3 ran on {} connections",
+            pids.len()
+        );
+        drop(db);
+        t.drop_database().await;
+    }
+}
+
 /// SQLite: under a steady stream of writes the WAL still starts over. A passive checkpoint
 /// alone never lets it (there is always a frame written since the checkpoint began), and the
 /// file grew by the size of everything written — gigabytes in a minute of checkouts.

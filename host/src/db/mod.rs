@@ -123,10 +123,28 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
+/// PostgreSQL connections per host when not told: twice this machine's cores, plus one.
+///
+/// More is not faster. A PostgreSQL backend per busy connection competes for the same cores
+/// (and, when the database runs beside the host, for the host's): on the checkout benchmark's
+/// two cores, 16 connections gave 673 checkouts/s, 8 gave 739, 5 and 6 gave 779–795, 3 gave
+/// 617 (one session, `BENCHMARKS.md`). A database server with cores of its own wants more —
+/// [`Db::connect_with`] takes the number.
+pub fn default_pool_size() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    u32::try_from(cores * 2 + 1).unwrap_or(u32::MAX)
+}
+
 impl Db {
     /// Connects to `url` (`sqlite://path/to/file.db` or `postgres://…`), creating a SQLite
-    /// file if there is none.
+    /// file if there is none; on PostgreSQL with [`default_pool_size`] connections.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_with(url, default_pool_size()).await
+    }
+
+    /// [`Db::connect`] with at most `pool_size` PostgreSQL connections (at least 2). SQLite
+    /// keeps its own: one writer and a few readers.
+    pub async fn connect_with(url: &str, pool_size: u32) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -171,7 +189,7 @@ impl Db {
             }
             Backend::Postgres => {
                 AnyPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(pool_size.max(2))
                     .acquire_timeout(Duration::from_secs(30))
                     // A connection is pinged before it is handed out only if it sat idle for
                     // a while (as HikariCP does): one in use a moment ago is alive, and sqlx
