@@ -53,6 +53,10 @@ pub enum Progress {
     Finished,
     /// Another request with the same key claimed it first.
     Taken,
+    /// Refused before it began: the caller could not reach what the request names (no such
+    /// cart, or not theirs). Nothing is stored with the key — a retry with credentials that
+    /// reach it runs anew, and a stranger's requests cost no write.
+    Refused,
 }
 
 /// What the store says about a key.
@@ -86,7 +90,8 @@ impl Key {
             0 => Progress::Unclaimed,
             1 => Progress::Claimed,
             2 => Progress::Finished,
-            _ => Progress::Taken,
+            3 => Progress::Taken,
+            _ => Progress::Refused,
         }
     }
 
@@ -98,6 +103,7 @@ impl Key {
             Progress::Claimed => 1,
             Progress::Finished => 2,
             Progress::Taken => 3,
+            Progress::Refused => 4,
         };
         self.progress.store(value, Ordering::Release);
     }

@@ -443,8 +443,12 @@ impl Orders {
                     })
                 })
             })
-            .await?;
-        let (contents, variants, history, offers) = match reads {
+            .await;
+        if let (Err(OrderError::Cart(CartError::NotFound)), Some(key)) = (&reads, key) {
+            // No such cart, or not the caller's: not an answer to keep for the key.
+            key.advance(idempotency::Progress::Refused);
+        }
+        let (contents, variants, history, offers) = match reads? {
             BeforeCheckout::KeySeen => {
                 if let Some(key) = key {
                     key.advance(idempotency::Progress::Taken);

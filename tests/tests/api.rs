@@ -1190,6 +1190,30 @@ async fn checkout_is_idempotent_per_key() {
             (r.status, r.body["error"]["code"].as_str()),
             (400, Some("idempotency_key_required"))
         );
+        // A key whose request could not reach the cart (a wrong token, an unknown cart) is not
+        // spent on that refusal: the same key with the right token checks out.
+        let wrong = app.checkout(&cart, "not-the-token", "same", &body).await;
+        assert_eq!(
+            (wrong.status, wrong.body["error"]["code"].as_str()),
+            (404, Some("cart_not_found")),
+            "{}",
+            wrong.body
+        );
+        let unknown = app
+            .checkout(
+                "01890a5d-ac96-774b-bcce-b302099a8057",
+                &token,
+                "same",
+                &body,
+            )
+            .await;
+        assert_eq!(unknown.status, 404, "{}", unknown.body);
+        let stored: i64 =
+            sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM idempotency_keys")
+                .fetch_one(Db::connect(&app.db.url).await.expect("db").pool())
+                .await
+                .expect("count keys");
+        assert_eq!(stored, 0, "a refused request stores nothing with its key");
 
         let first = app.checkout(&cart, &token, "same", &body).await;
         assert_eq!(first.status, 201, "{}", first.body);

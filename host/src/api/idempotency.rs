@@ -92,8 +92,9 @@ pub async fn once(
 /// [`Key::claim_in`], [`Key::finish_in`], advancing the key as each commits): a checkout, which
 /// so needs no reads or transactions for the key of its own. An operation that finds the key
 /// used, or loses the claim to a repeat racing it (its transaction rolled back), stops with
-/// the key advanced to [`Progress::Taken`] and is answered as a repeat. Whatever the operation
-/// did not store is stored after it, as [`once`] would.
+/// the key advanced to [`Progress::Taken`] and is answered as a repeat; one refused before it
+/// began ([`Progress::Refused`]) is answered as it is, and nothing is stored. Whatever else the
+/// operation did not store is stored after it, as [`once`] would.
 pub async fn once_within<Op, Fut>(
     db: &Db,
     scope: &str,
@@ -111,7 +112,7 @@ where
     detached(async move {
         let outcome = operation.await;
         match key.progress() {
-            Progress::Finished => outcome,
+            Progress::Finished | Progress::Refused => outcome,
             Progress::Taken => replay(&db, &key).await,
             Progress::Claimed | Progress::Unclaimed => settle(&db, &key, outcome).await,
         }
