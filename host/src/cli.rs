@@ -49,8 +49,8 @@ pub struct DatabaseArgs {
     /// Where the host keeps its data (the SQLite file, the compiled-plugin cache).
     #[arg(long, env = "CARTRIDGE_DATA_DIR", default_value = ".cartridge")]
     pub data_dir: PathBuf,
-    /// PostgreSQL: connections this host opens at most. Default: twice its cores, plus one —
-    /// more connections than the database has cores to run them only queue inside it.
+    /// PostgreSQL: connections this host opens at most. Default: twice its cores, plus one, at
+    /// most 16 — more connections than the database has cores to run them only queue inside it.
     #[arg(long, env = "CARTRIDGE_DATABASE_POOL_SIZE")]
     pub database_pool_size: Option<u32>,
 }

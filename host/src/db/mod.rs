@@ -123,7 +123,8 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
-/// PostgreSQL connections per host when not told: twice this machine's cores, plus one.
+/// PostgreSQL connections per host when not told: twice this machine's cores, plus one, and
+/// at most 16 (several hosts share one server's `max_connections`, 100 by default).
 ///
 /// More is not faster. A PostgreSQL backend per busy connection competes for the same cores
 /// (and, when the database runs beside the host, for the host's): on the checkout benchmark's
@@ -132,8 +133,11 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 /// [`Db::connect_with`] takes the number.
 pub fn default_pool_size() -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    u32::try_from(cores * 2 + 1).unwrap_or(u32::MAX)
+    u32::try_from(cores * 2 + 1).map_or(MAX_DEFAULT_POOL, |n| n.min(MAX_DEFAULT_POOL))
 }
+
+/// The most connections [`default_pool_size`] asks for.
+const MAX_DEFAULT_POOL: u32 = 16;
 
 impl Db {
     /// Connects to `url` (`sqlite://path/to/file.db` or `postgres://…`), creating a SQLite
