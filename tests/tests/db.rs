@@ -317,6 +317,41 @@ async fn read_bodies_read() {
     }
 }
 
+/// A task that loops over reads which complete at once (on SQLite they run inline, on the
+/// caller's thread) still lets the other tasks of its runtime run now and then: on a
+/// single-threaded runtime, a task spawned before the loop starts must get its turn long
+/// before the loop ends.
+#[tokio::test(flavor = "current_thread")]
+async fn a_loop_of_reads_lets_other_tasks_run() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const READS: usize = 5_000;
+    for t in test_databases().await {
+        let db = migrated(&t.url).await;
+        let done = Arc::new(AtomicUsize::new(0));
+        let seen_at = Arc::new(AtomicUsize::new(usize::MAX));
+        let other = tokio::spawn({
+            let (done, seen_at) = (done.clone(), seen_at.clone());
+            async move { seen_at.store(done.load(Ordering::SeqCst), Ordering::SeqCst) }
+        });
+        for _ in 0..READS {
+            db.read(|tx| {
+                Box::pin(async move { tx.fetch("SELECT 1 AS one", &[]).await.map(|r| r.len()) })
+            })
+            .await
+            .expect("read");
+            done.fetch_add(1, Ordering::SeqCst);
+        }
+        other.await.expect("the other task");
+        let at = seen_at.load(Ordering::SeqCst);
+        assert!(
+            at < READS / 2,
+            "{}: the other task first ran after {at} of {READS} reads",
+            t.backend
+        );
+        t.drop_database().await;
+    }
+}
+
 /// Write bodies that queue up behind the writer (here: behind a sqlx write holding it) commit
 /// together on SQLite, each in a savepoint of its own: one that fails, panics or breaks a
 /// constraint leaves no trace, and the others commit all the same.

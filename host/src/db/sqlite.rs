@@ -230,16 +230,36 @@ impl Threads {
             return outcome.await.map_err(|_| sqlx::Error::WorkerCrashed)?;
         }
         let begin = self.begin;
-        if let Some(mut conn) = self.idle() {
-            let mut outcome = Err(sqlx::Error::WorkerCrashed.into());
-            run(&mut conn, |conn| outcome = transact(conn, begin, body));
-            return outcome;
-        }
+        let body = match self.run_inline(begin, body) {
+            Ok(outcome) => {
+                // A body run here never returned `Pending`, so a task looping over such calls
+                // would hold its worker thread for as long as it loops. Count the call against
+                // the task's budget, as tokio's own resources do: every so often it yields.
+                tokio::task::coop::consume_budget().await;
+                return outcome;
+            }
+            Err(body) => body,
+        };
         let (done, outcome) = tokio::sync::oneshot::channel();
         self.send(Job::Alone(Box::new(move |conn| {
             let _ = done.send(transact(conn, begin, body));
         })))?;
         outcome.await.map_err(|_| sqlx::Error::WorkerCrashed)?
+    }
+
+    /// Runs `body` as one transaction right here if a connection is idle; otherwise hands it
+    /// back.
+    fn run_inline<R, E, F>(&self, begin: &'static str, body: F) -> Result<Result<R, E>, F>
+    where
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
+        E: From<sqlx::Error>,
+    {
+        let Some(mut conn) = self.idle() else {
+            return Err(body);
+        };
+        let mut outcome = Err(sqlx::Error::WorkerCrashed.into());
+        run(&mut conn, |conn| outcome = transact(conn, begin, body));
+        Ok(outcome)
     }
 
     /// Waits for the writer thread to park, and keeps it parked until the lease is dropped.
