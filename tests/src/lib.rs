@@ -131,17 +131,51 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    /// Drops a PostgreSQL test database (SQLite files go with their temporary directory).
-    /// Call it at the end of a test; a failing test leaves its database for inspection.
-    pub async fn drop_database(self) {
-        if let Some((admin_url, name)) = &self.postgres {
-            use sqlx::Connection;
-            if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await;
+    /// Drops a PostgreSQL test database now (SQLite files go with their temporary directory).
+    /// Dropping a `TestDatabase` does the same, except while its test is panicking: a failing
+    /// test leaves its database for inspection.
+    pub async fn drop_database(mut self) {
+        if let Some((admin_url, name)) = self.postgres.take() {
+            drop_postgres(&admin_url, &name).await;
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres.take() else {
+            return;
+        };
+        if std::thread::panicking() {
+            eprintln!("note: left PostgreSQL database {name} for inspection");
+            return;
+        }
+        // Not inside the test's runtime: its worker may be the only one, and this blocks.
+        let dropper = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(runtime) => runtime.block_on(drop_postgres(&admin_url, &name)),
+                Err(e) => eprintln!("note: cannot drop PostgreSQL database {name}: {e}"),
+            }
+        });
+        let _ = dropper.join();
+    }
+}
+
+async fn drop_postgres(admin_url: &str, name: &str) {
+    use sqlx::Connection;
+    match sqlx::PgConnection::connect(admin_url).await {
+        Ok(mut conn) => {
+            if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+            {
+                eprintln!("note: cannot drop PostgreSQL database {name}: {e}");
             }
         }
+        Err(e) => eprintln!("note: cannot drop PostgreSQL database {name}: {e}"),
     }
 }
 
