@@ -51,7 +51,9 @@ pub struct DatabaseArgs {
     pub data_dir: PathBuf,
     /// PostgreSQL: connections this host opens at most. Default: twice its cores, plus one, at
     /// most 16 — more connections than the database has cores to run them only queue inside it.
-    #[arg(long, env = "CARTRIDGE_DATABASE_POOL_SIZE")]
+    /// From 2 to 1024; anything else is refused at start-up rather than quietly changed.
+    #[arg(long, env = "CARTRIDGE_DATABASE_POOL_SIZE",
+          value_parser = clap::value_parser!(u32).range(2..=1024))]
     pub database_pool_size: Option<u32>,
 }
 
@@ -581,6 +583,33 @@ fn print_outcome(
                 );
             }
             Ok(ExitCode::from(1))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_size(value: &str) -> Result<Option<u32>, clap::Error> {
+        let arg = format!("--database-pool-size={value}");
+        let cli = Cli::try_parse_from(["cartridge", "migrate", arg.as_str()])?;
+        match cli.command {
+            Command::Migrate(db) => Ok(db.database_pool_size),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pool_sizes_outside_two_to_1024_are_refused_at_start() {
+        assert_eq!(pool_size("2").ok(), Some(Some(2)));
+        assert_eq!(pool_size("1024").ok(), Some(Some(1024)));
+        for bad in ["0", "1", "1025", "-3", "many"] {
+            let error = pool_size(bad).expect_err(bad);
+            assert!(
+                error.to_string().contains("--database-pool-size"),
+                "{bad}: {error}"
+            );
         }
     }
 }
