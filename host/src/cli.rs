@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// printed at start-up.
     #[arg(long, env = "CARTRIDGE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A scrape-only bearer token for `/metrics`, for a Prometheus server that should hold no
+    /// admin token. Without one, `/metrics` answers admin tokens only.
+    #[arg(long, env = "CARTRIDGE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Seed the demo store (catalog, two stock locations, stock, two shipping methods) into an
     /// empty catalog.
     #[arg(long)]

@@ -98,7 +98,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Duration::from_secs(10),
         ))
     });
-    let state = AppState::new(db, registry);
+    let mut state = AppState::new(db, registry);
+    if let Some(token) = args.metrics_token.as_deref().filter(|t| !t.is_empty()) {
+        state = state.with_metrics_token(token);
+    }
     match &args.admin_token {
         Some(token) => state.add_admin_token("bootstrap", token).await?,
         None => {

@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "adm_test_token";
+const METRICS: &str = "mtr_test_token";
 
 struct TestApp {
     base: String,
@@ -52,7 +53,7 @@ async fn spawn_app(db: TestDatabase, installed: &[&str]) -> TestApp {
     .await
     .expect("registry");
     registry.spawn();
-    let state = AppState::new(pool, registry);
+    let state = AppState::new(pool, registry).with_metrics_token(METRICS);
     state.add_admin_token("test", ADMIN).await.expect("token");
     let app = Application::build(SocketAddr::from(([127, 0, 0, 1], 0)), state)
         .await
@@ -605,6 +606,60 @@ async fn carts_and_admin_routes_open_only_with_the_right_credential() {
             .admin(Method::GET, "/admin/inventory/TEE-M", Value::Null)
             .await;
         assert_eq!(r.body["levels"][0]["on_hand"], 10, "nothing changed");
+        app.db.drop_database().await;
+    }
+}
+
+/// `/metrics` names the plugins and their traffic: it answers the scrape-only token and admin
+/// tokens, and nobody else — no token, a wrong one, a cart's or a customer's.
+#[tokio::test]
+async fn metrics_answer_only_their_token_and_admins() {
+    for db in test_databases().await {
+        let app = spawn_app(db, &["tiered-discount"]).await;
+        app.seed().await;
+        let (cart, token) = app.new_cart().await;
+        // A priced cart: a plugin call, so that there is a series to see.
+        let r = app
+            .cart(
+                Method::POST,
+                &format!("/store/carts/{cart}/lines"),
+                &token,
+                Some(json!({"sku": "TEE-M", "quantity": 1})),
+            )
+            .await;
+        assert!(r.status < 300, "{}", r.body);
+        let customer = app.customer("mallory@example.com").await;
+        let get = |auth: Option<String>| {
+            let mut req = app.client.get(format!("{}/metrics", app.base));
+            if let Some(auth) = auth {
+                req = req.header("authorization", auth);
+            }
+            async move {
+                let r = req.send().await.expect("request");
+                (r.status().as_u16(), r.text().await.expect("text"))
+            }
+        };
+        for auth in [
+            None,
+            Some("Bearer wrong".to_owned()),
+            Some("Bearer ".to_owned()),
+            Some(format!("Bearer {token}")),
+            Some(format!("Bearer {customer}")),
+            Some(METRICS.to_owned()),
+        ] {
+            let (status, body) = get(auth.clone()).await;
+            assert_eq!(status, 401, "{auth:?}: {body}");
+            let body: Value = serde_json::from_str(&body).expect("a JSON error");
+            assert_eq!(body["error"]["code"], "unauthorized", "{auth:?}");
+        }
+        for auth in [format!("Bearer {METRICS}"), format!("Bearer {ADMIN}")] {
+            let (status, body) = get(Some(auth.clone())).await;
+            assert_eq!(status, 200, "{auth}: {body}");
+            assert!(
+                body.contains("plugin=\"tiered-discount\""),
+                "{auth}: {body}"
+            );
+        }
         app.db.drop_database().await;
     }
 }

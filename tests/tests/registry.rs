@@ -847,7 +847,11 @@ async fn a_crash_looping_plugin_is_switched_off_and_its_policy_applies_meanwhile
             .await;
         assert_eq!(r.body["entries"][0]["action"], "trip");
         assert_eq!(r.body["entries"][0]["actor"], "crash-loop breaker");
-        let metrics = reqwest::get(format!("{}/metrics", host.base))
+        let metrics = host
+            .client
+            .get(format!("{}/metrics", host.base))
+            .bearer_auth(ADMIN)
+            .send()
             .await
             .expect("metrics")
             .text()

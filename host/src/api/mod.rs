@@ -56,6 +56,8 @@ pub struct AppState {
     customers: Customers,
     shipping: Shipping,
     registry: Registry,
+    /// The digest of the scrape-only token `/metrics` also accepts, if one is configured.
+    metrics_token: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -73,7 +75,16 @@ impl AppState {
             catalog,
             registry,
             db,
+            metrics_token: None,
         }
+    }
+
+    /// The same state with a scrape-only bearer token for `/metrics` (stored as its digest):
+    /// a Prometheus server then needs no admin token. Admin tokens are accepted either way.
+    #[must_use]
+    pub fn with_metrics_token(mut self, token: &str) -> Self {
+        self.metrics_token = Some(Arc::from(digest(token)));
+        self
     }
 
     /// The plugin registry.
@@ -175,8 +186,29 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"status": "ready"})))
 }
 
+/// Proof that the request may read `/metrics`: the scrape-only token, or an admin token.
+/// Plugin names, versions and call volumes are the operator's business, not the public's.
+pub struct MetricsReader;
+
+impl FromRequestParts<AppState> for MetricsReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        if state
+            .metrics_token
+            .as_deref()
+            .is_some_and(|wanted| digest(token) == wanted)
+        {
+            return Ok(MetricsReader);
+        }
+        Admin::from_request_parts(parts, state).await?;
+        Ok(MetricsReader)
+    }
+}
+
 /// Prometheus metrics: per-plugin calls by outcome and latency.
-async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+async fn metrics(_: MetricsReader) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -18,6 +18,8 @@ enum Access {
     AdminIdempotent,
     /// No bearer token: the payment connector verifies the delivery's signature.
     Signature,
+    /// The scrape-only metrics token, or an admin token.
+    Metrics,
 }
 
 impl Access {
@@ -29,6 +31,7 @@ impl Access {
             Access::Customer => "customer",
             Access::Admin | Access::AdminMaybeIdempotent | Access::AdminIdempotent => "admin",
             Access::Signature => "signature",
+            Access::Metrics => "metrics",
         }
     }
 }
@@ -42,7 +45,12 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         Access::Anyone,
         "Readiness: the database answers",
     ),
-    ("get", "/metrics", Access::Anyone, "Prometheus metrics"),
+    (
+        "get",
+        "/metrics",
+        Access::Metrics,
+        "Prometheus metrics (the scrape-only token or an admin token)",
+    ),
     ("get", "/openapi.json", Access::Anyone, "This document"),
     (
         "get",
@@ -371,7 +379,7 @@ pub fn documented_routes() -> impl Iterator<Item = (&'static str, &'static str)>
 }
 
 /// (method, path, who may call it) for every documented route; who is `anyone`, `cart`,
-/// `customer`, `admin` or `signature`. The auth sweeps in the tests are driven by it.
+/// `customer`, `admin`, `signature` or `metrics`. The auth sweeps in the tests are driven by it.
 pub fn documented_access() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
     ROUTES
         .iter()
@@ -406,6 +414,7 @@ pub fn document() -> Value {
                 json!([{"admin": []}])
             }
             Access::Signature => json!([{"webhookSignature": []}]),
+            Access::Metrics => json!([{"metrics": []}, {"admin": []}]),
             Access::Customer => json!([{"customer": []}]),
             // A signed-in owner may open their cart with their customer token instead.
             Access::CartToken | Access::CartTokenIdempotent => json!([{}, {"customer": []}]),
@@ -434,6 +443,8 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"},
                                 "customer": {"type": "http", "scheme": "bearer"},
+                                "metrics": {"type": "http", "scheme": "bearer",
+                                    "description": "The host's scrape-only token (`--metrics-token`)"},
                                 "webhookSignature": {"type": "apiKey", "in": "header", "name": "Stripe-Signature",
                                     "description": "Verified by the connector plugin with its secret; the header is the connector's own (Stripe-Signature for Stripe)"}},
             "schemas": {"Error": {
