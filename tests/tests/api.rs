@@ -38,7 +38,10 @@ async fn spawn_app(db: TestDatabase, installed: &[&str]) -> TestApp {
     std::fs::write(broken.join("plugin.toml"), "name = \"broken\"").expect("write");
 
     let runtime = Runtime::new(RuntimeConfig {
-        max_instances: 32,
+        // More than the 200 shoppers of the last-unit test can hold at once: a call whose
+        // instance yields (every epoch tick) keeps its slot while the others start theirs, and
+        // on a loaded machine 32 slots ran out (502 `unavailable`).
+        max_instances: 256,
         ..RuntimeConfig::default()
     })
     .expect("runtime");
