@@ -547,9 +547,16 @@ impl Plugin {
             let _ = store.set_fuel(limits.fuel.unwrap_or(UNMETERED_FUEL));
         }
         store.set_epoch_deadline(1);
+        let mut ticks = 0u32;
         store.epoch_deadline_callback(move |_| {
+            ticks += 1;
             if Instant::now() >= deadline {
                 Err(DeadlineExceeded.into())
+            } else if ticks == 1 {
+                // A short call that happens to straddle one tick runs on: a call that yields
+                // keeps its instance slot and its running deadline while it waits behind every
+                // other task, which under a burst ran the pool dry and the deadlines out.
+                Ok(UpdateDeadline::Continue(1))
             } else {
                 // Let other requests run between ticks of a long call.
                 Ok(UpdateDeadline::Yield(1))
