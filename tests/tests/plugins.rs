@@ -343,27 +343,64 @@ async fn a_runaway_plugin_does_not_hold_up_other_calls() {
     );
 }
 
-#[tokio::test]
-async fn when_every_instance_slot_is_busy_the_call_is_refused_as_unavailable() {
+/// One instance slot, held by a runaway plugin until its deadline stops it; `good` is a quick
+/// pricing plugin with a deadline of `good_deadline_ms`, started while the slot is held.
+async fn while_the_only_slot_is_held_for(
+    held_ms: u32,
+    good_deadline_ms: u32,
+) -> (Result<Duration, HookErrorKind>, Plugin) {
     let runtime = Runtime::new(RuntimeConfig {
         max_instances: 1,
         ..RuntimeConfig::default()
     })
     .expect("runtime");
     let mut slow = manifest("loop-forever");
-    slow.limits.deadline_ms = 1_000;
+    slow.limits.deadline_ms = held_ms;
     let looping = Arc::new(load_as(&runtime, "loop-forever", slow));
-    let good = load(&runtime, "tiered-discount");
+    let mut quick = manifest("tiered-discount");
+    quick.limits.deadline_ms = good_deadline_ms;
+    let good = load_as(&runtime, "tiered-discount", quick);
     let busy = {
         let looping = looping.clone();
         tokio::spawn(async move { looping.price(&cart(&[1])).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    match error_of(&good, &cart(&[3])).await {
-        HookErrorKind::Unavailable { reason } => assert!(reason.contains("limit"), "{reason}"),
+    // Long enough for the runaway to be running; its slot is taken before it instantiates.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = Instant::now();
+    let outcome = good
+        .price(&cart(&[3]))
+        .await
+        .map(|_| started.elapsed())
+        .map_err(|e| e.kind);
+    let stopped = busy
+        .await
+        .expect("task")
+        .expect_err("the runaway is stopped");
+    assert_eq!(stopped.code(), "deadline_exceeded");
+    (outcome, good)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waits_its_turn_for_a_busy_instance_slot() {
+    // The slot is free again ~200 ms in; the quick plugin may wait up to 2 s.
+    let (outcome, _) = while_the_only_slot_is_held_for(200, 2_000).await;
+    let took = outcome.expect("the call ran once the slot came free");
+    assert!(
+        took >= Duration::from_millis(100),
+        "answered in {took:?}: it never waited for the slot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_finds_no_slot_within_its_deadline_is_unavailable() {
+    let (outcome, good) = while_the_only_slot_is_held_for(1_000, 50).await;
+    match outcome {
+        Err(HookErrorKind::Unavailable { reason }) => {
+            assert!(reason.contains("stayed busy"), "{reason}");
+            assert!(reason.contains("50 ms"), "{reason}");
+        }
         other => panic!("expected unavailable, got {other:?}"),
     }
-    let _ = busy.await;
     good.price(&cart(&[3])).await.expect("a slot is free again");
 }
 

@@ -56,6 +56,8 @@ pub struct Plugin {
     grants: Arc<super::capability::Grants>,
     /// Keeps the epoch ticker running while this plugin can be called.
     _ticker: Arc<super::runtime::EpochTicker>,
+    /// The engine's instance slots; a call takes one before it instantiates.
+    slots: Arc<super::runtime::InstanceSlots>,
     /// The same plugin's source compiled into the host, run instead of the component (the
     /// checkout benchmark's native comparison; see `plugin::native`).
     #[cfg(feature = "native-rules")]
@@ -111,6 +113,7 @@ impl Plugin {
         pre: HookPre,
         consume_fuel: bool,
         ticker: Arc<super::runtime::EpochTicker>,
+        slots: Arc<super::runtime::InstanceSlots>,
     ) -> Self {
         let config = Arc::new(manifest.config.clone());
         let id = Arc::from(manifest.id());
@@ -128,6 +131,7 @@ impl Plugin {
             watch: None,
             grants,
             _ticker: ticker,
+            slots,
             #[cfg(feature = "native-rules")]
             native: None,
         }
@@ -257,7 +261,7 @@ impl Plugin {
             validate::price_result(cart, &call.output).map_err(|reason| self.invalid(reason))?;
             return Ok(call);
         }
-        let (mut store, started) = self.new_store(pre.engine());
+        let (mut store, started, _slot) = self.new_store(pre.engine()).await?;
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance
@@ -289,7 +293,7 @@ impl Plugin {
             validate::assessment(&call.output).map_err(|reason| self.invalid(reason))?;
             return Ok(call);
         }
-        let (mut store, started) = self.new_store(pre.engine());
+        let (mut store, started, _slot) = self.new_store(pre.engine()).await?;
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance
@@ -312,7 +316,7 @@ impl Plugin {
         let HookPre::Personalization(pre) = &self.pre else {
             return Err(self.not_this_hook(HookKind::Personalization));
         };
-        let (mut store, started) = self.new_store(pre.engine());
+        let (mut store, started, _slot) = self.new_store(pre.engine()).await?;
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance
@@ -346,7 +350,7 @@ impl Plugin {
             }
             return Ok(call);
         }
-        let (mut store, started) = self.new_store(pre.engine());
+        let (mut store, started, _slot) = self.new_store(pre.engine()).await?;
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
             let connector = instance.cartridge_plugin_payment();
@@ -373,7 +377,7 @@ impl Plugin {
         let HookPre::Payment(pre) = &self.pre else {
             return Err(self.not_this_hook(HookKind::Payment));
         };
-        let (mut store, started) = self.new_store(pre.engine());
+        let (mut store, started, _slot) = self.new_store(pre.engine()).await?;
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance
@@ -512,7 +516,7 @@ impl Plugin {
         let HookPre::Pricing(pre) = &self.pre else {
             anyhow::bail!("not a pricing plugin");
         };
-        let (mut store, _) = self.new_store(pre.engine());
+        let (mut store, _, _slot) = self.new_store(pre.engine()).await?;
         store.set_epoch_deadline(u64::MAX / 2);
         let instance = pre.instantiate_async(&mut store).await?;
         let started = Instant::now();
@@ -529,10 +533,29 @@ impl Plugin {
         Ok(started.elapsed())
     }
 
-    fn new_store(&self, engine: &wasmtime::Engine) -> (Store<StoreState>, Instant) {
+    /// A store for one call, once an instance slot is free for it. The call's deadline runs
+    /// from here, so time spent waiting for a slot counts against it; if none comes free
+    /// before the deadline, the call is `Unavailable`. The slot goes back when the returned
+    /// [`Slot`](super::runtime::Slot) is dropped, which the caller does after the store.
+    async fn new_store(
+        &self,
+        engine: &wasmtime::Engine,
+    ) -> Result<(Store<StoreState>, Instant, super::runtime::Slot), HookError> {
         let limits = &self.manifest.limits;
         let started = Instant::now();
         let deadline = started + limits.deadline();
+        let Some(slot) = self.slots.take(deadline.into()).await else {
+            return Err(HookError {
+                plugin: self.reference(),
+                kind: HookErrorKind::Unavailable {
+                    reason: format!(
+                        "all {} instance slots stayed busy for the call's deadline of {} ms",
+                        self.slots.total(),
+                        limits.deadline().as_millis()
+                    ),
+                },
+            });
+        };
         let state = StoreState::new(
             self.id.clone(),
             self.config.clone(),
@@ -562,7 +585,7 @@ impl Plugin {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        (store, started)
+        Ok((store, started, slot))
     }
 
     /// Turns the raw outcome of a call into output plus stats, or a named error.

@@ -107,10 +107,11 @@ pub enum HookErrorKind {
         /// The failures in a row that tripped the breaker.
         failures: u32,
     },
-    /// The host could not start the call: every instance slot is busy. Retryable.
+    /// The host could not start the call: every instance slot stayed busy until the call's
+    /// deadline. Retryable.
     #[error("no instance slot available: {reason}")]
     Unavailable {
-        /// The allocator's explanation.
+        /// Why: how many slots stayed busy for how long, or the allocator's explanation.
         reason: String,
     },
 }

@@ -63,6 +63,8 @@ pub struct Runtime {
     /// Shared with every plugin loaded here: the ticker runs as long as anything can still
     /// call into the engine, and stops when the last of them is dropped.
     ticker: Arc<EpochTicker>,
+    /// The pool's instance slots, as calls wait their turn for them.
+    slots: Arc<InstanceSlots>,
 }
 
 impl Runtime {
@@ -76,12 +78,14 @@ impl Runtime {
             format!("{:016x}", hasher.finish())
         };
         let ticker = Arc::new(EpochTicker::start(engine.clone(), config.epoch_tick)?);
+        let slots = Arc::new(InstanceSlots::new(config.max_instances));
         Ok(Self {
             engine,
             linker,
             config,
             engine_hash,
             ticker,
+            slots,
         })
     }
 
@@ -140,6 +144,7 @@ impl Runtime {
             pre,
             self.config.consume_fuel,
             self.ticker.clone(),
+            self.slots.clone(),
         );
         #[cfg(feature = "native-rules")]
         if self.config.native_rules {
@@ -339,6 +344,44 @@ fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// The pooling allocator's instance slots, handed out in turn. The pool itself refuses an
+/// instance at once when every slot is taken; a burst of checkouts beyond the slots then failed
+/// its fail-closed hooks with 502 while the calls holding the slots were microseconds from
+/// done. A call instead waits here for a slot, in order, for no longer than its own deadline
+/// (see `Plugin::new_store`), and holds it until its store is dropped, so the pool has a
+/// free slot for every call that got one.
+pub(crate) struct InstanceSlots {
+    free: Arc<tokio::sync::Semaphore>,
+    total: u32,
+}
+
+/// A call's claim on one instance slot, given back when dropped.
+pub(crate) struct Slot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl InstanceSlots {
+    fn new(total: u32) -> Self {
+        Self {
+            free: Arc::new(tokio::sync::Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// A slot, waiting until `deadline` at the latest; `None` when none came free in time.
+    pub(crate) async fn take(&self, deadline: tokio::time::Instant) -> Option<Slot> {
+        if let Ok(permit) = self.free.clone().try_acquire_owned() {
+            return Some(Slot(permit));
+        }
+        let permit = tokio::time::timeout_at(deadline, self.free.clone().acquire_owned()).await;
+        // The semaphore is never closed: an error here is only the deadline.
+        permit.ok()?.ok().map(Slot)
+    }
+
+    /// How many there are.
+    pub(crate) fn total(&self) -> u32 {
+        self.total
+    }
 }
 
 /// Advances the engine's epoch on its own OS thread. A tokio task would be starved exactly
