@@ -103,6 +103,13 @@ pub struct ServeArgs {
     /// empty catalog.
     #[arg(long)]
     pub demo: bool,
+    /// Plugin instances live at once, across all calls: the slots of the instance pool. A
+    /// call that finds every slot busy waits for one, for at most its deadline. Each slot
+    /// reserves address space (not memory) for full-size linear memories; 1 to 4096.
+    #[arg(long, env = "CARTRIDGE_MAX_INSTANCES",
+          default_value_t = crate::plugin::DEFAULT_MAX_INSTANCES,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_instances: u32,
     /// How often this host checks the registry for changes made through other hosts, in ms.
     #[arg(long, env = "CARTRIDGE_REGISTRY_POLL_MS", default_value_t = 100)]
     pub registry_poll_ms: u64,
@@ -601,6 +608,32 @@ mod tests {
         match cli.command {
             Command::Migrate(db) => Ok(db.database_pool_size),
             other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn max_instances(args: &[&str]) -> Result<u32, clap::Error> {
+        let cli = Cli::try_parse_from(["cartridge", "serve"].iter().chain(args))?;
+        match cli.command {
+            Command::Serve(serve) => Ok(serve.max_instances),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_instance_pool_is_sized_from_one_to_4096_slots() {
+        assert_eq!(
+            max_instances(&[]).ok(),
+            Some(crate::plugin::DEFAULT_MAX_INSTANCES)
+        );
+        assert_eq!(max_instances(&["--max-instances=1"]).ok(), Some(1));
+        assert_eq!(max_instances(&["--max-instances=4096"]).ok(), Some(4096));
+        for bad in ["0", "4097", "-1", "lots"] {
+            let arg = format!("--max-instances={bad}");
+            let error = max_instances(&[arg.as_str()]).expect_err(bad);
+            assert!(
+                error.to_string().contains("--max-instances"),
+                "{bad}: {error}"
+            );
         }
     }
 

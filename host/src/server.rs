@@ -65,6 +65,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(args.database.data_dir.join("cache")),
         native_rules: args.native_rules,
+        max_instances: args.max_instances,
         ..RuntimeConfig::default()
     })?;
     let config = RegistryConfig {

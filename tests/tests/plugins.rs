@@ -380,8 +380,18 @@ async fn while_the_only_slot_is_held_for(
     (outcome, good)
 }
 
+/// `cartridge_plugin_slot_waits_total` as `/metrics` shows it (one registry per process).
+fn slot_waits() -> u64 {
+    cartridge_host::plugin::metrics::render()
+        .lines()
+        .find_map(|line| line.strip_prefix("cartridge_plugin_slot_waits_total "))
+        .and_then(|n| n.parse().ok())
+        .expect("the slot waits series")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_waits_its_turn_for_a_busy_instance_slot() {
+    let waits = slot_waits();
     // The slot is free again ~200 ms in; the quick plugin may wait up to 2 s.
     let (outcome, _) = while_the_only_slot_is_held_for(200, 2_000).await;
     let took = outcome.expect("the call ran once the slot came free");
@@ -389,6 +399,7 @@ async fn a_call_waits_its_turn_for_a_busy_instance_slot() {
         took >= Duration::from_millis(100),
         "answered in {took:?}: it never waited for the slot"
     );
+    assert!(slot_waits() > waits, "the wait is not in the metrics");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

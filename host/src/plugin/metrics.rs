@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,17 @@ static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
 
 /// Crash-loop trips per (plugin, version).
 static TRIPS: LazyLock<Mutex<BTreeMap<(String, String), u64>>> = LazyLock::new(Mutex::default);
+
+/// Calls that found every instance slot busy and waited, and their waits in all.
+static SLOT_WAITS: AtomicU64 = AtomicU64::new(0);
+static SLOT_WAIT_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Records that a call waited `waited` for an instance slot (whether one came or not).
+pub(crate) fn record_slot_wait(waited: Duration) {
+    SLOT_WAITS.fetch_add(1, Ordering::Relaxed);
+    let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+    SLOT_WAIT_NANOS.fetch_add(nanos, Ordering::Relaxed);
+}
 
 /// Records that the crash-loop breaker switched `plugin` off.
 pub(crate) fn record_trip(plugin: &PluginRef) {
@@ -114,5 +126,19 @@ pub fn render() -> String {
             );
         }
     }
+    out.push_str("# HELP cartridge_plugin_slot_waits_total Plugin calls that found every instance slot busy and waited for one.\n");
+    out.push_str("# TYPE cartridge_plugin_slot_waits_total counter\n");
+    let _ = writeln!(
+        out,
+        "cartridge_plugin_slot_waits_total {}",
+        SLOT_WAITS.load(Ordering::Relaxed)
+    );
+    out.push_str("# HELP cartridge_plugin_slot_wait_seconds_total Time plugin calls spent waiting for an instance slot.\n");
+    out.push_str("# TYPE cartridge_plugin_slot_wait_seconds_total counter\n");
+    let _ = writeln!(
+        out,
+        "cartridge_plugin_slot_wait_seconds_total {}",
+        SLOT_WAIT_NANOS.load(Ordering::Relaxed) as f64 / 1e9
+    );
     out
 }

@@ -24,6 +24,9 @@ use super::error::LoadError;
 use super::manifest::{HookKind, MAX_MEMORY_MIB, Manifest};
 use super::sandbox::{self, StoreState};
 
+/// Instance slots of a server's pool unless `--max-instances` says otherwise.
+pub const DEFAULT_MAX_INSTANCES: u32 = 512;
+
 /// How the engine is set up. The defaults suit a server; tests and the CLI use them too.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -46,7 +49,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             cache_dir: None,
-            max_instances: 512,
+            max_instances: DEFAULT_MAX_INSTANCES,
             consume_fuel: true,
             epoch_tick: Duration::from_millis(1),
             native_rules: false,
@@ -369,11 +372,15 @@ impl InstanceSlots {
     }
 
     /// A slot, waiting until `deadline` at the latest; `None` when none came free in time.
+    /// A wait is counted in the metrics: calls waiting for slots mean the pool is too small
+    /// for the load (`--max-instances`).
     pub(crate) async fn take(&self, deadline: tokio::time::Instant) -> Option<Slot> {
         if let Ok(permit) = self.free.clone().try_acquire_owned() {
             return Some(Slot(permit));
         }
+        let started = std::time::Instant::now();
         let permit = tokio::time::timeout_at(deadline, self.free.clone().acquire_owned()).await;
+        super::metrics::record_slot_wait(started.elapsed());
         // The semaphore is never closed: an error here is only the deadline.
         permit.ok()?.ok().map(Slot)
     }
