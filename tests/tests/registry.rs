@@ -17,6 +17,7 @@ use cartridge_host::server::{Application, open_registry};
 use cartridge_tests::{TestDatabase, plugins, test_databases};
 use reqwest::Method;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 const ADMIN: &str = "adm_registry_test";
 
@@ -742,13 +743,15 @@ async fn the_watched_directory_installs_replaces_refuses_half_written_files_and_
         plugins().bundle_into("tiered-discount", dir.path());
         let host = start_host(&db, Some(dir.path()), config(0)).await;
         assert_eq!(host.serving("tiered-discount").as_deref(), Some("1.0.0"));
-        let watcher = PluginsDirectory::new(dir.path().to_owned(), host.state.registry().clone());
+        let watcher = PluginsDirectory::new(dir.path().to_owned(), host.state.registry().clone())
+            .with_manifest_alone(Duration::from_secs(3));
         // The host above scanned once; this one follows changes from here on.
         let mut watcher = watcher;
         watcher.scan().await;
         let watch = tokio::spawn(watcher.watch(Duration::from_millis(100), Duration::from_secs(1)));
 
-        // Replace with a new version.
+        // Replace with a new version: the manifest alone (new configuration), which goes live
+        // once it has stayed alone for the hold.
         let bundle = dir.path().join("tiered-discount");
         std::fs::write(bundle.join("plugin.toml"), tiered("1.1.0", "1:500")).expect("write");
         eventually("1.1.0 installed from the directory", async || {
@@ -777,6 +780,47 @@ async fn the_watched_directory_installs_replaces_refuses_half_written_files_and_
             host.serving("tiered-discount").as_deref() == Some("1.2.0")
         })
         .await;
+
+        // The manifest copied first, the component a moment later: the new version is not
+        // stored with the old component in between, and goes live with its own.
+        let mut new_wasm = wasm.clone();
+        // A custom section (id 0, 7 bytes: a 6-byte name and no payload) makes other bytes of
+        // the same component.
+        new_wasm.extend_from_slice(b"\x00\x07\x06build2");
+        std::fs::write(bundle.join("plugin.toml"), tiered("1.3.0", "1:500")).expect("write");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let versions = host
+            .admin(Method::GET, "/admin/plugins/tiered-discount", None)
+            .await;
+        assert_eq!(host.serving("tiered-discount").as_deref(), Some("1.2.0"));
+        assert!(
+            !versions.body.to_string().contains("1.3.0"),
+            "1.3.0 stored before its component came: {}",
+            versions.body
+        );
+        std::fs::write(bundle.join("tiered-discount.wasm"), &new_wasm).expect("write");
+        eventually("1.3.0 with its own component", async || {
+            host.serving("tiered-discount").as_deref() == Some("1.3.0")
+        })
+        .await;
+        let versions = host
+            .admin(Method::GET, "/admin/plugins/tiered-discount", None)
+            .await;
+        let digest = versions.body["versions"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["version"] == "1.3.0"))
+            .map(|v| v["digest"].clone());
+        assert_eq!(
+            digest,
+            Some(Value::from(
+                Sha256::digest(&new_wasm)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )),
+            "{}",
+            versions.body
+        );
 
         // A second plugin dropped in; then the first removed.
         plugins().bundle_into("coupon-promotions", dir.path());

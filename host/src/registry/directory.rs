@@ -8,10 +8,16 @@
 //! retried when it changes again), so it never replaces a working version. Versions are
 //! immutable: replacing a component without bumping the manifest's version is refused with
 //! `version_exists`.
+//!
+//! A bundle whose manifest changed while its component did not waits [`MANIFEST_ALONE`]
+//! before it is read: an operator copying the manifest first and the component a moment later
+//! would otherwise have the new version stored and activated with the old component, and the
+//! real one refused as `version_exists` when it arrived. A change of the manifest alone (new
+//! configuration under a new version) still goes live, that much later.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -24,11 +30,25 @@ pub const ACTOR: &str = "plugins-directory";
 /// is a burst of writes; a half-written file that slips through is refused and read again.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// How long a bundle whose manifest changed alone must stay as it is before it is read (see
+/// the module's documentation).
+pub const MANIFEST_ALONE: Duration = Duration::from_secs(2);
+
 /// What one bundle looked like at the last scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
     name: Option<String>,
     fingerprint: String,
+    /// Its files as they were read.
+    shape: Shape,
+}
+
+/// A bundle whose manifest changed alone, held back until it has stayed so for
+/// [`MANIFEST_ALONE`].
+#[derive(Debug)]
+struct Held {
+    fingerprint: String,
+    since: Instant,
 }
 
 /// What a scan did, for logs and tests.
@@ -40,6 +60,8 @@ pub struct ScanReport {
     pub refused: Vec<(PathBuf, &'static str, String)>,
     /// Plugins disabled because their bundle went away.
     pub disabled: Vec<String>,
+    /// Bundles whose manifest changed alone, held back until this instant.
+    pub held: Vec<(PathBuf, Instant)>,
 }
 
 /// The plugins directory of one host.
@@ -48,6 +70,8 @@ pub struct PluginsDirectory {
     dir: PathBuf,
     registry: Registry,
     seen: BTreeMap<PathBuf, Seen>,
+    held: BTreeMap<PathBuf, Held>,
+    manifest_alone: Duration,
     first_scan: bool,
 }
 
@@ -58,8 +82,16 @@ impl PluginsDirectory {
             dir,
             registry,
             seen: BTreeMap::new(),
+            held: BTreeMap::new(),
+            manifest_alone: MANIFEST_ALONE,
             first_scan: true,
         }
+    }
+
+    /// Holds a bundle whose manifest changed alone for `wait` instead of [`MANIFEST_ALONE`].
+    pub fn with_manifest_alone(mut self, wait: Duration) -> Self {
+        self.manifest_alone = wait;
+        self
     }
 
     /// Installs what changed since the last scan. On the first scan (start-up), a bundle whose
@@ -74,16 +106,33 @@ impl PluginsDirectory {
             return report;
         };
         for path in &bundles {
-            let Some(fingerprint) = stable_fingerprint(path).await else {
+            let Some((fingerprint, shape)) = stable_fingerprint(path).await else {
                 continue; // still being written; the next event or rescan will come back
             };
-            if self
-                .seen
-                .get(path)
-                .is_some_and(|s| s.fingerprint == fingerprint)
-            {
+            let seen = self.seen.get(path);
+            if seen.is_some_and(|s| s.fingerprint == fingerprint) {
+                self.held.remove(path);
                 continue;
             }
+            if seen.is_some_and(|s| manifest_changed_alone(&s.shape, &shape)) {
+                let now = Instant::now();
+                let held = self.held.entry(path.clone()).or_insert_with(|| Held {
+                    fingerprint: fingerprint.clone(),
+                    since: now,
+                });
+                if held.fingerprint != fingerprint {
+                    *held = Held {
+                        fingerprint: fingerprint.clone(),
+                        since: now,
+                    };
+                }
+                let until = held.since + self.manifest_alone;
+                if now < until {
+                    report.held.push((path.clone(), until));
+                    continue;
+                }
+            }
+            self.held.remove(path);
             let name = match self.install(path, &mut report).await {
                 Ok(name) => Some(name),
                 Err((code, message)) => {
@@ -93,8 +142,16 @@ impl PluginsDirectory {
                     self.seen.get(path).and_then(|s| s.name.clone())
                 }
             };
-            self.seen.insert(path.clone(), Seen { name, fingerprint });
+            self.seen.insert(
+                path.clone(),
+                Seen {
+                    name,
+                    fingerprint,
+                    shape,
+                },
+            );
         }
+        self.held.retain(|path, _| bundles.contains(path));
         let gone: Vec<PathBuf> = self
             .seen
             .keys()
@@ -181,8 +238,13 @@ impl PluginsDirectory {
                 None
             }
         };
+        // When a held bundle is to be read again, if one is.
+        let mut next_look: Option<Instant> = None;
         loop {
-            let changed = tokio::time::timeout(rescan, rx.recv()).await.is_ok();
+            let wait = next_look.map_or(rescan, |at| {
+                rescan.min(at.saturating_duration_since(Instant::now()))
+            });
+            let changed = tokio::time::timeout(wait, rx.recv()).await.is_ok();
             if changed {
                 // Let a burst of writes settle.
                 while tokio::time::timeout(debounce, rx.recv()).await.is_ok() {}
@@ -191,6 +253,10 @@ impl PluginsDirectory {
             if !report.activated.is_empty() || !report.disabled.is_empty() {
                 tracing::info!(activated = ?report.activated, disabled = ?report.disabled, "plugins directory applied");
             }
+            for (bundle, _) in &report.held {
+                tracing::info!(bundle = %bundle.display(), "the manifest changed but not the component: waiting {:?} for the component", self.manifest_alone);
+            }
+            next_look = report.held.iter().map(|(_, until)| *until).min();
         }
     }
 }
@@ -210,8 +276,22 @@ fn bundles(dir: &Path) -> Option<Vec<PathBuf>> {
     Some(bundles)
 }
 
-/// A digest of the bundle's files (names, sizes, contents), or none while they still change.
-async fn stable_fingerprint(bundle: &Path) -> Option<String> {
+/// Whether, of a bundle's files, only `plugin.toml` is not as it was.
+fn manifest_changed_alone(before: &Shape, now: &Shape) -> bool {
+    let others = |shape: &Shape| -> Shape {
+        shape
+            .iter()
+            .filter(|(path, _, _)| path.file_name().is_none_or(|n| n != "plugin.toml"))
+            .cloned()
+            .collect()
+    };
+    let (before_others, now_others) = (others(before), others(now));
+    !now_others.is_empty() && before_others == now_others
+}
+
+/// A digest of the bundle's files (names, sizes, contents) and their shape, or none while they
+/// still change.
+async fn stable_fingerprint(bundle: &Path) -> Option<(String, Shape)> {
     let first = shape(bundle)?;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let second = shape(bundle)?;
@@ -223,7 +303,7 @@ async fn stable_fingerprint(bundle: &Path) -> Option<String> {
         hasher.update(path.to_string_lossy().as_bytes());
         hasher.update(std::fs::read(path).ok()?);
     }
-    Some(hex::encode(hasher.finalize()))
+    Some((hex::encode(hasher.finalize()), second))
 }
 
 type Shape = Vec<(PathBuf, u64, Option<SystemTime>)>;
