@@ -1357,13 +1357,32 @@ impl Orders {
         .await?
         .rows_affected();
         if settled == 1 {
-            sqlx::query(
+            let recorded = sqlx::query(
                 "UPDATE payments SET captured = $2 WHERE order_id = $1 AND captured = 0 AND $2 <= authorized",
             )
             .bind(id)
             .bind(captured)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            // A refund the gateway reported before this capture was recorded waited for it
+            // (its capture event, when it comes, finds the capture recorded and stops there).
+            if recorded == 1 {
+                let pay = sqlx::query(
+                    "SELECT plugin, gateway_reference, currency FROM payments WHERE order_id = $1",
+                )
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let plugin: String = pay.try_get("plugin")?;
+                let connector = plugin.split('@').next().unwrap_or_default();
+                let reference: String = pay.try_get("gateway_reference")?;
+                let currency: String = pay.try_get("currency")?;
+                crate::payment_events::apply_waiting_refunds(
+                    &mut tx, connector, &reference, id, &currency, captured, now,
+                )
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(())

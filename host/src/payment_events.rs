@@ -21,12 +21,17 @@
 //!   cancel (which restocks), but nothing more of it ships: fulfilment needs money held.
 //! - `authorized`, `failed`, `other`: recorded only; checkout learns these synchronously.
 //!
-//! Locks are taken in one order everywhere: the order row, then the payment row.
+//! Locks are taken in one order everywhere: the order row, then the payment row. On
+//! PostgreSQL an event that may change a payment locks its order row *before* reading the
+//! payment, so that two events for one payment (a capture and a refund delivered at once)
+//! take turns: otherwise the refund could read the payment as not yet captured while the
+//! capture looked for waiting refunds before the refund was committed, and the refund would
+//! wait for ever. (SQLite's writes take turns anyway.)
 
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::db::Db;
+use crate::db::{Backend, Db};
 use crate::plugin::bindings::payment::{WebhookEvent, WebhookEventKind};
 
 /// What applying an event did; stored with the event and answered to the gateway.
@@ -128,6 +133,17 @@ pub async fn record(
         .fetch_one(db.pool())
         .await?;
         return Ok(Recorded::Duplicate(outcome));
+    }
+    if db.backend() == Backend::Postgres
+        && let Some(reference) = event.gateway_reference.as_deref()
+    {
+        sqlx::query(
+            "SELECT id FROM orders WHERE id IN \
+             (SELECT order_id FROM payments WHERE gateway_reference = $1) ORDER BY id FOR UPDATE",
+        )
+        .bind(reference)
+        .fetch_all(&mut *tx)
+        .await?;
     }
     let (order_id, outcome) = apply(&mut tx, plugin, event, now).await?;
     sqlx::query(
@@ -274,30 +290,54 @@ async fn capture(
     .bind(amount)
     .execute(&mut *conn)
     .await?;
-    // Refunds the gateway reported before this capture reached us.
+    apply_waiting_refunds(
+        conn,
+        plugin,
+        reference,
+        &pay.order_id,
+        &pay.currency,
+        amount,
+        now,
+    )
+    .await?;
+    Ok(Outcome::Applied)
+}
+
+/// Applies the refunds the gateway reported for a payment before its capture of `captured`
+/// was recorded — by a capture event, or by the host's own capture call. Run in the
+/// transaction that records the capture, after the order row is locked.
+pub(crate) async fn apply_waiting_refunds(
+    conn: &mut sqlx::AnyConnection,
+    plugin: &str,
+    reference: &str,
+    order_id: &str,
+    currency: &str,
+    captured: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
     let waiting: Option<i64> = sqlx::query_scalar(
         "SELECT MAX(amount) FROM payment_events WHERE plugin = $1 AND gateway_reference = $2 \
          AND kind = 'refunded' AND currency = $3 AND amount <= $4",
     )
     .bind(plugin)
     .bind(reference)
-    .bind(&pay.currency)
-    .bind(amount)
+    .bind(currency)
+    .bind(captured)
     .fetch_one(&mut *conn)
     .await?;
     if let Some(total) = waiting {
-        raise_refunded(conn, &pay.order_id, total, now).await?;
+        raise_refunded(conn, order_id, total, now).await?;
         sqlx::query(
             "UPDATE payment_events SET outcome = 'applied' WHERE plugin = $1 AND gateway_reference = $2 \
              AND kind = 'refunded' AND outcome = 'waiting_for_capture' AND amount <= $3",
         )
         .bind(plugin)
         .bind(reference)
-        .bind(amount)
+        .bind(captured)
         .execute(&mut *conn)
         .await?;
     }
-    Ok(Outcome::Applied)
+    Ok(())
 }
 
 async fn refund(

@@ -751,6 +751,72 @@ async fn events_out_of_order_never_resurrect_an_order_or_refund_beyond_the_captu
 }
 
 #[tokio::test]
+async fn a_refund_reported_before_our_own_capture_is_recorded_is_applied_by_it() {
+    for database in test_databases().await {
+        let shop = shop(database).await;
+        let order = shop.placed_order().await;
+        let reference = shop.reference(&order).await;
+        // The gateway captured and a refund followed (its dashboard, say) while the capture
+        // call was still answering: the refund's event comes first.
+        let r = shop
+            .deliver_signed(&event("evt_r", "payment.refunded", &reference, 1000))
+            .await;
+        assert_eq!(r.body["outcome"], "waiting_for_capture");
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/capture"), None, json!({}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let o = shop.order(&order).await;
+        assert_eq!(amounts(&o), (TOTAL, TOTAL, 1000), "{o}");
+        assert_eq!(o["payment_status"], "partially_refunded");
+        // The capture's own event, arriving last, changes nothing more.
+        let r = shop
+            .deliver_signed(&event("evt_c", "payment.captured", &reference, TOTAL))
+            .await;
+        assert_eq!(r.body["outcome"], "already_applied");
+        assert_eq!(amounts(&shop.order(&order).await), (TOTAL, TOTAL, 1000));
+        shop.drop_database().await;
+    }
+}
+
+/// A capture and a refund of one payment delivered at the same moment, for many payments: the
+/// refund is applied whichever commits first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_capture_and_a_refund_delivered_together_are_both_applied() {
+    const ORDERS: usize = 24;
+    for database in test_databases().await {
+        let shop = Arc::new(shop(database).await);
+        let mut orders = Vec::new();
+        for _ in 0..ORDERS {
+            let order = shop.placed_order().await;
+            let reference = shop.reference(&order).await;
+            orders.push((order, reference));
+        }
+        let mut deliveries = tokio::task::JoinSet::new();
+        for (i, (_, reference)) in orders.iter().enumerate() {
+            for body in [
+                event(&format!("evt_c{i}"), "payment.captured", reference, TOTAL),
+                event(&format!("evt_r{i}"), "payment.refunded", reference, 1000),
+            ] {
+                let shop = shop.clone();
+                deliveries.spawn(async move { shop.deliver_signed(&body).await });
+            }
+        }
+        while let Some(delivered) = deliveries.join_next().await {
+            delivered.expect("delivery");
+        }
+        for (order, _) in &orders {
+            let o = shop.order(order).await;
+            assert_eq!(amounts(&o), (TOTAL, TOTAL, 1000), "order {order}: {o}");
+        }
+        Arc::into_inner(shop)
+            .expect("no delivery left")
+            .drop_database()
+            .await;
+    }
+}
+
+#[tokio::test]
 async fn a_payment_voided_at_the_gateway_ships_nothing_and_cancelling_restocks() {
     for database in test_databases().await {
         let shop = shop(database).await;
