@@ -364,8 +364,10 @@ async fn while_the_only_slot_is_held_for(
         let looping = looping.clone();
         tokio::spawn(async move { looping.price(&cart(&[1])).await })
     };
-    // Long enough for the runaway to be running; its slot is taken before it instantiates.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The runaway holds the slot (it takes it before it instantiates) from here on.
+    while runtime.free_instance_slots() > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let started = Instant::now();
     let outcome = good
         .price(&cart(&[3]))
@@ -392,8 +394,8 @@ fn slot_waits() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_waits_its_turn_for_a_busy_instance_slot() {
     let waits = slot_waits();
-    // The slot is free again ~200 ms in; the quick plugin may wait up to 2 s.
-    let (outcome, _) = while_the_only_slot_is_held_for(200, 2_000).await;
+    // The slot is free again ~500 ms in; the quick plugin may wait up to 3 s.
+    let (outcome, _) = while_the_only_slot_is_held_for(500, 3_000).await;
     let took = outcome.expect("the call ran once the slot came free");
     assert!(
         took >= Duration::from_millis(100),

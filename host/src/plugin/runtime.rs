@@ -97,6 +97,11 @@ impl Runtime {
         &self.config
     }
 
+    /// Instance slots no call holds at this moment.
+    pub fn free_instance_slots(&self) -> usize {
+        self.slots.free()
+    }
+
     /// Loads a plugin from a directory holding `plugin.toml` and one `.wasm` file (or the
     /// `.wasm` named by the manifest's name).
     pub fn load_dir(&self, dir: &Path) -> Result<Plugin, LoadError> {
@@ -388,6 +393,11 @@ impl InstanceSlots {
     /// How many there are.
     pub(crate) fn total(&self) -> u32 {
         self.total
+    }
+
+    /// How many no call holds.
+    fn free(&self) -> usize {
+        self.free.available_permits()
     }
 }
 
