@@ -356,10 +356,13 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
         Some(out) => out.to_owned(),
         None => dir.join("target/cartridge").join(&manifest.name),
     };
-    std::fs::create_dir_all(&bundle)?;
-    std::fs::copy(&manifest_path, bundle.join("plugin.toml"))?;
     let target = bundle.join(format!("{}.wasm", manifest.name));
-    std::fs::copy(&wasm, &target)?;
+    write_bundle(
+        &bundle,
+        &std::fs::read_to_string(&manifest_path)?,
+        &target,
+        &std::fs::read(&wasm)?,
+    )?;
     eprintln!(
         "built {} ({} bytes) -> {}",
         manifest.id(),
@@ -367,6 +370,42 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
         bundle.display()
     );
     Ok(bundle)
+}
+
+/// Writes a bundle: the component to `component`, then `plugin.toml` naming the component's
+/// SHA-256, each under a temporary name renamed into place. A plugins directory watching
+/// `bundle` never reads a manifest beside a component it was not written for, and if it
+/// reads the old manifest beside the new component, the version is refused (the same version
+/// with other bytes) and read again once the manifest is in place.
+fn write_bundle(
+    bundle: &Path,
+    manifest: &str,
+    component: &Path,
+    wasm: &[u8],
+) -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    std::fs::create_dir_all(bundle)?;
+    let put = |path: &Path, bytes: &[u8]| -> anyhow::Result<()> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".cartridge-")
+            .tempfile_in(bundle)?;
+        std::io::Write::write_all(&mut tmp, bytes)?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    put(component, wasm)?;
+    let digest = hex::encode(sha2::Sha256::digest(wasm));
+    let pinned: String = std::iter::once(format!(
+        "component-sha256 = \"{digest}\"  # written by `cartridge plugin build`\n"
+    ))
+    .chain(
+        manifest
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("component-sha256"))
+            .map(|line| format!("{line}\n")),
+    )
+    .collect();
+    put(&bundle.join("plugin.toml"), pinned.as_bytes())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -648,5 +687,29 @@ mod tests {
                 "{bad}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_built_bundle_pins_its_component_and_replaces_an_older_pin() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bundle = dir.path().join("tiered-discount");
+        let component = bundle.join("tiered-discount.wasm");
+        let manifest = "component-sha256 = \"00\"\nname = \"tiered-discount\"\n\
+                        version = \"1.0.0\"\nhook = \"pricing\"\ncontract = \"0.1.0\"\n";
+        write_bundle(&bundle, manifest, &component, b"\0asm bytes").expect("written");
+        assert_eq!(
+            std::fs::read(&component).expect("component"),
+            b"\0asm bytes"
+        );
+        let written = std::fs::read_to_string(bundle.join("plugin.toml")).expect("manifest");
+        let parsed = Manifest::parse(&written).expect("a valid manifest");
+        assert_eq!(
+            parsed.component_sha256,
+            Some(hex::encode(sha2::Sha256::digest(b"\0asm bytes")))
+        );
+        assert_eq!(written.matches("component-sha256").count(), 1, "{written}");
+        // Nothing else is left in the bundle: no temporary file.
+        assert_eq!(std::fs::read_dir(&bundle).expect("bundle").count(), 2);
     }
 }

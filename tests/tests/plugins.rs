@@ -418,6 +418,34 @@ async fn a_call_that_finds_no_slot_within_its_deadline_is_unavailable() {
 }
 
 #[tokio::test]
+async fn a_manifest_that_names_another_component_is_refused() {
+    let runtime = runtime();
+    let wasm = plugins().wasm_bytes("tiered-discount");
+    let pinned = |digest: &str| {
+        Manifest::parse(&format!(
+            "component-sha256 = \"{digest}\"\n{}",
+            plugins().manifest_text("tiered-discount")
+        ))
+        .expect("valid manifest")
+    };
+    let err = runtime
+        .load(pinned(&"0".repeat(64)), &wasm)
+        .expect_err("another component's digest");
+    assert_eq!(err.code(), "invalid_manifest");
+    assert!(err.to_string().contains("component-sha256"), "{err}");
+    let digest: String = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&wasm)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    runtime
+        .load(pinned(&digest), &wasm)
+        .expect("its own component loads");
+}
+
+#[tokio::test]
 async fn loading_refuses_what_is_not_a_plugin_of_the_claimed_hook() {
     let runtime = runtime();
     let wasm = plugins().wasm_bytes("tiered-discount");

@@ -231,6 +231,13 @@ fn tiered(version: &str, tiers: &str) -> String {
         )
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// What the pricing plugins took off a priced cart.
 fn discount(priced: &Value) -> i64 {
     let part = |key: &str| {
@@ -812,15 +819,37 @@ async fn the_watched_directory_installs_replaces_refuses_half_written_files_and_
             .map(|v| v["digest"].clone());
         assert_eq!(
             digest,
-            Some(Value::from(
-                Sha256::digest(&new_wasm)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            )),
+            Some(Value::from(sha256_hex(&new_wasm))),
             "{}",
             versions.body
         );
+
+        // A manifest that names its component's digest, copied first: refused while the old
+        // component is beside it — also after the hold above would have run out — and live
+        // once its own component is there.
+        let mut pinned_wasm = wasm.clone();
+        pinned_wasm.extend_from_slice(b"\x00\x07\x06build3");
+        let pinned = format!(
+            "component-sha256 = \"{}\"\n{}",
+            sha256_hex(&pinned_wasm),
+            tiered("1.4.0", "1:500")
+        );
+        std::fs::write(bundle.join("plugin.toml"), pinned).expect("write");
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        assert_eq!(host.serving("tiered-discount").as_deref(), Some("1.3.0"));
+        let versions = host
+            .admin(Method::GET, "/admin/plugins/tiered-discount", None)
+            .await;
+        assert!(
+            !versions.body.to_string().contains("1.4.0"),
+            "1.4.0 stored with another component: {}",
+            versions.body
+        );
+        std::fs::write(bundle.join("tiered-discount.wasm"), &pinned_wasm).expect("write");
+        eventually("1.4.0 with the component it names", async || {
+            host.serving("tiered-discount").as_deref() == Some("1.4.0")
+        })
+        .await;
 
         // A second plugin dropped in; then the first removed.
         plugins().bundle_into("coupon-promotions", dir.path());

@@ -8,6 +8,7 @@
 //! description = "Bulk pricing tiers"
 //! failure-policy = "fail-open"     # optional; pricing and personalization default to open
 //! capabilities = ["http:api.stripe.com", "secrets"]   # optional; see `capability`
+//! component-sha256 = "9f86d0…"   # optional; `cartridge plugin build` writes it
 //!
 //! [limits]                         # optional; these are the defaults for pricing
 //! memory-mib = 16
@@ -170,6 +171,7 @@ struct RawManifest {
     limits: Option<RawLimits>,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
+    component_sha256: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +204,12 @@ pub struct Manifest {
     pub limits: Limits,
     /// Default configuration values.
     pub config: BTreeMap<String, String>,
+    /// The SHA-256 of the component this manifest was written for (lower-case hex), if it
+    /// names one: the host then refuses any other component with it. It keeps a manifest from
+    /// going live with the wrong component, such as the old one still beside it while a new
+    /// bundle is being copied into the plugins directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_sha256: Option<String>,
 }
 
 /// Why a manifest was refused.
@@ -247,6 +255,7 @@ impl Manifest {
             capabilities: raw.capabilities,
             limits,
             config,
+            component_sha256: raw.component_sha256.map(|d| d.to_ascii_lowercase()),
         };
         manifest.validate()?;
         Ok(manifest)
@@ -297,7 +306,26 @@ impl Manifest {
         for capability in &self.capabilities {
             super::capability::Capability::parse(capability).map_err(ManifestError)?;
         }
+        if let Some(digest) = &self.component_sha256
+            && (digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return err(format!(
+                "component-sha256 must be 64 hexadecimal digits, not {digest:?}"
+            ));
+        }
         Ok(())
+    }
+
+    /// Refuses `digest` (of the component offered with this manifest) if the manifest names
+    /// another.
+    pub fn check_component(&self, digest: &str) -> Result<(), ManifestError> {
+        match &self.component_sha256 {
+            Some(pinned) if pinned != digest => Err(ManifestError(format!(
+                "component-sha256 is {pinned}, but the component's SHA-256 is {digest}: not \
+                 the component this manifest was written for"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The capabilities it asks for, parsed (logging and configuration need no asking).
@@ -392,6 +420,34 @@ mod tests {
                 err.contains(expected),
                 "{err:?} should mention {expected:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_pinned_component_digest_is_checked() {
+        let digest = "AB".repeat(32);
+        let m =
+            Manifest::parse(&format!("component-sha256 = \"{digest}\"\n{MINIMAL}")).expect("valid");
+        assert_eq!(
+            m.component_sha256.as_deref(),
+            Some("ab".repeat(32).as_str())
+        );
+        assert!(m.check_component(&"ab".repeat(32)).is_ok());
+        let err = m
+            .check_component(&"cd".repeat(32))
+            .expect_err("another component");
+        assert!(err.0.contains("not the component"), "{err}");
+        // Without a pin any component goes.
+        assert!(
+            Manifest::parse(MINIMAL)
+                .expect("valid")
+                .check_component("x")
+                .is_ok()
+        );
+        for bad in ["abc", &"zz".repeat(32)] {
+            let err = Manifest::parse(&format!("component-sha256 = \"{bad}\"\n{MINIMAL}"))
+                .expect_err(bad);
+            assert!(err.0.contains("component-sha256"), "{err}");
         }
     }
 }

@@ -122,6 +122,7 @@ impl Runtime {
     /// Loads a plugin from its manifest and component bytes.
     pub fn load(&self, manifest: Manifest, wasm: &[u8]) -> Result<Plugin, LoadError> {
         let digest = hex::encode(Sha256::digest(wasm));
+        manifest.check_component(&digest)?;
         let component = self.compile(&digest, wasm)?;
         check_exports(&self.engine, &component, &manifest)?;
         check_capability_imports(&self.engine, &component, &manifest)?;

@@ -9,8 +9,9 @@
 //! immutable: replacing a component without bumping the manifest's version is refused with
 //! `version_exists`.
 //!
-//! A bundle whose manifest changed while its component did not waits [`MANIFEST_ALONE`]
-//! before it is read: an operator copying the manifest first and the component a moment later
+//! A bundle whose manifest changed while its component did not, and does not name its
+//! component's digest (`component-sha256`, which `cartridge plugin build` writes), waits
+//! [`MANIFEST_ALONE`] before it is read: an operator copying the manifest first and the component a moment later
 //! would otherwise have the new version stored and activated with the old component, and the
 //! real one refused as `version_exists` when it arrived. A change of the manifest alone (new
 //! configuration under a new version) still goes live, that much later.
@@ -114,7 +115,9 @@ impl PluginsDirectory {
                 self.held.remove(path);
                 continue;
             }
-            if seen.is_some_and(|s| manifest_changed_alone(&s.shape, &shape)) {
+            if seen.is_some_and(|s| manifest_changed_alone(&s.shape, &shape))
+                && !pins_its_component(path)
+            {
                 let now = Instant::now();
                 let held = self.held.entry(path.clone()).or_insert_with(|| Held {
                     fingerprint: fingerprint.clone(),
@@ -274,6 +277,15 @@ fn bundles(dir: &Path) -> Option<Vec<PathBuf>> {
         .collect();
     bundles.sort();
     Some(bundles)
+}
+
+/// Whether the bundle's manifest names its component's digest (`component-sha256`): then
+/// the wrong component is refused anyway, and there is nothing to wait for.
+fn pins_its_component(bundle: &Path) -> bool {
+    std::fs::read_to_string(bundle.join("plugin.toml"))
+        .ok()
+        .and_then(|text| crate::plugin::Manifest::parse(&text).ok())
+        .is_some_and(|m| m.component_sha256.is_some())
 }
 
 /// Whether, of a bundle's files, only `plugin.toml` is not as it was.
