@@ -261,7 +261,7 @@ impl Plugin {
             validate::price_result(cart, &call.output).map_err(|reason| self.invalid(reason))?;
             return Ok(call);
         }
-        let (mut store, started, _slot) = self.new_store(pre.engine()).await?;
+        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance
@@ -293,7 +293,7 @@ impl Plugin {
             validate::assessment(&call.output).map_err(|reason| self.invalid(reason))?;
             return Ok(call);
         }
-        let (mut store, started, _slot) = self.new_store(pre.engine()).await?;
+        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance
@@ -316,7 +316,7 @@ impl Plugin {
         let HookPre::Personalization(pre) = &self.pre else {
             return Err(self.not_this_hook(HookKind::Personalization));
         };
-        let (mut store, started, _slot) = self.new_store(pre.engine()).await?;
+        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance
@@ -350,7 +350,7 @@ impl Plugin {
             }
             return Ok(call);
         }
-        let (mut store, started, _slot) = self.new_store(pre.engine()).await?;
+        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
             let connector = instance.cartridge_plugin_payment();
@@ -377,7 +377,7 @@ impl Plugin {
         let HookPre::Payment(pre) = &self.pre else {
             return Err(self.not_this_hook(HookKind::Payment));
         };
-        let (mut store, started, _slot) = self.new_store(pre.engine()).await?;
+        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
         let result = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance
@@ -516,7 +516,7 @@ impl Plugin {
         let HookPre::Pricing(pre) = &self.pre else {
             anyhow::bail!("not a pricing plugin");
         };
-        let (mut store, _, _slot) = self.new_store(pre.engine()).await?;
+        let (_slot, mut store, _) = self.new_store(pre.engine()).await?;
         store.set_epoch_deadline(u64::MAX / 2);
         let instance = pre.instantiate_async(&mut store).await?;
         let started = Instant::now();
@@ -536,11 +536,12 @@ impl Plugin {
     /// A store for one call, once an instance slot is free for it. The call's deadline runs
     /// from here, so time spent waiting for a slot counts against it; if none comes free
     /// before the deadline, the call is `Unavailable`. The slot goes back when the returned
-    /// [`Slot`](super::runtime::Slot) is dropped, which the caller does after the store.
+    /// [`Slot`](super::runtime::Slot) is dropped, which must be after the store (and its
+    /// instance): callers bind it first, so that it is dropped last even if the call is.
     async fn new_store(
         &self,
         engine: &wasmtime::Engine,
-    ) -> Result<(Store<StoreState>, Instant, super::runtime::Slot), HookError> {
+    ) -> Result<(super::runtime::Slot, Store<StoreState>, Instant), HookError> {
         let limits = &self.manifest.limits;
         let started = Instant::now();
         let deadline = started + limits.deadline();
@@ -585,7 +586,7 @@ impl Plugin {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        Ok((store, started, slot))
+        Ok((slot, store, started))
     }
 
     /// Turns the raw outcome of a call into output plus stats, or a named error.

@@ -11,10 +11,12 @@
 //!
 //! A bundle whose manifest changed while its component did not, and does not name its
 //! component's digest (`component-sha256`, which `cartridge plugin build` writes), waits
-//! [`MANIFEST_ALONE`] before it is read: an operator copying the manifest first and the component a moment later
-//! would otherwise have the new version stored and activated with the old component, and the
-//! real one refused as `version_exists` when it arrived. A change of the manifest alone (new
-//! configuration under a new version) still goes live, that much later.
+//! [`MANIFEST_ALONE`] before it is read: an operator copying the manifest first and the
+//! component a moment later would otherwise have the new version stored and activated with
+//! the old component, and the real one refused as `version_exists` when it arrived. A change
+//! of the manifest alone (new configuration under a new version) still goes live, that much
+//! later. A manifest that names its component's digest needs no wait: beside another
+//! component it is refused, and read again when the files change.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
