@@ -104,6 +104,17 @@ impl TestApp {
         .await
     }
 
+    /// Adds `quantity` of `sku` to a cart, with its token.
+    async fn add_line(&self, cart: &str, token: &str, sku: &str, quantity: u32) -> Response {
+        self.cart(
+            Method::POST,
+            &format!("/store/carts/{cart}/lines"),
+            token,
+            Some(json!({"sku": sku, "quantity": quantity})),
+        )
+        .await
+    }
+
     async fn cart(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Response {
         self.send(
             method,
@@ -442,14 +453,7 @@ async fn a_failing_fail_open_pricing_plugin_does_not_break_the_cart() {
         let app = spawn_app(db, &["panicker", "tiered-discount"]).await;
         app.seed().await;
         let (cart, token) = app.new_cart().await;
-        let r = app
-            .cart(
-                Method::POST,
-                &format!("/store/carts/{cart}/lines"),
-                &token,
-                Some(json!({"sku": "TEE-M", "quantity": 3})),
-            )
-            .await;
+        let r = app.add_line(&cart, &token, "TEE-M", 3).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["pricing"]["line_discounts"], 299);
         assert_eq!(r.body["skipped_plugins"][0]["code"], "trap");
@@ -464,14 +468,7 @@ async fn carts_and_admin_routes_open_only_with_the_right_credential() {
         let tee = app.seed().await;
         let (cart, token) = app.new_cart().await;
         let (other_cart, other_token) = app.new_cart().await;
-        let r = app
-            .cart(
-                Method::POST,
-                &format!("/store/carts/{cart}/lines"),
-                &token,
-                Some(json!({"sku": "TEE-M", "quantity": 1})),
-            )
-            .await;
+        let r = app.add_line(&cart, &token, "TEE-M", 1).await;
         let line = r.body["lines"][0]["id"].as_str().expect("line").to_owned();
 
         // Another cart's token, no token, a made-up cart: all look like "no such cart".
@@ -622,14 +619,7 @@ async fn metrics_answer_only_their_token_and_admins() {
         app.seed().await;
         let (cart, token) = app.new_cart().await;
         // A priced cart: a plugin call, so that there is a series to see.
-        let r = app
-            .cart(
-                Method::POST,
-                &format!("/store/carts/{cart}/lines"),
-                &token,
-                Some(json!({"sku": "TEE-M", "quantity": 1})),
-            )
-            .await;
+        let r = app.add_line(&cart, &token, "TEE-M", 1).await;
         assert!(r.status < 300, "{}", r.body);
         let customer = app.customer("mallory@example.com").await;
         let get = |auth: Option<String>| {
@@ -2003,13 +1993,7 @@ async fn an_order_ships_in_parts_with_tracking_and_never_more_than_was_ordered()
         let app = spawn_app(db, SHOP).await;
         app.seed().await;
         let (cart, token) = app.cart_with("TEE-M", 3).await;
-        app.cart(
-            Method::POST,
-            &format!("/store/carts/{cart}/lines"),
-            &token,
-            Some(json!({"sku": "SOCK", "quantity": 2})),
-        )
-        .await;
+        app.add_line(&cart, &token, "SOCK", 2).await;
         let r = app
             .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
             .await;
@@ -2353,16 +2337,7 @@ async fn concurrent_adds_of_one_sku_make_one_line_and_respect_the_maximum() {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (app, cart, token) = (app.clone(), cart.clone(), token.clone());
-                tokio::spawn(async move {
-                    app.cart(
-                        Method::POST,
-                        &format!("/store/carts/{cart}/lines"),
-                        &token,
-                        Some(json!({"sku": "SOCK", "quantity": 100})),
-                    )
-                    .await
-                    .status
-                })
+                tokio::spawn(async move { app.add_line(&cart, &token, "SOCK", 100).await.status })
             })
             .collect();
         let mut statuses = Vec::new();
@@ -2747,14 +2722,7 @@ async fn the_demo_store_can_be_shopped_as_the_readme_shows() {
             r.body["id"].as_str().expect("id").to_owned(),
             r.body["token"].as_str().expect("token").to_owned(),
         );
-        let r = app
-            .cart(
-                Method::POST,
-                &format!("/store/carts/{cart}/lines"),
-                &token,
-                Some(json!({"sku": "TEE-M", "quantity": 3})),
-            )
-            .await;
+        let r = app.add_line(&cart, &token, "TEE-M", 3).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let r = app
             .cart(

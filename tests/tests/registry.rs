@@ -145,6 +145,18 @@ impl Host {
     }
 
     /// The version of `name` this host serves, if any.
+    /// The digest of the component stored as `name`'s `version`, if that version is stored.
+    async fn stored_digest(&self, name: &str, version: &str) -> Option<String> {
+        let r = self
+            .admin(Method::GET, &format!("/admin/plugins/{name}"), None)
+            .await;
+        r.body["versions"]
+            .as_array()?
+            .iter()
+            .find(|v| v["version"] == version)
+            .and_then(|v| v["digest"].as_str().map(str::to_owned))
+    }
+
     fn serving(&self, name: &str) -> Option<String> {
         self.state
             .plugin(name)
@@ -796,32 +808,20 @@ async fn the_watched_directory_installs_replaces_refuses_half_written_files_and_
         new_wasm.extend_from_slice(b"\x00\x07\x06build2");
         std::fs::write(bundle.join("plugin.toml"), tiered("1.3.0", "1:500")).expect("write");
         tokio::time::sleep(Duration::from_millis(800)).await;
-        let versions = host
-            .admin(Method::GET, "/admin/plugins/tiered-discount", None)
-            .await;
         assert_eq!(host.serving("tiered-discount").as_deref(), Some("1.2.0"));
-        assert!(
-            !versions.body.to_string().contains("1.3.0"),
-            "1.3.0 stored before its component came: {}",
-            versions.body
+        assert_eq!(
+            host.stored_digest("tiered-discount", "1.3.0").await,
+            None,
+            "1.3.0 stored before its component came"
         );
         std::fs::write(bundle.join("tiered-discount.wasm"), &new_wasm).expect("write");
         eventually("1.3.0 with its own component", async || {
             host.serving("tiered-discount").as_deref() == Some("1.3.0")
         })
         .await;
-        let versions = host
-            .admin(Method::GET, "/admin/plugins/tiered-discount", None)
-            .await;
-        let digest = versions.body["versions"]
-            .as_array()
-            .and_then(|v| v.iter().find(|v| v["version"] == "1.3.0"))
-            .map(|v| v["digest"].clone());
         assert_eq!(
-            digest,
-            Some(Value::from(sha256_hex(&new_wasm))),
-            "{}",
-            versions.body
+            host.stored_digest("tiered-discount", "1.3.0").await,
+            Some(sha256_hex(&new_wasm))
         );
 
         // A manifest that names its component's digest, copied first: refused while the old
@@ -837,19 +837,20 @@ async fn the_watched_directory_installs_replaces_refuses_half_written_files_and_
         std::fs::write(bundle.join("plugin.toml"), pinned).expect("write");
         tokio::time::sleep(Duration::from_millis(3_500)).await;
         assert_eq!(host.serving("tiered-discount").as_deref(), Some("1.3.0"));
-        let versions = host
-            .admin(Method::GET, "/admin/plugins/tiered-discount", None)
-            .await;
-        assert!(
-            !versions.body.to_string().contains("1.4.0"),
-            "1.4.0 stored with another component: {}",
-            versions.body
+        assert_eq!(
+            host.stored_digest("tiered-discount", "1.4.0").await,
+            None,
+            "1.4.0 stored with another component"
         );
         std::fs::write(bundle.join("tiered-discount.wasm"), &pinned_wasm).expect("write");
         eventually("1.4.0 with the component it names", async || {
             host.serving("tiered-discount").as_deref() == Some("1.4.0")
         })
         .await;
+        assert_eq!(
+            host.stored_digest("tiered-discount", "1.4.0").await,
+            Some(sha256_hex(&pinned_wasm))
+        );
 
         // A second plugin dropped in; then the first removed.
         plugins().bundle_into("coupon-promotions", dir.path());
