@@ -652,6 +652,12 @@ async fn metrics_answer_only_their_token_and_admins() {
                 body.contains("plugin=\"tiered-discount\""),
                 "{auth}: {body}"
             );
+            // This host's pool (the harness gives it 256 slots), none held between requests.
+            assert!(
+                body.contains("\ncartridge_plugin_instance_slots 256\n")
+                    && body.contains("\ncartridge_plugin_instance_slots_free 256\n"),
+                "{auth}: {body}"
+            );
         }
         app.db.drop_database().await;
     }

@@ -207,14 +207,24 @@ impl FromRequestParts<AppState> for MetricsReader {
     }
 }
 
-/// Prometheus metrics: per-plugin calls by outcome and latency.
-async fn metrics(_: MetricsReader) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+/// Prometheus metrics: per-plugin calls by outcome and latency, and this host's instance
+/// slots.
+async fn metrics(
+    State(state): State<AppState>,
+    _: MetricsReader,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let runtime = state.registry().runtime();
+    let mut text = crate::plugin::metrics::render();
+    text.push_str(&crate::plugin::metrics::render_slots(
+        runtime.config().max_instances,
+        runtime.free_instance_slots(),
+    ));
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::plugin::metrics::render(),
+        text,
     )
 }
 

@@ -41,6 +41,20 @@ pub(crate) fn record_slot_wait(waited: Duration) {
     SLOT_WAIT_NANOS.fetch_add(nanos, Ordering::Relaxed);
 }
 
+/// One runtime's instance slots as gauges: how many there are, and how many no call holds.
+pub fn render_slots(total: u32, free: usize) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP cartridge_plugin_instance_slots Instance slots of the plugin pool (--max-instances).\n");
+    out.push_str("# TYPE cartridge_plugin_instance_slots gauge\n");
+    let _ = writeln!(out, "cartridge_plugin_instance_slots {total}");
+    out.push_str(
+        "# HELP cartridge_plugin_instance_slots_free Instance slots no plugin call holds.\n",
+    );
+    out.push_str("# TYPE cartridge_plugin_instance_slots_free gauge\n");
+    let _ = writeln!(out, "cartridge_plugin_instance_slots_free {free}");
+    out
+}
+
 /// Records that the crash-loop breaker switched `plugin` off.
 pub(crate) fn record_trip(plugin: &PluginRef) {
     if let Ok(mut trips) = TRIPS.lock() {
