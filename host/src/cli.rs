@@ -384,28 +384,21 @@ fn write_bundle(
     wasm: &[u8],
 ) -> anyhow::Result<()> {
     use sha2::Digest as _;
-    std::fs::create_dir_all(bundle)?;
-    let put = |path: &Path, bytes: &[u8]| -> anyhow::Result<()> {
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".cartridge-")
-            .tempfile_in(bundle)?;
-        std::io::Write::write_all(&mut tmp, bytes)?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
-    };
-    put(component, wasm)?;
+    crate::plugin::write_atomically(bundle, component, wasm)?;
     let digest = hex::encode(sha2::Sha256::digest(wasm));
-    let pinned: String = std::iter::once(format!(
-        "component-sha256 = \"{digest}\"  # written by `cartridge plugin build`\n"
-    ))
-    .chain(
-        manifest
-            .lines()
-            .filter(|line| !line.trim_start().starts_with("component-sha256"))
-            .map(|line| format!("{line}\n")),
-    )
-    .collect();
-    put(&bundle.join("plugin.toml"), pinned.as_bytes())
+    let mut pinned =
+        format!("component-sha256 = \"{digest}\"  # written by `cartridge plugin build`\n");
+    // An older pin goes; only top-level keys, before the first table, are looked at.
+    let mut top_level = true;
+    for line in manifest.lines() {
+        top_level &= !line.trim_start().starts_with('[');
+        if !(top_level && line.trim_start().starts_with("component-sha256")) {
+            pinned.push_str(line);
+            pinned.push('\n');
+        }
+    }
+    crate::plugin::write_atomically(bundle, &bundle.join("plugin.toml"), pinned.as_bytes())?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -696,7 +689,8 @@ mod tests {
         let bundle = dir.path().join("tiered-discount");
         let component = bundle.join("tiered-discount.wasm");
         let manifest = "component-sha256 = \"00\"\nname = \"tiered-discount\"\n\
-                        version = \"1.0.0\"\nhook = \"pricing\"\ncontract = \"0.1.0\"\n";
+                        version = \"1.0.0\"\nhook = \"pricing\"\ncontract = \"0.1.0\"\n\
+                        [config]\ncomponent-sha256-note = \"kept\"\n";
         write_bundle(&bundle, manifest, &component, b"\0asm bytes").expect("written");
         assert_eq!(
             std::fs::read(&component).expect("component"),
@@ -708,7 +702,19 @@ mod tests {
             parsed.component_sha256,
             Some(hex::encode(sha2::Sha256::digest(b"\0asm bytes")))
         );
-        assert_eq!(written.matches("component-sha256").count(), 1, "{written}");
+        assert_eq!(
+            written.matches("component-sha256 =").count(),
+            1,
+            "{written}"
+        );
+        // A key of that name in a table is the plugin's own, and stays.
+        assert_eq!(
+            parsed
+                .config
+                .get("component-sha256-note")
+                .map(String::as_str),
+            Some("kept")
+        );
         // Nothing else is left in the bundle: no temporary file.
         assert_eq!(std::fs::read_dir(&bundle).expect("bundle").count(), 2);
     }

@@ -28,6 +28,7 @@ pub use call::{Call, CallStats, OUTPUT_LIMIT_BYTES, PaymentRequest, Plugin};
 pub use capability::{Capability, Grants, SecretPolicy, SecretRef};
 pub use error::{HookError, HookErrorKind, LoadError, PluginRef};
 pub use manifest::{FailurePolicy, HookKind, Limits, Manifest};
+pub(crate) use runtime::write_atomically;
 pub use runtime::{DEFAULT_MAX_INSTANCES, Runtime, RuntimeConfig, component_path};
 pub use sandbox::{LOG_CAP_BYTES, LogLine};
 pub use watch::{CallWatch, WatchEvent, WatchPolicy};

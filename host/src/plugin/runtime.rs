@@ -345,7 +345,9 @@ pub fn component_path(dir: &Path, manifest: &Manifest) -> Result<PathBuf, LoadEr
     }
 }
 
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` (in `dir`) under a temporary name, synced, then renamed into
+/// place: a reader sees the old file or the whole new one.
+pub(crate) fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
