@@ -807,6 +807,21 @@ async fn bad_input_gets_a_clear_client_error_and_changes_nothing() {
             (r.status, r.body["error"]["code"].as_str()),
             (409, Some("insufficient_stock"))
         );
+        // The extremes of the type: i64::MIN has no absolute value (found by schemathesis).
+        for delta in [i64::MIN, i64::MIN + 1, -1_000_001, 1_000_001, i64::MAX, 0] {
+            let r = app
+                .admin(
+                    Method::POST,
+                    "/admin/inventory/TEE-M/eu/adjust",
+                    json!({"delta": delta, "reason": "fuzz"}),
+                )
+                .await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (422, Some("invalid_input")),
+                "delta {delta}"
+            );
+        }
         let r = app
             .admin(
                 Method::POST,

@@ -229,7 +229,7 @@ async fn adjust_stock(
     body: Result<Json<Adjustment>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(a) = body?;
-    if a.delta == 0 || a.delta.abs() > 1_000_000 {
+    if a.delta == 0 || a.delta.unsigned_abs() > 1_000_000 {
         return Err(ApiError::invalid(
             "delta must be non-zero and at most 1,000,000 either way",
         ));
