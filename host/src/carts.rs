@@ -180,7 +180,7 @@ pub struct CartLine {
 }
 
 /// Checkout details saved on a cart.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CartDetails {
     /// Where to send the receipt.

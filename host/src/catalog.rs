@@ -47,7 +47,7 @@ impl CatalogError {
 type Result<T> = std::result::Result<T, CatalogError>;
 
 /// A product to create.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
     /// 1 to 200 characters.
@@ -66,7 +66,7 @@ pub struct NewProduct {
 }
 
 /// A variant to create.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewVariant {
     /// Letters, digits, `.`, `_` and `-`; 1 to 64 characters; unique.
@@ -163,7 +163,7 @@ impl NewProduct {
 }
 
 /// Changes to a product; absent fields stay as they are.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductUpdate {
     /// New title.
@@ -212,7 +212,7 @@ pub struct Variant {
 }
 
 /// How to filter a listing.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 pub struct ProductFilter {
     /// Only products in this category or any category below it.
     pub category: Option<String>,

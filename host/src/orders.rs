@@ -140,7 +140,7 @@ pub enum OrderError {
 type Result<T> = std::result::Result<T, OrderError>;
 
 /// A postal address as the API takes it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
     /// Recipient.
@@ -200,7 +200,7 @@ impl Address {
 /// What the shopper sends to check out: a [`CheckoutRequest`] whose email and addresses may be
 /// left out where the cart has them saved ([`crate::carts::CartDetails`]). Card data never
 /// comes here: only a gateway token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutInput {
     /// Where to send the receipt.
@@ -212,7 +212,9 @@ pub struct CheckoutInput {
     /// Billing address; the shipping address when absent.
     #[serde(default)]
     pub billing_address: Option<Address>,
-    /// The payment gateway's token for the payment method.
+    /// The payment gateway's token for the payment method (the demo's test gateway
+    /// authorises `tok_visa`).
+    #[schemars(example = &"tok_visa")]
     pub payment_token: String,
     /// The shopper's IP, as the storefront saw it.
     #[serde(default)]

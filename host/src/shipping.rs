@@ -82,7 +82,7 @@ pub struct ShippingMethod {
 }
 
 /// What a merchant sends to create a method.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewShippingMethod {
     /// Letters, digits, `-` and `_`; 1 to 64 characters; unique.
@@ -103,7 +103,7 @@ pub struct NewShippingMethod {
 }
 
 /// What a merchant sends to replace a method (its code stays).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShippingMethodUpdate {
     /// 1 to 200 characters.

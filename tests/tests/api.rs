@@ -741,6 +741,15 @@ async fn bad_input_gets_a_clear_client_error_and_changes_nothing() {
                 422,
                 "invalid_input",
             ),
+            // An array is not an object, though serde would fill a struct's fields from it in
+            // order (found by schemathesis).
+            (
+                Method::POST,
+                lines.clone(),
+                json!(["TEE-M", 1]).to_string(),
+                422,
+                "invalid_input",
+            ),
         ];
         for (method, path, body, status, code) in cases {
             let r = app
@@ -767,6 +776,30 @@ async fn bad_input_gets_a_clear_client_error_and_changes_nothing() {
             )
             .await;
         assert_eq!(r.status, 422);
+        let r = app
+            .send(
+                Method::POST,
+                &format!("/store/carts/{cart}/checkout"),
+                &[("x-cart-token", &token), ("idempotency-key", "array")],
+                Some(json!(["a@b.de", null, null, "tok_visa"]).to_string()),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("invalid_input")),
+            "{}",
+            r.body
+        );
+        for body in [json!(["EUR"]), json!("EUR"), json!(null)] {
+            let r = app
+                .send(Method::POST, "/store/carts", &[], Some(body.to_string()))
+                .await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (422, Some("invalid_input")),
+                "{body}"
+            );
+        }
         let r = app
             .send(Method::GET, "/store/products?limit=lots", &[], None)
             .await;

@@ -1,7 +1,6 @@
 //! `/admin`: catalog, inventory and plugins, for merchants and operators. Every handler takes
 //! [`Admin`], so no route here answers without an admin token.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -41,9 +40,9 @@ pub(super) fn routes() -> Router<AppState> {
 async fn create_shipping_method(
     _: Admin,
     State(state): State<AppState>,
-    body: Result<Json<NewShippingMethod>, JsonRejection>,
+    body: Result<super::JsonObject<NewShippingMethod>, ApiError>,
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
-    let Json(new) = body?;
+    let super::JsonObject(new) = body?;
     let method = state.shipping.create(&new, now_ms()).await?;
     Ok((axum::http::StatusCode::CREATED, Json(json!(method))))
 }
@@ -71,9 +70,9 @@ async fn replace_shipping_method(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Json<ShippingMethodUpdate>, JsonRejection>,
+    body: Result<super::JsonObject<ShippingMethodUpdate>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(update) = body?;
+    let super::JsonObject(update) = body?;
     Ok(Json(json!(
         state.shipping.replace(&id, &update, now_ms()).await?
     )))
@@ -82,9 +81,9 @@ async fn replace_shipping_method(
 async fn create_product(
     _: Admin,
     State(state): State<AppState>,
-    body: Result<Json<NewProduct>, JsonRejection>,
+    body: Result<super::JsonObject<NewProduct>, ApiError>,
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
-    let Json(new) = body?;
+    let super::JsonObject(new) = body?;
     let product = state.catalog.create_product(&new, now_ms()).await?;
     Ok((axum::http::StatusCode::CREATED, Json(json!(product))))
 }
@@ -106,20 +105,24 @@ async fn update_product(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Json<crate::catalog::ProductUpdate>, JsonRejection>,
+    body: Result<super::JsonObject<crate::catalog::ProductUpdate>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(update) = body?;
+    let super::JsonObject(update) = body?;
     Ok(Json(json!(
         state.catalog.update(&id, &update, now_ms()).await?
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct OrderQuery {
+pub(crate) struct OrderQuery {
+    /// Only orders in this status.
     status: Option<String>,
+    /// Only orders placed with this email (case-insensitive).
     email: Option<String>,
+    /// At most this many (1 to 100).
     limit: Option<u32>,
+    /// Skip this many.
     offset: Option<u32>,
 }
 
@@ -149,20 +152,23 @@ async fn archive_product(
     Ok(Json(json!(state.catalog.archive(&id, now_ms()).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewCategory {
+pub(crate) struct NewCategory {
+    /// The category's id.
     id: String,
+    /// Its name.
     name: String,
+    /// The parent category's id; a top-level category when absent.
     parent: Option<String>,
 }
 
 async fn create_category(
     _: Admin,
     State(state): State<AppState>,
-    body: Result<Json<NewCategory>, JsonRejection>,
+    body: Result<super::JsonObject<NewCategory>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(c) = body?;
+    let super::JsonObject(c) = body?;
     state
         .catalog
         .create_category(&c.id, c.parent.as_deref(), &c.name)
@@ -172,11 +178,14 @@ async fn create_category(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Location {
+pub(crate) struct Location {
+    /// The location's id; an existing id is updated.
     id: String,
+    /// Its name.
     name: String,
+    /// Allocation order: lower is drawn from first (default 100).
     #[serde(default = "default_priority")]
     priority: i32,
 }
@@ -188,9 +197,9 @@ fn default_priority() -> i32 {
 async fn upsert_location(
     _: Admin,
     State(state): State<AppState>,
-    body: Result<Json<Location>, JsonRejection>,
+    body: Result<super::JsonObject<Location>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(l) = body?;
+    let super::JsonObject(l) = body?;
     if !crate::catalog::is_sku(&l.id) || l.name.trim().is_empty() {
         return Err(ApiError::invalid(
             "a location needs an id (letters, digits, '.', '_', '-') and a name",
@@ -215,10 +224,13 @@ async fn stock(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Adjustment {
+pub(crate) struct Adjustment {
+    /// Units added (positive) or removed (negative); non-zero, at most 1,000,000 either way.
+    #[schemars(range(min = -1_000_000, max = 1_000_000))]
     delta: i64,
+    /// Why, for the movement log.
     reason: String,
 }
 
@@ -226,9 +238,9 @@ async fn adjust_stock(
     _: Admin,
     State(state): State<AppState>,
     Path((sku, location)): Path<(String, String)>,
-    body: Result<Json<Adjustment>, JsonRejection>,
+    body: Result<super::JsonObject<Adjustment>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(a) = body?;
+    let super::JsonObject(a) = body?;
     if a.delta == 0 || a.delta.unsigned_abs() > 1_000_000 {
         return Err(ApiError::invalid(
             "delta must be non-zero and at most 1,000,000 either way",
@@ -252,30 +264,28 @@ async fn order(
     Ok(Json(state.orders.order(&id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Fulfilment {
+pub(crate) struct Fulfilment {
+    /// The carrier's name, up to 100 characters.
     #[serde(default)]
     carrier: Option<String>,
+    /// The tracking number, up to 100 characters.
     #[serde(default)]
     tracking: Option<String>,
     /// What ships; everything left when absent.
     #[serde(default)]
-    lines: Option<Vec<ReturnLine>>,
+    lines: Option<Vec<super::SkuUnits>>,
 }
 
 async fn fulfil(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Json<Option<Fulfilment>>, JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(f) = body?;
-    let f = f.unwrap_or(Fulfilment {
-        carrier: None,
-        tracking: None,
-        lines: None,
-    });
+    // An empty body (or `null`) ships everything left.
+    let f: Fulfilment = optional_body(&body)?;
     let items = f.lines.map(|lines| {
         lines
             .into_iter()
@@ -308,9 +318,10 @@ async fn connector_of(
 }
 
 /// What a capture may say; an empty body captures everything authorised.
-#[derive(Deserialize, serde::Serialize, Default)]
+#[derive(Deserialize, serde::Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Capture {
+pub(crate) struct Capture {
+    /// Minor units; everything authorised when absent.
     #[serde(default)]
     amount: Option<u32>,
 }
@@ -322,6 +333,7 @@ pub(super) fn optional_body<T: serde::de::DeserializeOwned + Default>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
+    super::refuse_arrays(bytes)?;
     match serde_json::from_slice::<Option<T>>(bytes) {
         Ok(value) => Ok(value.unwrap_or_default()),
         Err(e) if e.is_data() => Err(ApiError::invalid(e.to_string())),
@@ -390,10 +402,12 @@ async fn cancel(
     Ok((status, Json(body)))
 }
 
-#[derive(Deserialize, serde::Serialize)]
+#[derive(Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Refund {
+pub(crate) struct Refund {
+    /// Minor units; at most what was captured and not yet refunded.
     amount: u32,
+    /// Why, for the gateway and the order's history.
     #[serde(default)]
     reason: Option<String>,
 }
@@ -404,10 +418,10 @@ async fn refund(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
-    body: Result<Json<Refund>, JsonRejection>,
+    body: Result<super::JsonObject<Refund>, ApiError>,
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
     let key = super::idempotency::key(&headers)?;
-    let Json(refund) = body?;
+    let super::JsonObject(refund) = body?;
     let now = now_ms();
     let canonical = json!(refund);
     let (scope, db) = (format!("refund:{id}"), state.db.clone());
@@ -434,18 +448,13 @@ async fn refund(
     Ok((status, Json(body)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ReturnLine {
-    sku: String,
-    quantity: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Return {
+pub(crate) struct Return {
+    /// The return being received: each is received once.
     return_id: String,
-    lines: Vec<ReturnLine>,
+    /// The units that came back.
+    lines: Vec<super::SkuUnits>,
 }
 
 /// Receives a return: the units go back on hand, exactly once per `return_id`.
@@ -453,9 +462,9 @@ async fn receive_return(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Json<Return>, JsonRejection>,
+    body: Result<super::JsonObject<Return>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(r) = body?;
+    let super::JsonObject(r) = body?;
     let lines: Vec<(String, i64)> = r
         .lines
         .into_iter()

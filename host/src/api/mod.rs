@@ -154,6 +154,59 @@ impl AppState {
     }
 }
 
+/// A request body that must be a JSON object, deserialized as `T`. axum's `Json` alone also
+/// takes an array for a struct (serde fills its fields in order, so `["EUR"]` would create a
+/// cart), which no client means and the OpenAPI document does not allow. The refusals are
+/// `Json`'s, with the same codes, and `invalid_input` for an array.
+pub(crate) struct JsonObject<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S>
+    for JsonObject<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .is_some_and(|v| {
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Expected request with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(request, state).await?;
+        refuse_arrays(&bytes)?;
+        let Json(value) = Json::<T>::from_bytes(&bytes)?;
+        Ok(Self(value))
+    }
+}
+
+/// Refuses a body that is a JSON array where an object is wanted.
+pub(crate) fn refuse_arrays(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    }
+    Ok(())
+}
+
+/// Units of one SKU: a line of a fulfilment or a return.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SkuUnits {
+    /// The SKU.
+    pub(crate) sku: String,
+    /// Units.
+    pub(crate) quantity: u32,
+}
+
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()

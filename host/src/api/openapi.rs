@@ -3,7 +3,14 @@
 //! (every documented route answers), so the document cannot drift into routes that do not
 //! exist.
 
+use std::collections::BTreeMap;
+
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
+
+use super::{admin, plugins, storefront};
+use crate::plugin::HookKind;
 
 /// Who may call a route.
 #[derive(Clone, Copy)]
@@ -63,6 +70,12 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         "/store/products/{id}",
         Access::Anyone,
         "One active product",
+    ),
+    (
+        "get",
+        "/store/recommendations",
+        Access::Anyone,
+        "Products recommended for the shopper by the personalization plugins (the default order when none answers); limit 1 to 20",
     ),
     (
         "post",
@@ -386,18 +399,460 @@ pub fn documented_access() -> impl Iterator<Item = (&'static str, &'static str, 
         .map(|(method, path, access, _)| (*method, *path, access.scheme()))
 }
 
+/// A request body's schema, from the type its handler deserializes: documented and parsed
+/// from one definition, so the two cannot disagree.
+type SchemaOf = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+/// Any JSON value.
+fn any_json(_: &mut SchemaGenerator) -> Schema {
+    Schema::from(true)
+}
+
+/// (method, path, schema, required) of every route that takes a JSON body. A route that takes
+/// none must not be listed: its handler ignores a body.
+const JSON_BODIES: &[(&str, &str, SchemaOf, bool)] = &[
+    (
+        "post",
+        "/store/carts",
+        schema_of::<storefront::NewCart>,
+        true,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/lines",
+        schema_of::<storefront::NewLine>,
+        true,
+    ),
+    (
+        "patch",
+        "/store/carts/{id}/lines/{line}",
+        schema_of::<storefront::Quantity>,
+        true,
+    ),
+    (
+        "put",
+        "/store/carts/{id}/coupons",
+        schema_of::<storefront::Coupons>,
+        true,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/checkout",
+        schema_of::<crate::orders::CheckoutInput>,
+        true,
+    ),
+    (
+        "put",
+        "/store/carts/{id}/details",
+        schema_of::<crate::carts::CartDetails>,
+        true,
+    ),
+    (
+        "put",
+        "/store/carts/{id}/shipping-method",
+        schema_of::<storefront::ShippingChoice>,
+        true,
+    ),
+    (
+        "post",
+        "/store/customers",
+        schema_of::<storefront::Registration>,
+        true,
+    ),
+    (
+        "post",
+        "/store/customers/login",
+        schema_of::<storefront::Login>,
+        true,
+    ),
+    (
+        "post",
+        "/store/orders/{id}/returns",
+        schema_of::<storefront::ReturnRequest>,
+        true,
+    ),
+    (
+        "post",
+        "/admin/products",
+        schema_of::<crate::catalog::NewProduct>,
+        true,
+    ),
+    (
+        "patch",
+        "/admin/products/{id}",
+        schema_of::<crate::catalog::ProductUpdate>,
+        true,
+    ),
+    (
+        "post",
+        "/admin/categories",
+        schema_of::<admin::NewCategory>,
+        true,
+    ),
+    (
+        "post",
+        "/admin/locations",
+        schema_of::<admin::Location>,
+        true,
+    ),
+    (
+        "post",
+        "/admin/inventory/{sku}/{location}/adjust",
+        schema_of::<admin::Adjustment>,
+        true,
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/fulfil",
+        schema_of::<admin::Fulfilment>,
+        false,
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/capture",
+        schema_of::<admin::Capture>,
+        false,
+    ),
+    (
+        "post",
+        "/admin/plugins/{name}/versions/{version}/replay",
+        schema_of::<plugins::Replay>,
+        false,
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/refunds",
+        schema_of::<admin::Refund>,
+        true,
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/returns",
+        schema_of::<admin::Return>,
+        true,
+    ),
+    (
+        "post",
+        "/admin/shipping-methods",
+        schema_of::<crate::shipping::NewShippingMethod>,
+        true,
+    ),
+    (
+        "put",
+        "/admin/shipping-methods/{id}",
+        schema_of::<crate::shipping::ShippingMethodUpdate>,
+        true,
+    ),
+    (
+        "post",
+        "/admin/plugins/{name}/activate",
+        schema_of::<plugins::Activate>,
+        true,
+    ),
+    (
+        "put",
+        "/admin/plugins/{name}/config",
+        schema_of::<BTreeMap<String, String>>,
+        true,
+    ),
+    (
+        "put",
+        "/admin/plugins/{name}/secrets/{secret}",
+        schema_of::<crate::plugin::SecretRef>,
+        true,
+    ),
+    (
+        "put",
+        "/admin/hooks/{hook}/order",
+        schema_of::<plugins::Order>,
+        true,
+    ),
+    ("post", "/admin/plugins/{name}/invoke", any_json, true),
+    // The gateway's own format: the connector parses and verifies it.
+    ("post", "/webhooks/payments/{plugin}", any_json, true),
+];
+
+/// (method, path, schema) of every route that takes query parameters: one parameter per
+/// property of the type its handler deserializes the query into.
+const QUERIES: &[(&str, &str, SchemaOf)] = &[
+    (
+        "get",
+        "/store/products",
+        schema_of::<crate::catalog::ProductFilter>,
+    ),
+    (
+        "get",
+        "/store/recommendations",
+        schema_of::<storefront::RecommendationQuery>,
+    ),
+    ("get", "/admin/orders", schema_of::<admin::OrderQuery>),
+    ("post", "/admin/plugins", schema_of::<plugins::UploadQuery>),
+    (
+        "get",
+        "/admin/plugins/{name}/audit",
+        schema_of::<plugins::Limit>,
+    ),
+    (
+        "get",
+        "/admin/plugins/{name}/calls",
+        schema_of::<plugins::Limit>,
+    ),
+];
+
+/// (parameter, where its value comes from), in OpenAPI's runtime expressions.
+type LinkParameters = &'static [(&'static str, &'static str)];
+
+/// (from method, from path, to method, to path, parameters): where the answer of one route
+/// supplies the ids (and the cart token) another takes — what a client, or a stateful API
+/// fuzzer, follows from a new cart to its checkout and from an order to its refund.
+const LINKS: &[(&str, &str, &str, &str, LinkParameters)] = &[
+    ("post", "/store/carts", "get", "/store/carts/{id}", CART),
+    (
+        "post",
+        "/store/carts",
+        "post",
+        "/store/carts/{id}/lines",
+        CART,
+    ),
+    (
+        "post",
+        "/store/carts",
+        "put",
+        "/store/carts/{id}/coupons",
+        CART,
+    ),
+    (
+        "post",
+        "/store/carts",
+        "put",
+        "/store/carts/{id}/details",
+        CART,
+    ),
+    (
+        "post",
+        "/store/carts",
+        "get",
+        "/store/carts/{id}/shipping-methods",
+        CART,
+    ),
+    (
+        "post",
+        "/store/carts",
+        "put",
+        "/store/carts/{id}/shipping-method",
+        CART,
+    ),
+    (
+        "post",
+        "/store/carts",
+        "post",
+        "/store/carts/{id}/checkout",
+        CART,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/lines",
+        "patch",
+        "/store/carts/{id}/lines/{line}",
+        LINE,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/lines",
+        "delete",
+        "/store/carts/{id}/lines/{line}",
+        LINE,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/lines",
+        "post",
+        "/store/carts/{id}/checkout",
+        SAME_CART,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/checkout",
+        "get",
+        "/admin/orders/{id}",
+        ORDER,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/checkout",
+        "post",
+        "/admin/orders/{id}/fulfil",
+        ORDER,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/checkout",
+        "post",
+        "/admin/orders/{id}/capture",
+        ORDER,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/checkout",
+        "post",
+        "/admin/orders/{id}/cancel",
+        ORDER,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/checkout",
+        "post",
+        "/admin/orders/{id}/refunds",
+        ORDER,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/checkout",
+        "post",
+        "/admin/orders/{id}/returns",
+        ORDER,
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/capture",
+        "post",
+        "/admin/orders/{id}/refunds",
+        ORDER,
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/fulfil",
+        "post",
+        "/admin/orders/{id}/returns",
+        ORDER,
+    ),
+    ("post", "/admin/products", "get", "/admin/products/{id}", ID),
+    (
+        "post",
+        "/admin/products",
+        "patch",
+        "/admin/products/{id}",
+        ID,
+    ),
+    (
+        "post",
+        "/admin/products",
+        "post",
+        "/admin/products/{id}/archive",
+        ID,
+    ),
+    ("post", "/admin/products", "get", "/store/products/{id}", ID),
+];
+const CART: LinkParameters = &[
+    ("id", "$response.body#/id"),
+    ("header.X-Cart-Token", "$response.body#/token"),
+];
+const SAME_CART: LinkParameters = &[
+    ("id", "$response.body#/id"),
+    ("header.X-Cart-Token", "$request.header.X-Cart-Token"),
+];
+const LINE: LinkParameters = &[
+    ("id", "$response.body#/id"),
+    ("line", "$response.body#/lines/0/id"),
+    ("header.X-Cart-Token", "$request.header.X-Cart-Token"),
+];
+const ORDER: LinkParameters = &[("id", "$response.body#/id")];
+const ID: LinkParameters = ORDER;
+
+/// An operation's id: its method and path, e.g. `post_store_carts_id_lines`.
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_owned();
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        id.push('_');
+        id.extend(
+            segment
+                .chars()
+                .filter(|c| !matches!(c, '{' | '}'))
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+        );
+    }
+    id
+}
+
+/// A path parameter's schema: what the route accepts, where it accepts less than any string.
+fn path_parameter(name: &str) -> Value {
+    let schema = match name {
+        "hook" => json!({"type": "string", "enum": HookKind::ALL.map(HookKind::as_str)}),
+        "capability" => {
+            json!({"type": "string", "pattern": "^(secrets|http:[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?)$",
+            "description": "`secrets`, `http:<host>` or `http:<host>:<port>`"})
+        }
+        "secret" => json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}),
+        _ => json!({"type": "string"}),
+    };
+    json!({"name": name, "in": "path", "required": true, "schema": schema})
+}
+
+/// The query parameters `schema` (an object's schema, with its definitions inlined) stands for.
+fn query_parameters(schema: &Value) -> Vec<Value> {
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(properties) = schema["properties"].as_object() else {
+        return Vec::new();
+    };
+    properties
+        .iter()
+        .map(|(name, property)| {
+            let mut property = property.clone();
+            // A query string has no null: an optional parameter is one left out.
+            if let Some(types) = property["type"].as_array_mut() {
+                types.retain(|t| t != "null");
+                if let [only] = types.as_slice() {
+                    property["type"] = only.clone();
+                }
+            }
+            let description = property
+                .as_object_mut()
+                .and_then(|p| p.remove("description"));
+            let mut parameter = json!({"name": name, "in": "query",
+                "required": required.contains(&name.as_str()), "schema": property});
+            if let Some(description) = description {
+                parameter["description"] = description;
+            }
+            parameter
+        })
+        .collect()
+}
+
+/// The schema generator: JSON Schema 2020-12 (OpenAPI 3.1's), definitions kept under
+/// `#/components/schemas`.
+fn generator(inline: bool) -> SchemaGenerator {
+    SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+            s.inline_subschemas = inline;
+        })
+        .into_generator()
+}
+
 /// The OpenAPI document.
 pub fn document() -> Value {
+    let mut bodies = generator(false);
+    let mut queries = generator(true);
     let mut paths: Map<String, Value> = Map::new();
     for (method, path, access, summary) in ROUTES {
-        let params: Vec<Value> = path
+        let mut parameters: Vec<Value> = path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(path_parameter)
             .collect();
-        let mut headers: Vec<Value> = params;
+        if let Some((_, _, schema)) = QUERIES.iter().find(|(m, p, _)| m == method && p == path) {
+            parameters.extend(query_parameters(schema(&mut queries).as_value()));
+        }
         if matches!(access, Access::CartToken | Access::CartTokenIdempotent) {
-            headers.push(json!({"name": "X-Cart-Token", "in": "header", "required": false, "schema": {"type": "string"},
+            parameters.push(json!({"name": "X-Cart-Token", "in": "header", "required": false, "schema": {"type": "string"},
                 "description": "The cart's secret token; not needed when its owner is signed in"}));
         }
         if matches!(
@@ -405,7 +860,7 @@ pub fn document() -> Value {
             Access::CartTokenIdempotent | Access::AdminIdempotent | Access::AdminMaybeIdempotent
         ) {
             let required = !matches!(access, Access::AdminMaybeIdempotent);
-            headers.push(json!({"name": "Idempotency-Key", "in": "header", "required": required,
+            parameters.push(json!({"name": "Idempotency-Key", "in": "header", "required": required,
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                 "description": "The first response is stored and replayed; another body with the same key is 422; while the first runs, 409."}));
         }
@@ -420,21 +875,73 @@ pub fn document() -> Value {
             Access::CartToken | Access::CartTokenIdempotent => json!([{}, {"customer": []}]),
             Access::Anyone => json!([]),
         };
-        let operation = json!({
+        let mut success = if *path == "/metrics" {
+            json!({"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}})
+        } else {
+            json!({"description": "Success", "content": {"application/json": {}}})
+        };
+        let links: Map<String, Value> = LINKS
+            .iter()
+            .filter(|(m, p, ..)| m == method && p == path)
+            .map(|(_, _, to_method, to_path, parameters)| {
+                let target = operation_id(to_method, to_path);
+                let parameters: Map<String, Value> = parameters
+                    .iter()
+                    .map(|(name, from)| ((*name).to_owned(), json!(from)))
+                    .collect();
+                (
+                    target.clone(),
+                    json!({"operationId": target, "parameters": parameters}),
+                )
+            })
+            .collect();
+        if !links.is_empty() {
+            success["links"] = Value::Object(links);
+        }
+        let mut operation = json!({
+            "operationId": operation_id(method, path),
             "summary": summary,
-            "parameters": headers,
+            "parameters": parameters,
             "security": security,
             "responses": {
-                "2XX": {"description": "Success", "content": {"application/json": {}}},
+                "2XX": success,
                 "4XX": {"description": "The caller's mistake", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
                 "5XX": {"description": "A failing plugin (502, with its named error) or an internal failure", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             }
         });
+        if let Some((_, _, schema, required)) = JSON_BODIES
+            .iter()
+            .find(|(m, p, _, _)| m == method && p == path)
+        {
+            let mut schema = Value::from(schema(&mut bodies));
+            if !required {
+                // Left out, empty or `null`: the defaults.
+                schema = json!({"anyOf": [schema, {"type": "null"}]});
+            }
+            operation["requestBody"] = json!({"required": required,
+                "content": {"application/json": {"schema": schema}}});
+        } else if (*method, *path) == ("post", "/admin/plugins") {
+            operation["requestBody"] = json!({"required": true, "content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": ["manifest", "component"],
+                "properties": {"manifest": {"type": "string", "description": "The plugin.toml"},
+                               "component": {"type": "string", "contentMediaType": "application/wasm",
+                                             "description": "The component (.wasm)"}}}}}});
+        }
         let entry = paths.entry((*path).to_owned()).or_insert_with(|| json!({}));
         if let Some(obj) = entry.as_object_mut() {
             obj.insert((*method).to_owned(), operation);
         }
     }
+    let mut schemas = bodies.take_definitions(true);
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object", "required": ["error"],
+            "properties": {"error": {"type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string", "description": "Stable, machine-readable"},
+                               "message": {"type": "string"}}}}
+        }),
+    );
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Cartridge", "version": env!("CARGO_PKG_VERSION"),
@@ -447,12 +954,168 @@ pub fn document() -> Value {
                                     "description": "The host's scrape-only token (`--metrics-token`)"},
                                 "webhookSignature": {"type": "apiKey", "in": "header", "name": "Stripe-Signature",
                                     "description": "Verified by the connector plugin with its secret; the header is the connector's own (Stripe-Signature for Stripe)"}},
-            "schemas": {"Error": {
-                "type": "object", "required": ["error"],
-                "properties": {"error": {"type": "object", "required": ["code", "message"],
-                    "properties": {"code": {"type": "string", "description": "Stable, machine-readable"},
-                                   "message": {"type": "string"}}}}
-            }}
+            "schemas": schemas,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::{JSON_BODIES, LINKS, QUERIES, document, documented_routes, operation_id};
+
+    /// The API's route modules and where the router nests them.
+    const ROUTERS: &[(&str, &str)] = &[
+        ("", include_str!("mod.rs")),
+        ("/admin", include_str!("admin.rs")),
+        ("/admin", include_str!("plugins.rs")),
+        ("/store", include_str!("storefront.rs")),
+        ("/webhooks", include_str!("webhooks.rs")),
+    ];
+
+    /// (method, path) of every `.route(…)` in the route modules' source.
+    fn routed() -> BTreeSet<(String, String)> {
+        let mut routes = BTreeSet::new();
+        for (prefix, source) in ROUTERS {
+            for (at, _) in source.match_indices(".route(") {
+                let rest = source[at + ".route(".len()..].trim_start();
+                let Some(rest) = rest.strip_prefix('"') else {
+                    continue;
+                };
+                let Some((path, rest)) = rest.split_once('"') else {
+                    continue;
+                };
+                // The call's arguments: up to the parenthesis that closes `.route(`.
+                let mut depth = 1;
+                let end = rest
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        match c {
+                            '(' => depth += 1,
+                            ')' => depth -= 1,
+                            _ => {}
+                        }
+                        depth == 0
+                    })
+                    .map_or(rest.len(), |(i, _)| i);
+                let arguments = &rest[..end];
+                for method in ["get", "post", "put", "patch", "delete"] {
+                    let called = arguments
+                        .match_indices(&format!("{method}("))
+                        .any(|(i, _)| {
+                            i == 0
+                                || !arguments[..i]
+                                    .ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                        });
+                    if called {
+                        routes.insert((method.to_owned(), format!("{prefix}{path}")));
+                    }
+                }
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn every_route_the_router_serves_is_documented() {
+        let routed = routed();
+        assert!(routed.len() > 50, "the source scan found {routed:?}");
+        let documented: BTreeSet<(String, String)> = documented_routes()
+            .map(|(m, p)| (m.to_owned(), p.to_owned()))
+            .collect();
+        let undocumented: Vec<_> = routed.difference(&documented).collect();
+        assert!(undocumented.is_empty(), "not in ROUTES: {undocumented:?}");
+        let unrouted: Vec<_> = documented.difference(&routed).collect();
+        assert!(unrouted.is_empty(), "documented, not routed: {unrouted:?}");
+    }
+
+    #[test]
+    fn every_body_query_and_link_names_a_documented_route() {
+        let documented: BTreeSet<(&str, &str)> = documented_routes().collect();
+        for (method, path, ..) in JSON_BODIES {
+            assert!(
+                documented.contains(&(*method, *path)),
+                "body of {method} {path}"
+            );
+        }
+        for (method, path, _) in QUERIES {
+            assert!(
+                documented.contains(&(*method, *path)),
+                "query of {method} {path}"
+            );
+        }
+        for (method, path, to_method, to_path, _) in LINKS {
+            assert!(
+                documented.contains(&(*method, *path)),
+                "link from {method} {path}"
+            );
+            assert!(
+                documented.contains(&(*to_method, *to_path)),
+                "link to {to_method} {to_path}"
+            );
+        }
+    }
+
+    /// A handler that reads a body has its schema in the document; one that reads none is
+    /// named here, so that a new body cannot go undocumented.
+    #[test]
+    fn every_write_route_documents_its_body_or_takes_none() {
+        const BODILESS: &[(&str, &str)] = &[
+            ("post", "/admin/products/{id}/archive"),
+            ("post", "/admin/orders/{id}/cancel"),
+            ("post", "/admin/plugins/{name}/rollback"),
+            ("post", "/admin/plugins/{name}/disable"),
+            ("post", "/admin/plugins/{name}/enable"),
+            ("put", "/admin/plugins/{name}/grants/{capability}"),
+            ("delete", "/admin/plugins/{name}/grants/{capability}"),
+            ("delete", "/admin/plugins/{name}/secrets/{secret}"),
+            ("delete", "/store/carts/{id}/lines/{line}"),
+        ];
+        let doc = document();
+        for (method, path) in documented_routes() {
+            let operation = &doc["paths"][path][method];
+            assert_eq!(operation["operationId"], operation_id(method, path));
+            if method == "get" {
+                assert!(operation.get("requestBody").is_none(), "{method} {path}");
+                continue;
+            }
+            let has_body = operation.get("requestBody").is_some();
+            assert_eq!(
+                has_body,
+                !BODILESS.contains(&(method, path)),
+                "{method} {path}: a body documented for a route that takes none, or missing"
+            );
+        }
+    }
+
+    #[test]
+    fn schemas_resolve_and_state_what_the_handlers_refuse() {
+        let doc = document();
+        let text = doc.to_string();
+        // Every reference points at a schema the document has.
+        for (at, _) in text.match_indices("\"$ref\":\"#/components/schemas/") {
+            let name = &text[at + "\"$ref\":\"#/components/schemas/".len()..];
+            let name = &name[..name.find('"').expect("closing quote")];
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "dangling $ref to {name}"
+            );
+        }
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["NewLine"]["properties"]["quantity"]["minimum"], 1);
+        assert_eq!(schemas["NewLine"]["properties"]["quantity"]["maximum"], 999);
+        assert_eq!(schemas["NewLine"]["additionalProperties"], false);
+        assert_eq!(schemas["ShippingChoice"]["required"][0], "code");
+        // Query parameters are never `null` (a query string cannot say it).
+        let products = &doc["paths"]["/store/products"]["get"]["parameters"];
+        let limit = products
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "limit"))
+            .expect("limit");
+        assert_eq!(limit["schema"]["type"], "integer");
+        assert_eq!(limit["required"], false);
+        let metrics = &doc["paths"]["/metrics"]["get"]["responses"]["2XX"]["content"];
+        assert!(metrics.get("text/plain").is_some());
+    }
 }

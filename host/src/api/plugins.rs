@@ -60,9 +60,10 @@ async fn describe(
     Ok(Json(state.registry().describe(&name).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct UploadQuery {
+pub(crate) struct UploadQuery {
+    /// Activate the version once it is stored.
     #[serde(default)]
     activate: bool,
 }
@@ -130,9 +131,10 @@ async fn upload(
     Ok((status, Json(json!({"uploaded": stored, "plugin": plugin}))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Activate {
+pub(crate) struct Activate {
+    /// A stored version of the plugin.
     version: String,
 }
 
@@ -140,9 +142,9 @@ async fn activate(
     admin: Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Result<Json<Activate>, JsonRejection>,
+    body: Result<super::JsonObject<Activate>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body?;
+    let super::JsonObject(body) = body?;
     Ok(Json(
         state
             .registry()
@@ -192,9 +194,9 @@ async fn configure(
     admin: Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Result<Json<BTreeMap<String, String>>, JsonRejection>,
+    body: Result<super::JsonObject<BTreeMap<String, String>>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(values) = body?;
+    let super::JsonObject(values) = body?;
     Ok(Json(
         state
             .registry()
@@ -235,9 +237,9 @@ async fn set_secret(
     admin: Admin,
     State(state): State<AppState>,
     Path((name, secret)): Path<(String, String)>,
-    body: Result<Json<crate::plugin::SecretRef>, JsonRejection>,
+    body: Result<super::JsonObject<crate::plugin::SecretRef>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(reference) = body?;
+    let super::JsonObject(reference) = body?;
     Ok(Json(
         state
             .registry()
@@ -259,9 +261,10 @@ async fn remove_secret(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Limit {
+pub(crate) struct Limit {
+    /// At most this many (default: 100 audit entries, 20 calls).
     limit: Option<u32>,
 }
 
@@ -296,9 +299,10 @@ async fn calls(
     ))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Replay {
+pub(crate) struct Replay {
+    /// How many of the latest logged calls (default 100).
     last: Option<u32>,
 }
 
@@ -321,9 +325,10 @@ async fn replay(
     Ok(Json(json!(report)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Order {
+pub(crate) struct Order {
+    /// Every active plugin of the hook, in the order they run.
     plugins: Vec<String>,
 }
 
@@ -331,12 +336,12 @@ async fn reorder(
     admin: Admin,
     State(state): State<AppState>,
     Path(hook): Path<String>,
-    body: Result<Json<Order>, JsonRejection>,
+    body: Result<super::JsonObject<Order>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let hook: HookKind = hook
         .parse()
         .map_err(|e: String| ApiError::not_found("unknown_hook", e))?;
-    let Json(order) = body?;
+    let super::JsonObject(order) = body?;
     Ok(Json(
         state
             .registry()

@@ -42,19 +42,22 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/orders/{id}/returns", post(request_return))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Registration {
+pub(crate) struct Registration {
+    /// The account's email; unique.
     email: String,
+    /// 10 to 1,024 characters.
     password: String,
+    /// The customer's name.
     name: String,
 }
 
 async fn register(
     State(state): State<AppState>,
-    body: Result<Json<Registration>, JsonRejection>,
+    body: Result<super::JsonObject<Registration>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(r) = body?;
+    let super::JsonObject(r) = body?;
     let customer = state
         .customers
         .register(&r.email, &r.password, &r.name, now_ms())
@@ -62,18 +65,20 @@ async fn register(
     Ok((StatusCode::CREATED, Json(json!(customer))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Login {
+pub(crate) struct Login {
+    /// The account's email.
     email: String,
+    /// Its password.
     password: String,
 }
 
 async fn login(
     State(state): State<AppState>,
-    body: Result<Json<Login>, JsonRejection>,
+    body: Result<super::JsonObject<Login>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(l) = body?;
+    let super::JsonObject(l) = body?;
     let (customer, token) = state
         .customers
         .login(&l.email, &l.password, now_ms())
@@ -87,17 +92,12 @@ async fn my_orders(State(state): State<AppState>, me: SignedIn) -> Result<Json<V
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ReturnLine {
-    sku: String,
-    quantity: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReturnRequest {
-    lines: Vec<ReturnLine>,
+pub(crate) struct ReturnRequest {
+    /// The units to return.
+    lines: Vec<super::SkuUnits>,
+    /// Why.
     #[serde(default)]
     reason: Option<String>,
 }
@@ -107,9 +107,9 @@ async fn request_return(
     State(state): State<AppState>,
     me: SignedIn,
     Path(id): Path<String>,
-    body: Result<Json<ReturnRequest>, JsonRejection>,
+    body: Result<super::JsonObject<ReturnRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(r) = body?;
+    let super::JsonObject(r) = body?;
     if !state.orders.owned_by(&id, &me.customer_id).await? {
         return Err(ApiError::not_found("order_not_found", "no such order"));
     }
@@ -140,7 +140,7 @@ async fn my_order(
 async fn set_details(
     State(state): State<AppState>,
     CartCaller(id, key): CartCaller,
-    body: Result<Json<crate::carts::CartDetails>, JsonRejection>,
+    body: Result<super::JsonObject<crate::carts::CartDetails>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let details = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
@@ -163,18 +163,19 @@ async fn shipping_offers(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ShippingChoice {
+pub(crate) struct ShippingChoice {
     /// A method's code, or null for none. Required: `{}` is a mistake, not a way to clear it.
     #[serde(deserialize_with = "Option::deserialize")]
+    #[schemars(required, with = "Option<String>")]
     code: Option<String>,
 }
 
 async fn set_shipping_method(
     State(state): State<AppState>,
     CartCaller(id, key): CartCaller,
-    body: Result<Json<ShippingChoice>, JsonRejection>,
+    body: Result<super::JsonObject<ShippingChoice>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let choice = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
@@ -201,6 +202,9 @@ async fn checkout(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let parsed = super::idempotency::key(&headers).and_then(|key| {
         let Json(body) = body?;
+        if body.is_array() {
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        }
         // serde quotes the offending value; a card number sent by mistake must not come back
         // (nor be stored with the idempotent answer).
         let input = serde_json::from_value::<CheckoutInput>(body.clone()).map_err(|e| {
@@ -258,9 +262,10 @@ async fn list_products(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RecommendationQuery {
+pub(crate) struct RecommendationQuery {
+    /// How many (1 to 20, default 4).
     limit: Option<u32>,
 }
 
@@ -435,29 +440,31 @@ async fn opened_body<T>(
     state: &AppState,
     id: &str,
     key: &CartKey,
-    body: Result<Json<T>, JsonRejection>,
+    body: Result<super::JsonObject<T>, ApiError>,
 ) -> Result<T, ApiError> {
     match body {
-        Ok(Json(body)) => Ok(body),
+        Ok(super::JsonObject(body)) => Ok(body),
         Err(refused) => {
             state.carts.authorize(id, key).await?;
-            Err(refused.into())
+            Err(refused)
         }
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewCart {
+pub(crate) struct NewCart {
+    /// ISO 4217 code, upper case; the cart is priced in it.
+    #[schemars(regex(pattern = "^[A-Z]{3}$"))]
     currency: String,
 }
 
 async fn create_cart(
     State(state): State<AppState>,
     MaybeSignedIn(customer): MaybeSignedIn,
-    body: Result<Json<NewCart>, JsonRejection>,
+    body: Result<super::JsonObject<NewCart>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(new) = body?;
+    let super::JsonObject(new) = body?;
     let now = now_ms();
     let (view, token) = state
         .carts
@@ -476,17 +483,20 @@ async fn cart(
     Ok(Json(priced(&state, view, now_ms()).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewLine {
+pub(crate) struct NewLine {
+    /// The variant's SKU.
     sku: String,
+    /// Units; added to the line when the cart already holds the SKU.
+    #[schemars(range(min = 1, max = 999))]
     quantity: i64,
 }
 
 async fn add_line(
     State(state): State<AppState>,
     CartCaller(id, key): CartCaller,
-    body: Result<Json<NewLine>, JsonRejection>,
+    body: Result<super::JsonObject<NewLine>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let line = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
@@ -497,9 +507,11 @@ async fn add_line(
     Ok(Json(priced(&state, view, now).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Quantity {
+pub(crate) struct Quantity {
+    /// The line's new quantity.
+    #[schemars(range(min = 1, max = 999))]
     quantity: i64,
 }
 
@@ -507,7 +519,7 @@ async fn set_quantity(
     State(state): State<AppState>,
     CartCaller(id, key): CartCaller,
     Path((_, line)): Path<(String, String)>,
-    body: Result<Json<Quantity>, JsonRejection>,
+    body: Result<super::JsonObject<Quantity>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let q = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
@@ -528,16 +540,17 @@ async fn remove_line(
     Ok(Json(priced(&state, view, now).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Coupons {
+pub(crate) struct Coupons {
+    /// The codes the shopper entered, replacing those entered before.
     codes: Vec<String>,
 }
 
 async fn set_coupons(
     State(state): State<AppState>,
     CartCaller(id, key): CartCaller,
-    body: Result<Json<Coupons>, JsonRejection>,
+    body: Result<super::JsonObject<Coupons>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let c = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
