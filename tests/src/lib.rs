@@ -5,9 +5,11 @@
 //! process with the same cargo that runs the tests.
 //!
 //! It depends on nothing of the host, so the host's own integration tests (the CLI's) can use
-//! it too. [`localstripe`] runs a fake Stripe server for the payment tests.
+//! it too. [`localstripe`] runs a fake Stripe server for the payment tests; [`schemathesis`]
+//! runs an OpenAPI fuzzer against a live app.
 
 pub mod localstripe;
+pub mod schemathesis;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -223,4 +225,34 @@ async fn fresh_postgres(admin_url: &str) -> TestDatabase {
         _dir: None,
         postgres: Some((admin_url.to_owned(), name)),
     }
+}
+
+/// A test cannot run because `tool` (a Python package `.ci/run` installs) is missing: fails
+/// on CI (`CI` set); elsewhere warns on stderr, loudly, and the caller skips the test.
+pub fn skipping(tool: &str, why: &str) {
+    use std::io::Write;
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{why}: on CI the {tool} tests must run"
+    );
+    // Straight to the stderr handle: libtest captures `eprintln!` of passing tests, and this
+    // must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n\
+         ##########################################################################\n\
+         WARNING: SKIPPING a test against {tool}: {why}.\n\
+         It proved NOTHING. CI runs it; run .ci/run once to run it here.\n\
+         ##########################################################################\n"
+    );
+}
+
+/// A Python venv `.ci/run` creates for a tool: `$<var>`, or `$HOME/.cache/cartridge/<name>`
+/// (outside the repository, shared by worktrees).
+pub fn venv(var: &str, name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(var) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("cartridge").join(name)
 }

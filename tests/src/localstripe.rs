@@ -39,13 +39,7 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 /// The venv `.ci/run` creates: `$CARTRIDGE_LOCALSTRIPE_VENV`, or
 /// `$HOME/.cache/cartridge/localstripe-venv`.
 pub fn venv_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os(VENV_VAR) {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache")
-        .join("cartridge")
-        .join("localstripe-venv")
+    crate::venv(VENV_VAR, "localstripe-venv")
 }
 
 /// A running localstripe server, stopped on drop.
@@ -73,20 +67,7 @@ impl LocalStripe {
                 "localstripe is not installed in {} (run .ci/run, or set {VENV_VAR})",
                 venv_dir().display()
             );
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{why}: on CI the localstripe tests must run"
-            );
-            // Straight to the stderr handle: libtest captures `eprintln!` of passing tests,
-            // and this must be seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n\
-                 ##########################################################################\n\
-                 WARNING: SKIPPING a test against localstripe: {why}.\n\
-                 It proved NOTHING. CI runs it; run .ci/run once to run it here.\n\
-                 ##########################################################################\n"
-            );
+            crate::skipping("localstripe", &why);
             return None;
         }
         // A free port can be taken between finding it and the server binding it: try again.

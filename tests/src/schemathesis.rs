@@ -1,0 +1,75 @@
+//! schemathesis (PyPI): a property-based fuzzer driven by an OpenAPI document, run against a
+//! live app's `/openapi.json`.
+//!
+//! `.ci/run` installs it, pinned, into a venv of its own ([`venv_dir`]). [`run`] starts the
+//! `st` command line with a fixed seed, so that a failure reproduces, and returns its verdict
+//! and its report. Without the venv it fails on CI and skips elsewhere, like localstripe.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Overrides where the venv is.
+pub const VENV_VAR: &str = "CARTRIDGE_SCHEMATHESIS_VENV";
+
+/// The venv `.ci/run` creates: `$CARTRIDGE_SCHEMATHESIS_VENV`, or
+/// `$HOME/.cache/cartridge/schemathesis-venv`.
+pub fn venv_dir() -> PathBuf {
+    crate::venv(VENV_VAR, "schemathesis-venv")
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Report {
+    /// No check failed and no request errored.
+    pub passed: bool,
+    /// The command line's report (stdout and stderr).
+    pub text: String,
+}
+
+/// Runs every phase of schemathesis (examples, coverage, fuzzing, stateful) against the
+/// document at `<base>/openapi.json`, sending `headers` with every request, at most
+/// `max_examples` generated cases per operation and phase, from `seed`. The checks are all of
+/// schemathesis's but one: `positive_data_acceptance`, which counts a 4xx for a body that
+/// matches the schema as a failure, while the API refuses such bodies on purpose when they
+/// break a rule a schema cannot state (an unknown SKU, a duplicate id, a closed order).
+/// `None` when schemathesis is not installed (and this is not CI).
+pub fn run(base: &str, headers: &[(&str, &str)], seed: u64, max_examples: u32) -> Option<Report> {
+    let st = venv_dir().join("bin").join("st");
+    if !st.is_file() {
+        let why = format!(
+            "schemathesis is not installed in {} (run .ci/run, or set {VENV_VAR})",
+            venv_dir().display()
+        );
+        crate::skipping("schemathesis", &why);
+        return None;
+    }
+    let mut command = Command::new(&st);
+    command
+        .arg("run")
+        .arg(format!("{base}/openapi.json"))
+        .args(["--checks", "all"])
+        .args(["--exclude-checks", "positive_data_acceptance"])
+        .args(["--max-examples", &max_examples.to_string()])
+        .args(["--seed", &seed.to_string()])
+        .args(["--workers", "2"])
+        .args(["--request-timeout", "30"])
+        .args(["--suppress-health-check", "all"])
+        .args(["--warnings", "off"])
+        .arg("--no-color")
+        // Its own files (a cache of examples it found) go to a temporary directory.
+        .current_dir(std::env::temp_dir());
+    for (name, value) in headers {
+        command.args(["--header", &format!("{name}: {value}")]);
+    }
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", st.display()));
+    Some(Report {
+        passed: output.status.success(),
+        text: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    })
+}
