@@ -32,8 +32,16 @@ pub struct Report {
 /// schemathesis's but one: `positive_data_acceptance`, which counts a 4xx for a body that
 /// matches the schema as a failure, while the API refuses such bodies on purpose when they
 /// break a rule a schema cannot state (an unknown SKU, a duplicate id, a closed order).
+/// `paths`, when given, is a regular expression: only the operations on matching paths run,
+/// and not the stateful phase.
 /// `None` when schemathesis is not installed (and this is not CI).
-pub fn run(base: &str, headers: &[(&str, &str)], seed: u64, max_examples: u32) -> Option<Report> {
+pub fn run(
+    base: &str,
+    headers: &[(&str, &str)],
+    paths: Option<&str>,
+    seed: u64,
+    max_examples: u32,
+) -> Option<Report> {
     let st = venv_dir().join("bin").join("st");
     if !st.is_file() {
         let why = format!(
@@ -58,6 +66,11 @@ pub fn run(base: &str, headers: &[(&str, &str)], seed: u64, max_examples: u32) -
         .arg("--no-color")
         // Its own files (a cache of examples it found) go to a temporary directory.
         .current_dir(std::env::temp_dir());
+    if let Some(paths) = paths {
+        // The links run between operations a filter may leave out: no stateful phase then.
+        command.args(["--include-path-regex", paths]);
+        command.args(["--phases", "examples,coverage,fuzzing"]);
+    }
     for (name, value) in headers {
         command.args(["--header", &format!("{name}: {value}")]);
     }

@@ -2865,25 +2865,34 @@ async fn schemathesis_finds_no_server_error_and_no_drift_from_the_openapi_docume
         .await
         .expect("demo store");
         assert!(seeded);
-        let base = app.base.clone();
-        let report = tokio::task::spawn_blocking(move || {
-            cartridge_tests::schemathesis::run(
-                &base,
-                &[("Authorization", &format!("Bearer {ADMIN}"))],
-                20_261_205,
-                25,
-            )
-        })
-        .await
-        .expect("schemathesis");
-        let Some(report) = report else {
-            return;
-        };
-        assert!(
-            report.passed,
-            "{}: schemathesis found failures:\n{}",
-            app.db.backend, report.text
-        );
+        // Everything with an admin token; then the customer's own routes with a customer's
+        // (an admin token does not open them).
+        let customer = app.customer("fuzz@example.com").await;
+        for (token, paths) in [
+            (ADMIN.to_owned(), None),
+            (customer, Some("^/store/(customers/me/|orders/)")),
+        ] {
+            let base = app.base.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                cartridge_tests::schemathesis::run(
+                    &base,
+                    &[("Authorization", &format!("Bearer {token}"))],
+                    paths,
+                    20_261_205,
+                    25,
+                )
+            })
+            .await
+            .expect("schemathesis");
+            let Some(report) = report else {
+                return;
+            };
+            assert!(
+                report.passed,
+                "{}: schemathesis found failures:\n{}",
+                app.db.backend, report.text
+            );
+        }
         app.db.drop_database().await;
     }
 }
