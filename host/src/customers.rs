@@ -2,6 +2,12 @@
 //!
 //! Passwords are stored as argon2id hashes; tokens as SHA-256 digests. A wrong password and an
 //! unknown email fail the same way, after the same amount of hashing work.
+//!
+//! Guessing is slowed per email: after [`MAX_FAILED_LOGINS`] failures within
+//! [`FAILURE_WINDOW_MS`] the email is locked for [`LOCKOUT_MS`], known or not, and a login for
+//! it is refused (429) before any hashing. Hashing itself (each argon2 run holds ~19 MiB for
+//! tens of milliseconds) runs on at most as many blocking threads as there are cores: a flood
+//! of logins or registrations queues instead of taking the process's memory.
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
@@ -9,11 +15,21 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 use crate::db::Db;
 
 /// How long a login lasts.
 pub const TOKEN_TTL_MS: i64 = 30 * 24 * 60 * 60 * 1000;
+/// Failed logins of one email within [`FAILURE_WINDOW_MS`] that lock it.
+pub const MAX_FAILED_LOGINS: i64 = 5;
+/// The window failed logins are counted in.
+pub const FAILURE_WINDOW_MS: i64 = 15 * 60 * 1000;
+/// How long a locked email stays locked.
+pub const LOCKOUT_MS: i64 = 15 * 60 * 1000;
+/// The longest password accepted (bytes): argon2's work grows with the input.
+const MAX_PASSWORD_BYTES: usize = 1024;
 
 /// Why an account operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +43,12 @@ pub enum CustomerError {
     /// Wrong email or password.
     #[error("wrong email or password")]
     InvalidCredentials,
+    /// Too many failed logins for this email of late.
+    #[error("too many failed logins for this email; try again in {retry_after_secs} s")]
+    TooManyAttempts {
+        /// When a login may be tried again, in seconds from now.
+        retry_after_secs: i64,
+    },
     /// Hashing failed.
     #[error("password hashing failed")]
     Hashing,
@@ -42,6 +64,7 @@ impl CustomerError {
             CustomerError::Invalid(_) => "invalid_input",
             CustomerError::EmailTaken => "email_taken",
             CustomerError::InvalidCredentials => "invalid_credentials",
+            CustomerError::TooManyAttempts { .. } => "too_many_attempts",
             CustomerError::Hashing | CustomerError::Database(_) => "internal",
         }
     }
@@ -64,6 +87,27 @@ pub struct Customer {
 #[derive(Debug, Clone)]
 pub struct Customers {
     db: Db,
+    /// Permits for password hashing, one per core.
+    hashing: Arc<Semaphore>,
+}
+
+/// Runs `work` (password hashing) on a blocking thread once a permit of `permits` is free; the
+/// permit is held until the work ends, even when the caller has gone.
+async fn hash_bounded<T: Send + 'static>(
+    permits: &Arc<Semaphore>,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let permit = Arc::clone(permits)
+        .acquire_owned()
+        .await
+        .map_err(|_| CustomerError::Hashing)?;
+    tokio::task::spawn_blocking(move || {
+        let done = work();
+        drop(permit);
+        done
+    })
+    .await
+    .map_err(|_| CustomerError::Hashing)
 }
 
 fn digest(token: &str) -> String {
@@ -85,7 +129,11 @@ fn decoy_hash() -> &'static str {
 impl Customers {
     /// Accounts over `db`.
     pub fn new(db: Db) -> Self {
-        Self { db }
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        Self {
+            db,
+            hashing: Arc::new(Semaphore::new(cores)),
+        }
     }
 
     /// Registers an account.
@@ -102,7 +150,7 @@ impl Customers {
                 "email is not an email address".into(),
             ));
         }
-        if password.chars().count() < 10 || password.len() > 1024 {
+        if password.chars().count() < 10 || password.len() > MAX_PASSWORD_BYTES {
             return Err(CustomerError::Invalid(
                 "a password needs at least 10 characters".into(),
             ));
@@ -113,14 +161,13 @@ impl Customers {
             ));
         }
         let password = password.to_owned();
-        let hash = tokio::task::spawn_blocking(move || {
+        let hash = hash_bounded(&self.hashing, move || {
             let salt = SaltString::generate(&mut OsRng);
             Argon2::default()
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
         })
-        .await
-        .map_err(|_| CustomerError::Hashing)?
+        .await?
         .map_err(|_| CustomerError::Hashing)?;
         let id = uuid::Uuid::now_v7().to_string();
         let inserted = sqlx::query(
@@ -148,6 +195,16 @@ impl Customers {
     /// Logs in; returns the customer and a new bearer token (shown once).
     pub async fn login(&self, email: &str, password: &str, now: i64) -> Result<(Customer, String)> {
         let email = email.trim().to_lowercase();
+        let locked_until: Option<i64> =
+            sqlx::query_scalar("SELECT locked_until FROM login_throttle WHERE email = $1")
+                .bind(&email)
+                .fetch_optional(self.db.reader())
+                .await?;
+        if let Some(until) = locked_until.filter(|until| *until > now) {
+            return Err(CustomerError::TooManyAttempts {
+                retry_after_secs: (until - now + 999) / 1000,
+            });
+        }
         let row = sqlx::query("SELECT id, name, password_hash FROM customers WHERE email = $1")
             .bind(&email)
             .fetch_optional(self.db.reader())
@@ -156,21 +213,30 @@ impl Customers {
             Some(r) => r.try_get::<String, _>("password_hash")?,
             None => decoy_hash().to_owned(),
         };
-        let password = password.to_owned();
-        let verified = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&stored)
-                .map(|hash| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &hash)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .map_err(|_| CustomerError::Hashing)?;
+        // No account has a longer password: refused without the hashing it would cost.
+        let verified = password.len() <= MAX_PASSWORD_BYTES && {
+            let password = password.to_owned();
+            hash_bounded(&self.hashing, move || {
+                PasswordHash::new(&stored)
+                    .map(|hash| {
+                        Argon2::default()
+                            .verify_password(password.as_bytes(), &hash)
+                            .is_ok()
+                    })
+                    .unwrap_or(false)
+            })
+            .await?
+        };
         let Some(row) = row.filter(|_| verified) else {
+            self.record_failed_login(&email, now).await?;
             return Err(CustomerError::InvalidCredentials);
         };
+        if locked_until.is_some() {
+            sqlx::query("DELETE FROM login_throttle WHERE email = $1")
+                .bind(&email)
+                .execute(&mut *self.db.write_conn().await?)
+                .await?;
+        }
         let customer = Customer {
             id: row.try_get("id")?,
             email,
@@ -191,6 +257,44 @@ impl Customers {
         Ok((customer, token))
     }
 
+    /// Counts a failed login of `email`: the count starts over when its window has passed, and
+    /// the failure that reaches [`MAX_FAILED_LOGINS`] locks the email for [`LOCKOUT_MS`]. One
+    /// guarded upsert, so concurrent failures each count.
+    async fn record_failed_login(&self, email: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO login_throttle (email, failures, first_failed_at, locked_until) \
+             VALUES ($1, 1, $2, 0) \
+             ON CONFLICT (email) DO UPDATE SET \
+               failures = CASE WHEN login_throttle.first_failed_at < $3 THEN 1 \
+                               ELSE login_throttle.failures + 1 END, \
+               first_failed_at = CASE WHEN login_throttle.first_failed_at < $3 THEN $2 \
+                                      ELSE login_throttle.first_failed_at END, \
+               locked_until = CASE WHEN login_throttle.first_failed_at >= $3 \
+                                        AND login_throttle.failures + 1 >= $4 THEN $5 \
+                                   ELSE login_throttle.locked_until END",
+        )
+        .bind(email)
+        .bind(now)
+        .bind(now - FAILURE_WINDOW_MS)
+        .bind(MAX_FAILED_LOGINS)
+        .bind(now + LOCKOUT_MS)
+        .execute(&mut *self.db.write_conn().await?)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets failed logins whose window and lock have both passed. Returns how many emails.
+    pub async fn sweep_login_failures(&self, now: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM login_throttle WHERE locked_until <= $1 AND first_failed_at < $2",
+        )
+        .bind(now)
+        .bind(now - FAILURE_WINDOW_MS)
+        .execute(&mut *self.db.write_conn().await?)
+        .await?
+        .rows_affected())
+    }
+
     /// The customer a bearer token belongs to, if it is valid now.
     pub async fn authenticate(&self, token: &str, now: i64) -> Result<Option<String>> {
         let row = sqlx::query(
@@ -204,5 +308,56 @@ impl Customers {
             Some(r) => Some(r.try_get("customer_id")?),
             None => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::sync::Semaphore;
+
+    use super::hash_bounded;
+
+    /// Hashing stand-in: counts the jobs running at once, and the most seen.
+    #[derive(Clone, Default)]
+    struct Gauge {
+        running: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+
+    impl Gauge {
+        fn spawn(&self, permits: &Arc<Semaphore>, ms: u64) -> tokio::task::JoinHandle<()> {
+            let (gauge, permits) = (self.clone(), permits.clone());
+            tokio::spawn(async move {
+                hash_bounded(&permits, move || {
+                    let now = gauge.running.fetch_add(1, Ordering::SeqCst) + 1;
+                    gauge.most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(ms));
+                    gauge.running.fetch_sub(1, Ordering::SeqCst);
+                })
+                .await
+                .expect("hashed");
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn password_hashing_runs_at_most_one_job_per_permit() {
+        let permits = Arc::new(Semaphore::new(2));
+        let gauge = Gauge::default();
+        // A caller that gives up while its job runs does not free the permit early.
+        let abandoned = gauge.spawn(&permits, 300);
+        while gauge.running.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        abandoned.abort();
+        let jobs: Vec<_> = (0..12).map(|_| gauge.spawn(&permits, 20)).collect();
+        for job in jobs {
+            job.await.expect("job");
+        }
+        assert_eq!(gauge.most.load(Ordering::SeqCst), 2);
     }
 }

@@ -1741,6 +1741,92 @@ impl TestApp {
     }
 }
 
+/// Password guessing is slowed per email: five failures lock it for 15 minutes — the right
+/// password included, unknown emails alike (being locked says nothing about an account) —
+/// while other emails log in as before; the lock lifts when its time is up, and a success
+/// clears the count.
+#[tokio::test]
+async fn five_failed_logins_lock_an_email_for_a_while_and_no_other() {
+    use cartridge_host::customers::{Customers, LOCKOUT_MS, MAX_FAILED_LOGINS};
+    for db in test_databases().await {
+        let app = spawn_app(db, &[]).await;
+        app.customer("ada@example.com").await;
+        app.customer("bob@example.com").await;
+        let login = |email: &'static str, password: &'static str| {
+            let (client, base) = (app.client.clone(), app.base.clone());
+            async move {
+                let r = client
+                    .post(format!("{base}/store/customers/login"))
+                    .json(&json!({"email": email, "password": password}))
+                    .send()
+                    .await
+                    .expect("login");
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i64>().ok());
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.expect("json");
+                (
+                    status,
+                    body["error"]["code"].as_str().map(str::to_owned),
+                    retry_after,
+                )
+            }
+        };
+        for email in ["ada@example.com", "nobody@example.com"] {
+            for _ in 0..MAX_FAILED_LOGINS {
+                let (status, code, _) = login(email, "wrong password!").await;
+                assert_eq!(
+                    (status, code.as_deref()),
+                    (401, Some("invalid_credentials"))
+                );
+            }
+            let (status, code, retry_after) = login(email, "correct horse battery").await;
+            assert_eq!(
+                (status, code.as_deref()),
+                (429, Some("too_many_attempts")),
+                "{email}"
+            );
+            let retry_after = retry_after.expect("Retry-After");
+            assert!((LOCKOUT_MS / 1000 - 5..=LOCKOUT_MS / 1000).contains(&retry_after));
+        }
+        // Another email is not affected.
+        let (status, ..) = login("bob@example.com", "correct horse battery").await;
+        assert_eq!(status, 200);
+
+        // When the lock is over, the right password works again, and clears the count.
+        let pool = Db::connect(&app.db.url).await.expect("connect");
+        let customers = Customers::new(pool);
+        let later = cartridge_host::api::now_ms() + LOCKOUT_MS + 1_000;
+        customers
+            .login("ada@example.com", "correct horse battery", later)
+            .await
+            .expect("unlocked");
+        for _ in 0..MAX_FAILED_LOGINS - 1 {
+            assert!(
+                customers
+                    .login("ada@example.com", "wrong password!", later)
+                    .await
+                    .is_err()
+            );
+        }
+        customers
+            .login("ada@example.com", "correct horse battery", later)
+            .await
+            .expect("four failures do not lock");
+        assert_eq!(
+            customers
+                .sweep_login_failures(later + LOCKOUT_MS)
+                .await
+                .expect("sweep"),
+            1
+        );
+        app.db.drop_database().await;
+    }
+}
+
 #[tokio::test]
 async fn customers_see_their_own_carts_and_orders_and_nobody_elses() {
     for db in test_databases().await {

@@ -24,6 +24,8 @@ pub struct ApiError {
     /// A server-side failure that retrying with the same idempotency key cannot mend: stored
     /// and replayed like a client error.
     final_answer: bool,
+    /// Seconds until a retry may succeed: sent as `Retry-After`.
+    retry_after: Option<i64>,
 }
 
 impl ApiError {
@@ -34,6 +36,7 @@ impl ApiError {
             code,
             message: message.into(),
             final_answer: false,
+            retry_after: None,
         }
     }
 
@@ -92,7 +95,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
+        response
     }
 }
 
@@ -282,6 +292,11 @@ impl From<CustomerError> for ApiError {
             CustomerError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             CustomerError::EmailTaken => StatusCode::CONFLICT,
             CustomerError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            CustomerError::TooManyAttempts { retry_after_secs } => {
+                let mut refused = Self::new(StatusCode::TOO_MANY_REQUESTS, e.code(), e.to_string());
+                refused.retry_after = Some(*retry_after_secs);
+                return refused;
+            }
             CustomerError::Hashing => return Self::internal(&e),
             CustomerError::Database(cause) => return Self::internal(cause),
         };

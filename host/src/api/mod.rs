@@ -114,10 +114,14 @@ impl AppState {
     }
 
     /// Every few minutes, for as long as the returned task runs: sweeps expired and abandoned
-    /// idempotency keys, and releases lapsed reservations on levels no checkout touched since
-    /// ([`Inventory::release_lapsed`]). Several hosts on one database may all run it.
+    /// idempotency keys, releases lapsed reservations on levels no checkout touched since
+    /// ([`Inventory::release_lapsed`]), and forgets stale failed logins. Several hosts on one database may all run it.
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
-        let (db, inventory) = (self.db.clone(), self.inventory.clone());
+        let (db, inventory, customers) = (
+            self.db.clone(),
+            self.inventory.clone(),
+            self.customers.clone(),
+        );
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
             loop {
@@ -134,6 +138,9 @@ impl AppState {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(units = n, "lapsed reservations released"),
                     Err(e) => tracing::warn!("releasing lapsed reservations failed: {e}"),
+                }
+                if let Err(e) = customers.sweep_login_failures(now_ms()).await {
+                    tracing::warn!("sweeping failed logins failed: {e}");
                 }
             }
         })
