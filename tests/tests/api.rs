@@ -1715,6 +1715,20 @@ async fn every_route_in_the_openapi_document_exists() {
 }
 
 impl TestApp {
+    /// Seeds the demo store (`cartridge serve --demo`'s catalog, stock and shipping).
+    async fn seed_demo(&self) {
+        let pool = Db::connect(&self.db.url).await.expect("connect");
+        let seeded = cartridge_host::demo::seed(
+            &cartridge_host::catalog::Catalog::new(pool.clone()),
+            &cartridge_host::inventory::Inventory::new(pool.clone()),
+            &cartridge_host::shipping::Shipping::new(pool),
+            1,
+        )
+        .await
+        .expect("demo store");
+        assert!(seeded, "the catalog was not empty");
+    }
+
     async fn customer(&self, email: &str) -> String {
         let r = self
             .send(
@@ -2838,16 +2852,7 @@ async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_o
 async fn the_demo_store_can_be_shopped_as_the_readme_shows() {
     for db in test_databases().await {
         let app = spawn_app(db, WITH_COUPONS).await;
-        let pool = Db::connect(&app.db.url).await.expect("connect");
-        let seeded = cartridge_host::demo::seed(
-            &cartridge_host::catalog::Catalog::new(pool.clone()),
-            &cartridge_host::inventory::Inventory::new(pool.clone()),
-            &cartridge_host::shipping::Shipping::new(pool.clone()),
-            1,
-        )
-        .await
-        .expect("seed");
-        assert!(seeded);
+        app.seed_demo().await;
         let r = app.send(Method::GET, "/store/products", &[], None).await;
         assert_eq!(r.body["products"].as_array().map(Vec::len), Some(3));
         let r = app
@@ -2941,16 +2946,7 @@ async fn schemathesis_finds_no_server_error_and_no_drift_from_the_openapi_docume
             ],
         )
         .await;
-        let pool = Db::connect(&app.db.url).await.expect("connect");
-        let seeded = cartridge_host::demo::seed(
-            &cartridge_host::catalog::Catalog::new(pool.clone()),
-            &cartridge_host::inventory::Inventory::new(pool.clone()),
-            &cartridge_host::shipping::Shipping::new(pool.clone()),
-            0,
-        )
-        .await
-        .expect("demo store");
-        assert!(seeded);
+        app.seed_demo().await;
         // Everything with an admin token; then the customer's own routes with a customer's
         // (an admin token does not open them).
         let customer = app.customer("fuzz@example.com").await;
