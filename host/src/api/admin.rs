@@ -335,7 +335,10 @@ pub(super) fn optional_body<T: serde::de::DeserializeOwned + Default>(
     }
     super::refuse_arrays(bytes)?;
     match serde_json::from_slice::<Option<T>>(bytes) {
-        Ok(value) => Ok(value.unwrap_or_default()),
+        Ok(value) => {
+            super::refuse_nul(bytes)?;
+            Ok(value.unwrap_or_default())
+        }
         Err(e) if e.is_data() => Err(ApiError::invalid(e.to_string())),
         Err(e) => Err(ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,

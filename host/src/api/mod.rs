@@ -192,8 +192,47 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
         let bytes = axum::body::Bytes::from_request(request, state).await?;
         refuse_arrays(&bytes)?;
         let Json(value) = Json::<T>::from_bytes(&bytes)?;
+        refuse_nul(&bytes)?;
         Ok(Self(value))
     }
+}
+
+/// Refuses a JSON body with a NUL character (`\u0000`) in a string. PostgreSQL cannot store
+/// one in text (a 500 there, while SQLite took it): no field accepts it, on either database.
+pub(crate) fn refuse_nul(body: &[u8]) -> Result<(), ApiError> {
+    let mut at = 0;
+    while at < body.len() {
+        if body[at] == b'\\' {
+            if body.get(at + 1..at + 6) == Some(b"u0000") {
+                return Err(ApiError::invalid(
+                    "text must not contain the NUL character (\\u0000)",
+                ));
+            }
+            // An escape is two bytes at least; `\\` must not start another.
+            at += 2;
+        } else {
+            at += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a request whose path or query holds a NUL character (`%00`): no id, filter or
+/// name can contain one, and PostgreSQL cannot even compare text with it.
+async fn refuse_nul_in_uri(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request.uri().to_string().contains("%00") {
+        return ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_uri",
+            "the path and query must not contain the NUL character (%00)",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Refuses a body that is a JSON array where an object is wanted.
@@ -225,6 +264,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/store", storefront::routes())
         .nest("/webhooks", webhooks::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
                 |request: &axum::http::Request<axum::body::Body>| {

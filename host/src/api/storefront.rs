@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -198,13 +198,10 @@ async fn checkout(
     State(state): State<AppState>,
     CartCaller(id, cart_key): CartCaller,
     headers: axum::http::HeaderMap,
-    body: Result<Json<Value>, JsonRejection>,
+    body: Result<super::JsonObject<Value>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let parsed = super::idempotency::key(&headers).and_then(|key| {
-        let Json(body) = body?;
-        if body.is_array() {
-            return Err(ApiError::invalid("the body must be a JSON object"));
-        }
+        let super::JsonObject(body) = body?;
         // serde quotes the offending value; a card number sent by mistake must not come back
         // (nor be stored with the idempotent answer).
         let input = serde_json::from_value::<CheckoutInput>(body.clone()).map_err(|e| {
