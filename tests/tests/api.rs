@@ -741,6 +741,22 @@ async fn bad_input_gets_a_clear_client_error_and_changes_nothing() {
                 422,
                 "invalid_input",
             ),
+            // A NUL character: PostgreSQL cannot hold one in text (found by schemathesis; see
+            // the URI cases below).
+            (
+                Method::POST,
+                "/store/customers".to_owned(),
+                r#"{"email": "ada@example.com", "password": "correct horse battery", "name": "Ada\u0000"}"#.to_owned(),
+                422,
+                "invalid_input",
+            ),
+            (
+                Method::PUT,
+                format!("/store/carts/{cart}/details"),
+                r#"{"shipping_address": {"name": "Ada\u0000", "line1": "Main St 1", "city": "Berlin", "postal_code": "10115", "country": "DE"}}"#.to_owned(),
+                422,
+                "invalid_input",
+            ),
             // An array is not an object, though serde would fill a struct's fields from it in
             // order (found by schemathesis).
             (
@@ -803,38 +819,6 @@ async fn bad_input_gets_a_clear_client_error_and_changes_nothing() {
                 (r.status, r.body["error"]["code"].as_str()),
                 (400, Some("invalid_uri")),
                 "{path}"
-            );
-        }
-        let nul = "Ada\\u0000Lovelace";
-        for (method, path, body) in [
-            (
-                Method::POST,
-                "/store/customers".to_owned(),
-                format!(
-                    r#"{{"email": "ada@example.com", "password": "correct horse battery", "name": "{nul}"}}"#
-                ),
-            ),
-            (
-                Method::PUT,
-                format!("/store/carts/{cart}/details"),
-                format!(
-                    r#"{{"shipping_address": {{"name": "{nul}", "line1": "Main St 1", "city": "Berlin", "postal_code": "10115", "country": "DE"}}}}"#
-                ),
-            ),
-        ] {
-            let r = app
-                .send(
-                    method.clone(),
-                    &path,
-                    &[("x-cart-token", &token)],
-                    Some(body),
-                )
-                .await;
-            assert_eq!(
-                (r.status, r.body["error"]["code"].as_str()),
-                (422, Some("invalid_input")),
-                "{method} {path}: {}",
-                r.body
             );
         }
         // An escaped backslash before `u0000` is text, not a NUL.
