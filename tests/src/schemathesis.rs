@@ -59,7 +59,9 @@ pub fn run(
         .args(["--exclude-checks", "positive_data_acceptance"])
         .args(["--max-examples", &max_examples.to_string()])
         .args(["--seed", &seed.to_string()])
-        .args(["--workers", "2"])
+        // One worker: with two, hypothesis (under schemathesis) once failed in its own code
+        // ("AST constructor recursion depth mismatch", a race between its threads).
+        .args(["--workers", "1"])
         .args(["--request-timeout", "30"])
         .args(["--suppress-health-check", "all"])
         .args(["--warnings", "off"])
