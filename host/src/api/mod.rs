@@ -224,7 +224,8 @@ async fn refuse_nul_in_uri(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if request.uri().to_string().contains("%00") {
+    let uri = request.uri();
+    if uri.path().contains("%00") || uri.query().is_some_and(|q| q.contains("%00")) {
         return ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
             "invalid_uri",
