@@ -217,6 +217,11 @@ enum PaymentInput {
         step: WebhookStep,
         request: payment::WebhookRequest,
     },
+    Lookup {
+        #[allow(dead_code)]
+        step: LookupStep,
+        request: payment::FindRequest,
+    },
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -225,8 +230,14 @@ enum WebhookStep {
     ParseWebhook,
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LookupStep {
+    Find,
+}
+
 /// Calls `plugin`'s hook on `input`: a cart, a checkout, a personalization context, or a
-/// payment step (`{"step": "authorize" | … | "parse_webhook", "request": {…}}`).
+/// payment step (`{"step": "authorize" | … | "parse_webhook" | "find", "request": {…}}`).
 pub async fn invoke(plugin: &Plugin, input: serde_json::Value) -> Result<Invocation, InvokeError> {
     use crate::plugin::HookKind;
     fn parse<T: serde::de::DeserializeOwned>(
@@ -274,6 +285,7 @@ pub async fn invoke(plugin: &Plugin, input: serde_json::Value) -> Result<Invocat
         HookKind::Payment => match parse::<PaymentInput>(plugin, input)? {
             PaymentInput::Step(step) => done(plugin.payment(&step).await?),
             PaymentInput::Webhook { request, .. } => done(plugin.parse_webhook(&request).await?),
+            PaymentInput::Lookup { request, .. } => done(plugin.find(&request).await?),
         },
     })
 }

@@ -528,6 +528,20 @@ macro_rules! export_plugin {
                 }
             }
 
+            impl $crate::__private::payment::exports::cartridge::plugin::payment_lookup::Guest
+                for __CartridgeExport
+            {
+                fn find(
+                    request: $crate::payment::FindRequest,
+                ) -> ::core::result::Result<
+                    ::core::option::Option<__bindings::PaymentResult>,
+                    __bindings::PaymentError,
+                > {
+                    $crate::__private::enter();
+                    <$plugin as $crate::payment::Payment>::find(request)
+                }
+            }
+
             $crate::__private::payment::__export_payment!(
                 __CartridgeExport with_types_in $crate::__private::payment
             );

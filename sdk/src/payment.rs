@@ -10,6 +10,7 @@ pub use crate::__private::payment::exports::cartridge::plugin::payment::{
     AuthorizeRequest, CaptureRequest, PaymentError, PaymentErrorCode, PaymentResult, PaymentStatus,
     RefundRequest, VoidRequest, WebhookError, WebhookEvent, WebhookEventKind, WebhookRequest,
 };
+pub use crate::__private::payment::exports::cartridge::plugin::payment_lookup::FindRequest;
 pub use crate::{Attribute, Money, Timestamp};
 
 /// A payment connector. `authorize` is required; the other steps default to refusing with
@@ -39,6 +40,20 @@ pub trait Payment {
         Err(PaymentError::unsupported(
             "void",
             &request.gateway_reference,
+        ))
+    }
+
+    /// Looks up what the authorize step `request.operation_id` left at the gateway, when the
+    /// host never got its answer (a crash, a timeout). `Ok(None)`: the gateway holds no payment
+    /// from it. The host voids whatever is found, so this step only reads. The default says
+    /// the connector cannot look payments up; the host then leaves the operator a log line.
+    fn find(request: FindRequest) -> Result<Option<PaymentResult>, PaymentError> {
+        Err(PaymentError::new(
+            PaymentErrorCode::InvalidRequest,
+            format!(
+                "this connector cannot look up payments (operation {})",
+                request.operation_id
+            ),
         ))
     }
 

@@ -1,7 +1,7 @@
 //! # cartridge-tests
 //!
 //! End-to-end tests of the host live in `tests/tests/*.rs`; this library is what they share:
-//! the plugins of `plugins/` (examples and hostile ones), built for wasm32-wasip2 once per test
+//! the plugins of `plugins/` (examples, legacy and hostile ones), built for wasm32-wasip2 once per test
 //! process with the same cargo that runs the tests.
 //!
 //! It depends on nothing of the host, so the host's own integration tests (the CLI's) can use
@@ -52,16 +52,15 @@ impl BuiltPlugins {
         std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
     }
 
-    /// The crate directory of plugin `name`: `plugins/examples/<name>` or
-    /// `plugins/hostile/<name>`.
+    /// The crate directory of plugin `name`: `plugins/examples/<name>`,
+    /// `plugins/legacy/<name>` or `plugins/hostile/<name>`.
     pub fn crate_dir(&self, name: &str) -> PathBuf {
         let root = plugins_root();
-        let example = root.join("examples").join(name);
-        if example.is_dir() {
-            example
-        } else {
-            root.join("hostile").join(name)
-        }
+        ["examples", "legacy"]
+            .into_iter()
+            .map(|group| root.join(group).join(name))
+            .find(|dir| dir.is_dir())
+            .unwrap_or_else(|| root.join("hostile").join(name))
     }
 
     /// The text of plugin `name`'s `plugin.toml`.

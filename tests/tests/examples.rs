@@ -254,6 +254,60 @@ async fn the_test_gateway_authorizes_declines_and_moves_money_through_every_step
     assert_eq!(voided.status, payment::PaymentStatus::Voided);
 }
 
+#[tokio::test]
+async fn a_lost_authorisation_is_looked_up_and_a_connector_built_before_lookups_still_pays() {
+    let runtime = runtime();
+    let step: serde_json::Value = fixture("test-gateway", "authorize.json");
+    let Ok(PaymentRequest::Authorize(authorize)) = serde_json::from_value(step) else {
+        panic!("the fixture is an authorisation");
+    };
+    let find = payment::FindRequest {
+        operation_id: authorize.operation_id.clone(),
+        order_reference: authorize.order_reference.clone(),
+        amount: authorize.amount.clone(),
+        sent_at: authorize.now,
+        now: authorize.now + 600_000,
+    };
+
+    // Through the component's payment-lookup export: what authorize would have made.
+    let gateway = load(&runtime, "test-gateway");
+    assert!(gateway.looks_up());
+    let authorized = gateway
+        .payment(&PaymentRequest::Authorize(authorize.clone()))
+        .await
+        .expect("called")
+        .output
+        .expect("approved");
+    let found = gateway.find(&find).await.expect("called").output;
+    assert_eq!(found, Ok(Some(authorized)));
+    // The admin invocation takes the step too.
+    let invoked = hooks::invoke(
+        &gateway,
+        serde_json::json!({"step": "find", "request": find}),
+    )
+    .await
+    .expect("invoked");
+    assert_eq!(
+        invoked.output["Ok"]["status"], "Authorized",
+        "{}",
+        invoked.output
+    );
+
+    // A connector built for the basic-payment-plugin world (no payment-lookup) loads and pays
+    // as before; asked to look up, it fails with a named error instead of trapping.
+    let basic = load(&runtime, "basic-gateway");
+    assert!(!basic.looks_up());
+    let paid = basic
+        .payment(&PaymentRequest::Authorize(authorize))
+        .await
+        .expect("called")
+        .output
+        .expect("approved");
+    assert_eq!(paid.status, payment::PaymentStatus::Authorized);
+    let error = basic.find(&find).await.expect_err("no lookup");
+    assert_eq!(error.code(), "invalid_output", "{error}");
+}
+
 /// The test gateway's signature: FNV-1a 64 over `secret.t.body` (see the plugin's docs).
 fn sign(secret: &str, t: u64, body: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

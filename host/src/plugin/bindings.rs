@@ -91,8 +91,13 @@ pub mod personalization {
     pub use super::personalization_world::{PersonalizationPlugin, PersonalizationPluginPre};
 }
 
-/// The payment hook's types, and its pre-linked component type.
+/// The payment hook's types, and the export indices of its two interfaces: `payment`, which
+/// every connector exports, and `payment-lookup`, which connectors built before it existed
+/// (the `basic-payment-plugin` world) lack. The host binds them one by one rather than as the
+/// world, so that it still loads those.
 pub mod payment {
     pub use super::payment_world::exports::cartridge::plugin::payment::*;
-    pub use super::payment_world::{PaymentPlugin, PaymentPluginPre};
+    pub use super::payment_world::exports::cartridge::plugin::payment_lookup::{
+        FindRequest, Guest as Lookup, GuestIndices as LookupIndices,
+    };
 }

@@ -34,7 +34,38 @@ pub(crate) enum HookPre {
     Pricing(pricing::PricingPluginPre<StoreState>),
     Fraud(fraud::FraudPluginPre<StoreState>),
     Personalization(personalization::PersonalizationPluginPre<StoreState>),
-    Payment(payment::PaymentPluginPre<StoreState>),
+    Payment(PaymentPre),
+}
+
+/// A payment connector, pre-linked: its `payment` exports, and its `payment-lookup` exports
+/// when it has them (connectors built for the `basic-payment-plugin` world do not).
+#[derive(Clone)]
+pub(crate) struct PaymentPre {
+    pre: wasmtime::component::InstancePre<StoreState>,
+    steps: payment::GuestIndices,
+    lookup: Option<payment::LookupIndices>,
+}
+
+impl PaymentPre {
+    /// Fails only if `payment` is missing or mistyped: `payment-lookup` is optional.
+    pub(crate) fn new(pre: wasmtime::component::InstancePre<StoreState>) -> wasmtime::Result<Self> {
+        let steps = payment::GuestIndices::new(&pre)?;
+        let lookup = payment::LookupIndices::new(&pre).ok();
+        Ok(Self { pre, steps, lookup })
+    }
+
+    fn engine(&self) -> &wasmtime::Engine {
+        self.pre.engine()
+    }
+
+    /// A fresh instance's `payment` exports.
+    async fn instantiate_steps(
+        &self,
+        store: &mut Store<StoreState>,
+    ) -> wasmtime::Result<payment::Guest> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        self.steps.load(&mut *store, &instance)
+    }
 }
 
 /// A plugin version, compiled and ready to call. Immutable: a new version or new configuration
@@ -352,8 +383,7 @@ impl Plugin {
         }
         let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
         let result = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            let connector = instance.cartridge_plugin_payment();
+            let connector = pre.instantiate_steps(&mut store).await?;
             match request {
                 PaymentRequest::Authorize(r) => connector.call_authorize(&mut store, r).await,
                 PaymentRequest::Capture(r) => connector.call_capture(&mut store, r).await,
@@ -379,9 +409,8 @@ impl Plugin {
         };
         let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
         let result = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance
-                .cartridge_plugin_payment()
+            pre.instantiate_steps(&mut store)
+                .await?
                 .call_parse_webhook(&mut store, request)
                 .await
         }
@@ -391,6 +420,52 @@ impl Plugin {
             validate::webhook_event(event).map_err(|reason| self.invalid(reason))?;
         }
         Ok(call)
+    }
+
+    /// `find` without the metrics.
+    async fn find_unobserved(
+        &self,
+        request: &payment::FindRequest,
+    ) -> Result<Call<Result<Option<payment::PaymentResult>, payment::PaymentError>>, HookError>
+    {
+        let HookPre::Payment(pre) = &self.pre else {
+            return Err(self.not_this_hook(HookKind::Payment));
+        };
+        let Some(lookup) = &pre.lookup else {
+            return Err(self.invalid("it does not export payment-lookup".into()));
+        };
+        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
+        let result = async {
+            let instance = pre.pre.instantiate_async(&mut store).await?;
+            lookup
+                .load(&mut store, &instance)?
+                .call_find(&mut store, request)
+                .await
+        }
+        .await;
+        let call = self.finish(store, started, result)?;
+        if let Ok(Some(found)) = &call.output {
+            validate::found_payment(request, found).map_err(|reason| self.invalid(reason))?;
+        }
+        Ok(call)
+    }
+
+    /// Whether this payment connector can look up an authorisation whose answer was lost
+    /// (it exports `payment-lookup`).
+    pub fn looks_up(&self) -> bool {
+        matches!(&self.pre, HookPre::Payment(pre) if pre.lookup.is_some())
+    }
+
+    /// Looks up what an authorize step whose answer was lost left at the gateway. The gateway's
+    /// refusal is a successful call whose output is `Err(PaymentError)`; a connector without
+    /// `payment-lookup` ([`Plugin::looks_up`]) fails with an invalid-output error.
+    pub async fn find(
+        &self,
+        request: &payment::FindRequest,
+    ) -> Result<Call<Result<Option<payment::PaymentResult>, payment::PaymentError>>, HookError>
+    {
+        self.observed(None::<&()>, self.find_unobserved(request))
+            .await
     }
 
     /// Prices a cart.

@@ -143,7 +143,7 @@ impl Runtime {
                     .map_err(wrong(&manifest))?,
             ),
             HookKind::Payment => HookPre::Payment(
-                bindings::payment::PaymentPluginPre::new(instance_pre).map_err(wrong(&manifest))?,
+                super::call::PaymentPre::new(instance_pre).map_err(wrong(&manifest))?,
             ),
         };
         let plugin = Plugin::new(

@@ -203,8 +203,18 @@ pub fn ranking(
 /// Checks a payment step's result against the request: a reference, the same currency, and no
 /// more money moved than was asked for.
 pub fn payment_result(request: &PaymentRequest, result: &payment::PaymentResult) -> Check {
+    within_asked(result, request.amount())
+}
+
+/// Checks what a lookup found against what the authorize step asked for, as
+/// [`payment_result`] checks the step's own answer.
+pub fn found_payment(request: &payment::FindRequest, found: &payment::PaymentResult) -> Check {
+    within_asked(found, Some(&request.amount))
+}
+
+fn within_asked(result: &payment::PaymentResult, asked: Option<&Money>) -> Check {
     text("gateway reference", &result.gateway_reference, 255)?;
-    if let Some(asked) = request.amount() {
+    if let Some(asked) = asked {
         same_currency("result amount", &result.amount, &asked.currency)?;
         if result.amount.amount > asked.amount {
             return Err(format!(
@@ -408,5 +418,31 @@ mod tests {
         );
         assert_eq!(cleaned.ranked, vec!["C", "A", "B"]);
         assert_eq!(cleaned.recommended, vec!["B", "A"]);
+    }
+
+    #[test]
+    fn a_lookup_may_not_find_more_than_was_asked_or_another_currency() {
+        let request = payment::FindRequest {
+            operation_id: "o:authorize".into(),
+            order_reference: "o".into(),
+            amount: money(5_997),
+            sent_at: 0,
+            now: 0,
+        };
+        let found = |amount: Money, reference: &str| payment::PaymentResult {
+            status: payment::PaymentStatus::Authorized,
+            gateway_reference: reference.into(),
+            amount,
+            step_reference: None,
+        };
+        assert!(found_payment(&request, &found(money(5_997), "pi_1")).is_ok());
+        assert!(found_payment(&request, &found(money(5_000), "pi_1")).is_ok());
+        assert!(found_payment(&request, &found(money(5_998), "pi_1")).is_err());
+        let dollars = Money {
+            amount: 5_997,
+            currency: "USD".into(),
+        };
+        assert!(found_payment(&request, &found(dollars, "pi_1")).is_err());
+        assert!(found_payment(&request, &found(money(5_997), "")).is_err());
     }
 }

@@ -10,6 +10,7 @@
 //! | `capture`       | `POST /v1/payment_intents/{id}/capture` `amount_to_capture` (`final_capture=false` if not final) |
 //! | `refund`        | `POST /v1/refunds` `payment_intent`, `amount` (partial, as many as the host allows) |
 //! | `void`          | `POST /v1/payment_intents/{id}/cancel`                                  |
+//! | `find` (lookup) | `GET /v1/payment_intents?limit=100`, newest first, paging back to the time the authorisation was sent, matching `metadata[order_reference]` |
 //! | `parse-webhook` | no call: `Stripe-Signature` (HMAC-SHA256, 300 s) and the event, see [`webhook`] |
 //!
 //! A PaymentIntent in `requires_capture` is `authorized`, one in `requires_action` (3-D Secure)
@@ -48,15 +49,21 @@ pub mod webhook;
 use cartridge_sdk::http::{self, HttpError};
 use cartridge_sdk::log;
 use cartridge_sdk::payment::{
-    AuthorizeRequest, CaptureRequest, Payment, PaymentError, PaymentErrorCode, PaymentResult,
-    RefundRequest, VoidRequest, WebhookError, WebhookEvent, WebhookRequest,
+    AuthorizeRequest, CaptureRequest, FindRequest, Payment, PaymentError, PaymentErrorCode,
+    PaymentResult, RefundRequest, VoidRequest, WebhookError, WebhookEvent, WebhookRequest,
 };
 use request::{Settings, StripeRequest};
-use response::{Redactor, Step};
+use response::{Redactor, Scan, Step};
 use serde_json::Value;
 
 /// The default of the `api-base` configuration value.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
+
+/// A lookup pages back this far before the authorisation was sent: the clocks of the host and
+/// of Stripe differ.
+const LOOKUP_SLACK_SECONDS: i64 = 300;
+/// The most pages a lookup reads: 1,000 PaymentIntents created since the authorisation.
+const LOOKUP_MAX_PAGES: usize = 10;
 
 struct Stripe;
 
@@ -150,6 +157,30 @@ impl Payment for Stripe {
         let outgoing = request::void(&settings, &request)?;
         let object = call(Step::Void, &request.operation_id, outgoing, &redactor)?;
         response::voided(&object, &request.amount)
+    }
+
+    fn find(request: FindRequest) -> Result<Option<PaymentResult>, PaymentError> {
+        let settings = settings()?;
+        let redactor = Redactor::new([settings.api_key.as_str()]);
+        let not_before = request.sent_at.div_euclid(1000) - LOOKUP_SLACK_SECONDS;
+        let mut after: Option<String> = None;
+        for _ in 0..LOOKUP_MAX_PAGES {
+            let outgoing = request::find_page(&settings, after.as_deref())?;
+            let page = call(Step::Find, &request.operation_id, outgoing, &redactor)?;
+            match response::scan(&page, &request.order_reference, &request.amount, not_before)? {
+                Scan::Done(found) => return Ok(found),
+                Scan::Next(last) => after = Some(last),
+            }
+        }
+        Err(PaymentError::new(
+            PaymentErrorCode::InvalidRequest,
+            format!(
+                "no PaymentIntent with metadata[order_reference]={} among the {} created since; \
+                 look for it in the Stripe dashboard",
+                request.order_reference,
+                LOOKUP_MAX_PAGES * request::LOOKUP_PAGE
+            ),
+        ))
     }
 
     fn parse_webhook(request: WebhookRequest) -> Result<WebhookEvent, WebhookError> {

@@ -74,7 +74,7 @@ impl Settings {
 /// One HTTP request to Stripe, before it is handed to the host.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StripeRequest {
-    /// Always `POST` for the steps.
+    /// `POST` for the steps, `GET` for a lookup's pages.
     pub method: &'static str,
     /// Absolute URL.
     pub url: String,
@@ -361,6 +361,37 @@ pub fn void(settings: &Settings, request: &VoidRequest) -> Result<StripeRequest,
         &request.operation_id,
         &[],
     ))
+}
+
+/// The most PaymentIntents one page of a lookup asks for (Stripe's largest page).
+pub const LOOKUP_PAGE: usize = 100;
+
+/// Lookup: one page of the account's PaymentIntents, newest first, after `starting_after`
+/// (the last id of the page before). A read: no idempotency key, no body.
+pub fn find_page(
+    settings: &Settings,
+    starting_after: Option<&str>,
+) -> Result<StripeRequest, PaymentError> {
+    let mut url = format!(
+        "{}/v1/payment_intents?limit={LOOKUP_PAGE}",
+        settings.api_base
+    );
+    if let Some(after) = starting_after {
+        url.push_str("&starting_after=");
+        url.push_str(object_id(after)?);
+    }
+    Ok(StripeRequest {
+        method: "GET",
+        url,
+        headers: vec![
+            (
+                "authorization".to_owned(),
+                format!("Bearer {}", settings.api_key),
+            ),
+            ("user-agent".to_owned(), USER_AGENT.to_owned()),
+        ],
+        body: Vec::new(),
+    })
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub enum Step {
     Refund,
     /// Cancel a PaymentIntent.
     Void,
+    /// List PaymentIntents, looking for an authorisation whose answer was lost.
+    Find,
 }
 
 /// The longest message passed on.
@@ -423,6 +425,68 @@ pub fn voided(object: &Value, released: &Money) -> Result<PaymentResult, Payment
         id,
         released.clone(),
     ))
+}
+
+/// What one page of a lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scan {
+    /// The search is over: the authorisation's PaymentIntent as it stands (none if it holds
+    /// nothing), or none at all.
+    Done(Option<PaymentResult>),
+    /// Not on this page: ask for the next one, after this id.
+    Next(String),
+}
+
+/// Looks through one page of `GET /v1/payment_intents` (newest first, as Stripe lists) for the
+/// PaymentIntent the authorisation of `order_reference` created (its
+/// `metadata[order_reference]`). The search ends at the end of the list, or with a page that
+/// reaches back before `not_before` (Unix seconds): the intent cannot be older than that.
+pub fn scan(
+    page: &Value,
+    order_reference: &str,
+    asked: &Money,
+    not_before: i64,
+) -> Result<Scan, PaymentError> {
+    let Some(intents) = page.get("data").and_then(Value::as_array) else {
+        return Err(error(
+            PaymentErrorCode::GatewayUnavailable,
+            "Stripe's answer is not a list of PaymentIntents",
+        ));
+    };
+    let ours = |intent: &&Value| {
+        intent
+            .get("metadata")
+            .and_then(|m| text(m, "order_reference"))
+            == Some(order_reference)
+    };
+    if let Some(intent) = intents.iter().find(ours) {
+        return found(intent, asked).map(Scan::Done);
+    }
+    let more = page.get("has_more").and_then(Value::as_bool) == Some(true);
+    let last = intents.last();
+    let reaches_back = last
+        .and_then(|i| i.get("created"))
+        .and_then(Value::as_i64)
+        .is_some_and(|created| created < not_before);
+    match last.and_then(|i| text(i, "id")) {
+        Some(id) if more && !reaches_back => Ok(Scan::Next(id.to_owned())),
+        _ => Ok(Scan::Done(None)),
+    }
+}
+
+/// An authorisation's PaymentIntent as it stands; none when it holds nothing.
+fn found(intent: &Value, asked: &Money) -> Result<Option<PaymentResult>, PaymentError> {
+    let id = payment_intent_id(intent)?;
+    match status(intent) {
+        "canceled" => Ok(Some(PaymentResult::new(
+            PaymentStatus::Voided,
+            id,
+            within(money(intent, "amount"), asked),
+        ))),
+        // Declined, or never confirmed: nothing is held.
+        "requires_payment_method" | "requires_confirmation" => Ok(None),
+        _ => authorized(intent, asked).map(Some),
+    }
 }
 
 #[cfg(test)]
@@ -854,5 +918,77 @@ mod tests {
         }
         let long = r.clean(&"é".repeat(400));
         assert!(long.len() <= MAX_MESSAGE + '…'.len_utf8() && long.ends_with('…'));
+    }
+
+    fn intent(id: &str, order: &str, status: &str, created: i64) -> Value {
+        serde_json::json!({
+            "id": id, "object": "payment_intent", "amount": 5997, "amount_capturable": 5997,
+            "currency": "eur", "status": status, "created": created,
+            "metadata": {"order_reference": order},
+        })
+    }
+
+    fn page(intents: Vec<Value>, has_more: bool) -> Value {
+        serde_json::json!({"object": "list", "data": intents, "has_more": has_more})
+    }
+
+    #[test]
+    fn a_lookup_finds_its_intent_by_order_reference_and_says_what_it_holds() {
+        let asked = Money::new(5_997, "EUR");
+        let scan_one = |status: &str| {
+            let list = page(
+                vec![
+                    intent("pi_other", "o-2", "requires_capture", 1_000),
+                    intent("pi_ours", "o-1", status, 1_000),
+                ],
+                true,
+            );
+            scan(&list, "o-1", &asked, 900).expect("a page")
+        };
+        let authorized = PaymentResult::new(PaymentStatus::Authorized, "pi_ours", asked.clone());
+        assert_eq!(scan_one("requires_capture"), Scan::Done(Some(authorized)));
+        let Scan::Done(Some(captured)) = scan_one("succeeded") else {
+            panic!("found")
+        };
+        assert_eq!(captured.status, PaymentStatus::Captured);
+        let Scan::Done(Some(voided)) = scan_one("canceled") else {
+            panic!("found")
+        };
+        assert_eq!(voided.status, PaymentStatus::Voided);
+        // A decline holds nothing.
+        assert_eq!(scan_one("requires_payment_method"), Scan::Done(None));
+    }
+
+    #[test]
+    fn a_lookup_pages_back_until_the_list_ends_or_reaches_before_the_request() {
+        let asked = Money::new(5_997, "EUR");
+        let newer = page(
+            vec![
+                intent("pi_3", "o-3", "requires_capture", 1_000),
+                intent("pi_2", "o-2", "requires_capture", 950),
+            ],
+            true,
+        );
+        assert_eq!(
+            scan(&newer, "o-1", &asked, 900),
+            Ok(Scan::Next("pi_2".into()))
+        );
+        let older = page(vec![intent("pi_1", "o-0", "canceled", 899)], true);
+        assert_eq!(scan(&older, "o-1", &asked, 900), Ok(Scan::Done(None)));
+        let last = page(vec![intent("pi_1", "o-0", "canceled", 950)], false);
+        assert_eq!(scan(&last, "o-1", &asked, 900), Ok(Scan::Done(None)));
+        assert_eq!(
+            scan(&page(vec![], false), "o-1", &asked, 900),
+            Ok(Scan::Done(None))
+        );
+        // Not a list: the gateway cannot tell now.
+        let error = scan(
+            &serde_json::json!({"object": "payment_intent"}),
+            "o-1",
+            &asked,
+            0,
+        )
+        .expect_err("not a list");
+        assert_eq!(error.code, PaymentErrorCode::GatewayUnavailable);
     }
 }

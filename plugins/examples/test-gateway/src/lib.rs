@@ -23,6 +23,12 @@
 //! operation gets the same reference. Capture, refund and void succeed and echo the request
 //! (`tg_cap_…` and `tg_ref_…` step references); a void releases the amount it names.
 //!
+//! **Lookup** (`payment-lookup`, what the host asks about a checkout interrupted after it sent
+//! authorize). The test gateway keeps no state, so it answers as the operator's `lookup`
+//! configuration value says: `held` (the default: an authorisation `tg_<operation id>` for the
+//! amount asked), `nothing` (no payment), `gateway-unavailable` (cannot tell now) or
+//! `unsupported` (`invalid-request`, as a connector that cannot look payments up answers).
+//!
 //! Faults on demand, for testing what a host does when a capture fails: the `capture-fault`
 //! configuration value makes every capture answer `gateway-unavailable` (an outcome the host
 //! cannot know: the capture may have happened) or `invalid-state` (a definite refusal); empty,
@@ -49,7 +55,7 @@
 //! payments.
 
 use cartridge_sdk::payment::{
-    AuthorizeRequest, CaptureRequest, Money, Payment, PaymentError, PaymentErrorCode,
+    AuthorizeRequest, CaptureRequest, FindRequest, Money, Payment, PaymentError, PaymentErrorCode,
     PaymentResult, PaymentStatus, RefundRequest, VoidRequest, WebhookError, WebhookEvent,
     WebhookEventKind, WebhookRequest,
 };
@@ -225,6 +231,11 @@ impl Payment for TestGateway {
         })
     }
 
+    fn find(request: FindRequest) -> Result<Option<PaymentResult>, PaymentError> {
+        let lookup = cartridge_sdk::config("lookup").unwrap_or_default();
+        find(&lookup, request)
+    }
+
     fn parse_webhook(request: WebhookRequest) -> Result<WebhookEvent, WebhookError> {
         let secret = cartridge_sdk::config("webhook-secret")
             .unwrap_or_else(|| DEFAULT_WEBHOOK_SECRET.to_owned());
@@ -233,6 +244,27 @@ impl Payment for TestGateway {
 }
 
 cartridge_sdk::export_plugin!(payment, TestGateway);
+
+/// What a lookup answers under the `lookup` configuration value (see the crate's docs).
+fn find(lookup: &str, request: FindRequest) -> Result<Option<PaymentResult>, PaymentError> {
+    match lookup {
+        "" | "held" => Ok(Some(PaymentResult {
+            status: PaymentStatus::Authorized,
+            gateway_reference: reference(&request.operation_id),
+            amount: request.amount,
+            step_reference: None,
+        })),
+        "nothing" => Ok(None),
+        "gateway-unavailable" => Err(PaymentError::new(
+            PaymentErrorCode::GatewayUnavailable,
+            "The gateway could not be reached.",
+        )),
+        _ => Err(PaymentError::new(
+            PaymentErrorCode::InvalidRequest,
+            "This gateway cannot look payments up.",
+        )),
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Webhooks
@@ -704,6 +736,34 @@ mod tests {
             assert_eq!(result.amount, Money::new(4_990, "EUR"));
             assert_eq!(result.step_reference, None);
         }
+    }
+
+    #[test]
+    fn a_lookup_answers_as_configured_and_finds_what_authorize_would_have_made() {
+        let request = || FindRequest {
+            operation_id: "op_1".into(),
+            order_reference: "order-1001".into(),
+            amount: Money::new(4_990, "EUR"),
+            sent_at: NOW_MS,
+            now: NOW_MS + 600_000,
+        };
+        let held = authorize("tok_visa").expect("authorized");
+        for lookup in ["", "held"] {
+            assert_eq!(
+                find(lookup, request()),
+                Ok(Some(held.clone())),
+                "{lookup:?}"
+            );
+        }
+        assert_eq!(find("nothing", request()), Ok(None));
+        assert_eq!(
+            find("gateway-unavailable", request()).map_err(|e| e.code),
+            Err(PaymentErrorCode::GatewayUnavailable)
+        );
+        assert_eq!(
+            find("unsupported", request()).map_err(|e| e.code),
+            Err(PaymentErrorCode::InvalidRequest)
+        );
     }
 
     #[test]
