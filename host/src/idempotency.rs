@@ -84,6 +84,11 @@ impl Key {
         }
     }
 
+    /// Its scope, key and request hash, as stored.
+    pub fn parts(&self) -> (&str, &str, &str) {
+        (&self.scope, &self.key, &self.hash)
+    }
+
     /// How far this request has taken the key.
     pub fn progress(&self) -> Progress {
         match self.progress.load(Ordering::Acquire) {

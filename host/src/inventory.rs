@@ -99,7 +99,8 @@ impl InventoryError {
     }
 }
 
-type Result<T> = std::result::Result<T, InventoryError>;
+/// An inventory operation's outcome.
+pub type Result<T> = std::result::Result<T, InventoryError>;
 
 /// Stock of one SKU at one location.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -860,7 +861,7 @@ pub async fn commit_in(
     Ok(allocations)
 }
 
-async fn release_in(tx: &mut dyn Tx, reference: String, now: i64) -> Result<i64> {
+pub(crate) async fn release_in(tx: &mut dyn Tx, reference: String, now: i64) -> Result<i64> {
     // Lock the levels first (in order); then release what is still active — a checkout may
     // have released some of it as lapsed meanwhile.
     if reservations_locking_levels_in(tx, &reference, "active")

@@ -17,6 +17,8 @@
 //! - [`catalog`], [`carts`], [`orders`], [`customers`]: products, carts, checkout and orders,
 //!   accounts.
 //! - [`payment_events`]: payment webhook events, stored once and applied in any order.
+//! - [`recovery`]: checkouts interrupted between authorising and recording the order; the
+//!   sweep that looks their payments up and releases them.
 //! - [`idempotency`]: stored idempotency keys, claimed and finished inside any transaction.
 //! - [`shipping`]: shipping methods, their rates per currency and where they ship.
 //! - [`demo`]: the demo store's catalog and stock.
@@ -39,6 +41,7 @@ pub mod orders;
 pub mod payment_events;
 pub mod plugin;
 pub mod pricing;
+pub mod recovery;
 pub mod registry;
 pub mod server;
 pub mod shipping;

@@ -28,7 +28,8 @@ use crate::idempotency;
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::plugin::bindings::types::{Address as WitAddress, Money};
 use crate::plugin::bindings::{fraud, payment};
-use crate::plugin::{HookError, PaymentRequest, Plugin};
+use crate::plugin::{Call, HookError, PaymentRequest, Plugin};
+use crate::recovery::{Attempt, Settled};
 use crate::shipping;
 
 /// How long checkout holds stock while payment runs.
@@ -583,6 +584,12 @@ impl Orders {
             .collect();
         let wanted = inventory::demand_of(&demand)?;
         let (reference, claim) = (order_id.clone(), key.cloned());
+        let attempt = Attempt {
+            order_id: order_id.clone(),
+            connector: connector.manifest().name.clone(),
+            amount: signed(priced.total),
+            currency: currency.clone(),
+        };
         let turn = self.inventory.admit_reservation().await;
         let reserved = self
             .db
@@ -596,6 +603,7 @@ impl Orders {
                     let expires_at = now + RESERVATION_TTL_MS;
                     let allocations =
                         inventory::reserve_in(tx, reference, wanted, now, expires_at).await?;
+                    attempt.begin_in(tx, claim.as_deref(), now).await?;
                     Ok::<_, OrderError>(Some(allocations.len()))
                 })
             })
@@ -626,12 +634,13 @@ impl Orders {
                 Ok(result) => result,
                 Err(refusal) if refusal.code == payment::PaymentErrorCode::GatewayUnavailable => {
                     // Maybe authorised, maybe not: not a final answer. A retry with the same
-                    // key is the same attempt, and the gateway's idempotency tells.
-                    self.inventory.release(&order_id, now).await?;
+                    // key is the same attempt, and the gateway's idempotency tells; without
+                    // one, the attempt is left for the recovery sweep to look up.
+                    self.abandon(&order_id, Settled::No, now).await?;
                     return Err(OrderError::GatewayUnavailable);
                 }
                 Err(refusal) => {
-                    self.inventory.release(&order_id, now).await?;
+                    self.abandon(&order_id, Settled::Yes, now).await?;
                     return Err(OrderError::PaymentRefused {
                         code: snake_name(&refusal.code),
                         message: "the payment was declined".into(),
@@ -639,7 +648,8 @@ impl Orders {
                 }
             },
             Err(e) => {
-                self.inventory.release(&order_id, now).await?;
+                // The connector failed; it may have reached the gateway first.
+                self.abandon(&order_id, Settled::No, now).await?;
                 return Err(e.into());
             }
         };
@@ -650,10 +660,21 @@ impl Orders {
             // less than the total (a partial authorisation). Release what the gateway started
             // (a gateway that captured at once gets a refund), and the stock.
             let undo = undo_request(&order_id, &authorized, now);
-            if let Err(e) = connector.payment(&undo).await {
-                tracing::error!(order = %order_id, "void of an incomplete authorisation failed; reconcile by gateway reference {}: {e}", authorized.gateway_reference);
-            }
-            self.inventory.release(&order_id, now).await?;
+            let undone = match connector.payment(&undo).await {
+                Ok(Call { output: Ok(_), .. }) => Settled::Yes,
+                Ok(Call {
+                    output: Err(refusal),
+                    ..
+                }) => {
+                    tracing::error!(order = %order_id, "the gateway refused to release an incomplete authorisation; the recovery sweep will ask again (gateway reference {}): {}", authorized.gateway_reference, refusal.message);
+                    Settled::No
+                }
+                Err(e) => {
+                    tracing::error!(order = %order_id, "releasing an incomplete authorisation failed; the recovery sweep will ask again (gateway reference {}): {e}", authorized.gateway_reference);
+                    Settled::No
+                }
+            };
+            self.abandon(&order_id, undone, now).await?;
             return Err(if partial {
                 OrderError::PaymentRefused {
                     code: "partial_authorization".into(),
@@ -719,7 +740,10 @@ impl Orders {
                         false
                     }
                 };
-                let _ = self.inventory.release(&order_id, now).await;
+                let settled = if voided { Settled::Yes } else { Settled::No };
+                if let Err(e) = self.abandon(&order_id, settled, now).await {
+                    tracing::error!(order = %order_id, "could not release the failed checkout's stock: {e}");
+                }
                 // Only an order still as this attempt left it; and 'voided' only if it was: a
                 // failed void leaves the payment 'authorized' on a cancelled order, for the operator
                 // to reconcile.
@@ -743,6 +767,25 @@ impl Orders {
             }
         };
         Ok(order)
+    }
+
+    /// Releases a failed checkout's stock; and, when the gateway is known to hold nothing for
+    /// it, forgets the attempt in the same transaction (otherwise the recovery sweep looks the
+    /// payment up later).
+    async fn abandon(&self, order_id: &str, settled: Settled, now: i64) -> Result<i64> {
+        let id = order_id.to_owned();
+        Ok(self
+            .db
+            .write(move |tx| {
+                Box::pin(async move {
+                    let released = inventory::release_in(tx, id.clone(), now).await?;
+                    if settled == Settled::Yes {
+                        Attempt::end_in(tx, &id).await?;
+                    }
+                    Ok::<_, InventoryError>(released)
+                })
+            })
+            .await?)
     }
 
     /// The cart's order, unless it was cancelled.
@@ -832,6 +875,7 @@ impl Orders {
             .write(move |tx| {
                 Box::pin(async move {
                     insert.run_in(tx).await?;
+                    Attempt::end_in(tx, &id).await?;
                     if let Some((key, answer)) = &finish {
                         // 201 Created: the API's answer to a checkout.
                         key.finish_in(tx, 201, answer).await?;
@@ -1791,7 +1835,11 @@ fn wall_clock_ms() -> i64 {
 
 /// What releases the money a checkout's authorisation `result` holds: a void, or a refund when
 /// the gateway captured at once. The same operation ids every time, so repeating it is safe.
-fn undo_request(order_id: &str, result: &payment::PaymentResult, now: i64) -> PaymentRequest {
+pub(crate) fn undo_request(
+    order_id: &str,
+    result: &payment::PaymentResult,
+    now: i64,
+) -> PaymentRequest {
     if result.status == payment::PaymentStatus::Captured {
         PaymentRequest::Refund(payment::RefundRequest {
             operation_id: format!("{order_id}:refund-unrequested-capture"),

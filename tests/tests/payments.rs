@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cartridge_host::api::AppState;
 use cartridge_host::db::Db;
 use cartridge_host::plugin::{Runtime, RuntimeConfig};
+use cartridge_host::recovery::{INTERRUPTED_AFTER_MS, Recovered};
 use cartridge_host::registry::RegistryConfig;
 use cartridge_host::server::{Application, open_registry};
 use cartridge_tests::localstripe::{LocalStripe, SECRET_KEY};
@@ -29,6 +30,8 @@ struct Shop {
     base: String,
     http: reqwest::Client,
     db: Db,
+    /// The app's state, shared with the server: for the maintenance sweeps.
+    state: AppState,
     database: TestDatabase,
     _plugins: tempfile::TempDir,
 }
@@ -57,7 +60,7 @@ async fn shop(database: TestDatabase) -> Shop {
     registry.spawn();
     let state = AppState::new(db.clone(), registry);
     state.add_admin_token("test", ADMIN).await.expect("token");
-    let app = Application::build(SocketAddr::from(([127, 0, 0, 1], 0)), state)
+    let app = Application::build(SocketAddr::from(([127, 0, 0, 1], 0)), state.clone())
         .await
         .expect("bind");
     let addr = app.local_addr().expect("addr");
@@ -66,6 +69,7 @@ async fn shop(database: TestDatabase) -> Shop {
         base: format!("http://{addr}"),
         http: reqwest::Client::new(),
         db,
+        state,
         database,
         _plugins: dir,
     };
@@ -165,6 +169,12 @@ impl Shop {
 
     /// Checks out 3 × TEE with `token`.
     async fn checkout(&self, token: &str) -> Reply {
+        let cart = self.cart().await;
+        self.checkout_cart(&cart, token, "pay").await
+    }
+
+    /// A new cart with 3 × TEE: (id, cart token).
+    async fn cart(&self) -> (String, String) {
         let r = self
             .send(
                 Method::POST,
@@ -188,6 +198,16 @@ impl Shop {
             )
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
+        (cart, cart_token)
+    }
+
+    /// Checks out `cart` with the payment `token`, under the idempotency key `key`.
+    async fn checkout_cart(
+        &self,
+        (cart, cart_token): &(String, String),
+        token: &str,
+        key: &str,
+    ) -> Reply {
         let body = json!({
             "email": "ada@example.com",
             "payment_token": token,
@@ -197,7 +217,7 @@ impl Shop {
         self.send(
             Method::POST,
             &format!("/store/carts/{cart}/checkout"),
-            &[("x-cart-token", &cart_token), ("idempotency-key", "pay")],
+            &[("x-cart-token", cart_token), ("idempotency-key", key)],
             Some(body.to_string().into_bytes()),
         )
         .await
@@ -899,16 +919,183 @@ impl Shop {
 
     /// Sets the test gateway's `capture-fault` (empty: captures succeed).
     async fn capture_fault(&self, fault: &str) {
+        self.gateway_config(json!({"capture-fault": fault})).await;
+    }
+
+    /// Sets the test gateway's configuration.
+    async fn gateway_config(&self, config: Value) {
         let auth = format!("Bearer {ADMIN}");
         let r = self
             .send(
                 Method::PUT,
                 "/admin/plugins/test-gateway/config",
                 &[("authorization", &auth)],
-                Some(json!({"capture-fault": fault}).to_string().into_bytes()),
+                Some(config.to_string().into_bytes()),
             )
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Checkouts whose payment outcome was lost
+
+impl Shop {
+    /// Checkout attempts not yet settled.
+    async fn attempts(&self) -> i64 {
+        sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM checkout_attempts")
+            .fetch_one(self.db.pool())
+            .await
+            .expect("count")
+    }
+
+    /// Runs the recovery sweep as if the clock read `now`.
+    async fn recover(&self, now: i64) -> Recovered {
+        self.state
+            .recover_interrupted_checkouts(now)
+            .await
+            .expect("recovery")
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms")
+}
+
+#[tokio::test]
+async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answered_for_its_key() {
+    for database in test_databases().await {
+        let shop = shop(database).await;
+        let later = || now_ms() + INTERRUPTED_AFTER_MS + 60_000;
+
+        // Orders and refusals settle their attempt at once.
+        shop.placed_order().await;
+        let r = shop.checkout("tok_chargeDeclined").await;
+        assert_eq!(code(&r), (402, Some("payment_refused")), "{}", r.body);
+        assert_eq!(shop.attempts().await, 0);
+        let stock = shop.available().await;
+
+        // The gateway could not answer: it may hold an authorisation. The stock comes back at
+        // once; the attempt stays, for a retry with the same key or for the sweep.
+        let cart = shop.cart().await;
+        let r = shop
+            .checkout_cart(&cart, "tok_gatewayUnavailable", "lost")
+            .await;
+        assert_eq!(
+            code(&r),
+            (503, Some("payment_gateway_unavailable")),
+            "{}",
+            r.body
+        );
+        assert_eq!((shop.attempts().await, shop.available().await), (1, stock));
+        // Not yet: the shopper may still retry.
+        assert_eq!(shop.recover(now_ms()).await, Recovered::default());
+        assert_eq!(shop.attempts().await, 1);
+
+        // Later the connector finds the authorisation, and it is voided.
+        assert_eq!(
+            shop.recover(later()).await,
+            Recovered {
+                voided: 1,
+                ..Recovered::default()
+            }
+        );
+        assert_eq!((shop.attempts().await, shop.available().await), (0, stock));
+        // A retry with the key is answered for good: replaying the attempt at the gateway
+        // would hand back the voided authorisation as if it held money.
+        let r = shop
+            .checkout_cart(&cart, "tok_gatewayUnavailable", "lost")
+            .await;
+        assert_eq!(code(&r), (503, Some("checkout_aborted")), "{}", r.body);
+        assert_eq!(shop.recover(later()).await, Recovered::default());
+
+        // The gateway holds nothing: only the attempt goes.
+        shop.gateway_config(json!({"lookup": "nothing"})).await;
+        let r = shop.checkout("tok_gatewayUnavailable").await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(
+            shop.recover(later()).await,
+            Recovered {
+                released: 1,
+                ..Recovered::default()
+            }
+        );
+
+        // The gateway cannot tell now: asked again at a later sweep (once the first sweep's
+        // lease on the attempt has run out).
+        shop.gateway_config(json!({"lookup": "gateway-unavailable"}))
+            .await;
+        let cart = shop.cart().await;
+        let r = shop
+            .checkout_cart(&cart, "tok_gatewayUnavailable", "deferred")
+            .await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        let first = later();
+        assert_eq!(
+            shop.recover(first).await,
+            Recovered {
+                deferred: 1,
+                ..Recovered::default()
+            }
+        );
+        assert_eq!(shop.attempts().await, 1);
+        // Meanwhile the sweep holds the key: a retry waits rather than racing it.
+        let r = shop
+            .checkout_cart(&cart, "tok_gatewayUnavailable", "deferred")
+            .await;
+        assert_eq!(code(&r), (409, Some("request_in_progress")), "{}", r.body);
+        shop.gateway_config(json!({"lookup": "held"})).await;
+        assert_eq!(
+            shop.recover(first + 60_000).await,
+            Recovered::default(),
+            "leased"
+        );
+        assert_eq!(
+            shop.recover(first + 5 * 60_000).await,
+            Recovered {
+                voided: 1,
+                ..Recovered::default()
+            }
+        );
+        let r = shop
+            .checkout_cart(&cart, "tok_gatewayUnavailable", "deferred")
+            .await;
+        assert_eq!(code(&r), (503, Some("checkout_aborted")), "{}", r.body);
+
+        // A connector that cannot look payments up: the attempt is given up with an error log
+        // for the operator, and the key released, so that the shopper's retry may still
+        // complete the order.
+        shop.gateway_config(json!({"lookup": "unsupported"})).await;
+        let cart = shop.cart().await;
+        let r = shop
+            .checkout_cart(&cart, "tok_gatewayUnavailable", "unknown")
+            .await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(
+            shop.recover(later()).await,
+            Recovered {
+                unresolved: 1,
+                ..Recovered::default()
+            }
+        );
+        assert_eq!(shop.attempts().await, 0);
+        let r = shop
+            .checkout_cart(&cart, "tok_gatewayUnavailable", "unknown")
+            .await;
+        assert_eq!(
+            code(&r),
+            (503, Some("payment_gateway_unavailable")),
+            "ran again: {}",
+            r.body
+        );
+        assert_eq!(shop.available().await, stock);
+        shop.drop_database().await;
     }
 }
 

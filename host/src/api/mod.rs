@@ -113,19 +113,28 @@ impl AppState {
         }
     }
 
-    /// Every few minutes, for as long as the returned task runs: sweeps expired and abandoned
-    /// idempotency keys, releases lapsed reservations on levels no checkout touched since
-    /// ([`Inventory::release_lapsed`]), and forgets stale failed logins. Several hosts on one database may all run it.
+    /// Every few minutes, for as long as the returned task runs: settles interrupted checkouts
+    /// ([`AppState::recover_interrupted_checkouts`]), sweeps expired and abandoned idempotency
+    /// keys, releases lapsed reservations on levels no checkout touched since
+    /// ([`Inventory::release_lapsed`]), and forgets stale failed logins. Several hosts on one
+    /// database may all run it.
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
-        let (db, inventory, customers) = (
+        let (db, inventory, customers, state) = (
             self.db.clone(),
             self.inventory.clone(),
             self.customers.clone(),
+            self.clone(),
         );
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
             loop {
                 every.tick().await;
+                // Before the key sweep: an interrupted checkout's key is answered, not dropped.
+                match state.recover_interrupted_checkouts(now_ms()).await {
+                    Ok(done) if done == crate::recovery::Recovered::default() => {}
+                    Ok(done) => tracing::info!(?done, "interrupted checkouts recovered"),
+                    Err(e) => tracing::warn!("recovering interrupted checkouts failed: {e}"),
+                }
                 match idempotency::sweep(&db, now_ms()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(keys = n, "idempotency keys swept"),
@@ -144,6 +153,17 @@ impl AppState {
                 }
             }
         })
+    }
+
+    /// Settles the checkouts interrupted between authorising and recording their order, as
+    /// the clock reads `now`: looks their payments up through the active connectors, voids
+    /// them and releases the stock (see [`crate::recovery`]). The maintenance task runs it.
+    pub async fn recover_interrupted_checkouts(
+        &self,
+        now: i64,
+    ) -> Result<crate::recovery::Recovered, crate::inventory::InventoryError> {
+        let registry = self.registry.clone();
+        crate::recovery::recover(&self.db, |name| registry.snapshot().get(name), now).await
     }
 
     /// Stores `token` (hashed) as an admin credential named `name`.

@@ -1,0 +1,453 @@
+//! Checkouts interrupted between holding the shopper's money and recording the order.
+//!
+//! A checkout reserves its stock and then asks the payment connector to authorise. If its
+//! process stops before the order is recorded — or the gateway's answer is lost and the
+//! shopper never retries — the gateway may hold an authorisation for an order that does not
+//! exist. The stock comes back by itself (reservations lapse); the money would stay held until
+//! the gateway gives up on it, days later.
+//!
+//! So every checkout leaves a row in `checkout_attempts` in the transaction that reserves, and
+//! takes it away in the one that records the order, or once a failed checkout knows the
+//! gateway holds nothing. [`recover`], run by the maintenance sweep, takes up rows older than
+//! [`INTERRUPTED_AFTER_MS`]: it holds the checkout's idempotency key (a retry then waits
+//! instead of racing it), asks the connector's `payment-lookup` what the gateway holds for the
+//! authorize operation, voids (or refunds) it, releases the stock, and stores the final answer
+//! `checkout_aborted` with the key, so that a retry is never answered by the gateway's replay
+//! of the voided authorisation. No payment token is needed or kept: the lookup goes by the
+//! operation id.
+//!
+//! Boundaries: a row whose order exists is only deleted; a request still holding the key
+//! (within [`crate::idempotency::ABANDONED_AFTER_MS`]) is left alone; a gateway that cannot
+//! answer now is asked again at the next sweep; a connector without `payment-lookup` gets an
+//! error log naming the operation for the operator, and the key is released so that a retry
+//! by the shopper can still complete the order.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::db::{Db, Tx, args};
+use crate::idempotency;
+use crate::inventory;
+use crate::orders::undo_request;
+use crate::plugin::bindings::payment;
+use crate::plugin::bindings::types::Money;
+use crate::plugin::{Call, Plugin};
+
+/// A checkout attempt is taken up once it is this old: longer than any live checkout takes
+/// between reserving and recording, and as long as a retry with its key is waited for.
+pub const INTERRUPTED_AFTER_MS: i64 = idempotency::ABANDONED_AFTER_MS;
+/// How long a sweep that took up an attempt keeps other hosts' sweeps away from it.
+const LEASE_MS: i64 = 2 * 60 * 1000;
+/// The most attempts one sweep takes up.
+const PER_SWEEP: i64 = 100;
+
+/// A checkout between reserving and recording, as `checkout_attempts` keeps it.
+pub(crate) struct Attempt {
+    pub(crate) order_id: String,
+    /// The payment connector's plugin name.
+    pub(crate) connector: String,
+    pub(crate) amount: i64,
+    pub(crate) currency: String,
+}
+
+impl Attempt {
+    /// Records the attempt (again, for a retry of the same attempt) in the reserving
+    /// transaction. `now` is the authorize request's `now`.
+    pub(crate) async fn begin_in(
+        &self,
+        tx: &mut dyn Tx,
+        key: Option<&idempotency::Key>,
+        now: i64,
+    ) -> sqlx::Result<()> {
+        let (scope, name, hash) = key.map(idempotency::Key::parts).unzip3();
+        tx.execute(
+            "INSERT INTO checkout_attempts \
+               (order_id, connector, amount, currency, key_scope, key_name, key_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (order_id) DO UPDATE SET connector = excluded.connector, \
+               amount = excluded.amount, currency = excluded.currency, \
+               key_scope = excluded.key_scope, key_name = excluded.key_name, \
+               key_hash = excluded.key_hash, created_at = excluded.created_at, \
+               recovering_at = NULL",
+            &args![
+                &self.order_id,
+                &self.connector,
+                self.amount,
+                &self.currency,
+                scope,
+                name,
+                hash,
+                now
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Forgets the attempt: its order is recorded, or the gateway holds nothing for it.
+    pub(crate) async fn end_in(tx: &mut dyn Tx, order_id: &str) -> sqlx::Result<()> {
+        tx.execute(
+            "DELETE FROM checkout_attempts WHERE order_id = $1",
+            &args![order_id],
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// `Option<(a, b, c)>` as three options.
+trait Unzip3<'a> {
+    fn unzip3(self) -> (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+}
+
+impl<'a> Unzip3<'a> for Option<(&'a str, &'a str, &'a str)> {
+    fn unzip3(self) -> (Option<&'a str>, Option<&'a str>, Option<&'a str>) {
+        match self {
+            Some((a, b, c)) => (Some(a), Some(b), Some(c)),
+            None => (None, None, None),
+        }
+    }
+}
+
+/// Whether a failed checkout knows what the gateway holds for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// The gateway holds nothing (refused, or released): the attempt is over.
+    Yes,
+    /// The gateway may hold an authorisation: the attempt stays for [`recover`].
+    No,
+}
+
+/// What one recovery sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Recovered {
+    /// Attempts the gateway held nothing for: their stock was released.
+    pub released: u32,
+    /// Attempts whose authorisation was found and voided (or refunded), and their stock
+    /// released.
+    pub voided: u32,
+    /// Attempts left for a later sweep: the gateway or the connector could not answer now.
+    pub deferred: u32,
+    /// Attempts whose connector cannot look payments up: released, with an error log for the
+    /// operator to reconcile at the gateway.
+    pub unresolved: u32,
+}
+
+/// A candidate row.
+struct Interrupted {
+    order_id: String,
+    connector: String,
+    amount: i64,
+    currency: String,
+    key: Option<(String, String, String)>,
+    created_at: i64,
+}
+
+/// What taking up an attempt found.
+enum Claim {
+    /// Recovering it is ours now.
+    Ours { key_done: bool },
+    /// Its order exists: nothing to recover (the row was deleted).
+    Recorded,
+    /// A request or another host's sweep is on it.
+    Busy,
+}
+
+/// Why a claim was given up inside its transaction (which rolls it back).
+#[derive(Debug, thiserror::Error)]
+enum ClaimError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("busy")]
+    Busy,
+}
+
+/// Takes up interrupted checkout attempts older than [`INTERRUPTED_AFTER_MS`] and settles
+/// each (see the module's documentation). `connector` gives the active payment connector of a
+/// plugin name. Several hosts on one database may run it at once.
+pub async fn recover(
+    db: &Db,
+    connector: impl Fn(&str) -> Option<Arc<Plugin>>,
+    now: i64,
+) -> inventory::Result<Recovered> {
+    let rows = db
+        .read(move |tx| {
+            Box::pin(async move {
+                tx.fetch(
+                    "SELECT order_id, connector, amount, currency, key_scope, key_name, key_hash, \
+                            created_at \
+                     FROM checkout_attempts \
+                     WHERE created_at < $1 AND (recovering_at IS NULL OR recovering_at < $2) \
+                     ORDER BY created_at LIMIT $3",
+                    &args![now - INTERRUPTED_AFTER_MS, now - LEASE_MS, PER_SWEEP],
+                )
+                .await
+            })
+        })
+        .await?;
+    let mut done = Recovered::default();
+    for row in rows {
+        let key = match (
+            row.get::<Option<String>>("key_scope")?,
+            row.get::<Option<String>>("key_name")?,
+            row.get::<Option<String>>("key_hash")?,
+        ) {
+            (Some(scope), Some(name), Some(hash)) => Some((scope, name, hash)),
+            _ => None,
+        };
+        let attempt = Interrupted {
+            order_id: row.get("order_id")?,
+            connector: row.get("connector")?,
+            amount: row.get("amount")?,
+            currency: row.get("currency")?,
+            key,
+            created_at: row.get("created_at")?,
+        };
+        recover_one(db, &connector, &attempt, now, &mut done).await?;
+    }
+    Ok(done)
+}
+
+async fn recover_one(
+    db: &Db,
+    connector: &impl Fn(&str) -> Option<Arc<Plugin>>,
+    attempt: &Interrupted,
+    now: i64,
+    done: &mut Recovered,
+) -> inventory::Result<()> {
+    let order = attempt.order_id.as_str();
+    let key_done = match claim(db, attempt, now).await? {
+        Claim::Ours { key_done } => key_done,
+        Claim::Recorded | Claim::Busy => return Ok(()),
+    };
+    let Some(plugin) = connector(&attempt.connector) else {
+        tracing::warn!(order, connector = %attempt.connector, "an interrupted checkout's payment connector is not active; asking again later");
+        done.deferred += 1;
+        return Ok(());
+    };
+    if !plugin.looks_up() {
+        tracing::error!(order, connector = %plugin.reference(), operation = %format!("{order}:authorize"), "an interrupted checkout's connector cannot look payments up: if the gateway holds an authorisation for this operation, void it there");
+        finish(db, attempt, Outcome::Unknown, key_done, now).await?;
+        done.unresolved += 1;
+        return Ok(());
+    }
+    let request = payment::FindRequest {
+        operation_id: format!("{order}:authorize"),
+        order_reference: order.to_owned(),
+        amount: Money {
+            amount: u64::try_from(attempt.amount).unwrap_or(0),
+            currency: attempt.currency.clone(),
+        },
+        sent_at: attempt.created_at,
+        now,
+    };
+    let found = match plugin.find(&request).await {
+        Ok(Call {
+            output: Ok(found), ..
+        }) => found,
+        Ok(Call {
+            output: Err(refusal),
+            ..
+        }) if refusal.code == payment::PaymentErrorCode::GatewayUnavailable => {
+            tracing::warn!(
+                order,
+                "looking up an interrupted checkout's payment: the gateway cannot answer now ({}); asking again later",
+                refusal.message
+            );
+            done.deferred += 1;
+            return Ok(());
+        }
+        Ok(Call {
+            output: Err(refusal),
+            ..
+        }) => {
+            tracing::error!(order, connector = %plugin.reference(), operation = %request.operation_id, "the connector could not look up an interrupted checkout's payment ({}): if the gateway holds an authorisation for this operation, void it there", refusal.message);
+            finish(db, attempt, Outcome::Unknown, key_done, now).await?;
+            done.unresolved += 1;
+            return Ok(());
+        }
+        Err(e) => {
+            tracing::warn!(
+                order,
+                "looking up an interrupted checkout's payment failed: {e}; asking again later"
+            );
+            done.deferred += 1;
+            return Ok(());
+        }
+    };
+    let held = found.filter(|f| {
+        !matches!(
+            f.status,
+            payment::PaymentStatus::Voided | payment::PaymentStatus::Refunded
+        )
+    });
+    let Some(held) = held else {
+        finish(db, attempt, Outcome::Released, key_done, now).await?;
+        done.released += 1;
+        return Ok(());
+    };
+    let undo = undo_request(order, &held, now);
+    match plugin.payment(&undo).await {
+        Ok(Call { output: Ok(_), .. }) => {
+            tracing::info!(order, gateway_reference = %held.gateway_reference, "released the authorisation of an interrupted checkout");
+            finish(db, attempt, Outcome::Released, key_done, now).await?;
+            done.voided += 1;
+        }
+        Ok(Call {
+            output: Err(refusal),
+            ..
+        }) => {
+            tracing::warn!(order, gateway_reference = %held.gateway_reference, "the gateway refused to release an interrupted checkout's authorisation ({}); asking again later", refusal.message);
+            done.deferred += 1;
+        }
+        Err(e) => {
+            tracing::warn!(order, gateway_reference = %held.gateway_reference, "releasing an interrupted checkout's authorisation failed: {e}; asking again later");
+            done.deferred += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Takes up `attempt` in one transaction: unless its order exists, a request holds its key,
+/// or another sweep has it, leases the row and holds the key (so that a retry waits).
+async fn claim(db: &Db, attempt: &Interrupted, now: i64) -> sqlx::Result<Claim> {
+    let (order_id, key) = (attempt.order_id.clone(), attempt.key.clone());
+    let claimed = db
+        .write(move |tx| {
+            Box::pin(async move {
+                let recorded = !tx
+                    .fetch("SELECT 1 FROM orders WHERE id = $1", &args![&order_id])
+                    .await?
+                    .is_empty();
+                if recorded {
+                    Attempt::end_in(tx, &order_id).await?;
+                    return Ok(Claim::Recorded);
+                }
+                // When an earlier sweep took it up (and held its key) but had to defer it.
+                let earlier = tx
+                    .fetch(
+                        "SELECT recovering_at FROM checkout_attempts WHERE order_id = $1",
+                        &args![&order_id],
+                    )
+                    .await?
+                    .first()
+                    .map(|row| row.get::<Option<i64>>("recovering_at"))
+                    .transpose()?
+                    .flatten();
+                let leased = tx
+                    .execute(
+                        "UPDATE checkout_attempts SET recovering_at = $2 \
+                         WHERE order_id = $1 AND (recovering_at IS NULL OR recovering_at < $3)",
+                        &args![&order_id, now, now - LEASE_MS],
+                    )
+                    .await?;
+                if leased == 0 {
+                    return Err(ClaimError::Busy);
+                }
+                let Some((scope, name, hash)) = &key else {
+                    return Ok(Claim::Ours { key_done: false });
+                };
+                let state = tx
+                    .fetch(
+                        "SELECT state, created_at FROM idempotency_keys WHERE scope = $1 AND key = $2",
+                        &args![scope, name],
+                    )
+                    .await?;
+                let held = match state.first() {
+                    // Answered already (a checkout that gave up with a final answer).
+                    Some(row) if row.text("state")? == "done" => {
+                        return Ok(Claim::Ours { key_done: true });
+                    }
+                    // Held since `since`: by a request that may still be running (leave it
+                    // be), unless that is long ago or the hold is an earlier sweep's.
+                    Some(row) => {
+                        let since: i64 = row.get("created_at")?;
+                        if since >= now - idempotency::ABANDONED_AFTER_MS && Some(since) != earlier {
+                            return Err(ClaimError::Busy);
+                        }
+                        tx.execute(
+                            "UPDATE idempotency_keys SET created_at = $3 \
+                             WHERE scope = $1 AND key = $2 AND state = 'running' AND created_at = $4",
+                            &args![scope, name, now, since],
+                        )
+                        .await?
+                    }
+                    None => {
+                        tx.execute(
+                            "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) \
+                             VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (scope, key) DO NOTHING",
+                            &args![scope, name, hash, now],
+                        )
+                        .await?
+                    }
+                };
+                if held == 0 {
+                    return Err(ClaimError::Busy);
+                }
+                Ok(Claim::Ours { key_done: false })
+            })
+        })
+        .await;
+    match claimed {
+        Ok(claim) => Ok(claim),
+        Err(ClaimError::Busy) => Ok(Claim::Busy),
+        Err(ClaimError::Db(e)) => Err(e),
+    }
+}
+
+/// How a recovered attempt ends.
+enum Outcome {
+    /// The gateway holds nothing for it (any more): the key gets the final answer.
+    Released,
+    /// Nobody can tell: the key is released, so that the shopper's retry — the same attempt,
+    /// answered by the gateway's idempotency — may still complete the order.
+    Unknown,
+}
+
+/// Releases the attempt's stock, forgets the attempt, and answers or releases its key.
+async fn finish(
+    db: &Db,
+    attempt: &Interrupted,
+    outcome: Outcome,
+    key_done: bool,
+    now: i64,
+) -> inventory::Result<()> {
+    let (order_id, key) = (attempt.order_id.clone(), attempt.key.clone());
+    // The API's error body for `checkout_aborted` (see `api::error`).
+    let answer = json!({"error": {
+        "code": "checkout_aborted",
+        "message": crate::orders::OrderError::Aborted.to_string(),
+    }})
+    .to_string();
+    db.write(move |tx| {
+        Box::pin(async move {
+            inventory::release_in(tx, order_id.clone(), now).await?;
+            Attempt::end_in(tx, &order_id).await?;
+            if let (Some((scope, name, _)), false) = (&key, key_done) {
+                match outcome {
+                    Outcome::Released => {
+                        tx.execute(
+                            "UPDATE idempotency_keys \
+                             SET state = 'done', response_status = 503, response_body = $3 \
+                             WHERE scope = $1 AND key = $2 AND state = 'running'",
+                            &args![scope, name, &answer],
+                        )
+                        .await?;
+                    }
+                    Outcome::Unknown => {
+                        tx.execute(
+                            "DELETE FROM idempotency_keys \
+                             WHERE scope = $1 AND key = $2 AND state = 'running'",
+                            &args![scope, name],
+                        )
+                        .await?;
+                    }
+                }
+            }
+            Ok::<_, inventory::InventoryError>(())
+        })
+    })
+    .await
+}
