@@ -15,7 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::response::IntoResponse;
+use cartridge_host::api::AppState;
 use cartridge_host::db::Db;
+use cartridge_host::plugin::{Runtime, RuntimeConfig, SecretPolicy};
+use cartridge_host::recovery::{INTERRUPTED_AFTER_MS, Recovered};
+use cartridge_host::registry::{Registry, RegistryConfig};
 use cartridge_tests::localstripe::LocalStripe;
 use cartridge_tests::{TestDatabase, plugins, repo_root, test_databases};
 use reqwest::Method;
@@ -124,7 +129,9 @@ struct Store {
     tokens: std::sync::Mutex<Vec<String>>,
     /// Where the secret files are.
     secrets_dir: tempfile::TempDir,
-    _data_dir: tempfile::TempDir,
+    /// Between the connector and localstripe, when the test needs to lose an answer.
+    proxy: Option<Proxy>,
+    data_dir: tempfile::TempDir,
 }
 
 impl Drop for Store {
@@ -141,33 +148,158 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Starts `cartridge serve` on `port`, its output appended to `log`.
+fn spawn_host(port: u16, data: &Path, secrets: &Path, database_url: &str, log: &Path) -> Child {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(cartridge_binary())
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data.join("data"))
+        .arg("--plugins-dir")
+        .arg(data.join("plugins-installed"))
+        .args(["--database-url", database_url, "--call-log-every", "1"])
+        .arg("--secrets-dir")
+        .arg(secrets)
+        .env("CARTRIDGE_ADMIN_TOKEN", ADMIN)
+        .env("CARTRIDGE_LOG", "debug")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log file"))
+        .stderr(log_file)
+        .spawn()
+        .expect("start cartridge")
+}
+
+/// An HTTP proxy between the connector and localstripe. It forwards every request; once
+/// [`Proxy::hold_next_authorisation`] is called, the next `POST /v1/payment_intents` reaches
+/// localstripe (which creates and confirms the PaymentIntent) but its answer never comes back.
+struct Proxy {
+    url: String,
+    port: u16,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    upstream: String,
+    http: reqwest::Client,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<tokio::sync::Notify>,
+}
+
+impl Proxy {
+    async fn start(upstream: &str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let state = ProxyState {
+            upstream: upstream.to_owned(),
+            http: reqwest::Client::new(),
+            hold: Arc::default(),
+            held: Arc::default(),
+        };
+        let (hold, held) = (state.hold.clone(), state.held.clone());
+        let app = axum::Router::new().fallback(forward).with_state(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Proxy {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            hold,
+            held,
+            task,
+        }
+    }
+
+    fn hold_next_authorisation(&self) {
+        self.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits until localstripe has answered the held authorisation.
+    async fn authorised_at_the_gateway(&self) {
+        tokio::time::timeout(Duration::from_secs(60), self.held.notified())
+            .await
+            .expect("the authorisation reached localstripe within 60 s");
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(
+    axum::extract::State(proxy): axum::extract::State<ProxyState>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::http::{Method as HttpMethod, header};
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut outgoing = proxy
+        .http
+        .request(parts.method.clone(), format!("{}{path}", proxy.upstream))
+        .body(body);
+    for (name, value) in &parts.headers {
+        if name != header::HOST && name != header::CONTENT_LENGTH {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let Ok(answer) = outgoing.send().await else {
+        return axum::http::StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = answer.status();
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = answer.bytes().await.unwrap_or_default();
+    let authorisation =
+        parts.method == HttpMethod::POST && parts.uri.path() == "/v1/payment_intents";
+    if authorisation && proxy.hold.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        proxy.held.notify_one();
+        // The answer is lost: the host waits until it is killed.
+        std::future::pending::<()>().await;
+    }
+    let mut response = (status, bytes).into_response();
+    if let Some(content_type) = content_type {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+    }
+    response
+}
+
 impl Store {
     /// `None` when localstripe is not installed (and this is not CI).
     async fn start(database: TestDatabase) -> Option<Store> {
+        Self::start_with(database, false).await
+    }
+
+    /// [`Store::start`] with a [`Proxy`] between the connector and localstripe.
+    async fn start_proxied(database: TestDatabase) -> Option<Store> {
+        Self::start_with(database, true).await
+    }
+
+    async fn start_with(database: TestDatabase, proxied: bool) -> Option<Store> {
         let stripe = LocalStripe::start()?;
-        let binary = cartridge_binary();
+        let proxy = match proxied {
+            true => Some(Proxy::start(stripe.url()).await),
+            false => None,
+        };
         let data = tempfile::tempdir().expect("tempdir");
         let secrets = tempfile::tempdir().expect("tempdir");
         let log = data.path().join("cartridge.log");
         let port = free_port();
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(binary)
-            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(data.path().join("data"))
-            .arg("--plugins-dir")
-            .arg(data.path().join("plugins-installed"))
-            .args(["--database-url", &database.url, "--call-log-every", "1"])
-            .arg("--secrets-dir")
-            .arg(secrets.path())
-            .env("CARTRIDGE_ADMIN_TOKEN", ADMIN)
-            .env("CARTRIDGE_LOG", "debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log file"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start cartridge");
+        let child = spawn_host(port, data.path(), secrets.path(), &database.url, &log);
         let db = Db::connect(&database.url).await.expect("connect");
         let unique = uuid::Uuid::new_v4().simple().to_string();
         let store = Store {
@@ -185,7 +317,8 @@ impl Store {
             webhook_secret: format!("whsec_e2e_{unique}"),
             tokens: std::sync::Mutex::new(Vec::new()),
             secrets_dir: secrets,
-            _data_dir: data,
+            proxy,
+            data_dir: data,
         };
         store.wait_until_healthy().await;
         store.install_connector().await;
@@ -239,12 +372,67 @@ impl Store {
         self.send(method, path, &headers, body.as_ref()).await
     }
 
+    /// The port the connector calls: the proxy's, or localstripe's.
     fn stripe_port(&self) -> u16 {
+        if let Some(proxy) = &self.proxy {
+            return proxy.port;
+        }
         self.stripe
             .url()
             .rsplit_once(':')
             .and_then(|(_, port)| port.parse().ok())
             .expect("localstripe port")
+    }
+
+    /// The base URL the connector calls: the proxy's, or localstripe's.
+    fn stripe_base(&self) -> &str {
+        self.proxy
+            .as_ref()
+            .map_or_else(|| self.stripe.url(), |p| p.url.as_str())
+    }
+
+    /// Kills the host at once (SIGKILL: nothing of it runs after).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the host again on the same database, on a new port.
+    async fn restart(&mut self) {
+        self.kill();
+        let port = free_port();
+        self.child = spawn_host(
+            port,
+            self.data_dir.path(),
+            self.secrets_dir.path(),
+            &self.database().url,
+            &self.log,
+        );
+        self.base = format!("http://127.0.0.1:{port}");
+        self.wait_until_healthy().await;
+    }
+
+    /// Runs the recovery sweep of interrupted checkouts as the host's maintenance task does,
+    /// but as if the clock read `now`: an app of the test's own on the host's database,
+    /// serving what the registry there says, with the host's secrets.
+    async fn recover(&self, now: i64) -> Recovered {
+        let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
+        let registry = Registry::open(
+            self.db.clone(),
+            Arc::new(runtime),
+            RegistryConfig {
+                secrets: SecretPolicy {
+                    dirs: vec![self.secrets_dir.path().to_owned()],
+                },
+                ..RegistryConfig::default()
+            },
+        )
+        .await
+        .expect("registry");
+        AppState::new(self.db.clone(), registry)
+            .recover_interrupted_checkouts(now)
+            .await
+            .expect("recovery")
     }
 
     /// What an operator does: upload, grant, set secrets and configuration, activate.
@@ -316,7 +504,7 @@ impl Store {
                 Method::PUT,
                 "/admin/plugins/stripe/config",
                 None,
-                json!({"api-base": self.stripe.url()}),
+                json!({"api-base": self.stripe_base()}),
             )
             .await;
         assert_eq!(r.status, 200, "config: {}", r.body);
@@ -837,6 +1025,78 @@ async fn declined_cards_and_card_numbers_are_refused_release_the_stock_and_are_n
         );
         assert_eq!(store.available().await, available);
         assert_eq!(store.orders().await.len(), 1);
+
+        store.assert_nothing_secret_leaked(&paid).await;
+        store.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_killed_after_stripe_authorised_holds_no_money_once_the_sweep_has_run() {
+    for database in test_databases().await {
+        let Some(mut store) = Store::start_proxied(database).await else {
+            return;
+        };
+        let cart = store.cart().await;
+        let proxy = store.proxy.as_ref().expect("a proxy");
+        proxy.hold_next_authorisation();
+        tokio::select! {
+            r = store.checkout_cart(&cart, "pm_card_visa", "crash") => {
+                panic!("the checkout answered: {} {}", r.status, r.body);
+            }
+            () = proxy.authorised_at_the_gateway() => {}
+        }
+        // The host dies between Stripe's authorisation and recording the order.
+        store.kill();
+
+        let intents = store.payment_intents().await;
+        assert_eq!(intents.len(), 1, "{intents:?}");
+        assert_eq!(intents[0]["status"], "requires_capture", "funds are held");
+        let pi = intents[0]["id"].as_str().expect("id").to_owned();
+        let attempts: i64 =
+            sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM checkout_attempts")
+                .fetch_one(store.db.pool())
+                .await
+                .expect("count");
+        assert_eq!(attempts, 1);
+
+        store.restart().await;
+        assert!(store.orders().await.is_empty());
+        assert_eq!(store.available().await, STOCK - 3, "still reserved");
+        // The dead request's key is still held: a retry is told to wait.
+        let r = store.checkout_cart(&cart, "pm_card_visa", "crash").await;
+        assert_eq!(code(&r), (409, Some("request_in_progress")), "{}", r.body);
+
+        // Not before the attempt is old enough; then the hold is found and released.
+        assert_eq!(
+            store.recover(unix_seconds() * 1000).await,
+            Recovered::default()
+        );
+        let later = unix_seconds() * 1000 + INTERRUPTED_AFTER_MS + 60_000;
+        assert_eq!(
+            store.recover(later).await,
+            Recovered {
+                voided: 1,
+                ..Recovered::default()
+            }
+        );
+        let intent = store.stripe_get(&format!("/v1/payment_intents/{pi}")).await;
+        assert_eq!(intent["status"], "canceled", "{intent}");
+        assert_eq!(store.available().await, STOCK);
+        let r = store.checkout_cart(&cart, "pm_card_visa", "crash").await;
+        assert_eq!(code(&r), (503, Some("checkout_aborted")), "{}", r.body);
+        assert_eq!(store.recover(later).await, Recovered::default());
+
+        // The shopper can still buy, with a new key.
+        let r = store.checkout_cart(&cart, "pm_card_visa", "again").await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(store.orders().await.len(), 1);
+        assert_eq!(store.available().await, STOCK - 3);
+        let paid = r.body["payment"]["gateway_reference"]
+            .as_str()
+            .expect("reference")
+            .to_owned();
+        assert_ne!(paid, pi);
 
         store.assert_nothing_secret_leaked(&paid).await;
         store.finish().await;
