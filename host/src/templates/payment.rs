@@ -1,5 +1,9 @@
 //! A payment connector. The host owns the payment state machine and calls one step at a time;
 //! pass `operation_id` to your gateway as its idempotency key.
+//!
+//! Also implement `find` if your gateway can look a payment up (by the order reference you
+//! send with authorize, say): the host calls it for a checkout interrupted after authorize,
+//! and voids what it finds. Without it, such an authorisation is left to the operator.
 
 use cartridge_sdk::payment::{
     AuthorizeRequest, Payment, PaymentError, PaymentErrorCode, PaymentResult, PaymentStatus,
