@@ -22,7 +22,9 @@
 //! error log naming the operation for the operator, and the key is released so that a retry
 //! by the shopper can still complete the order.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde_json::json;
@@ -135,6 +137,57 @@ pub struct Recovered {
     pub unresolved: u32,
 }
 
+/// What this process's sweeps did, in all: voided, released, deferred, unresolved.
+static OUTCOMES: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+impl Recovered {
+    fn count(&self) {
+        for (total, n) in
+            OUTCOMES
+                .iter()
+                .zip([self.voided, self.released, self.deferred, self.unresolved])
+        {
+            total.fetch_add(u64::from(n), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The recovery's metrics in the Prometheus text format: what this process's sweeps did, and
+/// how many attempts the database holds past [`INTERRUPTED_AFTER_MS`] at `now` — checkouts
+/// that may hold a shopper's money with no order, which should stay near zero.
+pub async fn render_metrics(db: &Db, now: i64) -> sqlx::Result<String> {
+    let waiting: i64 = db
+        .read(move |tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .fetch(
+                        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM checkout_attempts WHERE created_at < $1",
+                        &args![now - INTERRUPTED_AFTER_MS],
+                    )
+                    .await?;
+                rows.first().map_or(Ok(0), |row| row.get("n"))
+            })
+        })
+        .await?;
+    let mut out = String::new();
+    out.push_str("# HELP cartridge_checkout_recoveries_total Interrupted checkouts this process's sweeps took up, by outcome.\n");
+    out.push_str("# TYPE cartridge_checkout_recoveries_total counter\n");
+    for (outcome, total) in ["voided", "released", "deferred", "unresolved"]
+        .iter()
+        .zip(&OUTCOMES)
+    {
+        let _ = writeln!(
+            out,
+            "cartridge_checkout_recoveries_total{{outcome=\"{outcome}\"}} {}",
+            total.load(Ordering::Relaxed)
+        );
+    }
+    out.push_str("# HELP cartridge_checkouts_interrupted Checkout attempts older than the recovery threshold, not yet settled.\n");
+    out.push_str("# TYPE cartridge_checkouts_interrupted gauge\n");
+    let _ = writeln!(out, "cartridge_checkouts_interrupted {waiting}");
+    Ok(out)
+}
+
 /// A candidate row.
 struct Interrupted {
     order_id: String,
@@ -207,6 +260,7 @@ pub async fn recover(
         };
         recover_one(db, &connector, &attempt, now, &mut done).await?;
     }
+    done.count();
     Ok(done)
 }
 

@@ -949,6 +949,19 @@ impl Shop {
             .expect("count")
     }
 
+    /// `/metrics` as an admin reads it.
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Runs the recovery sweep as if the clock read `now`.
     async fn recover(&self, now: i64) -> Recovered {
         self.state
@@ -998,8 +1011,19 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
         assert_eq!(shop.recover(now_ms()).await, Recovered::default());
         assert_eq!(shop.attempts().await, 1);
 
-        // Later the connector finds the authorisation, and it is voided: once, though two
-        // hosts sweep at the same time.
+        // Ten minutes on, the operator sees it waiting.
+        sqlx::query("UPDATE checkout_attempts SET created_at = created_at - $1")
+            .bind(INTERRUPTED_AFTER_MS + 1)
+            .execute(shop.db.pool())
+            .await
+            .expect("backdate");
+        let metrics = shop.metrics().await;
+        assert!(
+            metrics.contains("cartridge_checkouts_interrupted 1\n"),
+            "{metrics}"
+        );
+        // The connector finds the authorisation, and it is voided: once, though two hosts
+        // sweep at the same time.
         let (one, other) = tokio::join!(shop.recover(later()), shop.recover(later()));
         assert_eq!(
             (one.voided + other.voided, one.deferred + other.deferred),
@@ -1007,6 +1031,12 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
             "{one:?} {other:?}"
         );
         assert_eq!((shop.attempts().await, shop.available().await), (0, stock));
+        let metrics = shop.metrics().await;
+        assert!(
+            metrics.contains("cartridge_checkouts_interrupted 0\n")
+                && metrics.contains("cartridge_checkout_recoveries_total{outcome=\"voided\"} "),
+            "{metrics}"
+        );
         // A retry with the key is answered for good: replaying the attempt at the gateway
         // would hand back the voided authorisation as if it held money.
         let r = shop

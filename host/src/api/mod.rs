@@ -328,8 +328,8 @@ impl FromRequestParts<AppState> for MetricsReader {
     }
 }
 
-/// Prometheus metrics: per-plugin calls by outcome and latency, and this host's instance
-/// slots.
+/// Prometheus metrics: per-plugin calls by outcome and latency, this host's instance slots,
+/// and the recovery of interrupted checkouts.
 async fn metrics(
     State(state): State<AppState>,
     _: MetricsReader,
@@ -340,6 +340,10 @@ async fn metrics(
         runtime.config().max_instances,
         runtime.free_instance_slots(),
     ));
+    match crate::recovery::render_metrics(&state.db, now_ms()).await {
+        Ok(recovery) => text.push_str(&recovery),
+        Err(e) => tracing::warn!("reading the interrupted checkouts for /metrics failed: {e}"),
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
