@@ -19,5 +19,7 @@ CREATE TABLE checkout_attempts (
     created_at BIGINT NOT NULL,
     -- When a sweep took it up: other hosts leave it alone for a while.
     recovering_at BIGINT
-);
-CREATE INDEX checkout_attempts_created ON checkout_attempts (created_at);
+) WITHOUT ROWID;
+-- No index beyond the key: every checkout inserts and deletes a row here, and the table only
+-- ever holds the checkouts in flight, which the sweep reads whole. WITHOUT ROWID keeps it to
+-- one b-tree.
