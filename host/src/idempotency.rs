@@ -31,6 +31,10 @@ pub async fn sweep(db: &Db, now: i64) -> sqlx::Result<u64> {
     .await
 }
 
+/// Claims a key: inserts it `running`, unless a request holds it.
+pub(crate) const CLAIM: &str = "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) \
+     VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (scope, key) DO NOTHING";
+
 /// One request's key: the scope it is unique in, the key, the hash of the request's canonical
 /// body, and the time of the request.
 #[derive(Debug)]
@@ -89,6 +93,11 @@ impl Key {
         (&self.scope, &self.key, &self.hash)
     }
 
+    /// The arguments of [`CLAIM`] for this key.
+    pub(crate) fn claim_args(&self) -> [crate::db::Value; 4] {
+        args![&self.scope, &self.key, &self.hash, self.now]
+    }
+
     /// How far this request has taken the key.
     pub fn progress(&self) -> Progress {
         match self.progress.load(Ordering::Acquire) {
@@ -143,14 +152,7 @@ impl Key {
     /// Claims the key for this request; `false` if a request already holds it. The claim
     /// lasts if the transaction commits.
     pub async fn claim_in(&self, tx: &mut dyn Tx) -> sqlx::Result<bool> {
-        let inserted = tx
-            .execute(
-                "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) \
-                 VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (scope, key) DO NOTHING",
-                &args![&self.scope, &self.key, &self.hash, self.now],
-            )
-            .await?;
-        Ok(inserted == 1)
+        Ok(tx.execute(CLAIM, &self.claim_args()).await? == 1)
     }
 
     /// Stores this request's answer (`body`, serialized JSON — serialized before the

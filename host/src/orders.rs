@@ -595,15 +595,17 @@ impl Orders {
             .db
             .write_unsynced(move |tx| {
                 Box::pin(async move {
-                    if let Some(key) = &claim
-                        && !key.claim_in(tx).await?
+                    // Before the stock rows are locked: on PostgreSQL, every round trip
+                    // after that holds the locks longer.
+                    if !attempt
+                        .claim_and_begin_in(tx, claim.as_deref(), now)
+                        .await?
                     {
                         return Ok(None);
                     }
                     let expires_at = now + RESERVATION_TTL_MS;
                     let allocations =
                         inventory::reserve_in(tx, reference, wanted, now, expires_at).await?;
-                    attempt.begin_in(tx, claim.as_deref(), now).await?;
                     Ok::<_, OrderError>(Some(allocations.len()))
                 })
             })
@@ -874,8 +876,8 @@ impl Orders {
         self.db
             .write(move |tx| {
                 Box::pin(async move {
+                    // Also ends the checkout attempt.
                     insert.run_in(tx).await?;
-                    Attempt::end_in(tx, &id).await?;
                     if let Some((key, answer)) = &finish {
                         // 201 Created: the API's answer to a checkout.
                         key.finish_in(tx, 201, answer).await?;
@@ -1925,10 +1927,10 @@ async fn history_in(
     ))
 }
 
-/// The statements that insert an order, its lines and its payment, with their values: built
-/// before the write transaction, run inside it. On PostgreSQL one statement (data-modifying
-/// CTEs; the foreign keys are checked at its end), on SQLite the order, the payment and the
-/// lines.
+/// The statements that insert an order, its lines and its payment, and end its checkout
+/// attempt, with their values: built before the write transaction, run inside it. On
+/// PostgreSQL one statement (data-modifying CTEs; the foreign keys are checked at its end), on
+/// SQLite one per table.
 struct OrderInsert {
     /// The order's and the payment's values.
     values: Vec<crate::db::Value>,
@@ -1944,6 +1946,8 @@ impl OrderInsert {
     const PAYMENT: &str = "INSERT INTO payments (order_id, plugin, gateway_reference, currency, authorized) \
          VALUES ($1, $18, $19, $20, $21)";
     const LINES: &str = "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price, discount, total) VALUES";
+    /// The checkout attempt is over once its order is recorded (see [`crate::recovery`]).
+    const END_ATTEMPT: &str = "DELETE FROM checkout_attempts WHERE order_id = $1";
     /// Values of the order and payment statements.
     const WIDTH: usize = 21;
 
@@ -2006,7 +2010,12 @@ impl OrderInsert {
         let Self { mut values, lines } = self;
         let mut lines = lines.into_iter();
         if tx.backend() == Backend::Postgres {
-            let mut sql = format!("WITH o AS ({}), p AS ({})", Self::ORDER, Self::PAYMENT);
+            let mut sql = format!(
+                "WITH o AS ({}), p AS ({}), a AS ({})",
+                Self::ORDER,
+                Self::PAYMENT,
+                Self::END_ATTEMPT
+            );
             if let Some(first) = lines.next() {
                 sql.push_str(&format!(
                     ", l AS ({} {})",
@@ -2020,6 +2029,7 @@ impl OrderInsert {
         } else {
             tx.execute(Self::ORDER, &values[..17]).await?;
             tx.execute(Self::PAYMENT, &values).await?;
+            tx.execute(Self::END_ATTEMPT, &values[..1]).await?;
         }
         for chunk in lines {
             let sql = format!("{} {}", Self::LINES, param_rows(1, chunk.len() / 7, 7));
