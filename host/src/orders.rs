@@ -1228,8 +1228,8 @@ impl Orders {
     /// asked) gives it back (`authorized`, so the order can be cancelled and voided); an
     /// outcome nobody knows — the gateway unavailable, the connector failing mid-call, the
     /// result not recorded — keeps the order `capturing`, because the money may have moved.
-    /// Such an order is settled by trying the capture again (it may re-enter `capturing`) or
-    /// by the gateway's webhook. Only the call that moved the order from `authorized` gives it
+    /// Such an order is settled by trying the capture again (it may re-enter `capturing`), by
+    /// the gateway's webhook, or after a while by [`Orders::settle_stuck_captures`]. Only the call that moved the order from `authorized` gives it
     /// back: a re-entry cannot know what an earlier attempt (or one still running) did, so its
     /// failures leave the order `capturing`.
     ///
@@ -1346,6 +1346,94 @@ impl Orders {
             }
         }
         self.order(id).await
+    }
+
+    /// Settles orders left `capturing` (a capture whose outcome nobody learned: see
+    /// [`Orders::capture`]) for longer than [`crate::recovery::INTERRUPTED_AFTER_MS`] with no
+    /// retry and no webhook since: asks the order's connector what the gateway holds. Captured:
+    /// the capture is recorded as the capture call would have. Still only authorised: no
+    /// capture happened, and the order goes back to `authorized` (to be captured again or
+    /// cancelled). Anything else, or a connector that cannot look up, leaves the order as it
+    /// is. Counts what it settled in `done`.
+    pub async fn settle_stuck_captures(
+        &self,
+        connector: &impl Fn(&str) -> Option<Arc<Plugin>>,
+        now: i64,
+        done: &mut crate::recovery::Recovered,
+    ) -> Result<()> {
+        let stuck = sqlx::query(
+            "SELECT o.id, o.updated_at, p.plugin, p.currency, p.authorized \
+             FROM orders o JOIN payments p ON p.order_id = o.id \
+             WHERE o.payment_status = 'capturing' AND o.status <> 'cancelled' AND o.updated_at < $1 \
+             ORDER BY o.updated_at LIMIT 100",
+        )
+        .bind(now - crate::recovery::INTERRUPTED_AFTER_MS)
+        .fetch_all(self.db.reader())
+        .await?;
+        for row in stuck {
+            let id: String = row.try_get("id")?;
+            let seen: i64 = row.try_get("updated_at")?;
+            let plugin: String = row.try_get("plugin")?;
+            let Some(connector) =
+                connector(plugin.split('@').next().unwrap_or_default()).filter(|c| c.looks_up())
+            else {
+                continue;
+            };
+            let authorized: i64 = row.try_get("authorized")?;
+            let currency: String = row.try_get("currency")?;
+            let request = payment::FindRequest {
+                operation_id: format!("{id}:authorize"),
+                order_reference: id.clone(),
+                amount: money(authorized, &currency),
+                sent_at: seen,
+                now,
+            };
+            let found = match connector.find(&request).await {
+                Ok(Call {
+                    output: Ok(Some(found)),
+                    ..
+                }) => found,
+                Ok(Call { output, .. }) => {
+                    tracing::warn!(order = %id, "a capture's outcome is still unknown: the gateway's lookup answered {output:?}");
+                    done.deferred += 1;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(order = %id, "looking up a capture's outcome failed: {e}");
+                    done.deferred += 1;
+                    continue;
+                }
+            };
+            match found.status {
+                payment::PaymentStatus::Captured => {
+                    self.record_capture(&id, &found, now).await?;
+                    tracing::info!(order = %id, captured = found.amount.amount, "recorded a capture whose answer was lost");
+                    done.captured += 1;
+                }
+                payment::PaymentStatus::Authorized => {
+                    // Guarded on the claim as it was read: a retry of the capture since then
+                    // renewed it, and its outcome is its own to settle.
+                    let released = sqlx::query(
+                        "UPDATE orders SET payment_status = 'authorized' \
+                         WHERE id = $1 AND payment_status = 'capturing' AND updated_at = $2",
+                    )
+                    .bind(&id)
+                    .bind(seen)
+                    .execute(&mut *self.db.write_conn().await?)
+                    .await?
+                    .rows_affected();
+                    if released == 1 {
+                        tracing::info!(order = %id, "a capture whose answer was lost never happened: the order is authorized again");
+                        done.uncaptured += 1;
+                    }
+                }
+                other => {
+                    tracing::warn!(order = %id, "a capture's outcome is unknown and the gateway says the payment is {other:?}: left for the operator or the gateway's webhook");
+                    done.deferred += 1;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The gateway half of [`Orders::capture`], once the order is claimed for `amount`.

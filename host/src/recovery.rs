@@ -169,18 +169,36 @@ pub struct Recovered {
     /// Attempts whose connector cannot look payments up: released, with an error log for the
     /// operator to reconcile at the gateway.
     pub unresolved: u32,
+    /// Orders left `capturing` that the gateway says were captured: the capture recorded.
+    pub captured: u32,
+    /// Orders left `capturing` that the gateway says were not: `authorized` again.
+    pub uncaptured: u32,
 }
 
-/// What this process's sweeps did, in all: voided, released, deferred, unresolved.
-static OUTCOMES: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// The outcomes as the metrics name them, in the order of [`OUTCOMES`].
+const OUTCOME_NAMES: [&str; 6] = [
+    "voided",
+    "released",
+    "deferred",
+    "unresolved",
+    "captured",
+    "uncaptured",
+];
+/// What this process's sweeps did, in all.
+static OUTCOMES: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 
 impl Recovered {
-    fn count(&self) {
-        for (total, n) in
-            OUTCOMES
-                .iter()
-                .zip([self.voided, self.released, self.deferred, self.unresolved])
-        {
+    /// Adds these outcomes to the process's totals (the metrics).
+    pub fn count(&self) {
+        let these = [
+            self.voided,
+            self.released,
+            self.deferred,
+            self.unresolved,
+            self.captured,
+            self.uncaptured,
+        ];
+        for (total, n) in OUTCOMES.iter().zip(these) {
             total.fetch_add(u64::from(n), Ordering::Relaxed);
         }
     }
@@ -204,12 +222,9 @@ pub async fn render_metrics(db: &Db, now: i64) -> sqlx::Result<String> {
         })
         .await?;
     let mut out = String::new();
-    out.push_str("# HELP cartridge_checkout_recoveries_total Interrupted checkouts this process's sweeps took up, by outcome.\n");
+    out.push_str("# HELP cartridge_checkout_recoveries_total Interrupted checkouts and captures this process's sweeps took up, by outcome.\n");
     out.push_str("# TYPE cartridge_checkout_recoveries_total counter\n");
-    for (outcome, total) in ["voided", "released", "deferred", "unresolved"]
-        .iter()
-        .zip(&OUTCOMES)
-    {
+    for (outcome, total) in OUTCOME_NAMES.iter().zip(&OUTCOMES) {
         let _ = writeln!(
             out,
             "cartridge_checkout_recoveries_total{{outcome=\"{outcome}\"}} {}",
@@ -294,7 +309,6 @@ pub async fn recover(
         };
         recover_one(db, &connector, &attempt, now, &mut done).await?;
     }
-    done.count();
     Ok(done)
 }
 

@@ -1130,6 +1130,86 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
 }
 
 #[tokio::test]
+async fn a_capture_left_unanswered_is_settled_by_the_sweep_from_what_the_gateway_holds() {
+    for database in test_databases().await {
+        let shop = shop(database).await;
+        let later = || now_ms() + INTERRUPTED_AFTER_MS + 60_000;
+        let payment_status = |o: Value| o["payment_status"].as_str().map(str::to_owned);
+        let stuck = || async {
+            let order = shop.placed_order().await;
+            shop.capture_fault("gateway-unavailable").await;
+            let r = shop.capture(&order).await;
+            assert_eq!(
+                code(&r),
+                (503, Some("payment_gateway_unavailable")),
+                "{}",
+                r.body
+            );
+            assert_eq!(
+                payment_status(shop.order(&order).await).as_deref(),
+                Some("capturing")
+            );
+            order
+        };
+
+        // The gateway captured but its answer was lost, and neither a retry nor a webhook
+        // came: the sweep records the capture.
+        let order = stuck().await;
+        assert_eq!(
+            shop.recover(now_ms()).await,
+            Recovered::default(),
+            "not yet"
+        );
+        shop.gateway_config(json!({"lookup": "captured"})).await;
+        assert_eq!(
+            shop.recover(later()).await,
+            Recovered {
+                captured: 1,
+                ..Recovered::default()
+            }
+        );
+        let o = shop.order(&order).await;
+        assert_eq!(o["payment_status"], "captured", "{o}");
+        assert_eq!(amounts(&o), (TOTAL, TOTAL, 0));
+
+        // The gateway never captured: the order is authorized again, and can be cancelled.
+        let order = stuck().await;
+        shop.gateway_config(json!({"lookup": "held"})).await;
+        assert_eq!(
+            shop.recover(later()).await,
+            Recovered {
+                uncaptured: 1,
+                ..Recovered::default()
+            }
+        );
+        assert_eq!(
+            payment_status(shop.order(&order).await).as_deref(),
+            Some("authorized")
+        );
+        let r = shop
+            .admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
+            .await;
+        assert_eq!(r.body["payment_status"], "voided", "{}", r.body);
+
+        // A gateway that cannot tell leaves the order capturing, for a retry or a webhook.
+        let order = stuck().await;
+        shop.gateway_config(json!({"lookup": "unsupported"})).await;
+        assert_eq!(
+            shop.recover(later()).await,
+            Recovered {
+                deferred: 1,
+                ..Recovered::default()
+            }
+        );
+        assert_eq!(
+            payment_status(shop.order(&order).await).as_deref(),
+            Some("capturing")
+        );
+        shop.drop_database().await;
+    }
+}
+
+#[tokio::test]
 async fn a_capture_whose_outcome_is_unknown_is_never_voided_and_is_settled_by_a_retry_or_webhook() {
     for database in test_databases().await {
         let shop = shop(database).await;

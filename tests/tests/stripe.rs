@@ -174,22 +174,31 @@ fn spawn_host(port: u16, data: &Path, secrets: &Path, database_url: &str, log: &
         .expect("start cartridge")
 }
 
-/// An HTTP proxy between the connector and localstripe. It forwards every request; once
-/// [`Proxy::hold_next_authorisation`] is called, the next `POST /v1/payment_intents` reaches
-/// localstripe (which creates and confirms the PaymentIntent) but its answer never comes back.
+/// An HTTP proxy between the connector and localstripe. It forwards every request; it can
+/// lose the answer to the next `POST` whose path ends a certain way: localstripe does the step,
+/// the connector never learns it.
 struct Proxy {
     url: String,
     port: u16,
-    hold: Arc<std::sync::atomic::AtomicBool>,
+    lose: Arc<std::sync::Mutex<Option<(&'static str, Lost)>>>,
     held: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// How an answer is lost.
+#[derive(Clone, Copy)]
+enum Lost {
+    /// Never answered: the caller waits until it is killed.
+    Hang,
+    /// Answered 502, as a load balancer that lost the connection to Stripe would.
+    BadGateway,
 }
 
 #[derive(Clone)]
 struct ProxyState {
     upstream: String,
     http: reqwest::Client,
-    hold: Arc<std::sync::atomic::AtomicBool>,
+    lose: Arc<std::sync::Mutex<Option<(&'static str, Lost)>>>,
     held: Arc<tokio::sync::Notify>,
 }
 
@@ -202,10 +211,10 @@ impl Proxy {
         let state = ProxyState {
             upstream: upstream.to_owned(),
             http: reqwest::Client::new(),
-            hold: Arc::default(),
+            lose: Arc::default(),
             held: Arc::default(),
         };
-        let (hold, held) = (state.hold.clone(), state.held.clone());
+        let (lose, held) = (state.lose.clone(), state.held.clone());
         let app = axum::Router::new().fallback(forward).with_state(state);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -213,14 +222,19 @@ impl Proxy {
         Proxy {
             url: format!("http://127.0.0.1:{port}"),
             port,
-            hold,
+            lose,
             held,
             task,
         }
     }
 
+    /// Loses the answer to the next `POST` whose path ends with `suffix`.
+    fn lose_next(&self, suffix: &'static str, how: Lost) {
+        *self.lose.lock().expect("lock") = Some((suffix, how));
+    }
+
     fn hold_next_authorisation(&self) {
-        self.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.lose_next("/v1/payment_intents", Lost::Hang);
     }
 
     /// Waits until localstripe has answered the held authorisation.
@@ -262,12 +276,25 @@ async fn forward(
     let status = answer.status();
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
     let bytes = answer.bytes().await.unwrap_or_default();
-    let authorisation =
-        parts.method == HttpMethod::POST && parts.uri.path() == "/v1/payment_intents";
-    if authorisation && proxy.hold.swap(false, std::sync::atomic::Ordering::SeqCst) {
-        proxy.held.notify_one();
-        // The answer is lost: the host waits until it is killed.
-        std::future::pending::<()>().await;
+    let lost = {
+        let mut lose = proxy.lose.lock().expect("lock");
+        match *lose {
+            Some((suffix, how))
+                if parts.method == HttpMethod::POST && parts.uri.path().ends_with(suffix) =>
+            {
+                *lose = None;
+                Some(how)
+            }
+            _ => None,
+        }
+    };
+    match lost {
+        Some(Lost::Hang) => {
+            proxy.held.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Some(Lost::BadGateway) => return axum::http::StatusCode::BAD_GATEWAY.into_response(),
+        None => {}
     }
     let mut response = (status, bytes).into_response();
     if let Some(content_type) = content_type {
@@ -389,6 +416,23 @@ impl Store {
         self.proxy
             .as_ref()
             .map_or_else(|| self.stripe.url(), |p| p.url.as_str())
+    }
+
+    /// Points localstripe's webhooks nowhere: the store hears nothing from Stripe.
+    async fn silence_webhooks(&self) {
+        let nowhere = format!("http://127.0.0.1:{}/nowhere", free_port());
+        let r = self
+            .http
+            .post(format!("{}/_config/webhooks/cartridge", self.stripe.url()))
+            .form(&[
+                ("url", nowhere.as_str()),
+                ("secret", self.webhook_secret.as_str()),
+                ("events[]", "payment_intent.succeeded"),
+            ])
+            .send()
+            .await
+            .expect("localstripe webhook config");
+        assert_eq!(r.status(), 200);
     }
 
     /// Kills the host at once (SIGKILL: nothing of it runs after).
@@ -1099,6 +1143,52 @@ async fn a_host_killed_after_stripe_authorised_holds_no_money_once_the_sweep_has
         assert_ne!(paid, pi);
 
         store.assert_nothing_secret_leaked(&paid).await;
+        store.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_capture_stripe_made_whose_answer_was_lost_is_recorded_by_the_sweep() {
+    for database in test_databases().await {
+        let Some(store) = Store::start_proxied(database).await else {
+            return;
+        };
+        // No webhook either: the sweep is all that is left to settle the order.
+        store.silence_webhooks().await;
+        let (order, pi) = store.placed_order().await;
+        let proxy = store.proxy.as_ref().expect("a proxy");
+        proxy.lose_next("/capture", Lost::BadGateway);
+        let r = store
+            .admin(
+                Method::POST,
+                &format!("/admin/orders/{order}/capture"),
+                Some("cap"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            code(&r),
+            (503, Some("payment_gateway_unavailable")),
+            "{}",
+            r.body
+        );
+        let intent = store.stripe_get(&format!("/v1/payment_intents/{pi}")).await;
+        assert_eq!(intent["status"], "succeeded", "Stripe captured: {intent}");
+        assert_eq!(store.order(&order).await["payment_status"], "capturing");
+
+        let later = unix_seconds() * 1000 + INTERRUPTED_AFTER_MS + 60_000;
+        assert_eq!(
+            store.recover(later).await,
+            Recovered {
+                captured: 1,
+                ..Recovered::default()
+            }
+        );
+        let o = store.order(&order).await;
+        assert_eq!(o["payment_status"], "captured", "{o}");
+        assert_eq!(amounts(&o), (TOTAL, TOTAL, 0));
+
+        store.assert_nothing_secret_leaked(&pi).await;
         store.finish().await;
     }
 }

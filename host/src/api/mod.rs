@@ -157,13 +157,21 @@ impl AppState {
 
     /// Settles the checkouts interrupted between authorising and recording their order, as
     /// the clock reads `now`: looks their payments up through the active connectors, voids
-    /// them and releases the stock (see [`crate::recovery`]). The maintenance task runs it.
+    /// them and releases the stock (see [`crate::recovery`]); and orders left `capturing`
+    /// ([`Orders::settle_stuck_captures`]). The maintenance task runs it.
     pub async fn recover_interrupted_checkouts(
         &self,
         now: i64,
-    ) -> Result<crate::recovery::Recovered, crate::inventory::InventoryError> {
+    ) -> Result<crate::recovery::Recovered, crate::orders::OrderError> {
         let registry = self.registry.clone();
-        crate::recovery::recover(&self.db, |name| registry.snapshot().get(name), now).await
+        let connector = move |name: &str| registry.snapshot().get(name);
+        let mut done = crate::recovery::recover(&self.db, &connector, now).await?;
+        let settled = self
+            .orders
+            .settle_stuck_captures(&connector, now, &mut done)
+            .await;
+        done.count();
+        settled.map(|()| done)
     }
 
     /// Stores `token` (hashed) as an admin credential named `name`.

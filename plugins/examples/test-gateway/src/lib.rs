@@ -24,10 +24,11 @@
 //! (`tg_cap_…` and `tg_ref_…` step references); a void releases the amount it names.
 //!
 //! **Lookup** (`payment-lookup`, what the host asks about a checkout interrupted after it sent
-//! authorize). The test gateway keeps no state, so it answers as the operator's `lookup`
-//! configuration value says: `held` (the default: an authorisation `tg_<operation id>` for the
-//! amount asked), `nothing` (no payment), `gateway-unavailable` (cannot tell now) or
-//! `unsupported` (`invalid-request`, as a connector that cannot look payments up answers).
+//! authorize, or about an order whose capture went unanswered). The test gateway keeps no
+//! state, so it answers as the operator's `lookup` configuration value says: `held` (the
+//! default: an authorisation `tg_<operation id>` for the amount asked), `captured` (that
+//! payment, captured in full), `nothing` (no payment), `gateway-unavailable` (cannot tell now)
+//! or `unsupported` (`invalid-request`, as a connector that cannot look payments up answers).
 //!
 //! Faults on demand, for testing what a host does when a capture fails: the `capture-fault`
 //! configuration value makes every capture answer `gateway-unavailable` (an outcome the host
@@ -250,6 +251,12 @@ fn find(lookup: &str, request: FindRequest) -> Result<Option<PaymentResult>, Pay
     match lookup {
         "" | "held" => Ok(Some(PaymentResult {
             status: PaymentStatus::Authorized,
+            gateway_reference: reference(&request.operation_id),
+            amount: request.amount,
+            step_reference: None,
+        })),
+        "captured" => Ok(Some(PaymentResult {
+            status: PaymentStatus::Captured,
             gateway_reference: reference(&request.operation_id),
             amount: request.amount,
             step_reference: None,
@@ -755,6 +762,13 @@ mod tests {
                 "{lookup:?}"
             );
         }
+        let Ok(Some(captured)) = find("captured", request()) else {
+            panic!("found");
+        };
+        assert_eq!(
+            (captured.status, captured.amount),
+            (PaymentStatus::Captured, held.amount.clone())
+        );
         assert_eq!(find("nothing", request()), Ok(None));
         assert_eq!(
             find("gateway-unavailable", request()).map_err(|e| e.code),
