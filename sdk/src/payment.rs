@@ -5,6 +5,12 @@
 //! [`PaymentResult`] or a [`PaymentError`] with a [`PaymentErrorCode`]. Each request carries an
 //! `operation_id` that stays the same when the host retries the step: pass it to the gateway as
 //! its idempotency key so that a retry never charges twice.
+//!
+//! [`Payment::find`] is the lookup (the WIT's `payment-lookup`): when a checkout stopped after
+//! sending authorize — its process killed, the answer lost — the host asks what the gateway
+//! holds for that operation and releases it. Implement it if the gateway can be searched (by
+//! the order reference sent with authorize, say); without it the host can only log the
+//! operation for the operator.
 
 pub use crate::__private::payment::exports::cartridge::plugin::payment::{
     AuthorizeRequest, CaptureRequest, PaymentError, PaymentErrorCode, PaymentResult, PaymentStatus,
@@ -13,8 +19,8 @@ pub use crate::__private::payment::exports::cartridge::plugin::payment::{
 pub use crate::__private::payment::exports::cartridge::plugin::payment_lookup::FindRequest;
 pub use crate::{Attribute, Money, Timestamp};
 
-/// A payment connector. `authorize` is required; the other steps default to refusing with
-/// [`PaymentErrorCode::InvalidRequest`], for gateways that do not support them.
+/// A payment connector. `authorize` is required; the other steps (and the lookup) default to
+/// refusing with [`PaymentErrorCode::InvalidRequest`], for gateways that do not support them.
 pub trait Payment {
     /// Holds `request.amount` on the payment method behind `request.payment_token`.
     fn authorize(request: AuthorizeRequest) -> Result<PaymentResult, PaymentError>;
