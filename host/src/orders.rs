@@ -1353,8 +1353,9 @@ impl Orders {
     /// retry and no webhook since: asks the order's connector what the gateway holds. Captured:
     /// the capture is recorded as the capture call would have. Still only authorised: no
     /// capture happened, and the order goes back to `authorized` (to be captured again or
-    /// cancelled). Anything else, or a connector that cannot look up, leaves the order as it
-    /// is. Counts what it settled in `done`.
+    /// cancelled); voided at the gateway: the payment is `voided`, as the gateway's webhook
+    /// would have made it. Anything else, or a connector that cannot look up, leaves the order
+    /// as it is. Counts what it settled in `done`.
     pub async fn settle_stuck_captures(
         &self,
         connector: &impl Fn(&str) -> Option<Arc<Plugin>>,
@@ -1410,20 +1411,27 @@ impl Orders {
                     tracing::info!(order = %id, captured = found.amount.amount, "recorded a capture whose answer was lost");
                     done.captured += 1;
                 }
-                payment::PaymentStatus::Authorized => {
-                    // Guarded on the claim as it was read: a retry of the capture since then
-                    // renewed it, and its outcome is its own to settle.
+                payment::PaymentStatus::Authorized | payment::PaymentStatus::Voided => {
+                    // Never captured: authorised still, or voided at the gateway (as its
+                    // webhook would report). Guarded on the claim as it was read: a retry of
+                    // the capture since then renewed it, and its outcome is its own to settle.
+                    let state = if found.status == payment::PaymentStatus::Voided {
+                        "voided"
+                    } else {
+                        "authorized"
+                    };
                     let released = sqlx::query(
-                        "UPDATE orders SET payment_status = 'authorized' \
+                        "UPDATE orders SET payment_status = $3 \
                          WHERE id = $1 AND payment_status = 'capturing' AND updated_at = $2",
                     )
                     .bind(&id)
                     .bind(seen)
+                    .bind(state)
                     .execute(&mut *self.db.write_conn().await?)
                     .await?
                     .rows_affected();
                     if released == 1 {
-                        tracing::info!(order = %id, "a capture whose answer was lost never happened: the order is authorized again");
+                        tracing::info!(order = %id, "a capture whose answer was lost never happened: the payment is {state}");
                         done.uncaptured += 1;
                     }
                 }

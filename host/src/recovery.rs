@@ -171,7 +171,8 @@ pub struct Recovered {
     pub unresolved: u32,
     /// Orders left `capturing` that the gateway says were captured: the capture recorded.
     pub captured: u32,
-    /// Orders left `capturing` that the gateway says were not: `authorized` again.
+    /// Orders left `capturing` that the gateway says were not: `authorized` again, or
+    /// `voided` if the gateway voided the payment.
     pub uncaptured: u32,
 }
 

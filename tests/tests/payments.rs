@@ -1191,6 +1191,22 @@ async fn a_capture_left_unanswered_is_settled_by_the_sweep_from_what_the_gateway
             .await;
         assert_eq!(r.body["payment_status"], "voided", "{}", r.body);
 
+        // The gateway voided the payment: so is the order's, as the gateway's webhook would
+        // have made it.
+        let order = stuck().await;
+        shop.gateway_config(json!({"lookup": "voided"})).await;
+        assert_eq!(
+            shop.recover(later()).await,
+            Recovered {
+                uncaptured: 1,
+                ..Recovered::default()
+            }
+        );
+        assert_eq!(
+            payment_status(shop.order(&order).await).as_deref(),
+            Some("voided")
+        );
+
         // A gateway that cannot tell leaves the order capturing, for a retry or a webhook.
         let order = stuck().await;
         shop.gateway_config(json!({"lookup": "unsupported"})).await;

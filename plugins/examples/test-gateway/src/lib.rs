@@ -26,9 +26,10 @@
 //! **Lookup** (`payment-lookup`, what the host asks about a checkout interrupted after it sent
 //! authorize, or about an order whose capture went unanswered). The test gateway keeps no
 //! state, so it answers as the operator's `lookup` configuration value says: `held` (the
-//! default: an authorisation `tg_<operation id>` for the amount asked), `captured` (that
-//! payment, captured in full), `nothing` (no payment), `gateway-unavailable` (cannot tell now)
-//! or `unsupported` (`invalid-request`, as a connector that cannot look payments up answers).
+//! default: an authorisation `tg_<operation id>` for the amount asked), `captured` or `voided`
+//! (that payment, captured in full or voided), `nothing` (no payment), `gateway-unavailable`
+//! (cannot tell now) or `unsupported` (`invalid-request`, as a connector that cannot look
+//! payments up answers).
 //!
 //! Faults on demand, for testing what a host does when a capture fails: the `capture-fault`
 //! configuration value makes every capture answer `gateway-unavailable` (an outcome the host
@@ -255,8 +256,12 @@ fn find(lookup: &str, request: FindRequest) -> Result<Option<PaymentResult>, Pay
             amount: request.amount,
             step_reference: None,
         })),
-        "captured" => Ok(Some(PaymentResult {
-            status: PaymentStatus::Captured,
+        "captured" | "voided" => Ok(Some(PaymentResult {
+            status: if lookup == "captured" {
+                PaymentStatus::Captured
+            } else {
+                PaymentStatus::Voided
+            },
             gateway_reference: reference(&request.operation_id),
             amount: request.amount,
             step_reference: None,
@@ -769,6 +774,10 @@ mod tests {
             (captured.status, captured.amount),
             (PaymentStatus::Captured, held.amount.clone())
         );
+        let Ok(Some(voided)) = find("voided", request()) else {
+            panic!("found");
+        };
+        assert_eq!(voided.status, PaymentStatus::Voided);
         assert_eq!(find("nothing", request()), Ok(None));
         assert_eq!(
             find("gateway-unavailable", request()).map_err(|e| e.code),
