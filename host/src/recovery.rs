@@ -19,8 +19,9 @@
 //! Boundaries: a row whose order exists is only deleted; a request still holding the key
 //! (within [`crate::idempotency::ABANDONED_AFTER_MS`]) is left alone; a gateway that cannot
 //! answer now is asked again at the next sweep; a connector without `payment-lookup` gets an
-//! error log naming the operation for the operator, and the key is released so that a retry
-//! by the shopper can still complete the order.
+//! error log naming the operation, the attempt is kept as `unresolved` for the operator
+//! ([`list`], [`dismiss`]), and the key is released so that a retry by the shopper can still
+//! complete the order.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,7 +62,8 @@ const BEGIN: &str = "INSERT INTO checkout_attempts \
      ON CONFLICT (order_id) DO UPDATE SET connector = excluded.connector, \
        amount = excluded.amount, currency = excluded.currency, \
        key_scope = excluded.key_scope, key_name = excluded.key_name, \
-       key_hash = excluded.key_hash, created_at = excluded.created_at, recovering_at = NULL";
+       key_hash = excluded.key_hash, created_at = excluded.created_at, recovering_at = NULL, \
+       unresolved_at = NULL";
 
 /// PostgreSQL: [`idempotency::CLAIM`] and [`BEGIN`] in one statement; the attempt is recorded
 /// only if the claim inserted its row. The claim's arguments follow the attempt's ($9 …).
@@ -166,8 +168,9 @@ pub struct Recovered {
     pub voided: u32,
     /// Attempts left for a later sweep: the gateway or the connector could not answer now.
     pub deferred: u32,
-    /// Attempts whose connector cannot look payments up: released, with an error log for the
-    /// operator to reconcile at the gateway.
+    /// Attempts whose connector cannot look payments up: their stock released, the attempt
+    /// kept (listed at `/admin/checkout-attempts`) and an error log for the operator to
+    /// reconcile at the gateway.
     pub unresolved: u32,
     /// Orders left `capturing` that the gateway says were captured: the capture recorded.
     pub captured: u32,
@@ -205,20 +208,29 @@ impl Recovered {
     }
 }
 
-/// The recovery's metrics in the Prometheus text format: what this process's sweeps did, and
-/// how many attempts the database holds past [`INTERRUPTED_AFTER_MS`] at `now` — checkouts
-/// that may hold a shopper's money with no order, which should stay near zero.
+/// The recovery's metrics in the Prometheus text format: what this process's sweeps did; how
+/// many attempts the database holds past [`INTERRUPTED_AFTER_MS`] at `now` — checkouts that
+/// may hold a shopper's money with no order, which should stay near zero; and how many are
+/// unresolved, waiting for the operator.
 pub async fn render_metrics(db: &Db, now: i64) -> sqlx::Result<String> {
-    let waiting: i64 = db
+    let (waiting, unresolved): (i64, i64) = db
         .read(move |tx| {
             Box::pin(async move {
                 let rows = tx
                     .fetch(
-                        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM checkout_attempts WHERE created_at < $1",
+                        "SELECT \
+                           CAST(COALESCE(SUM(CASE WHEN unresolved_at IS NULL AND created_at < $1 \
+                             THEN 1 ELSE 0 END), 0) AS BIGINT) AS waiting, \
+                           CAST(COALESCE(SUM(CASE WHEN unresolved_at IS NULL THEN 0 ELSE 1 END), 0) \
+                             AS BIGINT) AS unresolved \
+                         FROM checkout_attempts",
                         &args![now - INTERRUPTED_AFTER_MS],
                     )
                     .await?;
-                rows.first().map_or(Ok(0), |row| row.get("n"))
+                match rows.first() {
+                    Some(row) => Ok((row.get("waiting")?, row.get("unresolved")?)),
+                    None => Ok::<_, sqlx::Error>((0, 0)),
+                }
             })
         })
         .await?;
@@ -235,7 +247,102 @@ pub async fn render_metrics(db: &Db, now: i64) -> sqlx::Result<String> {
     out.push_str("# HELP cartridge_checkouts_interrupted Checkout attempts older than the recovery threshold, not yet settled.\n");
     out.push_str("# TYPE cartridge_checkouts_interrupted gauge\n");
     let _ = writeln!(out, "cartridge_checkouts_interrupted {waiting}");
+    out.push_str("# HELP cartridge_checkouts_unresolved Interrupted checkouts whose connector cannot look payments up, for the operator to reconcile (/admin/checkout-attempts).\n");
+    out.push_str("# TYPE cartridge_checkouts_unresolved gauge\n");
+    let _ = writeln!(out, "cartridge_checkouts_unresolved {unresolved}");
     Ok(out)
+}
+
+/// A checkout attempt as the admin API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    /// The order id the checkout would have recorded (the gateway's order reference).
+    pub order_id: String,
+    /// The payment connector's plugin name.
+    pub connector: String,
+    /// The amount the authorisation asked for, in minor units.
+    pub amount: i64,
+    /// Its currency.
+    pub currency: String,
+    /// When the authorisation was asked for (ms since the epoch).
+    pub created_at: i64,
+    /// `in_flight` (younger than the threshold: a checkout may still be running),
+    /// `waiting` (for the sweep), `recovering` (a sweep has it), or `unresolved`.
+    pub state: &'static str,
+    /// When a sweep gave up on it, for `unresolved`.
+    pub unresolved_at: Option<i64>,
+}
+
+/// Every checkout attempt not yet settled, oldest first (at most `limit`), as the clock reads
+/// `now`.
+pub async fn list(db: &Db, now: i64, limit: i64) -> sqlx::Result<Vec<AttemptView>> {
+    let rows = db
+        .read(move |tx| {
+            Box::pin(async move {
+                tx.fetch(
+                    "SELECT order_id, connector, amount, currency, created_at, recovering_at, \
+                            unresolved_at \
+                     FROM checkout_attempts ORDER BY created_at, order_id LIMIT $1",
+                    &args![limit],
+                )
+                .await
+            })
+        })
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let created_at: i64 = row.get("created_at")?;
+            let recovering_at: Option<i64> = row.get("recovering_at")?;
+            let unresolved_at: Option<i64> = row.get("unresolved_at")?;
+            let state = if unresolved_at.is_some() {
+                "unresolved"
+            } else if recovering_at.is_some_and(|at| at >= now - LEASE_MS) {
+                "recovering"
+            } else if created_at >= now - INTERRUPTED_AFTER_MS {
+                "in_flight"
+            } else {
+                "waiting"
+            };
+            Ok(AttemptView {
+                order_id: row.get("order_id")?,
+                connector: row.get("connector")?,
+                amount: row.get("amount")?,
+                currency: row.get("currency")?,
+                created_at,
+                state,
+                unresolved_at,
+            })
+        })
+        .collect()
+}
+
+/// Forgets an unresolved attempt, once the operator has reconciled it at the gateway. `None`
+/// if there is no such attempt; `Some(false)` if it is not unresolved (the sweep or a
+/// checkout still owns it).
+pub async fn dismiss(db: &Db, order_id: &str) -> sqlx::Result<Option<bool>> {
+    let id = order_id.to_owned();
+    db.write(move |tx| {
+        Box::pin(async move {
+            let dismissed = tx
+                .execute(
+                    "DELETE FROM checkout_attempts WHERE order_id = $1 AND unresolved_at IS NOT NULL",
+                    &args![&id],
+                )
+                .await?;
+            if dismissed == 1 {
+                return Ok(Some(true));
+            }
+            let exists = !tx
+                .fetch(
+                    "SELECT 1 FROM checkout_attempts WHERE order_id = $1",
+                    &args![&id],
+                )
+                .await?
+                .is_empty();
+            Ok(exists.then_some(false))
+        })
+    })
+    .await
 }
 
 /// A candidate row.
@@ -283,6 +390,7 @@ pub async fn recover(
                             created_at \
                      FROM checkout_attempts \
                      WHERE created_at < $1 AND (recovering_at IS NULL OR recovering_at < $2) \
+                       AND unresolved_at IS NULL \
                      ORDER BY created_at LIMIT $3",
                     &args![now - INTERRUPTED_AFTER_MS, now - LEASE_MS, PER_SWEEP],
                 )
@@ -504,12 +612,14 @@ async fn claim(db: &Db, attempt: &Interrupted, now: i64) -> sqlx::Result<Claim> 
 enum Outcome {
     /// The gateway holds nothing for it (any more): the key gets the final answer.
     Released,
-    /// Nobody can tell: the key is released, so that the shopper's retry — the same attempt,
-    /// answered by the gateway's idempotency — may still complete the order.
+    /// Nobody can tell: the attempt stays, marked unresolved, for the operator; the key is
+    /// released, so that the shopper's retry — the same attempt, answered by the gateway's
+    /// idempotency — may still complete the order.
     Unknown,
 }
 
-/// Releases the attempt's stock, forgets the attempt, and answers or releases its key.
+/// Releases the attempt's stock, forgets the attempt (or marks it unresolved), and answers or
+/// releases its key.
 async fn finish(
     db: &Db,
     attempt: &Interrupted,
@@ -527,7 +637,18 @@ async fn finish(
     db.write(move |tx| {
         Box::pin(async move {
             inventory::release_in(tx, order_id.clone(), now).await?;
-            Attempt::end_in(tx, &order_id).await?;
+            match outcome {
+                Outcome::Released => Attempt::end_in(tx, &order_id).await?,
+                // Kept, for the operator: nobody knows what the gateway holds.
+                Outcome::Unknown => {
+                    tx.execute(
+                        "UPDATE checkout_attempts SET unresolved_at = $2, recovering_at = NULL \
+                         WHERE order_id = $1",
+                        &args![&order_id, now],
+                    )
+                    .await?;
+                }
+            }
             if let (Some((scope, name, _)), false) = (&key, key_done) {
                 match outcome {
                     Outcome::Released => {

@@ -18,7 +18,11 @@ CREATE TABLE checkout_attempts (
     -- When the authorisation was asked for (its request's `now`).
     created_at BIGINT NOT NULL,
     -- When a sweep took it up: other hosts leave it alone for a while.
-    recovering_at BIGINT
+    recovering_at BIGINT,
+    -- When a sweep gave up on it because its connector cannot look payments up: the stock
+    -- was released, and the row stays, for the operator to reconcile at the gateway and
+    -- dismiss (`/admin/checkout-attempts`). A retry of the checkout takes it up again.
+    unresolved_at BIGINT
 ) WITHOUT ROWID;
 -- No index beyond the key: every checkout inserts and deletes a row here, and the table only
 -- ever holds the checkouts in flight, which the sweep reads whole. WITHOUT ROWID keeps it to

@@ -949,6 +949,23 @@ impl Shop {
             .expect("count")
     }
 
+    /// An admin GET's body.
+    async fn admin_get(&self, path: &str) -> Value {
+        let auth = format!("Bearer {ADMIN}");
+        let r = self
+            .send(Method::GET, path, &[("authorization", &auth)], None)
+            .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        r.body
+    }
+
+    /// An admin DELETE.
+    async fn admin_delete(&self, path: &str) -> Reply {
+        let auth = format!("Bearer {ADMIN}");
+        self.send(Method::DELETE, path, &[("authorization", &auth)], None)
+            .await
+    }
+
     /// `/metrics` as an admin reads it.
     async fn metrics(&self) -> String {
         self.http
@@ -1098,9 +1115,9 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
             .await;
         assert_eq!(code(&r), (503, Some("checkout_aborted")), "{}", r.body);
 
-        // A connector that cannot look payments up: the attempt is given up with an error log
-        // for the operator, and the key released, so that the shopper's retry may still
-        // complete the order.
+        // A connector that cannot look payments up: the stock is released and the key too, so
+        // that the shopper's retry may still complete the order; the attempt stays, listed
+        // for the operator to reconcile at the gateway, and is not taken up again.
         shop.gateway_config(json!({"lookup": "unsupported"})).await;
         let cart = shop.cart().await;
         let r = shop
@@ -1114,7 +1131,19 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
                 ..Recovered::default()
             }
         );
-        assert_eq!(shop.attempts().await, 0);
+        assert_eq!(shop.recover(later()).await, Recovered::default());
+        let listed = shop.admin_get("/admin/checkout-attempts").await;
+        let attempts = listed["attempts"].as_array().expect("attempts");
+        assert_eq!(attempts.len(), 1, "{listed}");
+        assert_eq!(attempts[0]["state"], "unresolved", "{listed}");
+        assert_eq!(attempts[0]["amount"], TOTAL, "{listed}");
+        let id = attempts[0]["order_id"].as_str().expect("id").to_owned();
+        assert!(
+            shop.metrics()
+                .await
+                .contains("cartridge_checkouts_unresolved 1\n")
+        );
+        // The retry runs again, and takes the attempt back from the operator.
         let r = shop
             .checkout_cart(&cart, "tok_gatewayUnavailable", "unknown")
             .await;
@@ -1124,6 +1153,29 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
             "ran again: {}",
             r.body
         );
+        let listed = shop.admin_get("/admin/checkout-attempts").await;
+        assert_eq!(listed["attempts"][0]["state"], "in_flight", "{listed}");
+        let dismiss = format!("/admin/checkout-attempts/{id}");
+        let r = shop.admin_delete(&dismiss).await;
+        assert_eq!(code(&r), (409, Some("invalid_state")), "{}", r.body);
+        // Unresolved again; reconciled by the operator, then dismissed, once.
+        assert_eq!(
+            shop.recover(later()).await,
+            Recovered {
+                unresolved: 1,
+                ..Recovered::default()
+            }
+        );
+        let r = shop.admin_delete(&dismiss).await;
+        assert_eq!(
+            (r.status, &r.body["dismissed"]),
+            (200, &json!(id)),
+            "{}",
+            r.body
+        );
+        assert_eq!(shop.attempts().await, 0);
+        let r = shop.admin_delete(&dismiss).await;
+        assert_eq!(code(&r), (404, Some("not_found")), "{}", r.body);
         assert_eq!(shop.available().await, stock);
         shop.drop_database().await;
     }

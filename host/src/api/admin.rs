@@ -2,7 +2,7 @@
 //! [`Admin`], so no route here answers without an admin token.
 
 use axum::extract::{Path, State};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -35,6 +35,46 @@ pub(super) fn routes() -> Router<AppState> {
             "/shipping-methods/{id}",
             get(shipping_method).put(replace_shipping_method),
         )
+        .route("/checkout-attempts", get(checkout_attempts))
+        .route("/checkout-attempts/{id}", delete(dismiss_checkout_attempt))
+}
+
+/// The most checkout attempts one listing shows.
+const ATTEMPTS_LISTED: i64 = 500;
+
+/// Checkouts not yet settled: in flight, waiting for the recovery sweep, or unresolved (their
+/// connector cannot look payments up), oldest first.
+async fn checkout_attempts(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let attempts = crate::recovery::list(&state.db, now_ms(), ATTEMPTS_LISTED)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(json!({ "attempts": attempts })))
+}
+
+/// Forgets an unresolved checkout attempt the operator has reconciled at the gateway.
+async fn dismiss_checkout_attempt(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match crate::recovery::dismiss(&state.db, &id)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+    {
+        Some(true) => Ok(Json(json!({ "dismissed": id }))),
+        Some(false) => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "invalid_state",
+            "only an unresolved checkout attempt can be dismissed: this one is still in flight or with the recovery sweep",
+        )),
+        None => Err(ApiError::not_found(
+            "not_found",
+            format!("no checkout attempt {id:?}"),
+        )),
+    }
 }
 
 async fn create_shipping_method(

@@ -252,6 +252,18 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
         "Every shipping method, archived ones included",
     ),
     (
+        "get",
+        "/admin/checkout-attempts",
+        Access::Admin,
+        "Checkouts not yet settled, oldest first: `in_flight`, `waiting` for the recovery sweep, `recovering`, or `unresolved` (the connector cannot look payments up: reconcile at the gateway, then dismiss)",
+    ),
+    (
+        "delete",
+        "/admin/checkout-attempts/{id}",
+        Access::Admin,
+        "Dismiss an unresolved checkout attempt once reconciled at the gateway (409 for any other)",
+    ),
+    (
         "post",
         "/admin/shipping-methods",
         Access::Admin,
@@ -1071,6 +1083,7 @@ mod tests {
             ("delete", "/admin/plugins/{name}/grants/{capability}"),
             ("delete", "/admin/plugins/{name}/secrets/{secret}"),
             ("delete", "/store/carts/{id}/lines/{line}"),
+            ("delete", "/admin/checkout-attempts/{id}"),
         ];
         let doc = document();
         for (method, path) in documented_routes() {
