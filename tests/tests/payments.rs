@@ -1204,75 +1204,44 @@ async fn a_capture_left_unanswered_is_settled_by_the_sweep_from_what_the_gateway
             order
         };
 
-        // The gateway captured but its answer was lost, and neither a retry nor a webhook
-        // came: the sweep records the capture.
-        let order = stuck().await;
-        assert_eq!(
-            shop.recover(now_ms()).await,
-            Recovered::default(),
-            "not yet"
-        );
-        shop.gateway_config(json!({"lookup": "captured"})).await;
-        assert_eq!(
-            shop.recover(later()).await,
-            Recovered {
-                captured: 1,
-                ..Recovered::default()
+        // The capture's answer was lost, and neither a retry nor a webhook came. Ten minutes on
+        // the sweep asks the gateway, and the order takes the state it says.
+        let only = |count: fn(&mut Recovered)| {
+            let mut expected = Recovered::default();
+            count(&mut expected);
+            expected
+        };
+        for (lookup, settled, status) in [
+            // Captured: the capture is recorded.
+            ("captured", only(|r| r.captured = 1), "captured"),
+            // Never captured: the order is authorized again (it can be cancelled, below).
+            ("held", only(|r| r.uncaptured = 1), "authorized"),
+            // Voided at the gateway: so is the order's payment, as the webhook would make it.
+            ("voided", only(|r| r.uncaptured = 1), "voided"),
+            // The gateway cannot tell: the order stays capturing, for a retry or a webhook.
+            ("unsupported", only(|r| r.deferred = 1), "capturing"),
+        ] {
+            let order = stuck().await;
+            shop.gateway_config(json!({"lookup": lookup})).await;
+            assert_eq!(
+                shop.recover(now_ms()).await,
+                Recovered::default(),
+                "not yet"
+            );
+            assert_eq!(shop.recover(later()).await, settled, "{lookup}");
+            let o = shop.order(&order).await;
+            assert_eq!(o["payment_status"], status, "{lookup}: {o}");
+            match lookup {
+                "captured" => assert_eq!(amounts(&o), (TOTAL, TOTAL, 0)),
+                "held" => {
+                    let r = shop
+                        .admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
+                        .await;
+                    assert_eq!(r.body["payment_status"], "voided", "{}", r.body);
+                }
+                _ => {}
             }
-        );
-        let o = shop.order(&order).await;
-        assert_eq!(o["payment_status"], "captured", "{o}");
-        assert_eq!(amounts(&o), (TOTAL, TOTAL, 0));
-
-        // The gateway never captured: the order is authorized again, and can be cancelled.
-        let order = stuck().await;
-        shop.gateway_config(json!({"lookup": "held"})).await;
-        assert_eq!(
-            shop.recover(later()).await,
-            Recovered {
-                uncaptured: 1,
-                ..Recovered::default()
-            }
-        );
-        assert_eq!(
-            payment_status(shop.order(&order).await).as_deref(),
-            Some("authorized")
-        );
-        let r = shop
-            .admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
-            .await;
-        assert_eq!(r.body["payment_status"], "voided", "{}", r.body);
-
-        // The gateway voided the payment: so is the order's, as the gateway's webhook would
-        // have made it.
-        let order = stuck().await;
-        shop.gateway_config(json!({"lookup": "voided"})).await;
-        assert_eq!(
-            shop.recover(later()).await,
-            Recovered {
-                uncaptured: 1,
-                ..Recovered::default()
-            }
-        );
-        assert_eq!(
-            payment_status(shop.order(&order).await).as_deref(),
-            Some("voided")
-        );
-
-        // A gateway that cannot tell leaves the order capturing, for a retry or a webhook.
-        let order = stuck().await;
-        shop.gateway_config(json!({"lookup": "unsupported"})).await;
-        assert_eq!(
-            shop.recover(later()).await,
-            Recovered {
-                deferred: 1,
-                ..Recovered::default()
-            }
-        );
-        assert_eq!(
-            payment_status(shop.order(&order).await).as_deref(),
-            Some("capturing")
-        );
+        }
         shop.drop_database().await;
     }
 }
