@@ -119,12 +119,7 @@ impl AppState {
     /// ([`Inventory::release_lapsed`]), and forgets stale failed logins. Several hosts on one
     /// database may all run it.
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
-        let (db, inventory, customers, state) = (
-            self.db.clone(),
-            self.inventory.clone(),
-            self.customers.clone(),
-            self.clone(),
-        );
+        let state = self.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
             loop {
@@ -135,12 +130,13 @@ impl AppState {
                     Ok(done) => tracing::info!(?done, "interrupted checkouts recovered"),
                     Err(e) => tracing::warn!("recovering interrupted checkouts failed: {e}"),
                 }
-                match idempotency::sweep(&db, now_ms()).await {
+                match idempotency::sweep(&state.db, now_ms()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(keys = n, "idempotency keys swept"),
                     Err(e) => tracing::warn!("idempotency sweep failed: {e}"),
                 }
-                match inventory
+                match state
+                    .inventory
                     .release_lapsed(now_ms(), LAPSED_LEVELS_PER_SWEEP)
                     .await
                 {
@@ -148,7 +144,7 @@ impl AppState {
                     Ok(n) => tracing::info!(units = n, "lapsed reservations released"),
                     Err(e) => tracing::warn!("releasing lapsed reservations failed: {e}"),
                 }
-                if let Err(e) = customers.sweep_login_failures(now_ms()).await {
+                if let Err(e) = state.customers.sweep_login_failures(now_ms()).await {
                     tracing::warn!("sweeping failed logins failed: {e}");
                 }
             }
