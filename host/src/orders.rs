@@ -1421,12 +1421,13 @@ impl Orders {
                         "authorized"
                     };
                     let released = sqlx::query(
-                        "UPDATE orders SET payment_status = $3 \
+                        "UPDATE orders SET payment_status = $3, updated_at = $4 \
                          WHERE id = $1 AND payment_status = 'capturing' AND updated_at = $2",
                     )
                     .bind(&id)
                     .bind(seen)
                     .bind(state)
+                    .bind(now)
                     .execute(&mut *self.db.write_conn().await?)
                     .await?
                     .rows_affected();
