@@ -568,7 +568,12 @@ impl Shop {
     }
 
     async fn stored_events(&self) -> i64 {
-        sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM payment_events")
+        self.rows_in("payment_events").await
+    }
+
+    /// How many rows `table` holds.
+    async fn rows_in(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {table}"))
             .fetch_one(self.db.pool())
             .await
             .expect("count")
@@ -943,10 +948,7 @@ impl Shop {
 impl Shop {
     /// Checkout attempts not yet settled.
     async fn attempts(&self) -> i64 {
-        sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM checkout_attempts")
-            .fetch_one(self.db.pool())
-            .await
-            .expect("count")
+        self.rows_in("checkout_attempts").await
     }
 
     /// An admin GET's body.
