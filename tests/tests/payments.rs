@@ -951,6 +951,12 @@ impl Shop {
         self.rows_in("checkout_attempts").await
     }
 
+    /// Checks `cart` out with a token the test gateway cannot answer for: maybe authorised.
+    async fn lost(&self, cart: &(String, String), key: &str) -> Reply {
+        self.checkout_cart(cart, "tok_gatewayUnavailable", key)
+            .await
+    }
+
     /// An admin GET's body.
     async fn admin_get(&self, path: &str) -> Value {
         let auth = format!("Bearer {ADMIN}");
@@ -990,6 +996,13 @@ impl Shop {
     }
 }
 
+/// A sweep's outcome with only what `count` sets.
+fn only(count: fn(&mut Recovered)) -> Recovered {
+    let mut expected = Recovered::default();
+    count(&mut expected);
+    expected
+}
+
 fn now_ms() -> i64 {
     i64::try_from(
         SystemTime::now()
@@ -1016,9 +1029,7 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
         // The gateway could not answer: it may hold an authorisation. The stock comes back at
         // once; the attempt stays, for a retry with the same key or for the sweep.
         let cart = shop.cart().await;
-        let r = shop
-            .checkout_cart(&cart, "tok_gatewayUnavailable", "lost")
-            .await;
+        let r = shop.lost(&cart, "lost").await;
         assert_eq!(
             code(&r),
             (503, Some("payment_gateway_unavailable")),
@@ -1058,9 +1069,7 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
         );
         // A retry with the key is answered for good: replaying the attempt at the gateway
         // would hand back the voided authorisation as if it held money.
-        let r = shop
-            .checkout_cart(&cart, "tok_gatewayUnavailable", "lost")
-            .await;
+        let r = shop.lost(&cart, "lost").await;
         assert_eq!(code(&r), (503, Some("checkout_aborted")), "{}", r.body);
         assert_eq!(shop.recover(later()).await, Recovered::default());
 
@@ -1068,36 +1077,20 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
         shop.gateway_config(json!({"lookup": "nothing"})).await;
         let r = shop.checkout("tok_gatewayUnavailable").await;
         assert_eq!(r.status, 503, "{}", r.body);
-        assert_eq!(
-            shop.recover(later()).await,
-            Recovered {
-                released: 1,
-                ..Recovered::default()
-            }
-        );
+        assert_eq!(shop.recover(later()).await, only(|r| r.released = 1));
 
         // The gateway cannot tell now: asked again at a later sweep (once the first sweep's
         // lease on the attempt has run out).
         shop.gateway_config(json!({"lookup": "gateway-unavailable"}))
             .await;
         let cart = shop.cart().await;
-        let r = shop
-            .checkout_cart(&cart, "tok_gatewayUnavailable", "deferred")
-            .await;
+        let r = shop.lost(&cart, "deferred").await;
         assert_eq!(r.status, 503, "{}", r.body);
         let first = later();
-        assert_eq!(
-            shop.recover(first).await,
-            Recovered {
-                deferred: 1,
-                ..Recovered::default()
-            }
-        );
+        assert_eq!(shop.recover(first).await, only(|r| r.deferred = 1));
         assert_eq!(shop.attempts().await, 1);
         // Meanwhile the sweep holds the key: a retry waits rather than racing it.
-        let r = shop
-            .checkout_cart(&cart, "tok_gatewayUnavailable", "deferred")
-            .await;
+        let r = shop.lost(&cart, "deferred").await;
         assert_eq!(code(&r), (409, Some("request_in_progress")), "{}", r.body);
         shop.gateway_config(json!({"lookup": "held"})).await;
         assert_eq!(
@@ -1107,14 +1100,9 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
         );
         assert_eq!(
             shop.recover(first + 5 * 60_000).await,
-            Recovered {
-                voided: 1,
-                ..Recovered::default()
-            }
+            only(|r| r.voided = 1)
         );
-        let r = shop
-            .checkout_cart(&cart, "tok_gatewayUnavailable", "deferred")
-            .await;
+        let r = shop.lost(&cart, "deferred").await;
         assert_eq!(code(&r), (503, Some("checkout_aborted")), "{}", r.body);
 
         // A connector that cannot look payments up: the stock is released and the key too, so
@@ -1122,17 +1110,9 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
         // for the operator to reconcile at the gateway, and is not taken up again.
         shop.gateway_config(json!({"lookup": "unsupported"})).await;
         let cart = shop.cart().await;
-        let r = shop
-            .checkout_cart(&cart, "tok_gatewayUnavailable", "unknown")
-            .await;
+        let r = shop.lost(&cart, "unknown").await;
         assert_eq!(r.status, 503, "{}", r.body);
-        assert_eq!(
-            shop.recover(later()).await,
-            Recovered {
-                unresolved: 1,
-                ..Recovered::default()
-            }
-        );
+        assert_eq!(shop.recover(later()).await, only(|r| r.unresolved = 1));
         assert_eq!(shop.recover(later()).await, Recovered::default());
         let listed = shop.admin_get("/admin/checkout-attempts").await;
         let attempts = listed["attempts"].as_array().expect("attempts");
@@ -1146,9 +1126,7 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
                 .contains("cartridge_checkouts_unresolved 1\n")
         );
         // The retry runs again, and takes the attempt back from the operator.
-        let r = shop
-            .checkout_cart(&cart, "tok_gatewayUnavailable", "unknown")
-            .await;
+        let r = shop.lost(&cart, "unknown").await;
         assert_eq!(
             code(&r),
             (503, Some("payment_gateway_unavailable")),
@@ -1161,13 +1139,7 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
         let r = shop.admin_delete(&dismiss).await;
         assert_eq!(code(&r), (409, Some("invalid_state")), "{}", r.body);
         // Unresolved again; reconciled by the operator, then dismissed, once.
-        assert_eq!(
-            shop.recover(later()).await,
-            Recovered {
-                unresolved: 1,
-                ..Recovered::default()
-            }
-        );
+        assert_eq!(shop.recover(later()).await, only(|r| r.unresolved = 1));
         let r = shop.admin_delete(&dismiss).await;
         assert_eq!(
             (r.status, &r.body["dismissed"]),
@@ -1208,11 +1180,6 @@ async fn a_capture_left_unanswered_is_settled_by_the_sweep_from_what_the_gateway
 
         // The capture's answer was lost, and neither a retry nor a webhook came. Ten minutes on
         // the sweep asks the gateway, and the order takes the state it says.
-        let only = |count: fn(&mut Recovered)| {
-            let mut expected = Recovered::default();
-            count(&mut expected);
-            expected
-        };
         for (lookup, settled, status) in [
             // Captured: the capture is recorded.
             ("captured", only(|r| r.captured = 1), "captured"),
