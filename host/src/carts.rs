@@ -169,7 +169,7 @@ fn opens(token_hash: &str, owner: Option<&str>, key: &CartKey) -> bool {
 }
 
 /// One line.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct CartLine {
     /// Its id.
     pub id: String,

@@ -25,7 +25,7 @@ pub struct PricingOutcome {
 }
 
 /// A fail-open plugin that failed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct SkippedPlugin {
     /// Which plugin.
     pub plugin: PluginRef,

@@ -323,48 +323,152 @@ fn money(amount: i64, currency: &str) -> Money {
 
 /// An order as the API shows it. Built from the database by [`Orders::order`], and from what
 /// checkout just wrote by checkout itself, so both answers have one shape.
-#[derive(Serialize)]
-struct OrderView {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct OrderView {
+    /// The order's id.
     id: String,
+    /// Where the receipt goes, lower-case.
     email: String,
+    /// The customer who placed it, when one was signed in.
     customer_id: Option<String>,
+    /// `placed`, `on_hold` (a fraud check asked for review) or `cancelled`.
     status: String,
+    /// `authorized`, `capturing`, `captured`, `partially_refunded`, `refunded` or `voided`.
     payment_status: String,
+    /// `unfulfilled`, `partially_fulfilled` or `fulfilled`.
     fulfilment_status: String,
+    /// ISO 4217.
     currency: String,
+    /// Sum of the lines before discounts, in minor units.
     subtotal: i64,
+    /// Every discount: lines, order and shipping.
     discount_total: i64,
+    /// Shipping after its discount.
     shipping_total: i64,
+    /// What the shopper pays.
     total: i64,
-    /// `{code, name, carrier, amount}` as priced at checkout, or null.
+    /// The shipping method as priced at checkout; null when none was chosen.
+    #[schemars(with = "Option<ShippingAtCheckout>")]
     shipping_method: Value,
+    /// Where it ships.
+    #[schemars(with = "Address")]
     shipping_address: Value,
+    /// Where it is billed; null when that is the shipping address.
+    #[schemars(with = "Option<Address>")]
     billing_address: Value,
+    /// Which plugin versions priced it, checked it for fraud (with their score and reasons)
+    /// and took its payment.
+    #[schemars(with = "serde_json::Map<String, Value>")]
     decisions: Value,
+    /// Its lines.
     lines: Vec<OrderLineView>,
-    fulfilments: Vec<Value>,
-    return_requests: Vec<Value>,
+    /// Shipments, oldest first.
+    fulfilments: Vec<FulfilmentView>,
+    /// Returns the shopper asked for, oldest first.
+    return_requests: Vec<ReturnRequestView>,
+    /// The payment, once authorised.
     payment: Option<PaymentView>,
+    /// When it was placed, in milliseconds since the Unix epoch.
     created_at: i64,
 }
 
-#[derive(Serialize)]
+/// A shipping method as priced at checkout (the shape of [`OrderView::shipping_method`]).
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)] // Stored and shown as JSON; the type only documents it.
+struct ShippingAtCheckout {
+    /// The method's code.
+    code: String,
+    /// Its name.
+    name: String,
+    /// Its carrier.
+    carrier: Option<String>,
+    /// The rate, in minor units.
+    amount: i64,
+}
+
+/// One order line.
+#[derive(Serialize, schemars::JsonSchema)]
 struct OrderLineView {
+    /// The SKU.
     sku: String,
+    /// Units.
     quantity: i64,
+    /// Price per unit, in minor units.
     unit_price: i64,
+    /// Everything taken off the line.
     discount: i64,
+    /// What the line costs after its discount.
     total: i64,
 }
 
-#[derive(Serialize)]
+/// Units of a SKU.
+#[derive(Serialize, schemars::JsonSchema)]
+struct SkuQuantity {
+    /// The SKU.
+    sku: String,
+    /// Units.
+    quantity: i64,
+}
+
+/// One shipment.
+#[derive(Serialize, schemars::JsonSchema)]
+struct FulfilmentView {
+    /// Its id.
+    id: String,
+    /// The carrier.
+    carrier: Option<String>,
+    /// The tracking number.
+    tracking: Option<String>,
+    /// When it shipped, in milliseconds since the Unix epoch.
+    created_at: i64,
+    /// What it shipped.
+    lines: Vec<SkuQuantity>,
+}
+
+/// A return the shopper asked for.
+#[derive(Serialize, schemars::JsonSchema)]
+struct ReturnRequestView {
+    /// Its id.
+    id: String,
+    /// What comes back.
+    #[schemars(with = "Vec<SkuQuantity>")]
+    lines: Value,
+    /// The shopper's reason.
+    reason: Option<String>,
+    /// `requested` or `received`.
+    status: String,
+    /// When it was asked for, in milliseconds since the Unix epoch.
+    created_at: i64,
+}
+
+/// The order's payment.
+#[derive(Serialize, schemars::JsonSchema)]
 struct PaymentView {
+    /// The connector that took it (`name@version`).
     plugin: String,
+    /// The gateway's reference.
     gateway_reference: String,
+    /// Authorised, in minor units.
     authorized: i64,
+    /// Captured.
     captured: i64,
+    /// Refunded.
     refunded: i64,
-    refunds: Vec<Value>,
+    /// Refunds, oldest first.
+    refunds: Vec<RefundView>,
+}
+
+/// One refund.
+#[derive(Serialize, schemars::JsonSchema)]
+struct RefundView {
+    /// Minor units.
+    amount: i64,
+    /// The gateway's reference for the refund.
+    reference: Option<String>,
+    /// Why.
+    reason: Option<String>,
+    /// When, in milliseconds since the Unix epoch.
+    created_at: i64,
 }
 
 impl From<OrderView> for Value {
@@ -922,18 +1026,18 @@ impl Orders {
             .bind(id)
             .fetch_optional(self.db.reader())
             .await?;
-        let refunds: Vec<Value> = sqlx::query("SELECT amount, step_reference, reason, created_at FROM payment_refunds WHERE order_id = $1 ORDER BY created_at, operation_id")
+        let refunds: Vec<RefundView> = sqlx::query("SELECT amount, step_reference, reason, created_at FROM payment_refunds WHERE order_id = $1 ORDER BY created_at, operation_id")
             .bind(id)
             .fetch_all(self.db.reader())
             .await?
             .iter()
-            .map(|r| -> std::result::Result<Value, sqlx::Error> {
-                Ok(json!({
-                    "amount": r.try_get::<i64, _>("amount")?,
-                    "reference": r.try_get::<Option<String>, _>("step_reference")?,
-                    "reason": r.try_get::<Option<String>, _>("reason")?,
-                    "created_at": r.try_get::<i64, _>("created_at")?,
-                }))
+            .map(|r| -> std::result::Result<RefundView, sqlx::Error> {
+                Ok(RefundView {
+                    amount: r.try_get("amount")?,
+                    reference: r.try_get("step_reference")?,
+                    reason: r.try_get("reason")?,
+                    created_at: r.try_get("created_at")?,
+                })
             })
             .collect::<std::result::Result<_, _>>()?;
         let payment = match pay {
@@ -954,37 +1058,40 @@ impl Orders {
             .await?
         {
             let fid: String = f.try_get("id")?;
-            let lines: Vec<Value> = sqlx::query("SELECT sku, quantity FROM fulfilment_lines WHERE fulfilment_id = $1 ORDER BY sku")
+            let lines: Vec<SkuQuantity> = sqlx::query("SELECT sku, quantity FROM fulfilment_lines WHERE fulfilment_id = $1 ORDER BY sku")
                 .bind(&fid)
                 .fetch_all(self.db.reader())
                 .await?
                 .iter()
-                .map(|l| -> std::result::Result<Value, sqlx::Error> {
-                    Ok(json!({"sku": l.try_get::<String, _>("sku")?, "quantity": l.try_get::<i64, _>("quantity")?}))
+                .map(|l| -> std::result::Result<SkuQuantity, sqlx::Error> {
+                    Ok(SkuQuantity {
+                        sku: l.try_get("sku")?,
+                        quantity: l.try_get("quantity")?,
+                    })
                 })
                 .collect::<std::result::Result<_, _>>()?;
-            fulfilments.push(json!({
-                "id": fid,
-                "carrier": f.try_get::<Option<String>, _>("carrier")?,
-                "tracking": f.try_get::<Option<String>, _>("tracking")?,
-                "created_at": f.try_get::<i64, _>("created_at")?,
-                "lines": lines,
-            }));
+            fulfilments.push(FulfilmentView {
+                id: fid,
+                carrier: f.try_get("carrier")?,
+                tracking: f.try_get("tracking")?,
+                created_at: f.try_get("created_at")?,
+                lines,
+            });
         }
-        let return_requests: Vec<Value> = sqlx::query("SELECT id, lines, reason, status, created_at FROM return_requests WHERE order_id = $1 ORDER BY created_at, id")
+        let return_requests: Vec<ReturnRequestView> = sqlx::query("SELECT id, lines, reason, status, created_at FROM return_requests WHERE order_id = $1 ORDER BY created_at, id")
             .bind(id)
             .fetch_all(self.db.reader())
             .await?
             .iter()
-            .map(|r| -> std::result::Result<Value, sqlx::Error> {
+            .map(|r| -> std::result::Result<ReturnRequestView, sqlx::Error> {
                 let lines: String = r.try_get("lines")?;
-                Ok(json!({
-                    "id": r.try_get::<String, _>("id")?,
-                    "lines": serde_json::from_str::<Value>(&lines).unwrap_or(Value::Null),
-                    "reason": r.try_get::<Option<String>, _>("reason")?,
-                    "status": r.try_get::<String, _>("status")?,
-                    "created_at": r.try_get::<i64, _>("created_at")?,
-                }))
+                Ok(ReturnRequestView {
+                    id: r.try_get("id")?,
+                    lines: serde_json::from_str::<Value>(&lines).unwrap_or(Value::Null),
+                    reason: r.try_get("reason")?,
+                    status: r.try_get("status")?,
+                    created_at: r.try_get("created_at")?,
+                })
             })
             .collect::<std::result::Result<_, _>>()?;
         let text = |name: &str| -> std::result::Result<Value, sqlx::Error> {

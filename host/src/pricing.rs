@@ -29,7 +29,7 @@ pub struct PluginOperations {
 }
 
 /// What an operation applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", content = "line_id", rename_all = "snake_case")]
 pub enum Target {
     /// One cart line.
@@ -41,7 +41,7 @@ pub enum Target {
 }
 
 /// A discount that made it into the price.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AppliedDiscount {
     /// The plugin that proposed it (`name@version`).
     pub plugin: String,
@@ -56,7 +56,7 @@ pub struct AppliedDiscount {
 }
 
 /// An operation that was valid but did not make it into the price, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct DroppedOperation {
     /// The plugin that proposed it.
     pub plugin: String,
@@ -69,7 +69,7 @@ pub struct DroppedOperation {
 }
 
 /// A priced line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PricedLine {
     /// The line's id.
     pub id: String,
@@ -88,7 +88,7 @@ pub struct PricedLine {
 }
 
 /// The cart with every applied discount.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PricedCart {
     /// ISO 4217.
     pub currency: String,

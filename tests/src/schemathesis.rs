@@ -88,3 +88,59 @@ pub fn run(
         ),
     })
 }
+
+/// Checks `instance` against the schema `#/components/schemas/{name}` of the OpenAPI
+/// `document`, with the JSON Schema validator schemathesis itself uses (`jsonschema_rs`, in
+/// its venv): what a route answered against what the document promises for it. `Err` names
+/// each violation; `None` when schemathesis is not installed (and this is not CI).
+pub fn validate(
+    document: &serde_json::Value,
+    name: &str,
+    instance: &serde_json::Value,
+) -> Option<Result<(), String>> {
+    let python = venv_dir().join("bin").join("python");
+    if !python.is_file() {
+        let why = format!(
+            "schemathesis is not installed in {} (run .ci/run, or set {VENV_VAR})",
+            venv_dir().display()
+        );
+        crate::skipping("schemathesis", &why);
+        return None;
+    }
+    // The document's definitions under a root schema that refers to one of them, so that
+    // every `#/components/schemas/…` reference resolves within it.
+    let schema = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": {"schemas": document["components"]["schemas"]},
+    });
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (schema_file, instance_file) = (dir.path().join("schema"), dir.path().join("instance"));
+    std::fs::write(&schema_file, schema.to_string()).expect("writing the schema");
+    std::fs::write(&instance_file, instance.to_string()).expect("writing the instance");
+    let output = Command::new(&python)
+        .arg("-c")
+        .arg(
+            "import json, sys, jsonschema_rs\n\
+             schema = json.load(open(sys.argv[1]))\n\
+             instance = json.load(open(sys.argv[2]))\n\
+             errors = [f'{list(e.instance_path)}: {e.message}' for e in\n\
+                       jsonschema_rs.Draft202012Validator(schema).iter_errors(instance)]\n\
+             print('\\n'.join(errors))\n\
+             sys.exit(1 if errors else 0)\n",
+        )
+        .arg(&schema_file)
+        .arg(&instance_file)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(if output.status.success() {
+        Ok(())
+    } else {
+        Err(text)
+    })
+}

@@ -588,6 +588,67 @@ const JSON_BODIES: &[(&str, &str, SchemaOf, bool)] = &[
     ("post", "/webhooks/payments/{plugin}", any_json, true),
 ];
 
+/// (method, path, schema) of every route whose success answer is documented by the type its
+/// handler serializes: one definition for both, so the document cannot promise a shape the
+/// API does not send (schemathesis checks every answer it gets against it).
+const RESPONSES: &[(&str, &str, SchemaOf)] = &[
+    (
+        "post",
+        "/store/carts",
+        schema_of::<storefront::PricedCartBody>,
+    ),
+    (
+        "get",
+        "/store/carts/{id}",
+        schema_of::<storefront::PricedCartBody>,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/lines",
+        schema_of::<storefront::PricedCartBody>,
+    ),
+    (
+        "patch",
+        "/store/carts/{id}/lines/{line}",
+        schema_of::<storefront::PricedCartBody>,
+    ),
+    (
+        "delete",
+        "/store/carts/{id}/lines/{line}",
+        schema_of::<storefront::PricedCartBody>,
+    ),
+    (
+        "put",
+        "/store/carts/{id}/coupons",
+        schema_of::<storefront::PricedCartBody>,
+    ),
+    (
+        "put",
+        "/store/carts/{id}/details",
+        schema_of::<storefront::PricedCartBody>,
+    ),
+    (
+        "put",
+        "/store/carts/{id}/shipping-method",
+        schema_of::<storefront::PricedCartBody>,
+    ),
+    (
+        "post",
+        "/store/carts/{id}/checkout",
+        schema_of::<crate::orders::OrderView>,
+    ),
+    (
+        "get",
+        "/store/orders/{id}",
+        schema_of::<crate::orders::OrderView>,
+    ),
+    (
+        "get",
+        "/admin/orders/{id}",
+        schema_of::<crate::orders::OrderView>,
+    ),
+];
+
 /// (method, path, schema) of every route that takes query parameters: one parameter per
 /// property of the type its handler deserializes the query into.
 const QUERIES: &[(&str, &str, SchemaOf)] = &[
@@ -838,9 +899,15 @@ fn query_parameters(schema: &Value) -> Vec<Value> {
 }
 
 /// The schema generator: JSON Schema 2020-12 (OpenAPI 3.1's), definitions kept under
-/// `#/components/schemas`.
-fn generator(inline: bool) -> SchemaGenerator {
-    SchemaSettings::draft2020_12()
+/// `#/components/schemas`; for what the API reads unless `answers`.
+fn generator(inline: bool, answers: bool) -> SchemaGenerator {
+    let settings = SchemaSettings::draft2020_12();
+    let settings = if answers {
+        settings.for_serialize()
+    } else {
+        settings
+    };
+    settings
         .with(|s| {
             s.definitions_path = "/components/schemas".into();
             s.meta_schema = None;
@@ -849,10 +916,69 @@ fn generator(inline: bool) -> SchemaGenerator {
         .into_generator()
 }
 
+/// Adds the definitions of what the API answers to those of what it reads. A type both read
+/// and answered (an address) may have two shapes: an optional field the API reads may be left
+/// out, while the API always writes it. Such a definition is kept under its name with
+/// `Answer` appended, and the references in the answers' schemas (`operations`, and
+/// `answers` themselves) are changed to match.
+fn merge_answers(
+    schemas: &mut Map<String, Value>,
+    answers: Map<String, Value>,
+    operations: &mut Value,
+) {
+    let renamed: BTreeMap<String, String> = answers
+        .iter()
+        .filter(|(name, schema)| schemas.get(*name).is_some_and(|read| read != *schema))
+        .map(|(name, _)| {
+            (
+                format!("#/components/schemas/{name}"),
+                format!("#/components/schemas/{name}Answer"),
+            )
+        })
+        .collect();
+    fn rename(value: &mut Value, renamed: &BTreeMap<String, String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, item) in map.iter_mut() {
+                    match (key.as_str(), &*item) {
+                        ("$ref", Value::String(to)) if renamed.contains_key(to) => {
+                            *item = Value::String(renamed[to].clone());
+                        }
+                        _ => rename(item, renamed),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|item| rename(item, renamed)),
+            _ => {}
+        }
+    }
+    // Only the answers' own schemas point at answer definitions.
+    for responses in operations
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|methods| methods.values_mut())
+        .filter_map(|operation| operation.get_mut("responses"))
+    {
+        rename(responses, &renamed);
+    }
+    for (name, mut schema) in answers {
+        rename(&mut schema, &renamed);
+        let key = format!("#/components/schemas/{name}");
+        let name = match renamed.get(&key) {
+            Some(to) => to.trim_start_matches("#/components/schemas/").to_owned(),
+            None => name,
+        };
+        schemas.insert(name, schema);
+    }
+}
+
 /// The OpenAPI document.
 pub fn document() -> Value {
-    let mut bodies = generator(false);
-    let mut queries = generator(true);
+    let mut bodies = generator(false, false);
+    let mut queries = generator(true, false);
+    let mut answers = generator(false, true);
     let mut paths: Map<String, Value> = Map::new();
     for (method, path, access, summary) in ROUTES {
         let mut parameters: Vec<Value> = path
@@ -889,6 +1015,10 @@ pub fn document() -> Value {
         };
         let mut success = if *path == "/metrics" {
             json!({"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}})
+        } else if let Some((_, _, schema)) =
+            RESPONSES.iter().find(|(m, p, _)| m == method && p == path)
+        {
+            json!({"description": "Success", "content": {"application/json": {"schema": schema(&mut answers)}}})
         } else {
             json!({"description": "Success", "content": {"application/json": {}}})
         };
@@ -945,6 +1075,15 @@ pub fn document() -> Value {
         }
     }
     let mut schemas = bodies.take_definitions(true);
+    let mut operations = Value::Object(std::mem::take(&mut paths));
+    merge_answers(
+        &mut schemas,
+        answers.take_definitions(true),
+        &mut operations,
+    );
+    let Value::Object(paths) = operations else {
+        unreachable!("the paths were an object")
+    };
     schemas.insert(
         "Error".into(),
         json!({
@@ -975,7 +1114,9 @@ pub fn document() -> Value {
 mod tests {
     use std::collections::BTreeSet;
 
-    use super::{JSON_BODIES, LINKS, QUERIES, document, documented_routes, operation_id};
+    use super::{
+        JSON_BODIES, LINKS, QUERIES, RESPONSES, document, documented_routes, operation_id,
+    };
 
     /// The API's route modules and where the router nests them.
     const ROUTERS: &[(&str, &str)] = &[
@@ -1130,5 +1271,68 @@ mod tests {
         assert_eq!(limit["required"], false);
         let metrics = &doc["paths"]["/metrics"]["get"]["responses"]["2XX"]["content"];
         assert!(metrics.get("text/plain").is_some());
+    }
+
+    /// Every cart route answers with the priced cart, documented from the type the handlers
+    /// serialize; a shape both read and answered (an address: optional on the way in, always
+    /// written on the way out) gets a definition for each, and each side points at its own.
+    #[test]
+    fn answers_are_documented_from_the_types_the_handlers_send() {
+        let doc = document();
+        let documented: BTreeSet<(&str, &str)> = documented_routes().collect();
+        for (method, path, _) in RESPONSES {
+            assert!(documented.contains(&(*method, *path)), "{method} {path}");
+            let answer = if path.starts_with("/store/carts") && !path.ends_with("/checkout") {
+                "#/components/schemas/PricedCartBody"
+            } else {
+                "#/components/schemas/OrderView"
+            };
+            assert_eq!(
+                doc["paths"][path][method]["responses"]["2XX"]["content"]["application/json"]["schema"]
+                    ["$ref"],
+                answer,
+                "{method} {path}"
+            );
+        }
+        let schemas = &doc["components"]["schemas"];
+        let cart = &schemas["PricedCartBody"];
+        let required: BTreeSet<&str> = cart["required"]
+            .as_array()
+            .expect("required")
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
+        // Always sent, though null when nothing is chosen; the token only when a cart is made.
+        assert!(required.contains("shipping_method"));
+        assert!(!required.contains("token"));
+        let order = &schemas["OrderView"]["properties"];
+        assert_eq!(
+            order["shipping_address"]["$ref"],
+            "#/components/schemas/AddressAnswer"
+        );
+        assert_eq!(
+            order["fulfilments"]["items"]["$ref"],
+            "#/components/schemas/FulfilmentView"
+        );
+        // The details a cart answers with point at the address as written, which has every
+        // field; the checkout body at the address as read, whose optional fields may be left out.
+        let answered = &schemas["CartDetailsAnswer"];
+        assert!(
+            answered
+                .to_string()
+                .contains("#/components/schemas/AddressAnswer")
+        );
+        assert!(
+            schemas["AddressAnswer"]["required"]
+                .as_array()
+                .expect("required")
+                .contains(&serde_json::json!("line2"))
+        );
+        assert!(
+            !schemas["Address"]["required"]
+                .as_array()
+                .expect("required")
+                .contains(&serde_json::json!("line2"))
+        );
     }
 }

@@ -141,13 +141,13 @@ async fn set_details(
     State(state): State<AppState>,
     CartCaller(id, key): CartCaller,
     body: Result<super::JsonObject<crate::carts::CartDetails>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PricedCartBody>, ApiError> {
     let details = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
     let view = state.carts.set_details(&id, &key, &details, now).await?;
-    let saved = json!(view.contents.details);
+    let saved = view.contents.details.clone();
     let mut body = priced(&state, view, now).await?;
-    body["details"] = saved;
+    body.details = Some(saved);
     Ok(Json(body))
 }
 
@@ -176,7 +176,7 @@ async fn set_shipping_method(
     State(state): State<AppState>,
     CartCaller(id, key): CartCaller,
     body: Result<super::JsonObject<ShippingChoice>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PricedCartBody>, ApiError> {
     let choice = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
     let view = state
@@ -460,7 +460,7 @@ async fn create_cart(
     State(state): State<AppState>,
     MaybeSignedIn(customer): MaybeSignedIn,
     body: Result<super::JsonObject<NewCart>, ApiError>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<PricedCartBody>), ApiError> {
     let super::JsonObject(new) = body?;
     let now = now_ms();
     let (view, token) = state
@@ -468,14 +468,14 @@ async fn create_cart(
         .create(&new.currency, customer.as_deref(), now)
         .await?;
     let mut body = priced(&state, view, now).await?;
-    body["token"] = json!(token);
+    body.token = Some(token);
     Ok((StatusCode::CREATED, Json(body)))
 }
 
 async fn cart(
     State(state): State<AppState>,
     CartCaller(id, key): CartCaller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PricedCartBody>, ApiError> {
     let view = state.carts.view(&id, &key).await?;
     Ok(Json(priced(&state, view, now_ms()).await?))
 }
@@ -494,7 +494,7 @@ async fn add_line(
     State(state): State<AppState>,
     CartCaller(id, key): CartCaller,
     body: Result<super::JsonObject<NewLine>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PricedCartBody>, ApiError> {
     let line = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
     let view = state
@@ -517,7 +517,7 @@ async fn set_quantity(
     CartCaller(id, key): CartCaller,
     Path((_, line)): Path<(String, String)>,
     body: Result<super::JsonObject<Quantity>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PricedCartBody>, ApiError> {
     let q = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
     let view = state
@@ -531,7 +531,7 @@ async fn remove_line(
     State(state): State<AppState>,
     CartCaller(id, key): CartCaller,
     Path((_, line)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PricedCartBody>, ApiError> {
     let now = now_ms();
     let view = state.carts.remove_line(&id, &key, &line, now).await?;
     Ok(Json(priced(&state, view, now).await?))
@@ -548,37 +548,103 @@ async fn set_coupons(
     State(state): State<AppState>,
     CartCaller(id, key): CartCaller,
     body: Result<super::JsonObject<Coupons>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PricedCartBody>, ApiError> {
     let c = opened_body(&state, &id, &key, body).await?;
     let now = now_ms();
     let view = state.carts.set_coupons(&id, &key, &c.codes, now).await?;
     Ok(Json(priced(&state, view, now).await?))
 }
 
+/// A cart as every cart route answers: its contents, priced by the active pricing plugins.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(crate) struct PricedCartBody {
+    /// The cart's id.
+    id: String,
+    /// ISO 4217.
+    currency: String,
+    /// Its lines, in the order they were added.
+    lines: Vec<crate::carts::CartLine>,
+    /// Entered coupon codes, upper-case.
+    coupon_codes: Vec<String>,
+    /// The chosen shipping method; null when none is chosen.
+    shipping_method: Option<ChosenShipping>,
+    /// SKUs of lines no longer for sale in the cart's currency: left out of the price, and
+    /// refused at checkout.
+    unavailable: Vec<String>,
+    /// The price, with every applied discount.
+    pricing: crate::pricing::PricedCart,
+    /// The pricing plugins whose decisions were applied, in hook order.
+    priced_by: Vec<crate::plugin::PluginRef>,
+    /// Fail-open pricing plugins that failed, and were skipped.
+    skipped_plugins: Vec<crate::hooks::SkippedPlugin>,
+    /// The cart's secret token: in the answer that creates it, and never again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    /// The checkout details saved: in the answer that saves them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<crate::carts::CartDetails>,
+}
+
+/// The cart's chosen shipping method.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+enum ChosenShipping {
+    /// Priced in the cart's currency, and shipping to its saved address.
+    Available {
+        /// The method's code.
+        code: String,
+        /// Its name.
+        name: String,
+        /// Its carrier.
+        carrier: Option<String>,
+        /// The rate, in minor units of the cart's currency.
+        amount: i64,
+        /// True.
+        #[schemars(extend("const" = true))]
+        available: bool,
+    },
+    /// Chosen, but archived, no longer priced in this currency or not shipping to the saved
+    /// address: checkout will ask for another.
+    Unavailable {
+        /// The method's code.
+        code: String,
+        /// False.
+        #[schemars(extend("const" = false))]
+        available: bool,
+    },
+}
+
 /// The cart priced by the active pricing plugins, in hook order. A failing fail-open plugin
 /// is skipped (and listed); a failing fail-closed one fails the request with its named error.
-async fn priced(state: &AppState, view: CartView, now: i64) -> Result<Value, ApiError> {
+async fn priced(state: &AppState, view: CartView, now: i64) -> Result<PricedCartBody, ApiError> {
     let (input, unavailable) = view.pricing_input(now);
     let contents = view.contents;
     let outcome = crate::hooks::price(&state.hook(HookKind::Pricing), &input).await?;
-    Ok(json!({
-        "id": contents.id,
-        "currency": contents.currency,
-        "lines": contents.lines,
-        "coupon_codes": contents.coupon_codes,
-        "shipping_method": match (&contents.shipping_method, &contents.shipping) {
-            (_, Some(offer)) => json!({
-                "code": offer.code, "name": offer.name, "carrier": offer.carrier,
-                "amount": offer.amount, "available": true,
-            }),
-            // Chosen, but archived, no longer priced in this currency or not shipping to the
-            // saved address: checkout will ask for another.
-            (Some(code), None) => json!({"code": code, "available": false}),
-            (None, None) => Value::Null,
-        },
-        "unavailable": unavailable,
-        "pricing": outcome.priced,
-        "priced_by": outcome.decided_by,
-        "skipped_plugins": outcome.skipped,
-    }))
+    let shipping_method = match (contents.shipping_method, contents.shipping) {
+        (_, Some(offer)) => Some(ChosenShipping::Available {
+            code: offer.code,
+            name: offer.name,
+            carrier: offer.carrier,
+            amount: offer.amount,
+            available: true,
+        }),
+        (Some(code), None) => Some(ChosenShipping::Unavailable {
+            code,
+            available: false,
+        }),
+        (None, None) => None,
+    };
+    Ok(PricedCartBody {
+        id: contents.id,
+        currency: contents.currency,
+        lines: contents.lines,
+        coupon_codes: contents.coupon_codes,
+        shipping_method,
+        unavailable,
+        pricing: outcome.priced,
+        priced_by: outcome.decided_by,
+        skipped_plugins: outcome.skipped,
+        token: None,
+        details: None,
+    })
 }

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use super::manifest::HookKind;
 
-/// Which plugin a failure belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// A plugin version and the hook it served: which plugin decided, or failed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct PluginRef {
     /// The plugin's name.
     pub name: String,
     /// The plugin's version.
+    #[schemars(with = "String")]
     pub version: semver::Version,
     /// The hook it was serving.
     pub hook: HookKind,

@@ -35,7 +35,19 @@ pub const MAX_MEMORY_MIB: u32 = 64;
 pub const MAX_DEADLINE_MS: u32 = 30_000;
 
 /// A hook kind: where in the pipeline a plugin is called, and which WIT world it implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum HookKind {
     /// Promotions and price rules on a cart.
