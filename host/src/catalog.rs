@@ -180,7 +180,7 @@ pub struct ProductUpdate {
 }
 
 /// A product as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Product {
     /// Its id.
     pub id: String,
@@ -199,7 +199,7 @@ pub struct Product {
 }
 
 /// A variant as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Variant {
     /// Its SKU.
     pub sku: String,

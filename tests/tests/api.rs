@@ -2105,6 +2105,13 @@ async fn personalization_reorders_the_store_for_a_known_customer_and_falls_back_
             "Ada bought shirts before"
         );
         assert_eq!(by["decided_by"]["name"], "affinity-personalization");
+        let document = app.send(Method::GET, "/openapi.json", &[], None).await.body;
+        for path in ["/store/products", "/store/recommendations"] {
+            let r = app
+                .send(Method::GET, path, &[("authorization", &ada)], None)
+                .await;
+            matches_schema(&document, "ProductPage", path, &r);
+        }
         let (picks, _) = titles(
             &app,
             "/store/recommendations?limit=1",
@@ -2133,6 +2140,16 @@ async fn personalization_reorders_the_store_for_a_known_customer_and_falls_back_
             "the default order stands"
         );
         assert_eq!(by["skipped"][0]["code"], "trap");
+        let document = app.send(Method::GET, "/openapi.json", &[], None).await.body;
+        let r = app
+            .send(
+                Method::GET,
+                "/store/products",
+                &[("authorization", &ada)],
+                None,
+            )
+            .await;
+        matches_schema(&document, "ProductPage", "a page a failing plugin left", &r);
         app.db.drop_database().await;
     }
 }
@@ -2436,6 +2453,17 @@ async fn a_customer_asks_to_return_and_the_merchant_receives_it() {
     }
 }
 
+/// Fails unless `r` succeeded with a body that matches `#/components/schemas/{schema}` of the
+/// OpenAPI `document`; `what` names the answer in the failure.
+fn matches_schema(document: &Value, schema: &str, what: &str, r: &Response) {
+    assert!(r.status < 300, "{what}: {} {}", r.status, r.body);
+    if let Some(Err(violations)) =
+        cartridge_tests::schemathesis::validate(document, schema, &r.body)
+    {
+        panic!("{what} does not match {schema}:\n{violations}\n{}", r.body);
+    }
+}
+
 /// A cart at each step and an order in every part (shipped, captured, part refunded, a return
 /// received) match the schemas `/openapi.json` gives their routes' answers: what a client
 /// generated from the document parses. schemathesis checks every answer it gets, but seldom
@@ -2447,12 +2475,7 @@ async fn carts_and_orders_match_the_schemas_the_openapi_document_gives_them() {
         app.seed().await;
         let document = app.send(Method::GET, "/openapi.json", &[], None).await.body;
         let matches = |schema: &str, what: &str, r: &Response| {
-            assert!(r.status < 300, "{what}: {} {}", r.status, r.body);
-            if let Some(Err(violations)) =
-                cartridge_tests::schemathesis::validate(&document, schema, &r.body)
-            {
-                panic!("{what} does not match {schema}:\n{violations}\n{}", r.body);
-            }
+            matches_schema(&document, schema, what, r);
         };
         let r = app
             .send(

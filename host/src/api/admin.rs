@@ -122,23 +122,23 @@ async fn create_product(
     _: Admin,
     State(state): State<AppState>,
     body: Result<super::JsonObject<NewProduct>, ApiError>,
-) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+) -> Result<(axum::http::StatusCode, Json<crate::catalog::Product>), ApiError> {
     let super::JsonObject(new) = body?;
     let product = state.catalog.create_product(&new, now_ms()).await?;
-    Ok((axum::http::StatusCode::CREATED, Json(json!(product))))
+    Ok((axum::http::StatusCode::CREATED, Json(product)))
 }
 
 async fn product(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::catalog::Product>, ApiError> {
     let product = state
         .catalog
         .product(&id, true)
         .await?
         .ok_or_else(|| ApiError::not_found("not_found", format!("no product {id:?}")))?;
-    Ok(Json(json!(product)))
+    Ok(Json(product))
 }
 
 async fn update_product(
@@ -146,11 +146,9 @@ async fn update_product(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Result<super::JsonObject<crate::catalog::ProductUpdate>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::catalog::Product>, ApiError> {
     let super::JsonObject(update) = body?;
-    Ok(Json(json!(
-        state.catalog.update(&id, &update, now_ms()).await?
-    )))
+    Ok(Json(state.catalog.update(&id, &update, now_ms()).await?))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -188,8 +186,8 @@ async fn archive_product(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(state.catalog.archive(&id, now_ms()).await?)))
+) -> Result<Json<crate::catalog::Product>, ApiError> {
+    Ok(Json(state.catalog.archive(&id, now_ms()).await?))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]

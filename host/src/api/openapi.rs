@@ -647,6 +647,41 @@ const RESPONSES: &[(&str, &str, SchemaOf)] = &[
         "/admin/orders/{id}",
         schema_of::<crate::orders::OrderView>,
     ),
+    (
+        "get",
+        "/store/products",
+        schema_of::<storefront::ProductPage>,
+    ),
+    (
+        "get",
+        "/store/recommendations",
+        schema_of::<storefront::ProductPage>,
+    ),
+    (
+        "get",
+        "/store/products/{id}",
+        schema_of::<crate::catalog::Product>,
+    ),
+    (
+        "post",
+        "/admin/products",
+        schema_of::<crate::catalog::Product>,
+    ),
+    (
+        "get",
+        "/admin/products/{id}",
+        schema_of::<crate::catalog::Product>,
+    ),
+    (
+        "patch",
+        "/admin/products/{id}",
+        schema_of::<crate::catalog::Product>,
+    ),
+    (
+        "post",
+        "/admin/products/{id}/archive",
+        schema_of::<crate::catalog::Product>,
+    ),
 ];
 
 /// (method, path, schema) of every route that takes query parameters: one parameter per
@@ -1284,8 +1319,14 @@ mod tests {
             assert!(documented.contains(&(*method, *path)), "{method} {path}");
             let answer = if path.starts_with("/store/carts") && !path.ends_with("/checkout") {
                 "#/components/schemas/PricedCartBody"
-            } else {
+            } else if path.contains("/orders/") || path.ends_with("/checkout") {
                 "#/components/schemas/OrderView"
+            } else if path.ends_with("/products") && *method == "get"
+                || path.ends_with("/recommendations")
+            {
+                "#/components/schemas/ProductPage"
+            } else {
+                "#/components/schemas/Product"
             };
             assert_eq!(
                 doc["paths"][path][method]["responses"]["2XX"]["content"]["application/json"]["schema"]

@@ -250,13 +250,33 @@ async fn list_products(
     State(state): State<AppState>,
     MaybeSignedIn(customer): MaybeSignedIn,
     filter: Result<Query<ProductFilter>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProductPage>, ApiError> {
     let Query(filter) = filter?;
     let products = state.catalog.list(&filter).await?;
     let (products, ranked_by) = personalize(&state, customer.as_deref(), products, 0).await?;
-    Ok(Json(
-        json!({"products": products.0, "ranked_by": ranked_by}),
-    ))
+    Ok(Json(ProductPage {
+        products: products.0,
+        ranked_by,
+    }))
+}
+
+/// A page of products: a listing, or recommendations.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(crate) struct ProductPage {
+    /// The products, in the order to show them.
+    products: Vec<crate::catalog::Product>,
+    /// Who ordered them, for a signed-in shopper while personalization plugins are active;
+    /// null otherwise (the default order).
+    ranked_by: Option<RankedBy>,
+}
+
+/// What the personalization hook did with a page.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(crate) struct RankedBy {
+    /// The plugin whose ranking stands; null when every plugin failed (the default order).
+    decided_by: Option<crate::plugin::PluginRef>,
+    /// Fail-open personalization plugins that failed, and were skipped.
+    skipped: Vec<crate::hooks::SkippedPlugin>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -272,7 +292,7 @@ async fn recommendations(
     State(state): State<AppState>,
     MaybeSignedIn(customer): MaybeSignedIn,
     query: Result<Query<RecommendationQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProductPage>, ApiError> {
     let Query(q) = query?;
     let limit = q.limit.unwrap_or(4).clamp(1, 20);
     let candidates = state
@@ -283,9 +303,10 @@ async fn recommendations(
         })
         .await?;
     let (products, ranked_by) = personalize(&state, customer.as_deref(), candidates, limit).await?;
-    Ok(Json(
-        json!({"products": products.1, "ranked_by": ranked_by}),
-    ))
+    Ok(Json(ProductPage {
+        products: products.1,
+        ranked_by,
+    }))
 }
 
 /// Ranks `products` (and picks `limit` recommendations) with the personalization hook. Each
@@ -299,7 +320,7 @@ async fn personalize(
 ) -> Result<
     (
         (Vec<crate::catalog::Product>, Vec<crate::catalog::Product>),
-        Value,
+        Option<RankedBy>,
     ),
     ApiError,
 > {
@@ -315,7 +336,7 @@ async fn personalize(
     };
     let Some(customer) = customer.filter(|_| !plugins.is_empty() && !products.is_empty()) else {
         let picks = default_picks(&products);
-        return Ok(((products, picks), Value::Null));
+        return Ok(((products, picks), None));
     };
     let mut purchases = Vec::new();
     for (order_id, sku, quantity, at) in state.orders.purchases(customer).await? {
@@ -388,20 +409,23 @@ async fn personalize(
         .collect();
     Ok((
         (ranked, recommended),
-        json!({"decided_by": outcome.decided_by, "skipped": outcome.skipped}),
+        Some(RankedBy {
+            decided_by: outcome.decided_by,
+            skipped: outcome.skipped,
+        }),
     ))
 }
 
 async fn product(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::catalog::Product>, ApiError> {
     let product = state
         .catalog
         .product(&id, false)
         .await?
         .ok_or_else(|| ApiError::not_found("not_found", format!("no product {id:?}")))?;
-    Ok(Json(json!(product)))
+    Ok(Json(product))
 }
 
 /// The cart named in the path and what the caller offers to open it with: its `X-Cart-Token`,
