@@ -372,6 +372,14 @@ pub(crate) struct OrderView {
     created_at: i64,
 }
 
+/// A page of orders, newest first.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct OrderList {
+    /// The orders.
+    #[schemars(with = "Vec<OrderView>")]
+    pub(crate) orders: Vec<Value>,
+}
+
 /// A shipping method as priced at checkout (the shape of [`OrderView::shipping_method`]).
 #[derive(schemars::JsonSchema)]
 #[allow(dead_code)] // Stored and shown as JSON; the type only documents it.

@@ -168,7 +168,7 @@ async fn orders(
     _: Admin,
     State(state): State<AppState>,
     query: Result<axum::extract::Query<OrderQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::orders::OrderList>, ApiError> {
     let axum::extract::Query(q) = query?;
     let orders = state
         .orders
@@ -179,7 +179,7 @@ async fn orders(
             q.offset.unwrap_or(0),
         )
         .await?;
-    Ok(Json(json!({"orders": orders})))
+    Ok(Json(crate::orders::OrderList { orders }))
 }
 
 async fn archive_product(

@@ -648,6 +648,41 @@ const RESPONSES: &[(&str, &str, SchemaOf)] = &[
         schema_of::<crate::orders::OrderView>,
     ),
     (
+        "post",
+        "/admin/orders/{id}/fulfil",
+        schema_of::<crate::orders::OrderView>,
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/capture",
+        schema_of::<crate::orders::OrderView>,
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/cancel",
+        schema_of::<crate::orders::OrderView>,
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/refunds",
+        schema_of::<crate::orders::OrderView>,
+    ),
+    (
+        "post",
+        "/admin/orders/{id}/returns",
+        schema_of::<crate::orders::OrderView>,
+    ),
+    (
+        "get",
+        "/admin/orders",
+        schema_of::<crate::orders::OrderList>,
+    ),
+    (
+        "get",
+        "/store/customers/me/orders",
+        schema_of::<crate::orders::OrderList>,
+    ),
+    (
         "get",
         "/store/products",
         schema_of::<storefront::ProductPage>,
@@ -1319,6 +1354,8 @@ mod tests {
             assert!(documented.contains(&(*method, *path)), "{method} {path}");
             let answer = if path.starts_with("/store/carts") && !path.ends_with("/checkout") {
                 "#/components/schemas/PricedCartBody"
+            } else if path.ends_with("/orders") {
+                "#/components/schemas/OrderList"
             } else if path.contains("/orders/") || path.ends_with("/checkout") {
                 "#/components/schemas/OrderView"
             } else if path.ends_with("/products") && *method == "get"

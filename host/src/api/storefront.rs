@@ -86,10 +86,13 @@ async fn login(
     Ok(Json(json!({"customer": customer, "token": token})))
 }
 
-async fn my_orders(State(state): State<AppState>, me: SignedIn) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        json!({"orders": state.orders.for_customer(&me.customer_id).await?}),
-    ))
+async fn my_orders(
+    State(state): State<AppState>,
+    me: SignedIn,
+) -> Result<Json<crate::orders::OrderList>, ApiError> {
+    Ok(Json(crate::orders::OrderList {
+        orders: state.orders.for_customer(&me.customer_id).await?,
+    }))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
