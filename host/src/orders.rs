@@ -145,20 +145,25 @@ type Result<T> = std::result::Result<T, OrderError>;
 #[serde(deny_unknown_fields)]
 pub struct Address {
     /// Recipient.
+    #[schemars(example = &"Ada Lovelace")]
     pub name: String,
     /// Street.
+    #[schemars(example = &"Main St 1")]
     pub line1: String,
     /// More street.
     #[serde(default)]
     pub line2: Option<String>,
     /// City.
+    #[schemars(example = &"Berlin")]
     pub city: String,
     /// Region or state.
     #[serde(default)]
     pub region: Option<String>,
     /// Postal code.
+    #[schemars(example = &"10115")]
     pub postal_code: String,
     /// ISO 3166-1 alpha-2.
+    #[schemars(example = &"DE")]
     pub country: String,
 }
 
@@ -206,6 +211,7 @@ impl Address {
 pub struct CheckoutInput {
     /// Where to send the receipt.
     #[serde(default)]
+    #[schemars(example = &"ada@example.com")]
     pub email: Option<String>,
     /// Where to ship.
     #[serde(default)]

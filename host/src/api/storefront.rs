@@ -479,7 +479,7 @@ async fn opened_body<T>(
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewCart {
     /// ISO 4217 code, upper case; the cart is priced in it.
-    #[schemars(regex(pattern = "^[A-Z]{3}$"))]
+    #[schemars(regex(pattern = "^[A-Z]{3}$"), example = &"EUR")]
     currency: String,
 }
 
@@ -510,10 +510,11 @@ async fn cart(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewLine {
-    /// The variant's SKU.
+    /// The variant's SKU (`TEE-M` is one of the demo store's).
+    #[schemars(example = &"TEE-M")]
     sku: String,
     /// Units; added to the line when the cart already holds the SKU.
-    #[schemars(range(min = 1, max = 999))]
+    #[schemars(range(min = 1, max = 999), example = 1)]
     quantity: i64,
 }
 
