@@ -17,6 +17,20 @@ pub fn venv_dir() -> PathBuf {
     crate::venv(VENV_VAR, "schemathesis-venv")
 }
 
+/// The venv's program `name`; `None` when schemathesis is not installed (and this is not CI).
+fn installed(name: &str) -> Option<PathBuf> {
+    let program = venv_dir().join("bin").join(name);
+    if !program.is_file() {
+        let why = format!(
+            "schemathesis is not installed in {} (run .ci/run, or set {VENV_VAR})",
+            venv_dir().display()
+        );
+        crate::skipping("schemathesis", &why);
+        return None;
+    }
+    Some(program)
+}
+
 /// What a run found.
 #[derive(Debug)]
 pub struct Report {
@@ -42,15 +56,7 @@ pub fn run(
     seed: u64,
     max_examples: u32,
 ) -> Option<Report> {
-    let st = venv_dir().join("bin").join("st");
-    if !st.is_file() {
-        let why = format!(
-            "schemathesis is not installed in {} (run .ci/run, or set {VENV_VAR})",
-            venv_dir().display()
-        );
-        crate::skipping("schemathesis", &why);
-        return None;
-    }
+    let st = installed("st")?;
     let mut command = Command::new(&st);
     command
         .arg("run")
@@ -98,15 +104,7 @@ pub fn validate(
     name: &str,
     instance: &serde_json::Value,
 ) -> Option<Result<(), String>> {
-    let python = venv_dir().join("bin").join("python");
-    if !python.is_file() {
-        let why = format!(
-            "schemathesis is not installed in {} (run .ci/run, or set {VENV_VAR})",
-            venv_dir().display()
-        );
-        crate::skipping("schemathesis", &why);
-        return None;
-    }
+    let python = installed("python")?;
     // The document's definitions under a root schema that refers to one of them, so that
     // every `#/components/schemas/…` reference resolves within it.
     let schema = serde_json::json!({

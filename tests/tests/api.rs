@@ -104,6 +104,17 @@ impl TestApp {
         .await
     }
 
+    /// The signed-in customer's orders, `auth` being their `Authorization` header.
+    async fn my_orders(&self, auth: &str) -> Response {
+        self.send(
+            Method::GET,
+            "/store/customers/me/orders",
+            &[("authorization", auth)],
+            None,
+        )
+        .await
+    }
+
     /// Adds `quantity` of `sku` to a cart, with its token.
     async fn add_line(&self, cart: &str, token: &str, sku: &str, quantity: u32) -> Response {
         self.cart(
@@ -1934,23 +1945,9 @@ async fn customers_see_their_own_carts_and_orders_and_nobody_elses() {
         assert_eq!(r.status, 201, "{}", r.body);
         let order = r.body["id"].as_str().expect("order").to_owned();
 
-        let r = app
-            .send(
-                Method::GET,
-                "/store/customers/me/orders",
-                &[("authorization", &as_ada)],
-                None,
-            )
-            .await;
+        let r = app.my_orders(&as_ada).await;
         assert_eq!(r.body["orders"][0]["id"], order.as_str());
-        let r = app
-            .send(
-                Method::GET,
-                "/store/customers/me/orders",
-                &[("authorization", &as_bob)],
-                None,
-            )
-            .await;
+        let r = app.my_orders(&as_bob).await;
         assert_eq!(r.body["orders"], json!([]));
         let r = app
             .send(
@@ -2371,14 +2368,7 @@ async fn a_customer_asks_to_return_and_the_merchant_receives_it() {
         let app = spawn_app(db, SHOP).await;
         app.seed().await;
         let ada = ada_bought_a_tee(&app).await;
-        let r = app
-            .send(
-                Method::GET,
-                "/store/customers/me/orders",
-                &[("authorization", &ada)],
-                None,
-            )
-            .await;
+        let r = app.my_orders(&ada).await;
         let order = r.body["orders"][0]["id"]
             .as_str()
             .expect("order")
@@ -2502,14 +2492,7 @@ async fn carts_and_orders_match_the_schemas_the_openapi_document_gives_them() {
         matches("PricedCartBody", "saved details", &r);
 
         let ada = ada_bought_a_tee(&app).await;
-        let r = app
-            .send(
-                Method::GET,
-                "/store/customers/me/orders",
-                &[("authorization", &ada)],
-                None,
-            )
-            .await;
+        let r = app.my_orders(&ada).await;
         matches("OrderList", "the shopper's orders", &r);
         let order = r.body["orders"][0]["id"]
             .as_str()
