@@ -283,8 +283,9 @@ async fn write_paths_take_turns() {
     }
 }
 
-/// A read body sees what was committed before it, and on SQLite (read-only connections on the
-/// reader threads) cannot write.
+/// A read body sees what was committed before it, and on SQLite cannot write: not on a
+/// read-only reader, and not on the writer's connection, which an idle writer lends to reads
+/// (what the body wrote is rolled back) — and which writes afterwards as before.
 #[tokio::test]
 async fn read_bodies_read() {
     for t in test_databases().await {
@@ -312,6 +313,10 @@ async fn read_bodies_read() {
                 .await;
             assert!(refused.is_err(), "a reader wrote");
             assert_eq!(locations(&db).await.len(), 1);
+            db.write(|tx| Box::pin(async move { insert(tx, "c", 3).await }))
+                .await
+                .expect("the writer writes after lending its connection to a read");
+            assert_eq!(locations(&db).await.len(), 2);
         }
         t.drop_database().await;
     }

@@ -347,11 +347,11 @@ impl Db {
         outcome
     }
 
-    /// Runs `body`, which only reads: on SQLite in one read transaction on a reader connection
-    /// (one snapshot; under the same rule as [`Db::write`]: it awaits nothing but its
-    /// statements); on PostgreSQL on a pooled connection outside a transaction, so each
-    /// statement sees what was committed when it began (a transaction would cost two more round
-    /// trips). A body must not depend on two of its statements seeing the same snapshot, and
+    /// Runs `body`, which only reads: on SQLite in one read transaction (one snapshot; under the
+    /// same rule as [`Db::write`]: it awaits nothing but its statements) on the writer's
+    /// connection if it is idle, in query-only mode, or else on a reader connection; on
+    /// PostgreSQL on a pooled connection outside a transaction, so each statement sees what was
+    /// committed when it began (a transaction would cost two more round trips). A body must not depend on two of its statements seeing the same snapshot, and
     /// on PostgreSQL nothing stops it from writing: keep writes in [`Db::write`].
     pub async fn read<R, E, F>(&self, body: F) -> Result<R, E>
     where
@@ -360,6 +360,19 @@ impl Db {
         E: From<sqlx::Error> + Send + 'static,
     {
         if let Some(readers) = &self.read_threads {
+            // The writer's connection, when it is idle, reads from a warm page cache; a
+            // reader's cache is emptied by every commit since its last read, and refilling it
+            // (a `pread` per page) was most of a read's cost.
+            let body = match &self.writer {
+                Some(writer) => match writer.read_inline(body) {
+                    Ok(outcome) => {
+                        tokio::task::coop::consume_budget().await;
+                        return outcome;
+                    }
+                    Err(body) => body,
+                },
+                None => body,
+            };
             return readers.transact(body).await;
         }
         let mut conn = self.reader().acquire().await?;

@@ -36,9 +36,13 @@
 //! through sqlx also empties the rusqlite connections' page caches, one more reason to keep
 //! the hot paths off it.)
 //!
-//! Read bodies ([`super::Db::read`]) run the same way on the readers, each in a read
-//! transaction of its own (one snapshot for all its statements); WAL lets them read while the
-//! writer writes.
+//! Read bodies ([`super::Db::read`]) run the same way, each in a read transaction of its own
+//! (one snapshot for all its statements); WAL lets them read while the writer writes. A read
+//! goes to the writer's connection first, if it is idle (and may not write there): in WAL mode
+//! a connection's page cache is emptied whenever another connection has committed since its
+//! last transaction, so a reader refills every page a read touches (a `pread` each), while the
+//! writer's cache stays warm — the commits are its own. Only a busy writer sends a read to the
+//! readers.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -245,6 +249,25 @@ impl Threads {
             let _ = done.send(transact(conn, begin, body));
         })))?;
         outcome.await.map_err(|_| sqlx::Error::WorkerCrashed)?
+    }
+
+    /// Runs `body`, which only reads, in a read transaction right here if a connection is
+    /// idle; otherwise hands it back. Meant for the writer's connection, whose page cache
+    /// stays warm (see the module's documentation). A body that writes after all is rolled
+    /// back and refused with SQLite's own error for a read-only connection, as on a reader.
+    /// (Not `PRAGMA query_only`: changing it expires every statement the connection has
+    /// prepared.)
+    pub(super) fn read_inline<R, E, F>(&self, body: F) -> Result<Result<R, E>, F>
+    where
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
+        E: From<sqlx::Error>,
+    {
+        let Some(mut conn) = self.idle() else {
+            return Err(body);
+        };
+        let mut outcome = Err(sqlx::Error::WorkerCrashed.into());
+        run(&mut conn, |conn| outcome = transact_read(conn, body));
+        Ok(outcome)
     }
 
     /// Runs `body` as one transaction right here if a connection is idle; otherwise hands it
@@ -545,6 +568,28 @@ where
     conn.execute_batch("COMMIT").map_err(SqliteError::wrap)?;
     Ok(value)
     // An open transaction (an error above) is rolled back by `run`.
+}
+
+/// Runs a read body in a read transaction of its own on a connection that could write: what
+/// it changed (if anything) is left for [`run`] to roll back, and it gets the error a read-only
+/// connection gives.
+fn transact_read<R, E, F>(conn: &mut Connection, body: F) -> Result<R, E>
+where
+    F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E>,
+    E: From<sqlx::Error>,
+{
+    let before = conn.total_changes();
+    conn.execute_batch("BEGIN").map_err(SqliteError::wrap)?;
+    let value = poll_once(conn, body)?;
+    if conn.total_changes() != before {
+        return Err(SqliteError::wrap(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+            Some("attempt to write in a read body".into()),
+        ))
+        .into());
+    }
+    conn.execute_batch("COMMIT").map_err(SqliteError::wrap)?;
+    Ok(value)
 }
 
 /// Runs `body` to completion: every statement it awaits is ready at once.
