@@ -362,8 +362,10 @@ pub(crate) struct OrderView {
     /// Where it is billed; null when that is the shipping address.
     #[schemars(with = "Option<Address>")]
     billing_address: Value,
-    /// Which plugin versions priced it, checked it for fraud (with their score and reasons)
-    /// and took its payment.
+    /// Which plugin versions decided it: `priced_by` and `pricing_skipped` (the pricing
+    /// plugins that decided, and those that failed open), `applied` (the discounts), `fraud`
+    /// (`decision`: `allow` or `review`; `score`; `reasons`, each with its `plugin`, `code` and
+    /// `message`; `decided_by`; `skipped`) and `payment` (the connector).
     #[schemars(with = "serde_json::Map<String, Value>")]
     decisions: Value,
     /// Its lines.
@@ -814,7 +816,7 @@ impl Orders {
             "priced_by": pricing.decided_by,
             "pricing_skipped": pricing.skipped,
             "applied": priced.applied,
-            "fraud": {"decision": verdict.decision, "score": verdict.score, "decided_by": verdict.decided_by,
+            "fraud": {"decision": snake_name(&verdict.decision), "score": verdict.score, "decided_by": verdict.decided_by,
                       "reasons": verdict.reasons.iter().map(|(p, r)| json!({"plugin": p, "code": r.code, "message": r.message})).collect::<Vec<_>>(),
                       "skipped": verdict.skipped},
             "payment": connector.reference(),

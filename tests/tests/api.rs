@@ -1314,7 +1314,7 @@ async fn the_fraud_hook_denies_or_holds_risky_checkouts() {
             "{}",
             r.body
         );
-        assert_eq!(r.body["decisions"]["fraud"]["decision"], "Review");
+        assert_eq!(r.body["decisions"]["fraud"]["decision"], "review");
         let order = r.body["id"].as_str().expect("id").to_owned();
         let r = app
             .admin(
@@ -1324,6 +1324,32 @@ async fn the_fraud_hook_denies_or_holds_risky_checkouts() {
             )
             .await;
         assert_eq!(r.status, 409, "an order on hold does not ship");
+
+        // Orders stored before the decision was snake_case ("Review") are rewritten by
+        // migration 0019.
+        let db = Db::connect(&app.db.url).await.expect("connect");
+        sqlx::query("UPDATE orders SET decisions = replace(decisions, '\"review\"', '\"Review\"') WHERE id = $1")
+            .bind(&order)
+            .execute(db.pool())
+            .await
+            .expect("the old form");
+        let path = format!("/admin/orders/{order}");
+        let r = app.admin(Method::GET, &path, Value::Null).await;
+        assert_eq!(r.body["decisions"]["fraud"]["decision"], "Review");
+        let migration = match db.backend() {
+            cartridge_host::db::Backend::Sqlite => {
+                include_str!("../../migrations/sqlite/0019_fraud_decision_snake_case.sql")
+            }
+            cartridge_host::db::Backend::Postgres => {
+                include_str!("../../migrations/postgres/0019_fraud_decision_snake_case.sql")
+            }
+        };
+        sqlx::raw_sql(migration)
+            .execute(db.pool())
+            .await
+            .expect("migration 0019");
+        let r = app.admin(Method::GET, &path, Value::Null).await;
+        assert_eq!(r.body["decisions"]["fraud"]["decision"], "review");
         app.db.drop_database().await;
     }
 }
