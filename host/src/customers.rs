@@ -73,7 +73,7 @@ impl CustomerError {
 type Result<T> = std::result::Result<T, CustomerError>;
 
 /// A customer as the API shows them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Customer {
     /// Their id.
     pub id: String,

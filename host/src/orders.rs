@@ -457,6 +457,21 @@ struct ReturnRequestView {
     created_at: i64,
 }
 
+/// A return the shopper just asked for.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct ReturnRequested {
+    /// Its id, for the merchant's `POST /admin/orders/{id}/returns` once it arrives.
+    id: String,
+    /// The order.
+    order_id: String,
+    /// `requested`.
+    status: &'static str,
+    /// What comes back.
+    lines: Vec<SkuQuantity>,
+    /// The shopper's reason.
+    reason: Option<String>,
+}
+
 /// The order's payment.
 #[derive(Serialize, schemars::JsonSchema)]
 struct PaymentView {
@@ -1889,7 +1904,7 @@ impl Orders {
         lines: &[(String, i64)],
         reason: Option<String>,
         now: i64,
-    ) -> Result<Value> {
+    ) -> Result<ReturnRequested> {
         if lines.is_empty() || lines.len() > 100 || lines.iter().any(|(_, q)| *q <= 0) {
             return Err(OrderError::Invalid(
                 "a return needs 1 to 100 lines with quantities of at least 1".into(),
@@ -1919,12 +1934,14 @@ impl Orders {
             }
         }
         let request_id = format!("rr_{}", uuid::Uuid::now_v7().simple());
-        let lines_json = json!(
-            lines
-                .iter()
-                .map(|(sku, q)| json!({"sku": sku, "quantity": q}))
-                .collect::<Vec<_>>()
-        );
+        let lines: Vec<SkuQuantity> = lines
+            .iter()
+            .map(|(sku, quantity)| SkuQuantity {
+                sku: sku.clone(),
+                quantity: *quantity,
+            })
+            .collect();
+        let lines_json = json!(lines);
         sqlx::query("INSERT INTO return_requests (id, order_id, customer_id, lines, reason, status, created_at) VALUES ($1, $2, $3, $4, $5, 'requested', $6)")
             .bind(&request_id)
             .bind(id)
@@ -1934,9 +1951,13 @@ impl Orders {
             .bind(now)
             .execute(&mut *self.db.write_conn().await?)
             .await?;
-        Ok(
-            json!({"id": request_id, "order_id": id, "status": "requested", "lines": lines_json, "reason": reason}),
-        )
+        Ok(ReturnRequested {
+            id: request_id,
+            order_id: id.to_owned(),
+            status: "requested",
+            lines,
+            reason,
+        })
     }
 
     /// Receives returned units of a shipped order and puts them back on hand where they

@@ -1811,7 +1811,13 @@ impl TestApp {
     }
 
     async fn customer(&self, email: &str) -> String {
-        let r = self
+        let (_, r) = self.sign_up(email).await;
+        r.body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Registers `email` and logs in: both answers.
+    async fn sign_up(&self, email: &str) -> (Response, Response) {
+        let registered = self
             .send(
                 Method::POST,
                 "/store/customers",
@@ -1822,7 +1828,7 @@ impl TestApp {
                 ),
             )
             .await;
-        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(registered.status, 201, "{}", registered.body);
         let r = self
             .send(
                 Method::POST,
@@ -1832,7 +1838,7 @@ impl TestApp {
             )
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
-        r.body["token"].as_str().expect("token").to_owned()
+        (registered, r)
     }
 }
 
@@ -2516,6 +2522,9 @@ async fn carts_and_orders_match_the_schemas_the_openapi_document_gives_them() {
             )
             .await;
         matches("PricedCartBody", "saved details", &r);
+        let (registered, signed_in) = app.sign_up("grace@example.com").await;
+        matches("Customer", "a registration", &registered);
+        matches("SignedInBody", "a login", &signed_in);
 
         let ada = ada_bought_a_tee(&app).await;
         let r = app.my_orders(&ada).await;
@@ -2546,7 +2555,7 @@ async fn carts_and_orders_match_the_schemas_the_openapi_document_gives_them() {
                 ),
             )
             .await;
-        assert_eq!(r.status, 201, "{}", r.body);
+        matches("ReturnRequested", "a return asked for", &r);
         let request = r.body["id"].as_str().expect("request").to_owned();
         let r = app
             .admin(

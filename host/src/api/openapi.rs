@@ -683,6 +683,21 @@ const RESPONSES: &[(&str, &str, SchemaOf)] = &[
         schema_of::<crate::orders::OrderList>,
     ),
     (
+        "post",
+        "/store/customers",
+        schema_of::<crate::customers::Customer>,
+    ),
+    (
+        "post",
+        "/store/orders/{id}/returns",
+        schema_of::<crate::orders::ReturnRequested>,
+    ),
+    (
+        "post",
+        "/store/customers/login",
+        schema_of::<storefront::SignedInBody>,
+    ),
+    (
         "get",
         "/store/products",
         schema_of::<storefront::ProductPage>,
@@ -1356,6 +1371,12 @@ mod tests {
                 "#/components/schemas/PricedCartBody"
             } else if path.ends_with("/orders") {
                 "#/components/schemas/OrderList"
+            } else if path.starts_with("/store/orders/") && path.ends_with("/returns") {
+                "#/components/schemas/ReturnRequested"
+            } else if path.ends_with("/customers") {
+                "#/components/schemas/Customer"
+            } else if path.ends_with("/login") {
+                "#/components/schemas/SignedInBody"
             } else if path.contains("/orders/") || path.ends_with("/checkout") {
                 "#/components/schemas/OrderView"
             } else if path.ends_with("/products") && *method == "get"

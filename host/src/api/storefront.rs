@@ -56,13 +56,13 @@ pub(crate) struct Registration {
 async fn register(
     State(state): State<AppState>,
     body: Result<super::JsonObject<Registration>, ApiError>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<crate::customers::Customer>), ApiError> {
     let super::JsonObject(r) = body?;
     let customer = state
         .customers
         .register(&r.email, &r.password, &r.name, now_ms())
         .await?;
-    Ok((StatusCode::CREATED, Json(json!(customer))))
+    Ok((StatusCode::CREATED, Json(customer)))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -77,13 +77,22 @@ pub(crate) struct Login {
 async fn login(
     State(state): State<AppState>,
     body: Result<super::JsonObject<Login>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SignedInBody>, ApiError> {
     let super::JsonObject(l) = body?;
     let (customer, token) = state
         .customers
         .login(&l.email, &l.password, now_ms())
         .await?;
-    Ok(Json(json!({"customer": customer, "token": token})))
+    Ok(Json(SignedInBody { customer, token }))
+}
+
+/// A login's answer.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(crate) struct SignedInBody {
+    /// Who signed in.
+    customer: crate::customers::Customer,
+    /// Their bearer token (`Authorization: Bearer …`), for their carts and orders.
+    token: String,
 }
 
 async fn my_orders(
@@ -111,7 +120,7 @@ async fn request_return(
     me: SignedIn,
     Path(id): Path<String>,
     body: Result<super::JsonObject<ReturnRequest>, ApiError>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<crate::orders::ReturnRequested>), ApiError> {
     let super::JsonObject(r) = body?;
     if !state.orders.owned_by(&id, &me.customer_id).await? {
         return Err(ApiError::not_found("order_not_found", "no such order"));
