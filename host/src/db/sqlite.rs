@@ -234,7 +234,7 @@ impl Threads {
             return outcome.await.map_err(|_| sqlx::Error::WorkerCrashed)?;
         }
         let begin = self.begin;
-        let body = match self.run_inline(begin, body) {
+        let body = match self.run_inline(body, |conn, body| transact(conn, begin, body)) {
             Ok(outcome) => {
                 // A body run here never returned `Pending`, so a task looping over such calls
                 // would hold its worker thread for as long as it loops. Count the call against
@@ -262,17 +262,16 @@ impl Threads {
         F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
         E: From<sqlx::Error>,
     {
-        let Some(mut conn) = self.idle() else {
-            return Err(body);
-        };
-        let mut outcome = Err(sqlx::Error::WorkerCrashed.into());
-        run(&mut conn, |conn| outcome = transact_read(conn, body));
-        Ok(outcome)
+        self.run_inline(body, transact_read)
     }
 
-    /// Runs `body` as one transaction right here if a connection is idle; otherwise hands it
-    /// back.
-    fn run_inline<R, E, F>(&self, begin: &'static str, body: F) -> Result<Result<R, E>, F>
+    /// Runs `body` right here with `transaction` (which begins and commits it) if a connection
+    /// is idle; otherwise hands it back.
+    fn run_inline<R, E, F>(
+        &self,
+        body: F,
+        transaction: impl FnOnce(&mut Connection, F) -> Result<R, E>,
+    ) -> Result<Result<R, E>, F>
     where
         F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
         E: From<sqlx::Error>,
@@ -281,7 +280,7 @@ impl Threads {
             return Err(body);
         };
         let mut outcome = Err(sqlx::Error::WorkerCrashed.into());
-        run(&mut conn, |conn| outcome = transact(conn, begin, body));
+        run(&mut conn, |conn| outcome = transaction(conn, body));
         Ok(outcome)
     }
 
