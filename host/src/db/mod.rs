@@ -349,10 +349,11 @@ impl Db {
 
     /// Runs `body`, which only reads: on SQLite in one read transaction (one snapshot; under the
     /// same rule as [`Db::write`]: it awaits nothing but its statements) on the writer's
-    /// connection if it is idle, in query-only mode, or else on a reader connection; on
-    /// PostgreSQL on a pooled connection outside a transaction, so each statement sees what was
-    /// committed when it began (a transaction would cost two more round trips). A body must not depend on two of its statements seeing the same snapshot, and
-    /// on PostgreSQL nothing stops it from writing: keep writes in [`Db::write`].
+    /// connection if it is idle (a body that writes there is rolled back and refused), or else
+    /// on a reader connection; on PostgreSQL on a pooled connection outside a transaction, so
+    /// each statement sees what was committed when it began (a transaction would cost two more
+    /// round trips). A body must not depend on two of its statements seeing the same
+    /// snapshot, and on PostgreSQL nothing stops it from writing: keep writes in [`Db::write`].
     pub async fn read<R, E, F>(&self, body: F) -> Result<R, E>
     where
         F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
