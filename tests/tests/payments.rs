@@ -922,6 +922,26 @@ impl Shop {
             .await
     }
 
+    /// A placed order whose capture the gateway left unanswered (`gateway-unavailable`): 503,
+    /// and the order stays `capturing`. The fault stays set.
+    async fn capture_unanswered(&self) -> String {
+        let order = self.placed_order().await;
+        self.capture_fault("gateway-unavailable").await;
+        let r = self.capture(&order).await;
+        assert_eq!(
+            code(&r),
+            (503, Some("payment_gateway_unavailable")),
+            "{}",
+            r.body
+        );
+        assert_eq!(
+            self.order(&order).await["payment_status"],
+            "capturing",
+            "the money may have moved"
+        );
+        order
+    }
+
     /// Sets the test gateway's `capture-fault` (empty: captures succeed).
     async fn capture_fault(&self, fault: &str) {
         self.gateway_config(json!({"capture-fault": fault})).await;
@@ -1160,23 +1180,6 @@ async fn a_capture_left_unanswered_is_settled_by_the_sweep_from_what_the_gateway
     for database in test_databases().await {
         let shop = shop(database).await;
         let later = || now_ms() + INTERRUPTED_AFTER_MS + 60_000;
-        let payment_status = |o: Value| o["payment_status"].as_str().map(str::to_owned);
-        let stuck = || async {
-            let order = shop.placed_order().await;
-            shop.capture_fault("gateway-unavailable").await;
-            let r = shop.capture(&order).await;
-            assert_eq!(
-                code(&r),
-                (503, Some("payment_gateway_unavailable")),
-                "{}",
-                r.body
-            );
-            assert_eq!(
-                payment_status(shop.order(&order).await).as_deref(),
-                Some("capturing")
-            );
-            order
-        };
 
         // The capture's answer was lost, and neither a retry nor a webhook came. Ten minutes on
         // the sweep asks the gateway, and the order takes the state it says.
@@ -1190,7 +1193,7 @@ async fn a_capture_left_unanswered_is_settled_by_the_sweep_from_what_the_gateway
             // The gateway cannot tell: the order stays capturing, for a retry or a webhook.
             ("unsupported", only(|r| r.deferred = 1), "capturing"),
         ] {
-            let order = stuck().await;
+            let order = shop.capture_unanswered().await;
             shop.gateway_config(json!({"lookup": lookup})).await;
             assert_eq!(
                 shop.recover(now_ms()).await,
@@ -1229,18 +1232,15 @@ async fn a_capture_whose_outcome_is_unknown_is_never_voided_and_is_settled_by_a_
 
         // The gateway times out: the money may have moved, so the order stays `capturing` and
         // a cancel (which would void) is refused; a retry asks the gateway again.
-        let order = shop.placed_order().await;
-        shop.capture_fault("gateway-unavailable").await;
-        for _ in 0..2 {
-            let r = shop.capture(&order).await;
-            assert_eq!(
-                code(&r),
-                (503, Some("payment_gateway_unavailable")),
-                "{}",
-                r.body
-            );
-            assert_eq!(states(&shop.order(&order).await), placed_capturing);
-        }
+        let order = shop.capture_unanswered().await;
+        let r = shop.capture(&order).await;
+        assert_eq!(
+            code(&r),
+            (503, Some("payment_gateway_unavailable")),
+            "{}",
+            r.body
+        );
+        assert_eq!(states(&shop.order(&order).await), placed_capturing);
         let r = shop
             .admin(&format!("/admin/orders/{order}/cancel"), None, Value::Null)
             .await;
