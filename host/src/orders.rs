@@ -330,7 +330,7 @@ fn money(amount: i64, currency: &str) -> Money {
 /// An order as the API shows it. Built from the database by [`Orders::order`], and from what
 /// checkout just wrote by checkout itself, so both answers have one shape.
 #[derive(Serialize, schemars::JsonSchema)]
-pub(crate) struct OrderView {
+pub struct OrderView {
     /// The order's id.
     id: String,
     /// Where the receipt goes, lower-case.
@@ -382,10 +382,9 @@ pub(crate) struct OrderView {
 
 /// A page of orders, newest first.
 #[derive(Serialize, schemars::JsonSchema)]
-pub(crate) struct OrderList {
+pub struct OrderList {
     /// The orders.
-    #[schemars(with = "Vec<OrderView>")]
-    pub(crate) orders: Vec<Value>,
+    pub(crate) orders: Vec<OrderView>,
 }
 
 /// A shipping method as priced at checkout (the shape of [`OrderView::shipping_method`]).
@@ -1033,128 +1032,12 @@ impl Orders {
 
     /// An order with its lines and payment.
     pub async fn order(&self, id: &str) -> Result<Value> {
-        let row = sqlx::query("SELECT * FROM orders WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.db.reader())
-            .await?
-            .ok_or(OrderError::NotFound)?;
-        let lines = sqlx::query("SELECT sku, quantity, unit_price, discount, total FROM order_lines WHERE order_id = $1 ORDER BY line_no")
-            .bind(id)
-            .fetch_all(self.db.reader())
-            .await?
-            .iter()
-            .map(|r| -> std::result::Result<_, sqlx::Error> {
-                Ok(OrderLineView {
-                    sku: r.try_get("sku")?,
-                    quantity: r.try_get("quantity")?,
-                    unit_price: r.try_get("unit_price")?,
-                    discount: r.try_get("discount")?,
-                    total: r.try_get("total")?,
-                })
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        let pay = sqlx::query("SELECT plugin, gateway_reference, authorized, captured, refunded FROM payments WHERE order_id = $1")
-            .bind(id)
-            .fetch_optional(self.db.reader())
+        let ids = vec![id.to_owned()];
+        let mut found = self
+            .db
+            .read(move |tx| Box::pin(async move { views_in(tx, &ids).await }))
             .await?;
-        let refunds: Vec<RefundView> = sqlx::query("SELECT amount, step_reference, reason, created_at FROM payment_refunds WHERE order_id = $1 ORDER BY created_at, operation_id")
-            .bind(id)
-            .fetch_all(self.db.reader())
-            .await?
-            .iter()
-            .map(|r| -> std::result::Result<RefundView, sqlx::Error> {
-                Ok(RefundView {
-                    amount: r.try_get("amount")?,
-                    reference: r.try_get("step_reference")?,
-                    reason: r.try_get("reason")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        let payment = match pay {
-            Some(p) => Some(PaymentView {
-                plugin: p.try_get("plugin")?,
-                gateway_reference: p.try_get("gateway_reference")?,
-                authorized: p.try_get("authorized")?,
-                captured: p.try_get("captured")?,
-                refunded: p.try_get("refunded")?,
-                refunds,
-            }),
-            None => None,
-        };
-        let mut fulfilments = Vec::new();
-        for f in sqlx::query("SELECT id, carrier, tracking, created_at FROM fulfilments WHERE order_id = $1 ORDER BY created_at, id")
-            .bind(id)
-            .fetch_all(self.db.reader())
-            .await?
-        {
-            let fid: String = f.try_get("id")?;
-            let lines: Vec<SkuQuantity> = sqlx::query("SELECT sku, quantity FROM fulfilment_lines WHERE fulfilment_id = $1 ORDER BY sku")
-                .bind(&fid)
-                .fetch_all(self.db.reader())
-                .await?
-                .iter()
-                .map(|l| -> std::result::Result<SkuQuantity, sqlx::Error> {
-                    Ok(SkuQuantity {
-                        sku: l.try_get("sku")?,
-                        quantity: l.try_get("quantity")?,
-                    })
-                })
-                .collect::<std::result::Result<_, _>>()?;
-            fulfilments.push(FulfilmentView {
-                id: fid,
-                carrier: f.try_get("carrier")?,
-                tracking: f.try_get("tracking")?,
-                created_at: f.try_get("created_at")?,
-                lines,
-            });
-        }
-        let return_requests: Vec<ReturnRequestView> = sqlx::query("SELECT id, lines, reason, status, created_at FROM return_requests WHERE order_id = $1 ORDER BY created_at, id")
-            .bind(id)
-            .fetch_all(self.db.reader())
-            .await?
-            .iter()
-            .map(|r| -> std::result::Result<ReturnRequestView, sqlx::Error> {
-                let lines: String = r.try_get("lines")?;
-                Ok(ReturnRequestView {
-                    id: r.try_get("id")?,
-                    lines: serde_json::from_str::<Value>(&lines).unwrap_or(Value::Null),
-                    reason: r.try_get("reason")?,
-                    status: r.try_get("status")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        let text = |name: &str| -> std::result::Result<Value, sqlx::Error> {
-            let s: String = row.try_get(name)?;
-            Ok(serde_json::from_str(&s).unwrap_or(Value::Null))
-        };
-        Ok(OrderView {
-            id: row.try_get("id")?,
-            email: row.try_get("email")?,
-            customer_id: row.try_get("customer_id")?,
-            status: row.try_get("status")?,
-            payment_status: row.try_get("payment_status")?,
-            fulfilment_status: row.try_get("fulfilment_status")?,
-            currency: row.try_get("currency")?,
-            subtotal: row.try_get("subtotal")?,
-            discount_total: row.try_get("discount_total")?,
-            shipping_total: row.try_get("shipping_total")?,
-            total: row.try_get("total")?,
-            shipping_method: row
-                .try_get::<Option<String>, _>("shipping_method")?
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .unwrap_or(Value::Null),
-            shipping_address: text("shipping_address")?,
-            billing_address: text("billing_address")?,
-            decisions: text("decisions")?,
-            lines,
-            fulfilments,
-            return_requests,
-            payment,
-            created_at: row.try_get("created_at")?,
-        }
-        .into())
+        Ok(found.pop().ok_or(OrderError::NotFound)?.into())
     }
 
     /// Orders for the merchant, newest first, optionally of one status or email.
@@ -1164,35 +1047,49 @@ impl Orders {
         email: Option<&str>,
         limit: u32,
         offset: u32,
-    ) -> Result<Vec<Value>> {
-        let ids = sqlx::query(
-            "SELECT id FROM orders WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR email = $2) \
-             ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
-        )
-        .bind(status)
-        .bind(email.map(str::to_lowercase))
-        .bind(i64::from(limit.clamp(1, 100)))
-        .bind(i64::from(offset))
-        .fetch_all(self.db.reader())
-        .await?;
-        let mut orders = Vec::with_capacity(ids.len());
-        for row in ids {
-            orders.push(self.order(&row.try_get::<String, _>("id")?).await?);
-        }
-        Ok(orders)
+    ) -> Result<Vec<OrderView>> {
+        let filter = args![
+            status.map_or(crate::db::Value::NullText, Into::into),
+            email.map_or(crate::db::Value::NullText, |e| e.to_lowercase().into()),
+            i64::from(limit.clamp(1, 100)),
+            i64::from(offset),
+        ];
+        Ok(self
+            .db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let ids = tx
+                        .fetch(
+                            "SELECT id FROM orders WHERE ($1 IS NULL OR status = $1) \
+                             AND ($2 IS NULL OR email = $2) \
+                             ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
+                            &filter,
+                        )
+                        .await?;
+                    views_in(tx, &ids_of(&ids)?).await
+                })
+            })
+            .await?)
     }
 
-    /// The orders of a customer, newest first.
-    pub async fn for_customer(&self, customer_id: &str) -> Result<Vec<Value>> {
-        let ids = sqlx::query("SELECT id FROM orders WHERE customer_id = $1 ORDER BY created_at DESC, id DESC LIMIT 100")
-            .bind(customer_id)
-            .fetch_all(self.db.reader())
-            .await?;
-        let mut orders = Vec::with_capacity(ids.len());
-        for row in ids {
-            orders.push(self.order(&row.try_get::<String, _>("id")?).await?);
-        }
-        Ok(orders)
+    /// The orders of a customer, newest first (the latest 100).
+    pub async fn for_customer(&self, customer_id: &str) -> Result<Vec<OrderView>> {
+        let customer = args![customer_id];
+        Ok(self
+            .db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let ids = tx
+                        .fetch(
+                            "SELECT id FROM orders WHERE customer_id = $1 \
+                             ORDER BY created_at DESC, id DESC LIMIT 100",
+                            &customer,
+                        )
+                        .await?;
+                    views_in(tx, &ids_of(&ids)?).await
+                })
+            })
+            .await?)
     }
 
     /// What a customer bought, most recent first (at most 200 lines): (order id, SKU,
@@ -2313,4 +2210,194 @@ mod tests {
         );
         assert_eq!(snake_name(&payment::PaymentErrorCode::Declined), "declined");
     }
+}
+
+/// The `id` column of `rows`.
+fn ids_of(rows: &[crate::db::Row]) -> sqlx::Result<Vec<String>> {
+    rows.iter().map(|r| r.get("id")).collect()
+}
+
+/// `$head`, the set of order ids given as `$1` (a JSON array of strings), then `$tail`: one
+/// statement text per backend however many orders are read, so a page of orders does not
+/// fill the statement caches with one text per page size.
+macro_rules! of_orders {
+    ($backend:expr, $head:literal, $tail:literal) => {
+        match $backend {
+            Backend::Sqlite => concat!($head, " (SELECT value FROM json_each($1)) ", $tail),
+            Backend::Postgres => concat!(
+                $head,
+                " (SELECT json_array_elements_text(CAST($1 AS json))) ",
+                $tail
+            ),
+        }
+    };
+}
+
+/// The orders `ids`, in that order, each with its lines, payment and refunds, fulfilments and
+/// return requests (an id that names no order is left out). Seven statements however many
+/// orders there are; on SQLite they see one snapshot.
+async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let set = args![serde_json::to_string(ids).unwrap_or_default()];
+    let backend = tx.backend();
+    let position: HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let slot = |row: &crate::db::Row| -> sqlx::Result<Option<usize>> {
+        Ok(position.get(row.text("order_id")?).copied())
+    };
+    let json = |row: &crate::db::Row, column: &str| -> sqlx::Result<Value> {
+        Ok(row
+            .get::<Option<String>>(column)?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(Value::Null))
+    };
+
+    let mut lines: Vec<Vec<OrderLineView>> = ids.iter().map(|_| Vec::new()).collect();
+    let sql = of_orders!(
+        backend,
+        "SELECT order_id, sku, quantity, unit_price, discount, total FROM order_lines WHERE order_id IN",
+        "ORDER BY order_id, line_no"
+    );
+    for r in tx.fetch(sql, &set).await? {
+        if let Some(i) = slot(&r)? {
+            lines[i].push(OrderLineView {
+                sku: r.get("sku")?,
+                quantity: r.get("quantity")?,
+                unit_price: r.get("unit_price")?,
+                discount: r.get("discount")?,
+                total: r.get("total")?,
+            });
+        }
+    }
+
+    let mut refunds: Vec<Vec<RefundView>> = ids.iter().map(|_| Vec::new()).collect();
+    let sql = of_orders!(
+        backend,
+        "SELECT order_id, amount, step_reference, reason, created_at FROM payment_refunds WHERE order_id IN",
+        "ORDER BY created_at, operation_id"
+    );
+    for r in tx.fetch(sql, &set).await? {
+        if let Some(i) = slot(&r)? {
+            refunds[i].push(RefundView {
+                amount: r.get("amount")?,
+                reference: r.get("step_reference")?,
+                reason: r.get("reason")?,
+                created_at: r.get("created_at")?,
+            });
+        }
+    }
+
+    let mut payments: Vec<Option<PaymentView>> = ids.iter().map(|_| None).collect();
+    let sql = of_orders!(
+        backend,
+        "SELECT order_id, plugin, gateway_reference, authorized, captured, refunded FROM payments WHERE order_id IN",
+        ""
+    );
+    for r in tx.fetch(sql, &set).await? {
+        if let Some(i) = slot(&r)? {
+            payments[i] = Some(PaymentView {
+                plugin: r.get("plugin")?,
+                gateway_reference: r.get("gateway_reference")?,
+                authorized: r.get("authorized")?,
+                captured: r.get("captured")?,
+                refunded: r.get("refunded")?,
+                refunds: std::mem::take(&mut refunds[i]),
+            });
+        }
+    }
+
+    let mut shipped: HashMap<String, Vec<SkuQuantity>> = HashMap::new();
+    let sql = of_orders!(
+        backend,
+        "SELECT l.fulfilment_id, l.sku, l.quantity FROM fulfilment_lines l \
+         JOIN fulfilments f ON f.id = l.fulfilment_id WHERE f.order_id IN",
+        "ORDER BY l.fulfilment_id, l.sku"
+    );
+    for r in tx.fetch(sql, &set).await? {
+        shipped
+            .entry(r.get("fulfilment_id")?)
+            .or_default()
+            .push(SkuQuantity {
+                sku: r.get("sku")?,
+                quantity: r.get("quantity")?,
+            });
+    }
+    let mut fulfilments: Vec<Vec<FulfilmentView>> = ids.iter().map(|_| Vec::new()).collect();
+    let sql = of_orders!(
+        backend,
+        "SELECT id, order_id, carrier, tracking, created_at FROM fulfilments WHERE order_id IN",
+        "ORDER BY created_at, id"
+    );
+    for r in tx.fetch(sql, &set).await? {
+        if let Some(i) = slot(&r)? {
+            let id: String = r.get("id")?;
+            fulfilments[i].push(FulfilmentView {
+                lines: shipped.remove(&id).unwrap_or_default(),
+                id,
+                carrier: r.get("carrier")?,
+                tracking: r.get("tracking")?,
+                created_at: r.get("created_at")?,
+            });
+        }
+    }
+
+    let mut returns: Vec<Vec<ReturnRequestView>> = ids.iter().map(|_| Vec::new()).collect();
+    let sql = of_orders!(
+        backend,
+        "SELECT id, order_id, lines, reason, status, created_at FROM return_requests WHERE order_id IN",
+        "ORDER BY created_at, id"
+    );
+    for r in tx.fetch(sql, &set).await? {
+        if let Some(i) = slot(&r)? {
+            returns[i].push(ReturnRequestView {
+                id: r.get("id")?,
+                lines: json(&r, "lines")?,
+                reason: r.get("reason")?,
+                status: r.get("status")?,
+                created_at: r.get("created_at")?,
+            });
+        }
+    }
+
+    let mut orders: Vec<Option<OrderView>> = ids.iter().map(|_| None).collect();
+    let sql = of_orders!(
+        backend,
+        "SELECT id, email, customer_id, status, payment_status, fulfilment_status, currency, \
+         subtotal, discount_total, shipping_total, total, shipping_method, shipping_address, \
+         billing_address, decisions, created_at FROM orders WHERE id IN",
+        ""
+    );
+    for r in tx.fetch(sql, &set).await? {
+        let Some(&i) = position.get(r.text("id")?) else {
+            continue;
+        };
+        orders[i] = Some(OrderView {
+            id: r.get("id")?,
+            email: r.get("email")?,
+            customer_id: r.get("customer_id")?,
+            status: r.get("status")?,
+            payment_status: r.get("payment_status")?,
+            fulfilment_status: r.get("fulfilment_status")?,
+            currency: r.get("currency")?,
+            subtotal: r.get("subtotal")?,
+            discount_total: r.get("discount_total")?,
+            shipping_total: r.get("shipping_total")?,
+            total: r.get("total")?,
+            shipping_method: json(&r, "shipping_method")?,
+            shipping_address: json(&r, "shipping_address")?,
+            billing_address: json(&r, "billing_address")?,
+            decisions: json(&r, "decisions")?,
+            lines: std::mem::take(&mut lines[i]),
+            fulfilments: std::mem::take(&mut fulfilments[i]),
+            return_requests: std::mem::take(&mut returns[i]),
+            payment: payments[i].take(),
+            created_at: r.get("created_at")?,
+        });
+    }
+    Ok(orders.into_iter().flatten().collect())
 }

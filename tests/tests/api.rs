@@ -2519,6 +2519,7 @@ async fn carts_and_orders_match_the_schemas_the_openapi_document_gives_them() {
             )
             .await;
         matches("PricedCartBody", "saved details", &r);
+
         let (registered, signed_in) = app.sign_up("grace@example.com").await;
         matches("Customer", "a registration", &registered);
         matches("SignedInBody", "a login", &signed_in);
@@ -2586,6 +2587,26 @@ async fn carts_and_orders_match_the_schemas_the_openapi_document_gives_them() {
             )
             .await;
         matches("OrderView", "the shopper's view of it", &r);
+
+        // A page of orders is read in one go, each part of every order in one statement: each
+        // order on it must be what its own read shows, nothing of one landing on another.
+        let other = app.captured_order().await;
+        let r = app
+            .admin(Method::GET, "/admin/orders?limit=5", Value::Null)
+            .await;
+        let page = r.body["orders"].as_array().expect("orders").clone();
+        let listed: Vec<&str> = page.iter().filter_map(|o| o["id"].as_str()).collect();
+        assert_eq!(listed, [other.as_str(), order.as_str()], "newest first");
+        for listed in &page {
+            let id = listed["id"].as_str().expect("id");
+            let alone = app
+                .admin(Method::GET, &format!("/admin/orders/{id}"), Value::Null)
+                .await;
+            assert_eq!(listed, &alone.body, "order {id} on the page and alone");
+        }
+        let mine = app.my_orders(&ada).await.body;
+        assert_eq!(mine["orders"].as_array().map(Vec::len), Some(1));
+        assert_eq!(mine["orders"][0], page[1], "the shopper's list");
         app.db.drop_database().await;
     }
 }
