@@ -103,7 +103,7 @@ impl InventoryError {
 pub type Result<T> = std::result::Result<T, InventoryError>;
 
 /// Stock of one SKU at one location.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct StockLevel {
     /// The SKU.
     pub sku: String,

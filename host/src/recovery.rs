@@ -254,7 +254,7 @@ pub async fn render_metrics(db: &Db, now: i64) -> sqlx::Result<String> {
 }
 
 /// A checkout attempt as the admin API lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct AttemptView {
     /// The order id the checkout would have recorded (the gateway's order reference).
     pub order_id: String,

@@ -57,7 +57,7 @@ impl ShippingError {
 type Result<T> = std::result::Result<T, ShippingError>;
 
 /// A shipping method as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ShippingMethod {
     /// Its id.
     pub id: String,
@@ -125,7 +125,7 @@ pub struct ShippingMethodUpdate {
 }
 
 /// A method as offered to a cart: priced in the cart's currency.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Offer {
     /// The method's code.
     pub code: String,

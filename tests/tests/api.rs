@@ -2607,6 +2607,75 @@ async fn carts_and_orders_match_the_schemas_the_openapi_document_gives_them() {
         let mine = app.my_orders(&ada).await.body;
         assert_eq!(mine["orders"].as_array().map(Vec::len), Some(1));
         assert_eq!(mine["orders"][0], page[1], "the shopper's list");
+
+        // The catalog's, the stock's and the shipping methods' own answers.
+        for (body, schema, path) in [
+            (
+                json!({"id": "hats", "name": "Hats", "parent": "apparel"}),
+                "CategoryAnswer",
+                "/admin/categories",
+            ),
+            (
+                json!({"id": "us", "name": "Newark"}),
+                "LocationAnswer",
+                "/admin/locations",
+            ),
+            (
+                json!({"delta": 3, "reason": "receive"}),
+                "StockLevel",
+                "/admin/inventory/TEE-M/us/adjust",
+            ),
+            (
+                json!({"code": "express", "name": "Express", "carrier": "DHL",
+                       "countries": ["DE"], "rates": {"EUR": 1495}}),
+                "ShippingMethod",
+                "/admin/shipping-methods",
+            ),
+        ] {
+            let r = app.admin(Method::POST, path, body).await;
+            matches(schema, path, &r);
+        }
+        let r = app
+            .admin(Method::GET, "/admin/shipping-methods", Value::Null)
+            .await;
+        matches("ShippingMethods", "the shipping methods", &r);
+        let express = r.body["shipping_methods"][0]["id"]
+            .as_str()
+            .expect("a method")
+            .to_owned();
+        let r = app
+            .admin(
+                Method::GET,
+                &format!("/admin/shipping-methods/{express}"),
+                Value::Null,
+            )
+            .await;
+        matches("ShippingMethod", "a shipping method", &r);
+        let r = app
+            .admin(Method::GET, "/admin/inventory/TEE-M", Value::Null)
+            .await;
+        matches("StockLevels", "a SKU's stock", &r);
+        assert_eq!(r.body["levels"].as_array().map(Vec::len), Some(2));
+        let r = app
+            .cart(
+                Method::GET,
+                &format!("/store/carts/{cart}/shipping-methods"),
+                &token,
+                None,
+            )
+            .await;
+        matches("ShippingOffers", "the cart's shipping offers", &r);
+        assert_eq!(
+            (
+                r.body["country"].as_str(),
+                &r.body["shipping_methods"][0]["code"]
+            ),
+            (Some("DE"), &json!("express"))
+        );
+        let r = app
+            .admin(Method::GET, "/admin/checkout-attempts", Value::Null)
+            .await;
+        matches("CheckoutAttempts", "the checkout attempts", &r);
         app.db.drop_database().await;
     }
 }

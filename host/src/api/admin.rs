@@ -4,12 +4,12 @@
 use axum::extract::{Path, State};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Admin, ApiError, AppState, now_ms};
 use crate::catalog::NewProduct;
-use crate::shipping::{NewShippingMethod, ShippingMethodUpdate};
+use crate::shipping::{NewShippingMethod, ShippingMethod, ShippingMethodUpdate};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -47,11 +47,39 @@ const ATTEMPTS_LISTED: i64 = 500;
 async fn checkout_attempts(
     _: Admin,
     State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CheckoutAttempts>, ApiError> {
     let attempts = crate::recovery::list(&state.db, now_ms(), ATTEMPTS_LISTED)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(json!({ "attempts": attempts })))
+    Ok(Json(CheckoutAttempts { attempts }))
+}
+
+/// The checkout attempts not yet settled, oldest first.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct CheckoutAttempts {
+    /// At most 500 of them.
+    attempts: Vec<crate::recovery::AttemptView>,
+}
+
+/// A checkout attempt the operator dismissed.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct Dismissed {
+    /// The attempt's order id.
+    dismissed: String,
+}
+
+/// Every shipping method, active and archived.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct ShippingMethods {
+    /// By position, then code.
+    shipping_methods: Vec<crate::shipping::ShippingMethod>,
+}
+
+/// A SKU's stock at each location that holds it.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct StockLevels {
+    /// One per location, by allocation order.
+    levels: Vec<crate::inventory::StockLevel>,
 }
 
 /// Forgets an unresolved checkout attempt the operator has reconciled at the gateway.
@@ -59,12 +87,12 @@ async fn dismiss_checkout_attempt(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Dismissed>, ApiError> {
     match crate::recovery::dismiss(&state.db, &id)
         .await
         .map_err(|e| ApiError::internal(&e))?
     {
-        Some(true) => Ok(Json(json!({ "dismissed": id }))),
+        Some(true) => Ok(Json(Dismissed { dismissed: id })),
         Some(false) => Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
             "invalid_state",
@@ -81,27 +109,27 @@ async fn create_shipping_method(
     _: Admin,
     State(state): State<AppState>,
     body: Result<super::JsonObject<NewShippingMethod>, ApiError>,
-) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+) -> Result<(axum::http::StatusCode, Json<ShippingMethod>), ApiError> {
     let super::JsonObject(new) = body?;
     let method = state.shipping.create(&new, now_ms()).await?;
-    Ok((axum::http::StatusCode::CREATED, Json(json!(method))))
+    Ok((axum::http::StatusCode::CREATED, Json(method)))
 }
 
 async fn shipping_methods(
     _: Admin,
     State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        json!({"shipping_methods": state.shipping.list().await?}),
-    ))
+) -> Result<Json<ShippingMethods>, ApiError> {
+    Ok(Json(ShippingMethods {
+        shipping_methods: state.shipping.list().await?,
+    }))
 }
 
 async fn shipping_method(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(state.shipping.get(&id).await?)))
+) -> Result<Json<ShippingMethod>, ApiError> {
+    Ok(Json(state.shipping.get(&id).await?))
 }
 
 /// Replaces a method's name, carrier, countries, position, rates and status (its code stays).
@@ -111,11 +139,9 @@ async fn replace_shipping_method(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Result<super::JsonObject<ShippingMethodUpdate>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ShippingMethod>, ApiError> {
     let super::JsonObject(update) = body?;
-    Ok(Json(json!(
-        state.shipping.replace(&id, &update, now_ms()).await?
-    )))
+    Ok(Json(state.shipping.replace(&id, &update, now_ms()).await?))
 }
 
 async fn create_product(
@@ -190,9 +216,10 @@ async fn archive_product(
     Ok(Json(state.catalog.archive(&id, now_ms()).await?))
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
+/// A category: what an admin sends to create one, and what the API answers.
+#[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct NewCategory {
+pub(crate) struct Category {
     /// The category's id.
     id: String,
     /// Its name.
@@ -204,19 +231,18 @@ pub(crate) struct NewCategory {
 async fn create_category(
     _: Admin,
     State(state): State<AppState>,
-    body: Result<super::JsonObject<NewCategory>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+    body: Result<super::JsonObject<Category>, ApiError>,
+) -> Result<Json<Category>, ApiError> {
     let super::JsonObject(c) = body?;
     state
         .catalog
         .create_category(&c.id, c.parent.as_deref(), &c.name)
         .await?;
-    Ok(Json(
-        json!({"id": c.id, "name": c.name, "parent": c.parent}),
-    ))
+    Ok(Json(c))
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
+/// A stock location: what an admin sends to create or update one, and what the API answers.
+#[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Location {
     /// The location's id; an existing id is updated.
@@ -236,7 +262,7 @@ async fn upsert_location(
     _: Admin,
     State(state): State<AppState>,
     body: Result<super::JsonObject<Location>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Location>, ApiError> {
     let super::JsonObject(l) = body?;
     if !crate::catalog::is_sku(&l.id) || l.name.trim().is_empty() {
         return Err(ApiError::invalid(
@@ -247,19 +273,17 @@ async fn upsert_location(
         .inventory
         .upsert_location(&l.id, &l.name, l.priority)
         .await?;
-    Ok(Json(
-        json!({"id": l.id, "name": l.name, "priority": l.priority}),
-    ))
+    Ok(Json(l))
 }
 
 async fn stock(
     _: Admin,
     State(state): State<AppState>,
     Path(sku): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        json!({"levels": state.inventory.levels(&sku, now_ms()).await?}),
-    ))
+) -> Result<Json<StockLevels>, ApiError> {
+    Ok(Json(StockLevels {
+        levels: state.inventory.levels(&sku, now_ms()).await?,
+    }))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -277,7 +301,7 @@ async fn adjust_stock(
     State(state): State<AppState>,
     Path((sku, location)): Path<(String, String)>,
     body: Result<super::JsonObject<Adjustment>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::inventory::StockLevel>, ApiError> {
     let super::JsonObject(a) = body?;
     if a.delta == 0 || a.delta.unsigned_abs() > 1_000_000 {
         return Err(ApiError::invalid(
@@ -291,7 +315,7 @@ async fn adjust_stock(
         .inventory
         .adjust(&sku, &location, a.delta, &a.reason, now_ms())
         .await?;
-    Ok(Json(json!(level)))
+    Ok(Json(level))
 }
 
 async fn order(

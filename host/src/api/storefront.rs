@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{ApiError, AppState, MaybeSignedIn, SignedIn, now_ms};
 use crate::carts::{CartKey, CartView};
@@ -168,11 +168,22 @@ async fn set_details(
 async fn shipping_offers(
     State(state): State<AppState>,
     CartCaller(id, key): CartCaller,
-) -> Result<Json<Value>, ApiError> {
-    let (offers, country) = state.carts.shipping_offers(&id, &key).await?;
-    Ok(Json(
-        json!({"shipping_methods": offers, "country": country}),
-    ))
+) -> Result<Json<ShippingOffers>, ApiError> {
+    let (shipping_methods, country) = state.carts.shipping_offers(&id, &key).await?;
+    Ok(Json(ShippingOffers {
+        shipping_methods,
+        country,
+    }))
+}
+
+/// The shipping methods a cart can choose.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct ShippingOffers {
+    /// Those priced in the cart's currency that ship to its saved address (to anywhere, while
+    /// no address is saved), by position.
+    shipping_methods: Vec<crate::shipping::Offer>,
+    /// The saved shipping address's country, if any.
+    country: Option<String>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
