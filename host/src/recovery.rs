@@ -18,7 +18,8 @@
 //!
 //! Boundaries: a row whose order exists is only deleted; a request still holding the key
 //! (within [`crate::idempotency::ABANDONED_AFTER_MS`]) is left alone; a gateway that cannot
-//! answer now is asked again at the next sweep; a connector without `payment-lookup` gets an
+//! answer now is asked again at the next sweep, for up to a day ([`GIVE_UP_AFTER_MS`]); a
+//! connector without `payment-lookup`, or an attempt still unsettled after that day, gets an
 //! error log naming the operation, the attempt is kept as `unresolved` for the operator
 //! ([`list`], [`dismiss`]), and the key is released so that a retry by the shopper can still
 //! complete the order.
@@ -41,6 +42,9 @@ use crate::plugin::{Call, Plugin};
 /// A checkout attempt is taken up once it is this old: longer than any live checkout takes
 /// between reserving and recording, and as long as a retry with its key is waited for.
 pub const INTERRUPTED_AFTER_MS: i64 = idempotency::ABANDONED_AFTER_MS;
+/// An attempt the sweeps could not settle in this long (as long as an idempotency key is
+/// kept) is left to the operator.
+pub const GIVE_UP_AFTER_MS: i64 = idempotency::KEEP_MS;
 /// How long a sweep that took up an attempt keeps other hosts' sweeps away from it.
 const LEASE_MS: i64 = 2 * 60 * 1000;
 /// The most attempts one sweep takes up.
@@ -434,9 +438,8 @@ async fn recover_one(
         Claim::Recorded | Claim::Busy => return Ok(()),
     };
     let Some(plugin) = connector(&attempt.connector) else {
-        tracing::warn!(order, connector = %attempt.connector, "an interrupted checkout's payment connector is not active; asking again later");
-        done.deferred += 1;
-        return Ok(());
+        let why = format!("its payment connector {} is not active", attempt.connector);
+        return defer(db, attempt, key_done, now, done, &why).await;
     };
     if !plugin.looks_up() {
         tracing::error!(order, connector = %plugin.reference(), operation = %format!("{order}:authorize"), "an interrupted checkout's connector cannot look payments up: if the gateway holds an authorisation for this operation, void it there");
@@ -462,13 +465,11 @@ async fn recover_one(
             output: Err(refusal),
             ..
         }) if refusal.code == payment::PaymentErrorCode::GatewayUnavailable => {
-            tracing::warn!(
-                order,
-                "looking up an interrupted checkout's payment: the gateway cannot answer now ({}); asking again later",
+            let why = format!(
+                "looking up its payment, the gateway cannot answer ({})",
                 refusal.message
             );
-            done.deferred += 1;
-            return Ok(());
+            return defer(db, attempt, key_done, now, done, &why).await;
         }
         Ok(Call {
             output: Err(refusal),
@@ -480,12 +481,8 @@ async fn recover_one(
             return Ok(());
         }
         Err(e) => {
-            tracing::warn!(
-                order,
-                "looking up an interrupted checkout's payment failed: {e}; asking again later"
-            );
-            done.deferred += 1;
-            return Ok(());
+            let why = format!("looking up its payment failed: {e}");
+            return defer(db, attempt, key_done, now, done, &why).await;
         }
     };
     let held = found.filter(|f| {
@@ -510,14 +507,45 @@ async fn recover_one(
             output: Err(refusal),
             ..
         }) => {
-            tracing::warn!(order, gateway_reference = %held.gateway_reference, "the gateway refused to release an interrupted checkout's authorisation ({}); asking again later", refusal.message);
-            done.deferred += 1;
+            let why = format!(
+                "the gateway refused to release its authorisation {} ({})",
+                held.gateway_reference, refusal.message
+            );
+            defer(db, attempt, key_done, now, done, &why).await?;
         }
         Err(e) => {
-            tracing::warn!(order, gateway_reference = %held.gateway_reference, "releasing an interrupted checkout's authorisation failed: {e}; asking again later");
-            done.deferred += 1;
+            let why = format!(
+                "releasing its authorisation {} failed: {e}",
+                held.gateway_reference
+            );
+            defer(db, attempt, key_done, now, done, &why).await?;
         }
     }
+    Ok(())
+}
+
+/// An attempt this sweep could not settle, for `why`: asked about again at a later sweep
+/// (holding its key meanwhile, so that a retry waits), until it is as old as a key is kept.
+/// Then the sweeps stop asking — a connector uninstalled, or a gateway that has not answered
+/// for a day, would otherwise hold the key and be asked forever — and it is the operator's,
+/// as unresolved, with its key released.
+async fn defer(
+    db: &Db,
+    attempt: &Interrupted,
+    key_done: bool,
+    now: i64,
+    done: &mut Recovered,
+    why: &str,
+) -> inventory::Result<()> {
+    let order = attempt.order_id.as_str();
+    if now - attempt.created_at < GIVE_UP_AFTER_MS {
+        tracing::warn!(order, "an interrupted checkout: {why}; asking again later");
+        done.deferred += 1;
+        return Ok(());
+    }
+    tracing::error!(order, connector = %attempt.connector, operation = %format!("{order}:authorize"), "an interrupted checkout, a day old: {why}; no longer asking: if the gateway holds an authorisation for this operation, void it there");
+    finish(db, attempt, Outcome::Unknown, key_done, now).await?;
+    done.unresolved += 1;
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cartridge_host::api::AppState;
 use cartridge_host::db::Db;
 use cartridge_host::plugin::{Runtime, RuntimeConfig};
-use cartridge_host::recovery::{INTERRUPTED_AFTER_MS, Recovered};
+use cartridge_host::recovery::{GIVE_UP_AFTER_MS, INTERRUPTED_AFTER_MS, Recovered};
 use cartridge_host::registry::RegistryConfig;
 use cartridge_host::server::{Application, open_registry};
 use cartridge_tests::localstripe::{LocalStripe, SECRET_KEY};
@@ -1170,6 +1170,34 @@ async fn an_authorisation_whose_outcome_was_lost_is_looked_up_voided_and_answere
         assert_eq!(shop.attempts().await, 0);
         let r = shop.admin_delete(&dismiss).await;
         assert_eq!(code(&r), (404, Some("not_found")), "{}", r.body);
+
+        // A gateway that has not answered for a day (or a connector no longer installed): the
+        // sweeps stop asking, hand the attempt to the operator and let the key go, instead of
+        // holding it and asking forever.
+        shop.gateway_config(json!({"lookup": "gateway-unavailable"}))
+            .await;
+        let cart = shop.cart().await;
+        let r = shop.lost(&cart, "a day").await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(shop.recover(later()).await, only(|r| r.deferred = 1));
+        let r = shop.lost(&cart, "a day").await;
+        assert_eq!(code(&r), (409, Some("request_in_progress")), "{}", r.body);
+        let a_day_on = now_ms() + GIVE_UP_AFTER_MS + 60_000;
+        assert_eq!(shop.recover(a_day_on).await, only(|r| r.unresolved = 1));
+        assert_eq!(
+            shop.recover(a_day_on + 10 * 60_000).await,
+            Recovered::default(),
+            "not asked again"
+        );
+        let listed = shop.admin_get("/admin/checkout-attempts").await;
+        assert_eq!(listed["attempts"][0]["state"], "unresolved", "{listed}");
+        let r = shop.lost(&cart, "a day").await;
+        assert_eq!(
+            code(&r),
+            (503, Some("payment_gateway_unavailable")),
+            "the key is free again: {}",
+            r.body
+        );
         assert_eq!(shop.available().await, stock);
         shop.drop_database().await;
     }
