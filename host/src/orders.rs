@@ -1035,7 +1035,7 @@ impl Orders {
         let ids = vec![id.to_owned()];
         let mut found = self
             .db
-            .read(move |tx| Box::pin(async move { views_in(tx, &ids).await }))
+            .read_snapshot(move |tx| Box::pin(async move { views_in(tx, &ids).await }))
             .await?;
         Ok(found.pop().ok_or(OrderError::NotFound)?.into())
     }
@@ -1056,7 +1056,7 @@ impl Orders {
         ];
         Ok(self
             .db
-            .read(move |tx| {
+            .read_snapshot(move |tx| {
                 Box::pin(async move {
                     let ids = tx
                         .fetch(
@@ -1077,7 +1077,7 @@ impl Orders {
         let customer = args![customer_id];
         Ok(self
             .db
-            .read(move |tx| {
+            .read_snapshot(move |tx| {
                 Box::pin(async move {
                     let ids = tx
                         .fetch(
@@ -2235,7 +2235,7 @@ macro_rules! of_orders {
 
 /// The orders `ids`, in that order, each with its lines, payment and refunds, fulfilments and
 /// return requests (an id that names no order is left out). Seven statements however many
-/// orders there are; on SQLite they see one snapshot.
+/// orders there are: run it in [`Db::read_snapshot`], so that they agree.
 async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView>> {
     if ids.is_empty() {
         return Ok(Vec::new());

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use cartridge_host::db::{Backend, Db, Tx, Value};
+use cartridge_host::db::{Backend, Db, JobFuture, Tx, Value};
 use cartridge_tests::test_databases;
 
 async fn migrated(url: &str) -> Db {
@@ -318,6 +318,68 @@ async fn read_bodies_read() {
                 .expect("the writer writes after lending its connection to a read");
             assert_eq!(locations(&db).await.len(), 2);
         }
+        t.drop_database().await;
+    }
+}
+
+/// The rows of `stock_locations`, counted by `tx`.
+async fn count_locations(tx: &mut dyn Tx) -> sqlx::Result<i64> {
+    tx.fetch_one("SELECT COUNT(*) AS n FROM stock_locations", &[])
+        .await?
+        .get("n")
+}
+
+/// A read body that counts the locations, has `other` insert `id` and commit, and counts again.
+fn count_around_a_commit(
+    other: Db,
+    id: &'static str,
+) -> impl for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, (i64, i64), sqlx::Error> + Send + 'static
+{
+    move |tx| {
+        Box::pin(async move {
+            let before = count_locations(tx).await?;
+            other
+                .write(move |w| Box::pin(async move { insert(w, id, 2).await }))
+                .await?;
+            Ok((before, count_locations(tx).await?))
+        })
+    }
+}
+
+/// A snapshot read's statements agree with each other. On PostgreSQL a row committed between
+/// two of them is seen by neither, where a plain read's second statement sees it, and a write
+/// in one is refused; on SQLite every read body is one transaction (and awaits nothing but
+/// its statements, so nothing can commit in between from inside it).
+#[tokio::test]
+async fn snapshot_reads_agree_with_themselves() {
+    for t in test_databases().await {
+        let db = migrated(&t.url).await;
+        db.write(|tx| Box::pin(async move { insert(tx, "a", 1).await }))
+            .await
+            .expect("write");
+        if db.backend() != Backend::Postgres {
+            let n = db
+                .read_snapshot(|tx| Box::pin(async move { count_locations(tx).await }))
+                .await
+                .expect("read");
+            assert_eq!(n, 1);
+            t.drop_database().await;
+            continue;
+        }
+        for (snapshot, id, seen) in [(true, "b", (1, 1)), (false, "c", (2, 3))] {
+            let body = count_around_a_commit(db.clone(), id);
+            let counted = if snapshot {
+                db.read_snapshot(body).await
+            } else {
+                db.read(body).await
+            };
+            assert_eq!(counted.expect("read"), seen, "snapshot: {snapshot}");
+        }
+        let refused = db
+            .read_snapshot(|tx| Box::pin(async move { insert(tx, "d", 4).await }))
+            .await;
+        assert!(refused.is_err(), "a snapshot read wrote");
+        assert_eq!(locations(&db).await.len(), 3);
         t.drop_database().await;
     }
 }

@@ -353,7 +353,8 @@ impl Db {
     /// on a reader connection; on PostgreSQL on a pooled connection outside a transaction, so
     /// each statement sees what was committed when it began (a transaction would cost two more
     /// round trips). A body must not depend on two of its statements seeing the same
-    /// snapshot, and on PostgreSQL nothing stops it from writing: keep writes in [`Db::write`].
+    /// snapshot (use [`Db::read_snapshot`] for that), and on PostgreSQL nothing stops it from
+    /// writing: keep writes in [`Db::write`].
     pub async fn read<R, E, F>(&self, body: F) -> Result<R, E>
     where
         F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
@@ -378,6 +379,31 @@ impl Db {
         }
         let mut conn = self.reader().acquire().await?;
         body(&mut tx::SqlxTx(&mut conn, self.backend)).await
+    }
+
+    /// [`Db::read`] whose statements see one snapshot on PostgreSQL too: there it runs in a
+    /// `REPEATABLE READ, READ ONLY` transaction, which costs two more round trips and refuses
+    /// any write. For reads whose statements must agree with each other, such as an order and
+    /// its payment, refunds and shipments read by one statement each. On SQLite it is
+    /// [`Db::read`], which is one read transaction already.
+    pub async fn read_snapshot<R, E, F>(&self, body: F) -> Result<R, E>
+    where
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+    {
+        if self.backend != Backend::Postgres {
+            return self.read(body).await;
+        }
+        let mut tx = self
+            .reader()
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        let outcome = body(&mut tx::SqlxTx(&mut tx, self.backend)).await;
+        if outcome.is_ok() {
+            tx.commit().await?;
+        }
+        outcome
     }
 
     /// Begins a sqlx transaction that will write. On SQLite it is `BEGIN IMMEDIATE`, taken
