@@ -180,13 +180,17 @@ pub async fn rank(
     })
 }
 
-/// One hook call on a JSON input, as `cartridge plugin run` and the admin API's invoke run it.
-#[derive(Debug, Clone)]
+/// One hook call on a JSON input, as `cartridge plugin run` and the admin API's invoke run it;
+/// the invoke route answers with it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Invocation {
-    /// The plugin's decision, as JSON.
+    /// The plugin's decision, validated, as its hook's output type: a pricing plugin's
+    /// operations, a fraud plugin's assessment, a personalization plugin's ranking, a payment
+    /// connector's `{"Ok": …}` or `{"Err": …}` for the step.
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub output: serde_json::Value,
-    /// For pricing: the cart with the decision applied.
-    pub priced: Option<serde_json::Value>,
+    /// For pricing: the cart with the decision applied; null for the other hooks.
+    pub priced: Option<PricedCart>,
     /// What the call cost.
     pub stats: CallStats,
 }
@@ -268,7 +272,7 @@ pub async fn invoke(plugin: &Plugin, input: serde_json::Value) -> Result<Invocat
                 }],
             );
             Invocation {
-                priced: serde_json::to_value(priced).ok(),
+                priced: Some(priced),
                 ..done(call)
             }
         }

@@ -236,7 +236,7 @@ async fn plugin_run_replay_compares_a_candidate_with_the_active_version_on_logge
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let logged = registry.call_log("tiered-discount", 10).await.expect("log");
-        if logged["calls"].as_array().is_some_and(|c| c.len() == 3) {
+        if logged.calls.len() == 3 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "calls not logged");

@@ -1,8 +1,10 @@
 //! The plugin registry end to end: uploads validated before they are stored, activation,
 //! rollback, disable, order, configuration, the watched directory, hot swaps under checkout
-//! load, the crash-loop breaker, shadow runs, and several hosts on one database. Real hosts on
-//! port 0, a fresh database per test (SQLite always, PostgreSQL when configured), real plugins.
+//! load, the crash-loop breaker, shadow runs, several hosts on one database, and every answer
+//! of the registry's routes against the schema `/openapi.json` gives it. Real hosts on port 0,
+//! a fresh database per test (SQLite always, PostgreSQL when configured), real plugins.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -1237,6 +1239,214 @@ async fn capabilities_need_an_operators_grant_and_secrets_are_only_references() 
         let plugin = host.state.plugin("http-probe").expect("serving");
         let err = plugin.price(&empty_cart()).await.expect_err("denied");
         assert_eq!(err.code(), "capability_denied");
+        db.drop_database().await;
+    }
+}
+
+/// Checks that `r` succeeded and that its body matches the schema `/openapi.json` gives the
+/// answer of `method path` (with the JSON Schema validator schemathesis uses; skipped when
+/// schemathesis is not installed).
+fn conforms(document: &Value, method: &str, path: &str, r: &Response) {
+    assert!(r.status < 300, "{method} {path}: {} {}", r.status, r.body);
+    let schema = document["paths"][path][method]["responses"]["2XX"]["content"]["application/json"]
+        ["schema"]["$ref"]
+        .as_str()
+        .and_then(|to| to.strip_prefix("#/components/schemas/"))
+        .unwrap_or_else(|| panic!("{method} {path}: the document gives its answer no schema"));
+    if let Some(Err(violations)) =
+        cartridge_tests::schemathesis::validate(document, schema, &r.body)
+    {
+        panic!(
+            "{method} {path} does not match {schema}:\n{violations}\n{}",
+            r.body
+        );
+    }
+}
+
+/// Every route of the registry (`/admin/plugins…`, `/admin/hooks/…`) answers what the
+/// document says it does: each is called on a real host, with the plugin in the states that
+/// make its optional parts null or not (served or disabled, a call log with a failed call, a
+/// shadow run with differences, invocations of three hooks).
+#[tokio::test]
+async fn every_registry_answer_matches_the_schema_the_openapi_document_gives_it() {
+    for db in test_databases().await {
+        let host = start_host(&db, None, config(0)).await;
+        host.seed().await;
+        let document = host
+            .send(Method::GET, "/openapi.json", &[], None)
+            .await
+            .body;
+        let mut walked: BTreeSet<(&str, &str)> = BTreeSet::new();
+        let mut check = |method: &'static str, path: &'static str, r: &Response| {
+            conforms(&document, method, path, r);
+            walked.insert((method, path));
+        };
+        let admin = |method: &str| {
+            Method::from_bytes(method.to_ascii_uppercase().as_bytes()).expect("a method")
+        };
+
+        // Uploads: one activated, one only stored; a fail-open plugin that always fails, a
+        // fraud plugin and a payment connector.
+        let wasm = plugins().wasm_bytes("tiered-discount");
+        let r = host
+            .upload(&tiered("1.0.0", "3:500"), wasm.clone(), true)
+            .await;
+        check("post", "/admin/plugins", &r);
+        let r = host.upload(&tiered("2.0.0", "3:1000"), wasm, false).await;
+        check("post", "/admin/plugins", &r);
+        assert_eq!(r.body["plugin"]["serving_here"]["version"], "1.0.0");
+        for name in ["panicker", "rules-fraud", "test-gateway"] {
+            let r = host
+                .upload(
+                    &plugins().manifest_text(name),
+                    plugins().wasm_bytes(name),
+                    true,
+                )
+                .await;
+            check("post", "/admin/plugins", &r);
+        }
+        let r = host.admin(Method::GET, "/admin/plugins", None).await;
+        check("get", "/admin/plugins", &r);
+        assert_eq!(r.body["plugins"].as_array().map(Vec::len), Some(4));
+        let r = host
+            .admin(Method::GET, "/admin/plugins/tiered-discount", None)
+            .await;
+        check("get", "/admin/plugins/{name}", &r);
+
+        // Real traffic, logged: the panicker's calls hold an error and no output.
+        for quantity in [1, 4] {
+            host.cart(quantity).await;
+        }
+        eventually("calls are logged", async || {
+            let r = host
+                .admin(Method::GET, "/admin/plugins/panicker/calls", None)
+                .await;
+            r.body["calls"].as_array().is_some_and(|c| c.len() >= 2)
+        })
+        .await;
+        for name in ["tiered-discount", "panicker"] {
+            let r = host
+                .admin(Method::GET, &format!("/admin/plugins/{name}/calls"), None)
+                .await;
+            check("get", "/admin/plugins/{name}/calls", &r);
+            let failed = r.body["calls"][0]["error"].is_string();
+            assert_eq!(failed, name == "panicker", "{}", r.body);
+            assert_eq!(r.body["calls"][0]["output"].is_null(), failed, "{}", r.body);
+        }
+        let r = host
+            .admin(
+                Method::POST,
+                "/admin/plugins/tiered-discount/versions/2.0.0/replay",
+                Some(json!({"last": 10})),
+            )
+            .await;
+        check(
+            "post",
+            "/admin/plugins/{name}/versions/{version}/replay",
+            &r,
+        );
+        assert!(r.body["differed"].as_u64() >= Some(1), "{}", r.body);
+
+        // Every change an operator makes answers with the plugin as it is afterwards.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "not shown").expect("write");
+        for (method, path, body) in [
+            (
+                "post",
+                "/admin/plugins/{name}/activate",
+                Some(json!({"version": "2.0.0"})),
+            ),
+            ("post", "/admin/plugins/{name}/rollback", None),
+            (
+                "put",
+                "/admin/plugins/{name}/config",
+                Some(json!({"tiers": "2:2000"})),
+            ),
+            ("put", "/admin/plugins/{name}/grants/{capability}", None),
+            ("delete", "/admin/plugins/{name}/grants/{capability}", None),
+            (
+                "put",
+                "/admin/plugins/{name}/secrets/{secret}",
+                Some(json!({"file": key.display().to_string()})),
+            ),
+            ("delete", "/admin/plugins/{name}/secrets/{secret}", None),
+            ("post", "/admin/plugins/{name}/disable", None),
+            ("post", "/admin/plugins/{name}/enable", None),
+        ] {
+            let concrete = path
+                .replace("{name}", "tiered-discount")
+                .replace("{capability}", "secrets")
+                .replace("{secret}", "api-key");
+            let r = host.admin(admin(method), &concrete, body).await;
+            check(method, path, &r);
+            if path.ends_with("/disable") {
+                assert!(r.body["serving_here"].is_null(), "{}", r.body);
+            }
+        }
+        let r = host
+            .admin(
+                Method::PUT,
+                "/admin/hooks/pricing/order",
+                Some(json!({"plugins": ["panicker", "tiered-discount"]})),
+            )
+            .await;
+        check("put", "/admin/hooks/{hook}/order", &r);
+
+        // Invocations of a pricing plugin (with the priced cart), a fraud plugin and a
+        // payment connector (without).
+        for (name, fixture) in [
+            ("tiered-discount", "cart.json"),
+            ("rules-fraud", "checkout.json"),
+            ("test-gateway", "authorize.json"),
+        ] {
+            let input: Value = serde_json::from_str(
+                &std::fs::read_to_string(plugins().fixture(name, fixture)).expect("fixture"),
+            )
+            .expect("json");
+            let r = host
+                .admin(
+                    Method::POST,
+                    &format!("/admin/plugins/{name}/invoke"),
+                    Some(input),
+                )
+                .await;
+            check("post", "/admin/plugins/{name}/invoke", &r);
+            assert_eq!(
+                r.body["priced"].is_null(),
+                name != "tiered-discount",
+                "{}",
+                r.body
+            );
+        }
+
+        // The audit log holds an entry of each kind above.
+        let r = host
+            .admin(Method::GET, "/admin/plugins/tiered-discount/audit", None)
+            .await;
+        check("get", "/admin/plugins/{name}/audit", &r);
+        assert!(
+            r.body["entries"].as_array().map(Vec::len) >= Some(10),
+            "{}",
+            r.body
+        );
+
+        let registry: BTreeSet<(&str, &str)> = document["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .filter(|(path, _)| {
+                path.starts_with("/admin/plugins") || path.starts_with("/admin/hooks/")
+            })
+            .flat_map(|(path, methods)| {
+                methods
+                    .as_object()
+                    .expect("methods")
+                    .keys()
+                    .map(move |method| (method.as_str(), path.as_str()))
+            })
+            .collect();
+        assert_eq!(walked, registry, "routes of the registry not walked");
         db.drop_database().await;
     }
 }

@@ -779,6 +779,87 @@ const RESPONSES: &[(&str, &str, SchemaOf)] = &[
         "/admin/checkout-attempts/{id}",
         schema_of::<admin::Dismissed>,
     ),
+    (
+        "get",
+        "/admin/plugins",
+        schema_of::<crate::registry::PluginList>,
+    ),
+    ("post", "/admin/plugins", schema_of::<plugins::Uploaded>),
+    (
+        "get",
+        "/admin/plugins/{name}",
+        schema_of::<crate::registry::StoredPlugin>,
+    ),
+    (
+        "post",
+        "/admin/plugins/{name}/activate",
+        schema_of::<crate::registry::StoredPlugin>,
+    ),
+    (
+        "post",
+        "/admin/plugins/{name}/rollback",
+        schema_of::<crate::registry::StoredPlugin>,
+    ),
+    (
+        "post",
+        "/admin/plugins/{name}/disable",
+        schema_of::<crate::registry::StoredPlugin>,
+    ),
+    (
+        "post",
+        "/admin/plugins/{name}/enable",
+        schema_of::<crate::registry::StoredPlugin>,
+    ),
+    (
+        "put",
+        "/admin/plugins/{name}/config",
+        schema_of::<crate::registry::StoredPlugin>,
+    ),
+    (
+        "put",
+        "/admin/plugins/{name}/grants/{capability}",
+        schema_of::<crate::registry::StoredPlugin>,
+    ),
+    (
+        "delete",
+        "/admin/plugins/{name}/grants/{capability}",
+        schema_of::<crate::registry::StoredPlugin>,
+    ),
+    (
+        "put",
+        "/admin/plugins/{name}/secrets/{secret}",
+        schema_of::<crate::registry::StoredPlugin>,
+    ),
+    (
+        "delete",
+        "/admin/plugins/{name}/secrets/{secret}",
+        schema_of::<crate::registry::StoredPlugin>,
+    ),
+    (
+        "get",
+        "/admin/plugins/{name}/audit",
+        schema_of::<crate::registry::AuditLog>,
+    ),
+    (
+        "get",
+        "/admin/plugins/{name}/calls",
+        schema_of::<crate::registry::CallLog>,
+    ),
+    (
+        "post",
+        "/admin/plugins/{name}/versions/{version}/replay",
+        schema_of::<crate::registry::replay::ReplayReport>,
+    ),
+    (
+        "post",
+        "/admin/plugins/{name}/invoke",
+        schema_of::<crate::hooks::Invocation>,
+    ),
+    (
+        "put",
+        "/admin/hooks/{hook}/order",
+        schema_of::<crate::registry::HookOrder>,
+    ),
 ];
 
 /// (method, path, schema) of every route that takes query parameters: one parameter per
@@ -1414,7 +1495,19 @@ mod tests {
         let documented: BTreeSet<(&str, &str)> = documented_routes().collect();
         for (method, path, _) in RESPONSES {
             assert!(documented.contains(&(*method, *path)), "{method} {path}");
-            let answer = if path.ends_with("/shipping-methods") && path.starts_with("/store") {
+            let answer = if path.starts_with("/admin/plugins") || path.starts_with("/admin/hooks/")
+            {
+                match (*method, path.rsplit('/').next()) {
+                    ("get", Some("plugins")) => "#/components/schemas/PluginList",
+                    ("post", Some("plugins")) => "#/components/schemas/Uploaded",
+                    (_, Some("audit")) => "#/components/schemas/AuditLog",
+                    (_, Some("calls")) => "#/components/schemas/CallLog",
+                    (_, Some("replay")) => "#/components/schemas/ReplayReport",
+                    (_, Some("invoke")) => "#/components/schemas/Invocation",
+                    (_, Some("order")) => "#/components/schemas/HookOrder",
+                    _ => "#/components/schemas/StoredPlugin",
+                }
+            } else if path.ends_with("/shipping-methods") && path.starts_with("/store") {
                 "#/components/schemas/ShippingOffers"
             } else if path.starts_with("/admin/shipping-methods/")
                 || *method == "post" && path.ends_with("/shipping-methods")
@@ -1460,7 +1553,41 @@ mod tests {
                 "{method} {path}"
             );
         }
+        // Every route of the plugin registry documents its answer.
+        for (method, path) in documented_routes()
+            .filter(|(_, p)| p.starts_with("/admin/plugins") || p.starts_with("/admin/hooks/"))
+        {
+            assert!(
+                RESPONSES.iter().any(|(m, p, _)| (*m, *p) == (method, path)),
+                "{method} {path} has no schema for its answer"
+            );
+        }
         let schemas = &doc["components"]["schemas"];
+        let required = |schema: &str| -> BTreeSet<String> {
+            schemas[schema]["required"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{schema} lists no required properties"))
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect()
+        };
+        // A plugin's optional parts are written as null, never left out.
+        for always in ["active_version", "serving_here", "tripped_at", "config"] {
+            assert!(required("StoredPlugin").contains(always), "{always}");
+        }
+        let plugin = &schemas["StoredPlugin"]["properties"];
+        assert_eq!(plugin["hook"]["$ref"], "#/components/schemas/HookKind");
+        assert_eq!(
+            plugin["versions"]["items"]["$ref"],
+            "#/components/schemas/PluginVersion"
+        );
+        // An invocation's priced cart is the pricing's own (null for the other hooks).
+        assert!(
+            schemas["Invocation"]["properties"]["priced"]
+                .to_string()
+                .contains("#/components/schemas/PricedCart")
+        );
+        assert!(required("Invocation").contains("priced"));
         let cart = &schemas["PricedCartBody"];
         let required: BTreeSet<&str> = cart["required"]
             .as_array()

@@ -10,11 +10,14 @@ use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{Admin, ApiError, AppState};
+use crate::hooks::Invocation;
 use crate::plugin::HookKind;
+use crate::registry::replay::ReplayReport;
+use crate::registry::{AuditLog, CallLog, HookOrder, PluginList, StoredPlugin, StoredVersion};
 
 /// Largest upload (manifest plus component).
 pub const UPLOAD_LIMIT_BYTES: usize = 32 * 1024 * 1024;
@@ -48,7 +51,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/hooks/{hook}/order", put(reorder))
 }
 
-async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<PluginList>, ApiError> {
     Ok(Json(state.registry().list().await?))
 }
 
@@ -56,7 +59,7 @@ async fn describe(
     _: Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StoredPlugin>, ApiError> {
     Ok(Json(state.registry().describe(&name).await?))
 }
 
@@ -75,7 +78,7 @@ async fn upload(
     State(state): State<AppState>,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
     let Query(query) = query?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::new(
@@ -128,7 +131,23 @@ async fn upload(
     } else {
         registry.describe(&stored.name).await?
     };
-    Ok((status, Json(json!({"uploaded": stored, "plugin": plugin}))))
+    Ok((
+        status,
+        Json(Uploaded {
+            plugin,
+            uploaded: stored,
+        }),
+    ))
+}
+
+/// A stored upload: 201 when the version is new, 200 when the same component was already
+/// stored under it.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct Uploaded {
+    /// The plugin, after the upload (and the activation, when asked).
+    plugin: StoredPlugin,
+    /// The version stored.
+    uploaded: StoredVersion,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -143,7 +162,7 @@ async fn activate(
     State(state): State<AppState>,
     Path(name): Path<String>,
     body: Result<super::JsonObject<Activate>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StoredPlugin>, ApiError> {
     let super::JsonObject(body) = body?;
     Ok(Json(
         state
@@ -157,7 +176,7 @@ async fn rollback(
     admin: Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StoredPlugin>, ApiError> {
     Ok(Json(
         state.registry().rollback(&admin.actor(), &name).await?,
     ))
@@ -167,7 +186,7 @@ async fn disable(
     admin: Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StoredPlugin>, ApiError> {
     Ok(Json(
         state
             .registry()
@@ -180,7 +199,7 @@ async fn enable(
     admin: Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StoredPlugin>, ApiError> {
     Ok(Json(
         state
             .registry()
@@ -195,7 +214,7 @@ async fn configure(
     State(state): State<AppState>,
     Path(name): Path<String>,
     body: Result<super::JsonObject<BTreeMap<String, String>>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StoredPlugin>, ApiError> {
     let super::JsonObject(values) = body?;
     Ok(Json(
         state
@@ -209,7 +228,7 @@ async fn grant(
     admin: Admin,
     State(state): State<AppState>,
     Path((name, capability)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StoredPlugin>, ApiError> {
     Ok(Json(
         state
             .registry()
@@ -222,7 +241,7 @@ async fn revoke(
     admin: Admin,
     State(state): State<AppState>,
     Path((name, capability)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StoredPlugin>, ApiError> {
     Ok(Json(
         state
             .registry()
@@ -238,7 +257,7 @@ async fn set_secret(
     State(state): State<AppState>,
     Path((name, secret)): Path<(String, String)>,
     body: Result<super::JsonObject<crate::plugin::SecretRef>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StoredPlugin>, ApiError> {
     let super::JsonObject(reference) = body?;
     Ok(Json(
         state
@@ -252,7 +271,7 @@ async fn remove_secret(
     admin: Admin,
     State(state): State<AppState>,
     Path((name, secret)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StoredPlugin>, ApiError> {
     Ok(Json(
         state
             .registry()
@@ -273,7 +292,7 @@ async fn audit(
     State(state): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditLog>, ApiError> {
     let Query(q) = query?;
     Ok(Json(
         state
@@ -289,7 +308,7 @@ async fn calls(
     State(state): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CallLog>, ApiError> {
     let Query(q) = query?;
     Ok(Json(
         state
@@ -312,7 +331,7 @@ async fn replay(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReplayReport>, ApiError> {
     // An empty body replays the last 100; a malformed one is our JSON error like any other.
     let replay: Replay = super::admin::optional_body(&body)?;
     let last = replay.last.unwrap_or(100);
@@ -322,7 +341,7 @@ async fn replay(
     let report = crate::registry::replay::replay(registry.db(), &candidate, active.as_ref(), last)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(json!(report)))
+    Ok(Json(report))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -337,7 +356,7 @@ async fn reorder(
     State(state): State<AppState>,
     Path(hook): Path<String>,
     body: Result<super::JsonObject<Order>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HookOrder>, ApiError> {
     let hook: HookKind = hook
         .parse()
         .map_err(|e: String| ApiError::not_found("unknown_hook", e))?;
@@ -357,7 +376,7 @@ async fn invoke(
     State(state): State<AppState>,
     Path(name): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Invocation>, ApiError> {
     let Json(input) = body?;
     let plugin = state.plugin(&name).ok_or_else(|| {
         ApiError::not_found("unknown_plugin", format!("no active plugin named {name:?}"))
@@ -369,9 +388,5 @@ async fn invoke(
             crate::hooks::InvokeError::Hook(hook) => ApiError::from(hook),
             bad => ApiError::invalid(bad.to_string()),
         })?;
-    Ok(Json(json!({
-        "output": invocation.output,
-        "priced": invocation.priced,
-        "stats": invocation.stats,
-    })))
+    Ok(Json(invocation))
 }

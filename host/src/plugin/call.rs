@@ -106,21 +106,23 @@ impl std::fmt::Debug for Plugin {
 }
 
 /// What a call cost.
-#[derive(Debug, Clone, Serialize)]
+// Fields in alphabetical order: the order the admin API and `plugin run --json` write them in.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct CallStats {
-    /// Wall-clock time of instantiation plus the call.
+    /// Wall-clock time of instantiation plus the call, in microseconds.
     #[serde(serialize_with = "as_micros")]
+    #[schemars(with = "u64")]
     pub duration: Duration,
     /// Instructions executed (wasmtime fuel), when the engine counts them.
     pub fuel_consumed: Option<u64>,
-    /// The largest linear memory the instance had, in bytes.
-    pub peak_memory_bytes: u64,
-    /// The output's size as JSON, in bytes.
-    pub output_bytes: usize,
     /// What the plugin logged.
     pub logs: Vec<LogLine>,
     /// Log lines dropped past the cap.
     pub logs_dropped: u32,
+    /// The output's size as JSON, in bytes.
+    pub output_bytes: usize,
+    /// The largest linear memory the instance had, in bytes.
+    pub peak_memory_bytes: u64,
 }
 
 fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

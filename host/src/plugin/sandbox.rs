@@ -114,9 +114,10 @@ fn is_public(ip: std::net::IpAddr) -> bool {
 }
 
 /// One line a plugin logged.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct LogLine {
     /// Its level.
+    #[schemars(extend("enum" = ["trace", "debug", "info", "warn", "error"]))]
     pub level: &'static str,
     /// Its text.
     pub message: String,

@@ -198,21 +198,164 @@ impl Snapshot {
     }
 }
 
+// What the registry answers, as the admin API sends it (and `/openapi.json` documents it).
+// Fields are declared in alphabetical order, the order the API has always written them in.
+
 /// A stored version, as uploads answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct StoredVersion {
-    /// The plugin.
-    pub name: String,
-    /// The version.
-    pub version: String,
+    /// False when the same component was already stored under this version.
+    pub created: bool,
+    /// SHA-256 of the component, in hex.
+    pub digest: String,
     /// The hook.
     pub hook: HookKind,
-    /// SHA-256 of the component.
+    /// The plugin.
+    pub name: String,
+    /// The component's size in bytes.
+    pub size: i64,
+    /// The version.
+    pub version: String,
+}
+
+/// A plugin as stored: its versions, the active one, its place in its hook, the operator's
+/// configuration, grants and secret references, and what this host serves of it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct StoredPlugin {
+    /// The version every host serves while the plugin is enabled; none before the first
+    /// activation.
+    pub active_version: Option<String>,
+    /// The operator's configuration, laid over the manifest's defaults (null if the stored
+    /// configuration cannot be read).
+    pub config: Option<BTreeMap<String, String>>,
+    /// False once an operator (or the plugins directory) disabled it: no host serves it.
+    pub enabled: bool,
+    /// The capabilities granted: `secrets`, `http:<host>` or `http:<host>:<port>`.
+    pub grants: Vec<String>,
+    /// The hook it serves.
+    #[schemars(with = "HookKind")]
+    pub hook: String,
+    /// The plugin's name.
+    pub name: String,
+    /// Its place in its hook's order, from 0.
+    pub position: i64,
+    /// The version that was active before the current one (what a rollback activates).
+    pub previous_version: Option<String>,
+    /// The names of its secrets (where each is, and its value, are never shown).
+    pub secrets: Vec<String>,
+    /// The version this host serves now; none while it serves none (disabled, or never
+    /// activated).
+    pub serving_here: Option<ServedVersion>,
+    /// When the crash-loop breaker switched it off (Unix ms); none while it is not tripped.
+    pub tripped_at: Option<i64>,
+    /// The last error before the trip.
+    pub tripped_reason: Option<String>,
+    /// When an operator last changed it (Unix ms).
+    pub updated_at: i64,
+    /// Every stored version, oldest first.
+    pub versions: Vec<PluginVersion>,
+}
+
+/// One stored version of a plugin.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct PluginVersion {
+    /// SHA-256 of the component, in hex.
     pub digest: String,
     /// The component's size in bytes.
     pub size: i64,
-    /// False when the same component was already stored under this version.
-    pub created: bool,
+    /// Where it came from: `api` or `directory`.
+    pub source: String,
+    /// When it was uploaded (Unix ms).
+    pub uploaded_at: i64,
+    /// Who uploaded it (`admin:<token name>`, or `plugins-directory`).
+    pub uploaded_by: String,
+    /// The version.
+    pub version: String,
+}
+
+/// The version of a plugin one host serves.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct ServedVersion {
+    /// SHA-256 of its component, in hex.
+    pub digest: String,
+    /// Whether the crash-loop breaker tripped on this host: its hook's failure policy applies
+    /// instead of calling it.
+    pub tripped: bool,
+    /// The version.
+    pub version: String,
+}
+
+/// Every plugin of the registry.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct PluginList {
+    /// The registry generation this host serves (-1 before its first load).
+    pub generation: i64,
+    /// By hook, then by position in the hook, then by name.
+    pub plugins: Vec<StoredPlugin>,
+}
+
+/// A hook's plugins in the order they run.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct HookOrder {
+    /// The hook.
+    pub hook: HookKind,
+    /// Its plugins' names, first to run first.
+    pub order: Vec<String>,
+}
+
+/// Audit log entries, newest first.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct AuditLog {
+    /// The entries.
+    pub entries: Vec<AuditEntry>,
+}
+
+/// One change to the registry.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct AuditEntry {
+    /// `upload`, `activate`, `enable`, `disable`, `configure`, `grant`, `revoke`,
+    /// `set-secret`, `remove-secret`, `reorder` or `trip`.
+    pub action: String,
+    /// Who: `admin:<token name>`, `plugins-directory` or `crash-loop breaker`.
+    pub actor: String,
+    /// When (Unix ms).
+    pub at: i64,
+    /// What changed, an object by action: `upload` the version, digest, size and source;
+    /// `activate` the version and the previous one; `configure` the keys set (never their
+    /// values); `grant` and `revoke` the capability; `set-secret` and `remove-secret` the
+    /// secret's name; `reorder` the order; `trip` the version, failures and last error;
+    /// `enable` and `disable` nothing.
+    pub detail: Value,
+    /// The entry's id, increasing.
+    pub id: i64,
+    /// The plugin, or `hook:<hook>` for a reorder.
+    pub plugin: String,
+}
+
+/// Logged calls of a plugin, newest first.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct CallLog {
+    /// The calls.
+    pub calls: Vec<LoggedCall>,
+}
+
+/// One sampled hook call (what a shadow run replays).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct LoggedCall {
+    /// When it was logged (Unix ms).
+    pub at: i64,
+    /// How long it took, in microseconds.
+    pub duration_us: i64,
+    /// The failure, `<code>: <message>`; none when the plugin answered.
+    pub error: Option<String>,
+    /// The entry's id, increasing.
+    pub id: i64,
+    /// The hook's input, as the plugin got it (null if unreadable).
+    pub input: Value,
+    /// The plugin's decision (null when it failed).
+    pub output: Value,
+    /// The version that answered.
+    pub version: String,
 }
 
 /// The registry of one host, over the shared database.
@@ -566,12 +709,12 @@ impl Registry {
         }
         tx.commit().await?;
         Ok(StoredVersion {
-            name,
-            version,
-            hook,
-            digest,
-            size,
             created: inserted > 0,
+            digest,
+            hook,
+            name,
+            size,
+            version,
         })
     }
 
@@ -596,7 +739,7 @@ impl Registry {
         actor: &str,
         name: &str,
         version: &str,
-    ) -> Result<Value, RegistryError> {
+    ) -> Result<StoredPlugin, RegistryError> {
         let mut tx = self.inner.db.begin().await?;
         let row = sqlx::query(
             "SELECT manifest FROM plugin_versions WHERE plugin_name = $1 AND version = $2",
@@ -659,7 +802,7 @@ impl Registry {
     }
 
     /// Makes the version that was active before the current one active again.
-    pub async fn rollback(&self, actor: &str, name: &str) -> Result<Value, RegistryError> {
+    pub async fn rollback(&self, actor: &str, name: &str) -> Result<StoredPlugin, RegistryError> {
         let row = sqlx::query("SELECT previous_version FROM plugins WHERE name = $1")
             .bind(name)
             .fetch_optional(self.inner.db.pool())
@@ -713,7 +856,7 @@ impl Registry {
         actor: &str,
         name: &str,
         enabled: bool,
-    ) -> Result<Value, RegistryError> {
+    ) -> Result<StoredPlugin, RegistryError> {
         let mut tx = self.inner.db.begin().await?;
         let updated = sqlx::query(
             "UPDATE plugins SET enabled = $2, tripped_at = NULL, tripped_reason = NULL, \
@@ -742,7 +885,7 @@ impl Registry {
         actor: &str,
         hook: HookKind,
         names: &[String],
-    ) -> Result<Value, RegistryError> {
+    ) -> Result<HookOrder, RegistryError> {
         let mut tx = self.inner.db.begin().await?;
         let mut existing: Vec<String> = sqlx::query("SELECT name FROM plugins WHERE hook = $1")
             .bind(hook.as_str())
@@ -779,7 +922,10 @@ impl Registry {
         bump(&mut tx).await?;
         tx.commit().await?;
         self.refresh().await?;
-        Ok(json!({"hook": hook, "order": names}))
+        Ok(HookOrder {
+            hook,
+            order: names.to_vec(),
+        })
     }
 
     /// Replaces the operator's configuration of `name` (laid over the manifest's defaults).
@@ -788,7 +934,7 @@ impl Registry {
         actor: &str,
         name: &str,
         values: &BTreeMap<String, String>,
-    ) -> Result<Value, RegistryError> {
+    ) -> Result<StoredPlugin, RegistryError> {
         if values.len() > 64 {
             return Err(RegistryError::Invalid(
                 "at most 64 configuration values".to_owned(),
@@ -834,7 +980,7 @@ impl Registry {
         name: &str,
         capability: &str,
         granted: bool,
-    ) -> Result<Value, RegistryError> {
+    ) -> Result<StoredPlugin, RegistryError> {
         let capability = Capability::parse(capability)
             .map_err(RegistryError::UnknownCapability)?
             .to_string();
@@ -886,7 +1032,7 @@ impl Registry {
         name: &str,
         secret: &str,
         reference: Option<&SecretRef>,
-    ) -> Result<Value, RegistryError> {
+    ) -> Result<StoredPlugin, RegistryError> {
         if secret.is_empty()
             || secret.len() > 64
             || !secret
@@ -951,7 +1097,7 @@ impl Registry {
 
     /// A plugin as stored: versions, the active one, order, configuration, grants, and what
     /// this host serves.
-    pub async fn describe(&self, name: &str) -> Result<Value, RegistryError> {
+    pub async fn describe(&self, name: &str) -> Result<StoredPlugin, RegistryError> {
         let pool = self.inner.db.pool();
         let row = sqlx::query(
             "SELECT name, hook, active_version, previous_version, enabled, position, config, \
@@ -970,15 +1116,15 @@ impl Registry {
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|v| -> Result<Value, sqlx::Error> {
-            Ok(json!({
-                "version": v.try_get::<String, _>("version")?,
-                "digest": v.try_get::<String, _>("digest")?,
-                "size": v.try_get::<i64, _>("size")?,
-                "source": v.try_get::<String, _>("source")?,
-                "uploaded_by": v.try_get::<String, _>("uploaded_by")?,
-                "uploaded_at": v.try_get::<i64, _>("uploaded_at")?,
-            }))
+        .map(|v| -> Result<PluginVersion, sqlx::Error> {
+            Ok(PluginVersion {
+                digest: v.try_get("digest")?,
+                size: v.try_get("size")?,
+                source: v.try_get("source")?,
+                uploaded_at: v.try_get("uploaded_at")?,
+                uploaded_by: v.try_get("uploaded_by")?,
+                version: v.try_get("version")?,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
         let grants: Vec<String> =
@@ -997,35 +1143,31 @@ impl Registry {
                 .iter()
                 .map(|r| r.try_get("name"))
                 .collect::<Result<_, _>>()?;
-        let config: Value =
-            serde_json::from_str(&row.try_get::<String, _>("config")?).unwrap_or(Value::Null);
-        let serving = self.snapshot().get(name).map(|p| {
-            json!({
-                "version": p.manifest().version.to_string(),
-                "digest": p.digest(),
-                "tripped": p.watch().is_some_and(|w| w.tripped()),
-            })
+        let serving_here = self.snapshot().get(name).map(|p| ServedVersion {
+            digest: p.digest().to_owned(),
+            tripped: p.watch().is_some_and(|w| w.tripped()),
+            version: p.manifest().version.to_string(),
         });
-        Ok(json!({
-            "name": row.try_get::<String, _>("name")?,
-            "hook": row.try_get::<String, _>("hook")?,
-            "active_version": row.try_get::<Option<String>, _>("active_version")?,
-            "previous_version": row.try_get::<Option<String>, _>("previous_version")?,
-            "enabled": row.try_get::<i64, _>("enabled")? == 1,
-            "position": row.try_get::<i64, _>("position")?,
-            "config": config,
-            "grants": grants,
-            "secrets": secrets,
-            "tripped_at": row.try_get::<Option<i64>, _>("tripped_at")?,
-            "tripped_reason": row.try_get::<Option<String>, _>("tripped_reason")?,
-            "updated_at": row.try_get::<i64, _>("updated_at")?,
-            "versions": versions,
-            "serving_here": serving,
-        }))
+        Ok(StoredPlugin {
+            active_version: row.try_get("active_version")?,
+            config: serde_json::from_str(&row.try_get::<String, _>("config")?).ok(),
+            enabled: row.try_get::<i64, _>("enabled")? == 1,
+            grants,
+            hook: row.try_get("hook")?,
+            name: row.try_get("name")?,
+            position: row.try_get("position")?,
+            previous_version: row.try_get("previous_version")?,
+            secrets,
+            serving_here,
+            tripped_at: row.try_get("tripped_at")?,
+            tripped_reason: row.try_get("tripped_reason")?,
+            updated_at: row.try_get("updated_at")?,
+            versions,
+        })
     }
 
     /// Every plugin, described.
-    pub async fn list(&self) -> Result<Value, RegistryError> {
+    pub async fn list(&self) -> Result<PluginList, RegistryError> {
         let names: Vec<String> =
             sqlx::query("SELECT name FROM plugins ORDER BY hook, position, name")
                 .fetch_all(self.inner.db.pool())
@@ -1037,14 +1179,18 @@ impl Registry {
         for name in names {
             plugins.push(self.describe(&name).await?);
         }
-        Ok(json!({
-            "generation": self.snapshot().generation,
-            "plugins": plugins,
-        }))
+        Ok(PluginList {
+            generation: self.snapshot().generation,
+            plugins,
+        })
     }
 
     /// The audit log, newest first; of one plugin when `name` is given.
-    pub async fn audit_log(&self, name: Option<&str>, limit: i64) -> Result<Value, RegistryError> {
+    pub async fn audit_log(
+        &self,
+        name: Option<&str>,
+        limit: i64,
+    ) -> Result<AuditLog, RegistryError> {
         let rows = sqlx::query(
             "SELECT id, at, actor, plugin_name, action, detail FROM plugin_audit \
              WHERE ($1 = '' OR plugin_name = $1) ORDER BY id DESC LIMIT $2",
@@ -1055,23 +1201,23 @@ impl Registry {
         .await?;
         let entries = rows
             .iter()
-            .map(|r| -> Result<Value, sqlx::Error> {
-                Ok(json!({
-                    "id": r.try_get::<i64, _>("id")?,
-                    "at": r.try_get::<i64, _>("at")?,
-                    "actor": r.try_get::<String, _>("actor")?,
-                    "plugin": r.try_get::<String, _>("plugin_name")?,
-                    "action": r.try_get::<String, _>("action")?,
-                    "detail": serde_json::from_str::<Value>(&r.try_get::<String, _>("detail")?)
+            .map(|r| -> Result<AuditEntry, sqlx::Error> {
+                Ok(AuditEntry {
+                    action: r.try_get("action")?,
+                    actor: r.try_get("actor")?,
+                    at: r.try_get("at")?,
+                    detail: serde_json::from_str(&r.try_get::<String, _>("detail")?)
                         .unwrap_or(Value::Null),
-                }))
+                    id: r.try_get("id")?,
+                    plugin: r.try_get("plugin_name")?,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(json!({"entries": entries}))
+        Ok(AuditLog { entries })
     }
 
     /// The latest sampled calls of `name`, newest first.
-    pub async fn call_log(&self, name: &str, limit: i64) -> Result<Value, RegistryError> {
+    pub async fn call_log(&self, name: &str, limit: i64) -> Result<CallLog, RegistryError> {
         let rows = sqlx::query(
             "SELECT id, version, at, input, output, error, duration_us FROM plugin_calls \
              WHERE plugin_name = $1 ORDER BY id DESC LIMIT $2",
@@ -1086,19 +1232,19 @@ impl Registry {
         };
         let calls = rows
             .into_iter()
-            .map(|r| -> Result<Value, sqlx::Error> {
-                Ok(json!({
-                    "id": r.try_get::<i64, _>("id")?,
-                    "version": r.try_get::<String, _>("version")?,
-                    "at": r.try_get::<i64, _>("at")?,
-                    "input": parse(r.try_get("input")?),
-                    "output": parse(r.try_get("output")?),
-                    "error": r.try_get::<Option<String>, _>("error")?,
-                    "duration_us": r.try_get::<i64, _>("duration_us")?,
-                }))
+            .map(|r| -> Result<LoggedCall, sqlx::Error> {
+                Ok(LoggedCall {
+                    at: r.try_get("at")?,
+                    duration_us: r.try_get("duration_us")?,
+                    error: r.try_get("error")?,
+                    id: r.try_get("id")?,
+                    input: parse(r.try_get("input")?),
+                    output: parse(r.try_get("output")?),
+                    version: r.try_get("version")?,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(json!({"calls": calls}))
+        Ok(CallLog { calls })
     }
 
     /// A stored version, loaded for a shadow run: configured like the active one, not watched

@@ -15,10 +15,12 @@ use crate::plugin::Plugin;
 pub const LISTED_DIFFERENCES: usize = 20;
 
 /// What one side answered.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "ReplayAnswer")]
 pub enum Answer {
-    /// The decision (for pricing: the plugin's operations and the cart they price).
+    /// The decision (for pricing: the plugin's operations and the cart they price, as
+    /// `{"output": …, "priced": …}`; a logged output is the decision alone).
     Output(Value),
     /// The named error.
     Error {
@@ -30,46 +32,49 @@ pub enum Answer {
 }
 
 /// One input where the candidate answered differently.
-#[derive(Debug, Clone, Serialize)]
+// Fields of this and the report in alphabetical order: the order the admin API writes them in.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "ReplayDifference")]
 pub struct Difference {
-    /// The call log entry.
-    pub call_id: i64,
     /// When the real call happened (Unix ms).
     pub at: i64,
-    /// The input.
-    pub input: Value,
     /// What the baseline answered.
     pub baseline: Answer,
+    /// The call log entry.
+    pub call_id: i64,
     /// What the candidate answered.
     pub candidate: Answer,
+    /// The input.
+    pub input: Value,
 }
 
 /// The outcome of a shadow run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ReplayReport {
-    /// `name@version` of the candidate.
-    pub candidate: String,
     /// What it was compared with: `name@version` of the active version re-run on each input,
     /// or `"logged outputs"` when the plugin has no active version here.
     pub baseline: String,
-    /// Inputs replayed.
-    pub compared: usize,
-    /// Logged inputs that are no longer valid inputs of the hook (left out of the comparison).
-    pub skipped: usize,
-    /// Inputs where both answered the same.
-    pub identical: usize,
-    /// Inputs where they differ (including one failing and the other not).
-    pub differed: usize,
+    /// `name@version` of the candidate.
+    pub candidate: String,
     /// Inputs the candidate failed on.
     pub candidate_errors: usize,
+    /// Inputs replayed.
+    pub compared: usize,
+    /// Inputs where they differ (including one failing and the other not).
+    pub differed: usize,
     /// The first differences, in full.
     pub differences: Vec<Difference>,
+    /// Inputs where both answered the same.
+    pub identical: usize,
+    /// Logged inputs that are no longer valid inputs of the hook (left out of the comparison).
+    pub skipped: usize,
 }
 
 async fn answer(plugin: &Plugin, input: Value) -> Answer {
     match invoke(plugin, input).await {
         Ok(invocation) => Answer::Output(match invocation.priced {
-            Some(mut priced) => {
+            Some(priced) => {
+                let mut priced = serde_json::to_value(priced).unwrap_or_default();
                 // Which version proposed a discount differs by construction; what it does
                 // to the cart is the comparison.
                 for list in ["applied", "dropped"] {
