@@ -2194,24 +2194,6 @@ pub(crate) async fn settle_payment_status(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gateway_codes_are_reported_in_snake_case() {
-        assert_eq!(
-            snake_name(&payment::PaymentErrorCode::InsufficientFunds),
-            "insufficient_funds"
-        );
-        assert_eq!(
-            snake_name(&payment::PaymentStatus::RequiresAction),
-            "requires_action"
-        );
-        assert_eq!(snake_name(&payment::PaymentErrorCode::Declined), "declined");
-    }
-}
-
 /// The `id` column of `rows`.
 fn ids_of(rows: &[crate::db::Row]) -> sqlx::Result<Vec<String>> {
     rows.iter().map(|r| r.get("id")).collect()
@@ -2400,4 +2382,22 @@ async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView
         });
     }
     Ok(orders.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_codes_are_reported_in_snake_case() {
+        assert_eq!(
+            snake_name(&payment::PaymentErrorCode::InsufficientFunds),
+            "insufficient_funds"
+        );
+        assert_eq!(
+            snake_name(&payment::PaymentStatus::RequiresAction),
+            "requires_action"
+        );
+        assert_eq!(snake_name(&payment::PaymentErrorCode::Declined), "declined");
+    }
 }

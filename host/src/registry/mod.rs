@@ -1127,14 +1127,15 @@ impl Registry {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-        let grants: Vec<String> =
-            sqlx::query("SELECT capability FROM plugin_grants WHERE plugin_name = $1")
-                .bind(name)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|r| r.try_get("capability"))
-                .collect::<Result<_, _>>()?;
+        let grants: Vec<String> = sqlx::query(
+            "SELECT capability FROM plugin_grants WHERE plugin_name = $1 ORDER BY capability",
+        )
+        .bind(name)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get("capability"))
+        .collect::<Result<_, _>>()?;
         let secrets: Vec<String> =
             sqlx::query("SELECT name FROM plugin_secrets WHERE plugin_name = $1 ORDER BY name")
                 .bind(name)
