@@ -24,7 +24,9 @@
 //! `CARTRIDGE_BENCH_SERVER` (another build of the server, for an A/B),
 //! `CARTRIDGE_BENCH_CONCURRENCY`, `CARTRIDGE_BENCH_CHECKOUTS`, and `CARTRIDGE_BENCH_ONLY=wasm`
 //! (one Wasm server and its flows, nothing else: for profiling). Each checkout run also reports
-//! the server's CPU time per checkout.
+//! the server's CPU time per checkout, and the load generator's own: the timed requests go
+//! through [`Conn`], a bare keep-alive HTTP/1.1 connection, so that the generator takes as
+//! little as it can of the two cores it shares with the server.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -58,14 +60,9 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// CPU time the server has used so far (user and system), from `/proc`.
+    /// CPU time the server has used so far.
     fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the command name (which may hold spaces) end with ')'.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        // The kernel reports clock ticks of 1/100 s on Linux.
-        Some(Duration::from_millis(ticks * 10))
+        cpu_time(self.child.id())
     }
 
     fn peak_rss_kib(&self) -> Option<u64> {
@@ -75,6 +72,16 @@ impl Server {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
+}
+
+/// CPU time process `pid` has used so far (user and system), from `/proc`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // The kernel reports clock ticks of 1/100 s on Linux.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 async fn start(database_url: Option<&str>, native: bool) -> anyhow::Result<Server> {
@@ -143,52 +150,186 @@ async fn post(
     Ok(body)
 }
 
-/// Creates a cart with `skus`; returns (id, token).
-async fn cart(
-    client: &reqwest::Client,
-    base: &str,
-    skus: &[String],
-) -> anyhow::Result<(String, String)> {
-    let cart = post(
-        client,
-        format!("{base}/store/carts"),
-        &[],
-        json!({"currency": "EUR"}),
-    )
-    .await?;
-    let id = cart["id"].as_str().unwrap_or_default().to_owned();
-    let token = cart["token"].as_str().unwrap_or_default().to_owned();
-    for sku in skus {
-        post(
-            client,
-            format!("{base}/store/carts/{id}/lines"),
-            &[("x-cart-token", &token)],
-            json!({"sku": sku, "quantity": 1}),
-        )
-        .await?;
-    }
-    Ok((id, token))
+/// A keep-alive HTTP/1.1 connection to the server for the requests the benchmark times: it
+/// writes a request in one buffer and reads the answer by its `content-length` (axum sends
+/// one with every JSON answer), and parses nothing else. The general client used before
+/// (reqwest: its pool, header maps, every answer parsed into a JSON tree) cost the load
+/// generator ~75 µs of CPU per checkout on the two cores it shares with the server.
+struct Conn {
+    stream: tokio::net::TcpStream,
+    host: String,
+    request: Vec<u8>,
+    answer: Vec<u8>,
 }
 
-async fn checkout(
-    client: &reqwest::Client,
-    base: &str,
+impl Conn {
+    async fn open(host: &str) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(host).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            host: host.to_owned(),
+            request: Vec::with_capacity(2048),
+            answer: Vec::with_capacity(16 * 1024),
+        })
+    }
+
+    /// POSTs the JSON `body` to `path`; the answer's status and body.
+    async fn post(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<(u16, &[u8])> {
+        use std::io::Write as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        self.request.clear();
+        write!(
+            self.request,
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            self.host,
+            body.len()
+        )?;
+        for (name, value) in headers {
+            write!(self.request, "{name}: {value}\r\n")?;
+        }
+        self.request.extend_from_slice(b"\r\n");
+        self.request.extend_from_slice(body);
+        self.stream.write_all(&self.request).await?;
+        self.answer.clear();
+        let head = loop {
+            if let Some(at) = self.answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            anyhow::ensure!(
+                self.stream.read_buf(&mut self.answer).await? > 0,
+                "the server closed the connection"
+            );
+        };
+        let text = std::str::from_utf8(&self.answer[..head])?;
+        let status: u16 = text
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("not an HTTP answer: {text}"))?;
+        let length: usize = text
+            .split("\r\n")
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .ok_or_else(|| anyhow::anyhow!("an answer without a content-length: {text}"))?;
+        while self.answer.len() < head + length {
+            anyhow::ensure!(
+                self.stream.read_buf(&mut self.answer).await? > 0,
+                "the server closed the connection mid-answer"
+            );
+        }
+        Ok((status, &self.answer[head..head + length]))
+    }
+
+    /// [`Conn::post`] that must succeed; the answer's body.
+    async fn post_ok(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<&[u8]> {
+        let (status, answer) = self.post(path, headers, body).await?;
+        anyhow::ensure!(
+            (200..300).contains(&status),
+            "{path}: {status}: {}",
+            String::from_utf8_lossy(answer)
+        );
+        Ok(answer)
+    }
+}
+
+/// Open connections to the server, one per request in flight: a request takes one (or opens
+/// one) and gives it back when answered.
+#[derive(Clone)]
+struct Conns {
+    host: Arc<str>,
+    idle: Arc<std::sync::Mutex<Vec<Conn>>>,
+}
+
+impl Conns {
+    fn new(base: &str) -> Self {
+        Self {
+            host: base.trim_start_matches("http://").into(),
+            idle: Arc::default(),
+        }
+    }
+
+    async fn take(&self) -> anyhow::Result<Conn> {
+        let idle = self
+            .idle
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => Conn::open(&self.host).await,
+        }
+    }
+
+    fn give(&self, conn: Conn) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Creates a cart with `skus`; returns (id, token).
+async fn cart(conns: &Conns, skus: &[String]) -> anyhow::Result<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Made {
+        id: String,
+        token: String,
+    }
+    let mut conn = conns.take().await?;
+    let made: Made = serde_json::from_slice(
+        conn.post_ok("/store/carts", &[], br#"{"currency":"EUR"}"#)
+            .await?,
+    )?;
+    let path = format!("/store/carts/{}/lines", made.id);
+    for sku in skus {
+        let line = format!(r#"{{"sku":"{sku}","quantity":1}}"#);
+        conn.post_ok(&path, &[("x-cart-token", &made.token)], line.as_bytes())
+            .await?;
+    }
+    conns.give(conn);
+    Ok((made.id, made.token))
+}
+
+/// Checks cart `id` out as shopper `n`; what `read` makes of the answer.
+async fn checkout<T>(
+    conns: &Conns,
     id: &str,
     token: &str,
     n: usize,
-) -> anyhow::Result<Value> {
-    post(
-        client,
-        format!("{base}/store/carts/{id}/checkout"),
-        &[("x-cart-token", token), ("idempotency-key", "bench")],
-        json!({
-            "email": format!("shopper{n}@example.com"),
-            "payment_token": "tok_visa",
-            "shipping_address": {"name": "Bench", "line1": "Main St 1", "city": "Berlin", "postal_code": "10115", "country": "DE"},
-            "shipping_method": "standard",
-        }),
-    )
-    .await
+    read: impl FnOnce(&[u8]) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let body = format!(
+        r#"{{"email":"shopper{n}@example.com","payment_token":"tok_visa","shipping_address":{{"name":"Bench","line1":"Main St 1","city":"Berlin","postal_code":"10115","country":"DE"}},"shipping_method":"standard"}}"#
+    );
+    let mut conn = conns.take().await?;
+    let path = format!("/store/carts/{id}/checkout");
+    let answer = conn
+        .post_ok(
+            &path,
+            &[("x-cart-token", token), ("idempotency-key", "bench")],
+            body.as_bytes(),
+        )
+        .await?;
+    let read = read(answer);
+    conns.give(conn);
+    read
+}
+
+/// An answer read for nothing but its status.
+fn ignore(_: &[u8]) -> anyhow::Result<()> {
+    Ok(())
 }
 
 struct Stats {
@@ -348,6 +489,8 @@ struct Run {
     checkouts: Stats,
     /// The server's CPU time per checkout during the checkout workload.
     cpu_per_checkout: Option<Duration>,
+    /// The load generator's (this process's).
+    client_cpu_per_checkout: Option<Duration>,
     /// The first checkout's answer, to compare the decisions of the two builds of the rules.
     first_order: Value,
     flows: Option<(Stats, Stats)>,
@@ -382,19 +525,20 @@ async fn run(
         Carts::Hot => Vec::new(),
         Carts::Spread(size) => spread_catalog(&client, &base, size).await?,
     };
+    let conns = Conns::new(&base);
     // Set-up, not measured: the carts are prepared concurrently, in the order of their number.
     let prepared = Arc::new(std::sync::Mutex::new(vec![None; total]));
     {
-        let (client, base, prepared) = (client.clone(), base.clone(), prepared.clone());
+        let (conns, prepared) = (conns.clone(), prepared.clone());
         let (hot, catalog) = (Arc::new(hot.clone()), Arc::new(catalog));
         drive(total, concurrency.min(8), move |n| {
-            let (client, base, prepared) = (client.clone(), base.clone(), prepared.clone());
+            let (conns, prepared) = (conns.clone(), prepared.clone());
             let skus = match carts_of {
                 Carts::Hot => hot.to_vec(),
                 Carts::Spread(_) => spread_skus(&catalog, n),
             };
             async move {
-                let made = cart(&client, &base, &skus).await?;
+                let made = cart(&conns, &skus).await?;
                 prepared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[n] = Some(made);
                 Ok(())
             }
@@ -411,33 +555,38 @@ async fn run(
         carts.len(),
         server.child.id()
     );
-    let first_order = checkout(&client, &base, &carts[0].0, &carts[0].1, 0).await?;
+    let first_order = checkout(&conns, &carts[0].0, &carts[0].1, 0, |answer| {
+        Ok(serde_json::from_slice::<Value>(answer)?)
+    })
+    .await?;
     let carts = Arc::new(carts);
-    let cpu_before = server.cpu_time();
+    let (cpu_before, client_cpu_before) = (server.cpu_time(), cpu_time(std::process::id()));
     let checkouts = {
-        let (client, base, carts) = (client.clone(), base.clone(), carts.clone());
+        let (conns, carts) = (conns.clone(), carts.clone());
         drive(total - 1, concurrency, move |n| {
-            let (client, base, carts) = (client.clone(), base.clone(), carts.clone());
+            let (conns, carts) = (conns.clone(), carts.clone());
             async move {
                 let (id, token) = &carts[n + 1];
-                checkout(&client, &base, id, token, n + 1).await.map(drop)
+                checkout(&conns, id, token, n + 1, ignore).await
             }
         })
         .await?
     };
-    let cpu_per_checkout = cpu_before.zip(server.cpu_time()).map(|(before, after)| {
-        (after.saturating_sub(before)) / u32::try_from(total - 1).unwrap_or(u32::MAX)
-    });
+    let per_checkout = |before: Option<Duration>, after: Option<Duration>| {
+        before.zip(after).map(|(before, after)| {
+            (after.saturating_sub(before)) / u32::try_from(total - 1).unwrap_or(u32::MAX)
+        })
+    };
+    let cpu_per_checkout = per_checkout(cpu_before, server.cpu_time());
+    let client_cpu_per_checkout = per_checkout(client_cpu_before, cpu_time(std::process::id()));
     let flows = if with_flows {
         let flow = |concurrency: usize, total: usize| {
-            let (client, base, hot) = (client.clone(), base.clone(), hot.clone());
+            let (conns, hot) = (conns.clone(), hot.clone());
             drive(total, concurrency, move |n| {
-                let (client, base, hot) = (client.clone(), base.clone(), hot.clone());
+                let (conns, hot) = (conns.clone(), hot.clone());
                 async move {
-                    let (id, token) = cart(&client, &base, &hot).await?;
-                    checkout(&client, &base, &id, &token, n + 1_000_000)
-                        .await
-                        .map(drop)
+                    let (id, token) = cart(&conns, &hot).await?;
+                    checkout(&conns, &id, &token, n + 1_000_000, ignore).await
                 }
             })
         };
@@ -454,6 +603,7 @@ async fn run(
     Ok(Run {
         checkouts,
         cpu_per_checkout,
+        client_cpu_per_checkout,
         first_order,
         flows,
         rss_kib,
@@ -483,12 +633,19 @@ fn row(name: &str, s: &Stats) -> String {
     )
 }
 
-/// A checkout run's row, with the server's CPU time per checkout.
+/// A checkout run's row, with the server's and the load generator's CPU time per checkout.
 fn checkout_row(name: &str, r: &Run) -> String {
-    let cpu = r.cpu_per_checkout.map_or("?".to_owned(), |d| {
-        format!("{:.0} µs", d.as_secs_f64() * 1e6)
-    });
-    format!("{} {cpu} |", row(name, &r.checkouts))
+    let cpu = |d: Option<Duration>| {
+        d.map_or("?".to_owned(), |d| {
+            format!("{:.0} µs", d.as_secs_f64() * 1e6)
+        })
+    };
+    format!(
+        "{} {} | {} |",
+        row(name, &r.checkouts),
+        cpu(r.cpu_per_checkout),
+        cpu(r.client_cpu_per_checkout)
+    )
 }
 
 #[tokio::main]
@@ -554,8 +711,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "checkout over HTTP on loopback, {backend}; {total} checkouts at concurrency {concurrency}"
     );
-    println!("| workload | throughput | p50 | p99 | server CPU per checkout |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| workload | throughput | p50 | p99 | server CPU per checkout | load generator CPU |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (i, r) in wasm.iter().enumerate() {
         println!(
             "{}",
