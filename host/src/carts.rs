@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::PricedVariant;
+use crate::catalog::{PricedVariant, Prices};
 use crate::db::{Db, Tx, Value, args};
 use crate::plugin::bindings::pricing;
 use crate::plugin::bindings::types::{Attribute, Money};
@@ -142,10 +142,11 @@ impl CartView {
 }
 
 /// Cart `id` and the catalog's answer for its SKUs, inside the caller's transaction.
-async fn view_in(tx: &mut dyn Tx, id: &str) -> Result<CartView> {
+async fn view_in(tx: &mut dyn Tx, prices: &Prices, id: &str) -> Result<CartView> {
     let contents = contents_in(tx, id).await?.ok_or(CartError::NotFound)?;
     let skus: Vec<String> = contents.lines.iter().map(|l| l.sku.clone()).collect();
-    let variants = crate::catalog::priced_variants_in(tx, &skus, &contents.currency).await?;
+    let variants =
+        crate::catalog::priced_variants_in(tx, prices, &skus, &contents.currency).await?;
     Ok(CartView { contents, variants })
 }
 
@@ -198,6 +199,8 @@ pub struct CartDetails {
 #[derive(Debug, Clone)]
 pub struct Carts {
     db: Db,
+    /// The catalog's answers for SKUs, shared with checkout.
+    prices: Prices,
 }
 
 fn digest(token: &str) -> String {
@@ -258,8 +261,8 @@ fn checked_details(details: &CartDetails) -> Result<String> {
 
 impl Carts {
     /// Carts over `db`.
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(db: Db, prices: Prices) -> Self {
+        Self { db, prices }
     }
 
     /// Creates an empty cart, owned by `customer` if one is signed in; returns it and its secret
@@ -320,10 +323,11 @@ impl Carts {
     /// The cart, if `key` opens it, and the catalog's answer for its SKUs, in one read.
     pub async fn view(&self, id: &str, key: &CartKey) -> Result<CartView> {
         let (id, key) = (id.to_owned(), key.clone());
+        let prices = self.prices.clone();
         self.db
             .read(move |tx| {
                 Box::pin(async move {
-                    let view = view_in(tx, &id).await?;
+                    let view = view_in(tx, &prices, &id).await?;
                     if !view.contents.opens_with(&key) {
                         return Err(CartError::NotFound);
                     }
@@ -354,6 +358,7 @@ impl Carts {
             MAX_LINE_QUANTITY
         ];
         let (wanted, cart, key) = (sku.to_owned(), id.to_owned(), key.clone());
+        let prices = self.prices.clone();
         self.db
             .write(move |tx| {
                 Box::pin(async move {
@@ -409,7 +414,7 @@ impl Carts {
                         }
                     }
                     touch(tx, &line[1], &line[4]).await?;
-                    view_in(tx, &cart).await
+                    view_in(tx, &prices, &cart).await
                 })
             })
             .await
@@ -470,6 +475,7 @@ impl Carts {
         A: AsRef<[Value]> + Send + 'static,
     {
         let (cart, key) = (id.to_owned(), key.clone());
+        let prices = self.prices.clone();
         self.db
             .write(move |tx| {
                 Box::pin(async move {
@@ -480,7 +486,7 @@ impl Carts {
                         return Err(CartError::LineNotFound);
                     }
                     touch(tx, &args[1], &Value::from(now)).await?;
-                    view_in(tx, &cart).await
+                    view_in(tx, &prices, &cart).await
                 })
             })
             .await
@@ -501,6 +507,7 @@ impl Carts {
             Value::from(id),
             Value::from(now),
         );
+        let prices = self.prices.clone();
         self.db
             .write(move |tx| {
                 Box::pin(async move {
@@ -519,7 +526,7 @@ impl Carts {
                         )
                         .await?;
                     }
-                    view_in(tx, &id).await
+                    view_in(tx, &prices, &id).await
                 })
             })
             .await
@@ -541,6 +548,7 @@ impl Carts {
             now
         ];
         let (cart, key) = (id.to_owned(), key.clone());
+        let prices = self.prices.clone();
         self.db
             .write(move |tx| {
                 Box::pin(async move {
@@ -551,7 +559,7 @@ impl Carts {
                         &change,
                     )
                     .await?;
-                    view_in(tx, &cart).await
+                    view_in(tx, &prices, &cart).await
                 })
             })
             .await
@@ -573,6 +581,7 @@ impl Carts {
             _ => Ok(()),
         };
         let (change, cart, key) = (args![id, code, now], id.to_owned(), key.clone());
+        let prices = self.prices.clone();
         self.db
             .write(move |tx| {
                 Box::pin(async move {
@@ -613,7 +622,7 @@ impl Carts {
                     if changed == 0 {
                         return Err(CartError::NotFound);
                     }
-                    view_in(tx, &cart).await
+                    view_in(tx, &prices, &cart).await
                 })
             })
             .await

@@ -239,6 +239,80 @@ pub struct PricedVariant {
     pub options: BTreeMap<String, String>,
 }
 
+/// The catalog's answers for SKUs (what a cart line reads: product, price, categories,
+/// options), cached by SKU and currency for [`priced_variants_in`], which every cart read and
+/// checkout makes. Each cart and checkout read used to fetch them anew, though they change only
+/// when a merchant edits the catalog.
+///
+/// **Always current.** Every change to the tables they come from adds one to the database's
+/// catalog generation, by trigger, in the change's own transaction (migration 0020), whatever
+/// host or tool makes it. A read takes the generation first, in its own snapshot, and uses the
+/// cache only if it was filled at that very generation; otherwise it reads the database, and
+/// fills the cache if its generation is the newest one seen (an older snapshot neither uses
+/// nor fills it). A SKU not for sale (unknown, archived, unpriced in the currency) is never
+/// cached, so asking for one always reads the database.
+#[derive(Debug, Clone, Default)]
+pub struct Prices {
+    inner: std::sync::Arc<std::sync::Mutex<CachedPrices>>,
+}
+
+#[derive(Debug, Default)]
+struct CachedPrices {
+    /// The catalog generation the entries were read at.
+    generation: i64,
+    /// By currency, then SKU.
+    entries: HashMap<String, HashMap<String, PricedVariant>>,
+    /// Entries in all currencies.
+    len: usize,
+}
+
+/// Entries at most: a catalog larger than this is cached again from empty once full.
+const CACHED_PRICES: usize = 100_000;
+
+impl Prices {
+    /// The cached answers for all of `skus`, if the cache holds every one at `generation`.
+    fn get(
+        &self,
+        generation: i64,
+        skus: &[String],
+        currency: &str,
+    ) -> Option<HashMap<String, PricedVariant>> {
+        let cache = self.inner.lock().ok()?;
+        if cache.generation != generation {
+            return None;
+        }
+        let by_sku = cache.entries.get(currency)?;
+        let mut found = HashMap::with_capacity(skus.len());
+        for sku in skus {
+            found.insert(sku.clone(), by_sku.get(sku)?.clone());
+        }
+        Some(found)
+    }
+
+    /// Keeps `variants`, read at `generation`, unless the cache has seen a newer one.
+    fn put(&self, generation: i64, currency: &str, variants: &HashMap<String, PricedVariant>) {
+        let Ok(mut cache) = self.inner.lock() else {
+            return;
+        };
+        if generation < cache.generation {
+            return;
+        }
+        if generation > cache.generation || cache.len + variants.len() > CACHED_PRICES {
+            cache.entries.clear();
+            cache.len = 0;
+            cache.generation = generation;
+        }
+        let by_sku = cache.entries.entry(currency.to_owned()).or_default();
+        let mut added = 0;
+        for (sku, variant) in variants {
+            if by_sku.insert(sku.clone(), variant.clone()).is_none() {
+                added += 1;
+            }
+        }
+        cache.len += added;
+    }
+}
+
 /// The catalog service.
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -635,6 +709,32 @@ impl Catalog {
 /// `currency`: unknown, its product archived, or no price in that currency.
 pub(crate) async fn priced_variants_in(
     tx: &mut dyn Tx,
+    prices: &Prices,
+    skus: &[String],
+    currency: &str,
+) -> sqlx::Result<HashMap<String, PricedVariant>> {
+    if skus.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // Read first, in the caller's snapshot: what is read after it is at least this new.
+    let generation: i64 = tx
+        .fetch_one(
+            "SELECT generation FROM catalog_generation WHERE id = 1",
+            &[],
+        )
+        .await?
+        .get("generation")?;
+    if let Some(cached) = prices.get(generation, skus, currency) {
+        return Ok(cached);
+    }
+    let variants = read_priced_variants_in(tx, skus, currency).await?;
+    prices.put(generation, currency, &variants);
+    Ok(variants)
+}
+
+/// The catalog's answer for `skus` in `currency`, from the database.
+async fn read_priced_variants_in(
+    tx: &mut dyn Tx,
     skus: &[String],
     currency: &str,
 ) -> sqlx::Result<HashMap<String, PricedVariant>> {
@@ -718,4 +818,47 @@ fn pairs(rows: Vec<sqlx::any::AnyRow>) -> Result<BTreeMap<String, String>> {
     rows.iter()
         .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sku: &str, unit_price: i64) -> HashMap<String, PricedVariant> {
+        HashMap::from([(
+            sku.to_owned(),
+            PricedVariant {
+                product_id: "p".to_owned(),
+                unit_price,
+                categories: Vec::new(),
+                options: BTreeMap::new(),
+            },
+        )])
+    }
+
+    #[test]
+    fn cached_answers_serve_only_the_generation_they_were_read_at() {
+        let prices = Prices::default();
+        let a = ["A".to_owned()];
+        let price = |generation, skus: &[String], currency| {
+            prices
+                .get(generation, skus, currency)
+                .map(|found| found.values().map(|v| v.unit_price).sum::<i64>())
+        };
+        assert_eq!(price(1, &a, "EUR"), None, "empty");
+        prices.put(1, "EUR", &one("A", 100));
+        assert_eq!(price(1, &a, "EUR"), Some(100));
+        assert_eq!(price(1, &a, "USD"), None, "another currency");
+        assert_eq!(
+            price(1, &["A".to_owned(), "B".to_owned()], "EUR"),
+            None,
+            "one missing"
+        );
+        assert_eq!(price(2, &a, "EUR"), None, "the catalog changed since");
+        prices.put(2, "EUR", &one("A", 200));
+        // A read in an older snapshot neither fills the cache nor is served from it.
+        prices.put(1, "EUR", &one("A", 100));
+        assert_eq!(price(2, &a, "EUR"), Some(200));
+        assert_eq!(price(1, &a, "EUR"), None);
+    }
 }

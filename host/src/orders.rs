@@ -295,6 +295,8 @@ pub struct CheckoutPlugins {
 pub struct Orders {
     db: Db,
     inventory: Inventory,
+    /// The catalog's answers for SKUs, shared with the carts.
+    prices: catalog::Prices,
 }
 
 /// The snake_case name of a contract enum's case (`PaymentErrorCode::InsufficientFunds` →
@@ -509,8 +511,12 @@ impl From<OrderView> for Value {
 
 impl Orders {
     /// Orders over `db`.
-    pub fn new(db: Db, inventory: Inventory) -> Self {
-        Self { db, inventory }
+    pub fn new(db: Db, inventory: Inventory, prices: catalog::Prices) -> Self {
+        Self {
+            db,
+            inventory,
+            prices,
+        }
     }
 
     /// Checks out cart `cart_id`. Returns the order as [`Orders::order`] shows it.
@@ -544,6 +550,7 @@ impl Orders {
         //    offers.
         let (cart, email, access) = (cart_id.to_owned(), input.email.clone(), access.clone());
         let look = key.cloned();
+        let prices = self.prices.clone();
         let reads = self
             .db
             .read(move |tx| {
@@ -564,7 +571,7 @@ impl Orders {
                     }
                     let skus: Vec<String> = contents.lines.iter().map(|l| l.sku.clone()).collect();
                     let variants =
-                        catalog::priced_variants_in(tx, &skus, &contents.currency).await?;
+                        catalog::priced_variants_in(tx, &prices, &skus, &contents.currency).await?;
                     // The buyer's history by the email the checkout will use (refused later
                     // if it is none or not an email).
                     let email = email

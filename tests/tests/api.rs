@@ -2398,6 +2398,65 @@ async fn a_price_change_reprices_open_carts_but_not_placed_orders_and_orders_can
     }
 }
 
+/// Carts and checkout use cached catalog answers, but a change made anywhere else — another
+/// host, a tool, plain SQL — is priced by the very next read: the database counts every catalog
+/// change by trigger, and a cached answer is used only at the count it was read at.
+#[tokio::test]
+async fn a_catalog_change_made_elsewhere_is_priced_by_the_next_read() {
+    for db in test_databases().await {
+        let app = spawn_app(db, SHOP).await;
+        app.seed().await;
+        let (cart, token) = app.cart_with("TEE-M", 1).await;
+        let path = format!("/store/carts/{cart}");
+        let subtotal = |r: Response| r.body["pricing"]["subtotal"].clone();
+        for _ in 0..2 {
+            let r = app.cart(Method::GET, &path, &token, None).await;
+            assert_eq!(subtotal(r), 1999, "read, then read from the cache");
+        }
+        let elsewhere = Db::connect(&app.db.url).await.expect("connect");
+        let run = |sql: &'static str| {
+            let elsewhere = elsewhere.clone();
+            async move {
+                elsewhere
+                    .write(move |tx| Box::pin(async move { tx.execute(sql, &[]).await }))
+                    .await
+                    .expect(sql)
+            }
+        };
+        run("UPDATE variant_prices SET amount = 2499 WHERE sku = 'TEE-M' AND currency = 'EUR'")
+            .await;
+        let r = app.cart(Method::GET, &path, &token, None).await;
+        assert_eq!(subtotal(r), 2499, "repriced elsewhere");
+        run("UPDATE products SET status = 'archived' \
+             WHERE id = (SELECT product_id FROM variants WHERE sku = 'TEE-M')")
+        .await;
+        let r = app.cart(Method::GET, &path, &token, None).await;
+        assert_eq!(r.body["unavailable"], json!(["TEE-M"]), "{}", r.body);
+        let r = app
+            .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (409, Some("not_for_sale")),
+            "archived elsewhere: {}",
+            r.body
+        );
+        run("UPDATE products SET status = 'active' \
+             WHERE id = (SELECT product_id FROM variants WHERE sku = 'TEE-M')")
+        .await;
+        let r = app
+            .checkout(&cart, &token, "k2", &checkout_body("tok_visa", "DE"))
+            .await;
+        assert_eq!(
+            (r.status, &r.body["lines"][0]["unit_price"]),
+            (201, &json!(2499)),
+            "{}",
+            r.body
+        );
+        app.db.drop_database().await;
+    }
+}
+
 #[tokio::test]
 async fn a_customer_asks_to_return_and_the_merchant_receives_it() {
     for db in test_databases().await {

@@ -65,9 +65,12 @@ impl AppState {
     pub fn new(db: Db, registry: Registry) -> Self {
         let catalog = Catalog::new(db.clone());
         let inventory = Inventory::new(db.clone());
-        let carts = Carts::new(db.clone());
+        // One cache of the catalog's answers for carts and checkout (always current: see
+        // `catalog::Prices`).
+        let prices = crate::catalog::Prices::default();
+        let carts = Carts::new(db.clone(), prices.clone());
         Self {
-            orders: Orders::new(db.clone(), inventory.clone()),
+            orders: Orders::new(db.clone(), inventory.clone(), prices),
             customers: Customers::new(db.clone()),
             shipping: Shipping::new(db.clone()),
             inventory,
