@@ -2231,13 +2231,14 @@ async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView
     }
     let set = args![serde_json::to_string(ids).unwrap_or_default()];
     let backend = tx.backend();
-    let position: HashMap<&str, usize> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
-    let slot = |row: &crate::db::Row| -> sqlx::Result<Option<usize>> {
-        Ok(position.get(row.text("order_id")?).copied())
+    let orders = Page {
+        position: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect(),
+        len: ids.len(),
+        set: &set,
     };
     let json = |row: &crate::db::Row, column: &str| -> sqlx::Result<Value> {
         Ok(row
@@ -2246,67 +2247,77 @@ async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView
             .unwrap_or(Value::Null))
     };
 
-    let mut lines: Vec<Vec<OrderLineView>> = ids.iter().map(|_| Vec::new()).collect();
     let sql = of_orders!(
         backend,
         "SELECT order_id, sku, quantity, unit_price, discount, total FROM order_lines WHERE order_id IN",
         "ORDER BY order_id, line_no"
     );
-    for r in tx.fetch(sql, &set).await? {
-        if let Some(i) = slot(&r)? {
-            lines[i].push(OrderLineView {
+    let mut lines = orders
+        .each(tx, sql, |r| {
+            Ok(OrderLineView {
                 sku: r.get("sku")?,
                 quantity: r.get("quantity")?,
                 unit_price: r.get("unit_price")?,
                 discount: r.get("discount")?,
                 total: r.get("total")?,
-            });
-        }
-    }
-
-    let mut refunds: Vec<Vec<RefundView>> = ids.iter().map(|_| Vec::new()).collect();
+            })
+        })
+        .await?;
     let sql = of_orders!(
         backend,
         "SELECT order_id, amount, step_reference, reason, created_at FROM payment_refunds WHERE order_id IN",
         "ORDER BY created_at, operation_id"
     );
-    for r in tx.fetch(sql, &set).await? {
-        if let Some(i) = slot(&r)? {
-            refunds[i].push(RefundView {
+    let mut refunds = orders
+        .each(tx, sql, |r| {
+            Ok(RefundView {
                 amount: r.get("amount")?,
                 reference: r.get("step_reference")?,
                 reason: r.get("reason")?,
                 created_at: r.get("created_at")?,
-            });
-        }
-    }
-
-    let mut payments: Vec<Option<PaymentView>> = ids.iter().map(|_| None).collect();
+            })
+        })
+        .await?;
     let sql = of_orders!(
         backend,
         "SELECT order_id, plugin, gateway_reference, authorized, captured, refunded FROM payments WHERE order_id IN",
         ""
     );
-    for r in tx.fetch(sql, &set).await? {
-        if let Some(i) = slot(&r)? {
-            payments[i] = Some(PaymentView {
+    let mut payments = orders
+        .each(tx, sql, |r| {
+            Ok(PaymentView {
                 plugin: r.get("plugin")?,
                 gateway_reference: r.get("gateway_reference")?,
                 authorized: r.get("authorized")?,
                 captured: r.get("captured")?,
                 refunded: r.get("refunded")?,
-                refunds: std::mem::take(&mut refunds[i]),
-            });
-        }
-    }
-
-    let mut shipped: HashMap<String, Vec<SkuQuantity>> = HashMap::new();
+                refunds: Vec::new(),
+            })
+        })
+        .await?;
+    let sql = of_orders!(
+        backend,
+        "SELECT id, order_id, carrier, tracking, created_at FROM fulfilments WHERE order_id IN",
+        "ORDER BY created_at, id"
+    );
+    let mut fulfilments = orders
+        .each(tx, sql, |r| {
+            Ok(FulfilmentView {
+                id: r.get("id")?,
+                carrier: r.get("carrier")?,
+                tracking: r.get("tracking")?,
+                created_at: r.get("created_at")?,
+                lines: Vec::new(),
+            })
+        })
+        .await?;
     let sql = of_orders!(
         backend,
         "SELECT l.fulfilment_id, l.sku, l.quantity FROM fulfilment_lines l \
          JOIN fulfilments f ON f.id = l.fulfilment_id WHERE f.order_id IN",
         "ORDER BY l.fulfilment_id, l.sku"
     );
+    let mut shipped: HashMap<String, Vec<SkuQuantity>> = HashMap::new();
     for r in tx.fetch(sql, &set).await? {
         shipped
             .entry(r.get("fulfilment_id")?)
@@ -2316,44 +2327,26 @@ async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView
                 quantity: r.get("quantity")?,
             });
     }
-    let mut fulfilments: Vec<Vec<FulfilmentView>> = ids.iter().map(|_| Vec::new()).collect();
-    let sql = of_orders!(
-        backend,
-        "SELECT id, order_id, carrier, tracking, created_at FROM fulfilments WHERE order_id IN",
-        "ORDER BY created_at, id"
-    );
-    for r in tx.fetch(sql, &set).await? {
-        if let Some(i) = slot(&r)? {
-            let id: String = r.get("id")?;
-            fulfilments[i].push(FulfilmentView {
-                lines: shipped.remove(&id).unwrap_or_default(),
-                id,
-                carrier: r.get("carrier")?,
-                tracking: r.get("tracking")?,
-                created_at: r.get("created_at")?,
-            });
-        }
+    for fulfilment in fulfilments.iter_mut().flatten() {
+        fulfilment.lines = shipped.remove(&fulfilment.id).unwrap_or_default();
     }
-
-    let mut returns: Vec<Vec<ReturnRequestView>> = ids.iter().map(|_| Vec::new()).collect();
     let sql = of_orders!(
         backend,
         "SELECT id, order_id, lines, reason, status, created_at FROM return_requests WHERE order_id IN",
         "ORDER BY created_at, id"
     );
-    for r in tx.fetch(sql, &set).await? {
-        if let Some(i) = slot(&r)? {
-            returns[i].push(ReturnRequestView {
+    let mut returns = orders
+        .each(tx, sql, |r| {
+            Ok(ReturnRequestView {
                 id: r.get("id")?,
-                lines: json(&r, "lines")?,
+                lines: json(r, "lines")?,
                 reason: r.get("reason")?,
                 status: r.get("status")?,
                 created_at: r.get("created_at")?,
-            });
-        }
-    }
+            })
+        })
+        .await?;
 
-    let mut orders: Vec<Option<OrderView>> = ids.iter().map(|_| None).collect();
     let sql = of_orders!(
         backend,
         "SELECT id, email, customer_id, status, payment_status, fulfilment_status, currency, \
@@ -2361,11 +2354,16 @@ async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView
          billing_address, decisions, created_at FROM orders WHERE id IN",
         ""
     );
+    let mut views: Vec<Option<OrderView>> = ids.iter().map(|_| None).collect();
     for r in tx.fetch(sql, &set).await? {
-        let Some(&i) = position.get(r.text("id")?) else {
+        let Some(&i) = orders.position.get(r.text("id")?) else {
             continue;
         };
-        orders[i] = Some(OrderView {
+        let payment = payments[i].pop().map(|mut payment| {
+            payment.refunds = std::mem::take(&mut refunds[i]);
+            payment
+        });
+        views[i] = Some(OrderView {
             id: r.get("id")?,
             email: r.get("email")?,
             customer_id: r.get("customer_id")?,
@@ -2384,11 +2382,38 @@ async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView
             lines: std::mem::take(&mut lines[i]),
             fulfilments: std::mem::take(&mut fulfilments[i]),
             return_requests: std::mem::take(&mut returns[i]),
-            payment: payments[i].take(),
+            payment,
             created_at: r.get("created_at")?,
         });
     }
-    Ok(orders.into_iter().flatten().collect())
+    Ok(views.into_iter().flatten().collect())
+}
+
+/// The orders [`views_in`] reads: where each id stands on the page, and the statement
+/// argument that names them all.
+struct Page<'a> {
+    position: HashMap<&'a str, usize>,
+    len: usize,
+    set: &'a [crate::db::Value],
+}
+
+impl Page<'_> {
+    /// The rows of `sql` over the page's orders, each built by `build`, in one list per order
+    /// (by the row's `order_id`, in the statement's order).
+    async fn each<T>(
+        &self,
+        tx: &mut dyn Tx,
+        sql: &str,
+        build: impl Fn(&crate::db::Row) -> sqlx::Result<T>,
+    ) -> sqlx::Result<Vec<Vec<T>>> {
+        let mut out: Vec<Vec<T>> = (0..self.len).map(|_| Vec::new()).collect();
+        for row in tx.fetch(sql, self.set).await? {
+            if let Some(&i) = self.position.get(row.text("order_id")?) {
+                out[i].push(build(&row)?);
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
