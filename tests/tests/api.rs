@@ -1022,6 +1022,16 @@ impl TestApp {
     }
 
     /// Chooses shipping method `code` on the cart; the priced cart.
+    async fn shipping_offers(&self, cart: &str, token: &str) -> Response {
+        self.cart(
+            Method::GET,
+            &format!("/store/carts/{cart}/shipping-methods"),
+            token,
+            None,
+        )
+        .await
+    }
+
     async fn choose_shipping(&self, cart: &str, token: &str, code: &str) -> Response {
         self.cart(
             Method::PUT,
@@ -2715,14 +2725,7 @@ async fn carts_and_orders_match_the_schemas_the_openapi_document_gives_them() {
             .await;
         matches("StockLevels", "a SKU's stock", &r);
         assert_eq!(r.body["levels"].as_array().map(Vec::len), Some(2));
-        let r = app
-            .cart(
-                Method::GET,
-                &format!("/store/carts/{cart}/shipping-methods"),
-                &token,
-                None,
-            )
-            .await;
+        let r = app.shipping_offers(&cart, &token).await;
         matches("ShippingOffers", "the cart's shipping offers", &r);
         assert_eq!(
             (
@@ -2950,8 +2953,7 @@ async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_o
         // A cart sees what is priced in its currency; checkout wants a choice now that the
         // store ships, and holds no stock while refusing.
         let (cart, token) = app.cart_with("SOCK", 1).await;
-        let offers = format!("/store/carts/{cart}/shipping-methods");
-        let r = app.cart(Method::GET, &offers, &token, None).await;
+        let r = app.shipping_offers(&cart, &token).await;
         let offered: Vec<&str> = r.body["shipping_methods"]
             .as_array()
             .expect("offers")
@@ -2997,7 +2999,7 @@ async fn shipping_is_chosen_checked_against_the_address_priced_and_kept_on_the_o
             )
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
-        let r = app.cart(Method::GET, &offers, &token, None).await;
+        let r = app.shipping_offers(&cart, &token).await;
         assert_eq!(r.body["country"], "FR");
         assert_eq!(r.body["shipping_methods"][0]["code"], "standard");
         assert_eq!(r.body["shipping_methods"].as_array().map(Vec::len), Some(1));
@@ -3225,14 +3227,7 @@ async fn the_demo_store_can_be_shopped_as_the_readme_shows() {
             )
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
-        let r = app
-            .cart(
-                Method::GET,
-                &format!("/store/carts/{cart}/shipping-methods"),
-                &token,
-                None,
-            )
-            .await;
+        let r = app.shipping_offers(&cart, &token).await;
         assert_eq!(r.body["shipping_methods"].as_array().map(Vec::len), Some(2));
         let r = app.choose_shipping(&cart, &token, "standard").await;
         assert_eq!(r.body["pricing"]["shipping"], 495, "{}", r.body);
