@@ -2572,6 +2572,10 @@ async fn carts_and_orders_match_the_schemas_the_openapi_document_gives_them() {
         let matches = |schema: &str, what: &str, r: &Response| {
             matches_schema(&document, schema, what, r);
         };
+        for path in ["/health", "/ready"] {
+            let r = app.send(Method::GET, path, &[], None).await;
+            matches("Status", path, &r);
+        }
         let r = app.create_cart().await;
         matches("PricedCartBody", "a new cart", &r);
         let cart = r.body["id"].as_str().expect("cart").to_owned();

@@ -604,9 +604,18 @@ async fn a_webhook_delivered_ten_times_is_stored_once_and_applied_once() {
                 tokio::spawn(async move { shop.deliver_signed(&body).await })
             })
             .collect();
+        let document = shop
+            .send(Method::GET, "/openapi.json", &[], None)
+            .await
+            .body;
         let mut first = Vec::new();
         for task in tasks {
             let r = task.await.expect("task");
+            if let Some(Err(violations)) =
+                cartridge_tests::schemathesis::validate(&document, "Delivered", &r.body)
+            {
+                panic!("the acknowledgement does not match its schema: {violations}");
+            }
             assert_eq!(r.body["event_id"], "evt_cap");
             if r.body["duplicate"] == false {
                 first.push(r.body["outcome"].clone());

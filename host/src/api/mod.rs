@@ -23,7 +23,6 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 pub use error::ApiError;
@@ -284,7 +283,7 @@ pub(crate) struct SkuUnits {
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(|| async { Json(Status { status: "ok" }) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
@@ -309,9 +308,16 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     state.db.ping().await.map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(Status { status: "ready" }))
+}
+
+/// What `/health` and `/ready` answer.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(crate) struct Status {
+    /// `ok` (the process serves) or `ready` (its database answers too).
+    status: &'static str,
 }
 
 /// Proof that the request may read `/metrics`: the scrape-only token, or an admin token.

@@ -860,6 +860,13 @@ const RESPONSES: &[(&str, &str, SchemaOf)] = &[
         "/admin/hooks/{hook}/order",
         schema_of::<crate::registry::HookOrder>,
     ),
+    ("get", "/health", schema_of::<super::Status>),
+    ("get", "/ready", schema_of::<super::Status>),
+    (
+        "post",
+        "/webhooks/payments/{plugin}",
+        schema_of::<super::webhooks::Delivered>,
+    ),
 ];
 
 /// (method, path, schema) of every route that takes query parameters: one parameter per
@@ -1495,8 +1502,11 @@ mod tests {
         let documented: BTreeSet<(&str, &str)> = documented_routes().collect();
         for (method, path, _) in RESPONSES {
             assert!(documented.contains(&(*method, *path)), "{method} {path}");
-            let answer = if path.starts_with("/admin/plugins") || path.starts_with("/admin/hooks/")
-            {
+            let answer = if *path == "/health" || *path == "/ready" {
+                "#/components/schemas/Status"
+            } else if path.starts_with("/webhooks/") {
+                "#/components/schemas/Delivered"
+            } else if path.starts_with("/admin/plugins") || path.starts_with("/admin/hooks/") {
                 match (*method, path.rsplit('/').next()) {
                     ("get", Some("plugins")) => "#/components/schemas/PluginList",
                     ("post", Some("plugins")) => "#/components/schemas/Uploaded",

@@ -20,7 +20,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, now_ms};
@@ -52,7 +51,7 @@ async fn payment_webhook(
     Path(plugin): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Delivered>, ApiError> {
     let connector = state
         .plugin(&plugin)
         .filter(|p| p.hook() == HookKind::Payment)
@@ -93,9 +92,20 @@ async fn payment_webhook(
         Recorded::Duplicate(outcome) => (true, outcome),
     };
     tracing::info!(plugin, event = %event.event_id, duplicate, outcome, "payment webhook");
-    Ok(Json(json!({
-        "event_id": event.event_id,
-        "duplicate": duplicate,
-        "outcome": outcome,
-    })))
+    Ok(Json(Delivered {
+        event_id: event.event_id,
+        duplicate,
+        outcome,
+    }))
+}
+
+/// A delivery acknowledged: the gateway stops retrying it.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(crate) struct Delivered {
+    /// The gateway's id of the event.
+    event_id: String,
+    /// Whether it had been delivered before (stored and applied once, then only acknowledged).
+    duplicate: bool,
+    /// What applying it did (the first delivery's outcome, for a duplicate).
+    outcome: String,
 }
