@@ -384,8 +384,10 @@ impl Db {
     /// [`Db::read`] whose statements see one snapshot on PostgreSQL too: there it runs in a
     /// `REPEATABLE READ, READ ONLY` transaction, which costs two more round trips and refuses
     /// any write. For reads whose statements must agree with each other, such as an order and
-    /// its payment, refunds and shipments read by one statement each. On SQLite it is
-    /// [`Db::read`], which is one read transaction already.
+    /// its payment, refunds and shipments read by one statement each. On SQLite, where every
+    /// read body is one read transaction already, it runs on a reader connection and never on
+    /// the idle writer's: these are the long reads (a page of a hundred orders), and a read on
+    /// the writer's connection holds back every write that arrives while it runs.
     pub async fn read_snapshot<R, E, F>(&self, body: F) -> Result<R, E>
     where
         F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
@@ -393,7 +395,10 @@ impl Db {
         E: From<sqlx::Error> + Send + 'static,
     {
         if self.backend != Backend::Postgres {
-            return self.read(body).await;
+            return match &self.read_threads {
+                Some(readers) => readers.transact(body).await,
+                None => self.read(body).await,
+            };
         }
         let mut tx = self
             .reader()
