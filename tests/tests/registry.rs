@@ -195,6 +195,19 @@ impl Host {
     }
 
     /// A cart with `quantity` tees; returns (cart, token, priced cart).
+    /// Waits until the call log holds at least `at_least` calls of plugin `name` (the log is
+    /// written behind the calls).
+    async fn calls_logged(&self, name: &str, at_least: usize) {
+        let path = format!("/admin/plugins/{name}/calls");
+        eventually("calls are logged", async || {
+            let r = self.admin(Method::GET, &path, None).await;
+            r.body["calls"]
+                .as_array()
+                .is_some_and(|c| c.len() >= at_least)
+        })
+        .await;
+    }
+
     async fn cart(&self, quantity: u32) -> (String, String, Value) {
         let r = self
             .send(
@@ -1001,13 +1014,7 @@ async fn a_shadow_run_shows_where_a_candidate_would_price_differently() {
         for quantity in 1..=4 {
             host.cart(quantity).await;
         }
-        eventually("calls are logged", async || {
-            let r = host
-                .admin(Method::GET, "/admin/plugins/tiered-discount/calls", None)
-                .await;
-            r.body["calls"].as_array().is_some_and(|c| c.len() >= 8)
-        })
-        .await;
+        host.calls_logged("tiered-discount", 8).await;
         // A logged input that no longer fits the hook's input is left out, not "identical".
         sqlx::query(
             "INSERT INTO plugin_calls (plugin_name, version, hook, at, input, duration_us) \
@@ -1317,13 +1324,7 @@ async fn every_registry_answer_matches_the_schema_the_openapi_document_gives_it(
         for quantity in [1, 4] {
             host.cart(quantity).await;
         }
-        eventually("calls are logged", async || {
-            let r = host
-                .admin(Method::GET, "/admin/plugins/panicker/calls", None)
-                .await;
-            r.body["calls"].as_array().is_some_and(|c| c.len() >= 2)
-        })
-        .await;
+        host.calls_logged("panicker", 2).await;
         for name in ["tiered-discount", "panicker"] {
             let r = host
                 .admin(Method::GET, &format!("/admin/plugins/{name}/calls"), None)
