@@ -44,9 +44,15 @@ pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 /// one transaction holding their locks).
 const LAPSED_LEVELS_PER_SWEEP: i64 = 200;
 
-/// Shared state of the application.
+/// Shared state of the application. Cloning is one reference count: axum clones the state for
+/// every extractor of every request, and a clone of each service's handles cost dozens of
+/// reference counts shared by both cores.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+/// What an [`AppState`] shares.
+#[derive(Clone)]
+pub struct Services {
     db: Db,
     catalog: Catalog,
     inventory: Inventory,
@@ -59,6 +65,14 @@ pub struct AppState {
     metrics_token: Option<Arc<str>>,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
 impl AppState {
     /// State over a migrated database, serving the plugins `registry` says are active.
     pub fn new(db: Db, registry: Registry) -> Self {
@@ -68,7 +82,7 @@ impl AppState {
         // `catalog::Prices`).
         let prices = crate::catalog::Prices::default();
         let carts = Carts::new(db.clone(), prices.clone());
-        Self {
+        Self(Arc::new(Services {
             orders: Orders::new(db.clone(), inventory.clone(), prices),
             customers: Customers::new(db.clone()),
             shipping: Shipping::new(db.clone()),
@@ -78,14 +92,14 @@ impl AppState {
             registry,
             db,
             metrics_token: None,
-        }
+        }))
     }
 
     /// The same state with a scrape-only bearer token for `/metrics` (stored as its digest):
     /// a Prometheus server then needs no admin token. Admin tokens are accepted either way.
     #[must_use]
     pub fn with_metrics_token(mut self, token: &str) -> Self {
-        self.metrics_token = Some(Arc::from(digest(token)));
+        Arc::make_mut(&mut self.0).metrics_token = Some(Arc::from(digest(token)));
         self
     }
 

@@ -53,9 +53,15 @@ pub enum Backend {
     Postgres,
 }
 
-/// A connection pool and the backend behind it.
+/// A connection pool and the backend behind it. Cloning is one reference count: every
+/// service and every request's state holds a `Db`, and under load the two cores took turns on
+/// the cache lines of each of the handles inside it.
 #[derive(Debug, Clone)]
-pub struct Db {
+pub struct Db(std::sync::Arc<Handles>);
+
+/// What a [`Db`] shares.
+#[derive(Debug)]
+pub struct Handles {
     pool: AnyPool,
     /// SQLite only: read-only connections for statements outside transactions, so reads do
     /// not queue behind the one writer. `None` on PostgreSQL (its pool serves both) and for an
@@ -138,6 +144,14 @@ pub fn default_pool_size() -> u32 {
 
 /// The most connections [`default_pool_size`] asks for.
 const MAX_DEFAULT_POOL: u32 = 16;
+
+impl std::ops::Deref for Db {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
 
 impl Db {
     /// Connects to `url` (`sqlite://path/to/file.db` or `postgres://…`), creating a SQLite
@@ -254,14 +268,14 @@ impl Db {
         } else {
             None
         };
-        Ok(Self {
+        Ok(Self(std::sync::Arc::new(Handles {
             pool,
             readers,
             writer,
             read_threads,
             backend,
             url: Url(url.into()),
-        })
+        })))
     }
 
     /// Applies the backend's pending migrations.
