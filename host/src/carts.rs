@@ -719,38 +719,52 @@ pub(crate) fn pricing_cart(
 
 /// [`Carts::contents`] inside the caller's transaction; `None` for no such cart.
 pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Option<CartContents>> {
-    // The cart, its lines and its shipping method priced in its currency, in one statement:
-    // a cart without lines is one row of NULLs.
-    let rows = tx
+    // The cart with its shipping method priced in its currency, then its lines: two
+    // statements, because joined into one the coupon and live-order look-ups and the shipping
+    // joins ran again for every line (SQLite evaluates a correlated subquery per row).
+    let id = args![id];
+    let Some(cart) = tx
         .fetch(
             "SELECT c.id, c.currency, c.customer_id, c.shipping_method, c.details, c.token_hash, \
                m.code, m.name, m.carrier, m.countries, r.amount, r.currency AS rate_currency, \
                (SELECT string_agg(k.code, ',' ORDER BY k.code) FROM cart_coupons k \
                 WHERE k.cart_id = c.id) AS coupon_codes, \
                (SELECT o.id FROM orders o WHERE o.cart_id = c.id AND o.status <> 'cancelled') \
-                 AS live_order, \
-               l.id AS line_id, l.sku, l.quantity \
-             FROM carts c LEFT JOIN cart_lines l ON l.cart_id = c.id \
+                 AS live_order \
+             FROM carts c \
              LEFT JOIN shipping_methods m ON m.code = c.shipping_method AND m.status = 'active' \
              LEFT JOIN shipping_rates r ON r.method_id = m.id AND r.currency = c.currency \
-             WHERE c.id = $1 ORDER BY l.position, l.id",
-            &args![id],
+             WHERE c.id = $1",
+            &id,
         )
-        .await?;
-    let Some(cart) = rows.first() else {
+        .await?
+        .into_iter()
+        .next()
+    else {
         return Ok(None);
     };
-    let mut lines = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let Some(line_id) = r.get::<Option<String>>("line_id")? else {
-            continue;
-        };
-        lines.push(CartLine {
-            id: line_id,
-            sku: r.get("sku")?,
-            quantity: r.get("quantity")?,
-        });
-    }
+    // In the order they were added (`position`, then `id` for lines added at one moment),
+    // sorted here: in SQL that took a temporary B-tree per read.
+    let mut lines = tx
+        .fetch(
+            "SELECT id, sku, quantity, position FROM cart_lines WHERE cart_id = $1",
+            &id,
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.get::<i64>("position")?,
+                CartLine {
+                    id: r.get("id")?,
+                    sku: r.get("sku")?,
+                    quantity: r.get("quantity")?,
+                },
+            ))
+        })
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    lines.sort_unstable_by(|(a, x), (b, y)| a.cmp(b).then_with(|| x.id.cmp(&y.id)));
+    let lines = lines.into_iter().map(|(_, line)| line).collect();
     // Codes are letters, digits, '-' and '_': a comma cannot be part of one.
     let coupon_codes = cart
         .get::<Option<String>>("coupon_codes")?
