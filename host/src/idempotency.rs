@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::db::{Db, Tx, args};
@@ -64,7 +65,7 @@ pub enum Progress {
 }
 
 /// What the store says about a key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Seen {
     /// No request has claimed it.
     New,
@@ -72,8 +73,8 @@ pub enum Seen {
     OtherRequest,
     /// Claimed by the same request, which is still running.
     Running,
-    /// The same request finished with this status and answer.
-    Done(u16, Value),
+    /// The same request finished with this status and answer (JSON, as it was sent).
+    Done(u16, Box<RawValue>),
 }
 
 impl Key {
@@ -144,8 +145,8 @@ impl Key {
         let body: Option<String> = row.get("response_body")?;
         Ok(Seen::Done(
             status.and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
-            body.and_then(|b| serde_json::from_str(&b).ok())
-                .unwrap_or(Value::Null),
+            body.and_then(|b| RawValue::from_string(b).ok())
+                .unwrap_or_default(),
         ))
     }
 

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -541,7 +542,7 @@ impl Orders {
         attempt: Option<&str>,
         key: Option<&Arc<idempotency::Key>>,
         now: i64,
-    ) -> Result<Value> {
+    ) -> Result<Box<RawValue>> {
         let order_id = attempt.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
 
         // 1. Everything checkout reads before it writes, in one read transaction: the cart
@@ -562,7 +563,7 @@ impl Orders {
                         return Err(OrderError::Cart(CartError::NotFound));
                     }
                     if let Some(key) = &look
-                        && key.seen_in(tx).await? != idempotency::Seen::New
+                        && !matches!(key.seen_in(tx).await?, idempotency::Seen::New)
                     {
                         return Ok(BeforeCheckout::KeySeen);
                     }
@@ -600,7 +601,8 @@ impl Orders {
                 return Err(OrderError::KeyTaken);
             }
             BeforeCheckout::Ordered(existing) if existing == order_id => {
-                return self.order(&order_id).await;
+                let order = self.order(&order_id).await?;
+                return Ok(serde_json::value::to_raw_value(&order).unwrap_or_default());
             }
             BeforeCheckout::Ordered(existing) => return Err(OrderError::CartOrdered(existing)),
             BeforeCheckout::Cart {
@@ -956,7 +958,7 @@ impl Orders {
         reservations: usize,
         key: Option<&Arc<idempotency::Key>>,
         now: i64,
-    ) -> std::result::Result<Value, InventoryError> {
+    ) -> std::result::Result<Box<RawValue>, InventoryError> {
         // The order as `order` reads it back; what is written is taken from it.
         let order = OrderView {
             id: order_id.to_owned(),
@@ -1011,8 +1013,9 @@ impl Orders {
         let insert = OrderInsert::new(&order, cart_id, &payment, &authorized.amount.currency);
         let mut order = order;
         order.payment = Some(payment);
-        let answer = Value::from(order);
-        let finish = key.cloned().map(|key| (key, answer.to_string()));
+        // Serialized once: the same text is stored as the key's answer and sent.
+        let answer = serde_json::value::to_raw_value(&order).unwrap_or_default();
+        let finish = key.cloned().map(|key| (key, answer.get().to_owned()));
         let id = order_id.to_owned();
         self.db
             .write(move |tx| {

@@ -428,7 +428,7 @@ async fn capture(
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
-) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+) -> Result<super::idempotency::Answered, ApiError> {
     let key = super::idempotency::optional_key(&headers)?;
     let capture: Capture = optional_body(&body)?;
     let now = now_ms();
@@ -439,11 +439,11 @@ async fn capture(
             .orders
             .capture(&id, capture.amount.map(i64::from), &connector, now)
             .await?;
-        Ok::<_, ApiError>((axum::http::StatusCode::OK, order))
+        Ok::<_, ApiError>((axum::http::StatusCode::OK, super::idempotency::json(&order)))
     };
-    let (status, body) =
-        super::idempotency::once(&db, &scope, key.as_deref(), &canonical, now, operation).await?;
-    Ok((status, Json(body)))
+    Ok(super::idempotency::Answered(
+        super::idempotency::once(&db, &scope, key.as_deref(), &canonical, now, operation).await?,
+    ))
 }
 
 /// Cancels the order: voids or refunds, and restocks. Takes an optional `Idempotency-Key`
@@ -453,18 +453,18 @@ async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
-) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+) -> Result<super::idempotency::Answered, ApiError> {
     let key = super::idempotency::optional_key(&headers)?;
     let now = now_ms();
     let (scope, db) = (format!("cancel:{id}"), state.db.clone());
     let operation = async move {
         let connector = connector_of(&state, &id).await?;
         let order = state.orders.cancel(&id, &connector, now).await?;
-        Ok::<_, ApiError>((axum::http::StatusCode::OK, order))
+        Ok::<_, ApiError>((axum::http::StatusCode::OK, super::idempotency::json(&order)))
     };
-    let (status, body) =
-        super::idempotency::once(&db, &scope, key.as_deref(), &Value::Null, now, operation).await?;
-    Ok((status, Json(body)))
+    Ok(super::idempotency::Answered(
+        super::idempotency::once(&db, &scope, key.as_deref(), &Value::Null, now, operation).await?,
+    ))
 }
 
 #[derive(Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -484,7 +484,7 @@ async fn refund(
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
     body: Result<super::JsonObject<Refund>, ApiError>,
-) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+) -> Result<super::idempotency::Answered, ApiError> {
     let key = super::idempotency::key(&headers)?;
     let super::JsonObject(refund) = body?;
     let now = now_ms();
@@ -506,11 +506,11 @@ async fn refund(
                 now,
             )
             .await?;
-        Ok::<_, ApiError>((axum::http::StatusCode::OK, order))
+        Ok::<_, ApiError>((axum::http::StatusCode::OK, super::idempotency::json(&order)))
     };
-    let (status, body) =
-        super::idempotency::once(&db, &scope, Some(&key), &canonical, now, operation).await?;
-    Ok((status, Json(body)))
+    Ok(super::idempotency::Answered(
+        super::idempotency::once(&db, &scope, Some(&key), &canonical, now, operation).await?,
+    ))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]

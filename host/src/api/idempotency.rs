@@ -16,10 +16,25 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::ApiError;
 use crate::db::Db;
 use crate::idempotency::{Key, Progress, Seen};
+
+/// What an idempotent request answers: its status and its body, as the JSON text it is sent,
+/// stored and replayed in (serialized once).
+pub type Answer = (StatusCode, Box<RawValue>);
+
+/// An [`Answer`] as a handler's response.
+pub struct Answered(pub Answer);
+
+impl axum::response::IntoResponse for Answered {
+    fn into_response(self) -> axum::response::Response {
+        let (status, body) = self.0;
+        (status, axum::Json(body)).into_response()
+    }
+}
 
 /// The longest key accepted.
 pub const MAX_KEY_LEN: usize = 255;
@@ -66,8 +81,8 @@ pub async fn once(
     key: Option<&str>,
     body: &Value,
     now: i64,
-    operation: impl Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'static,
-) -> Result<(StatusCode, Value), ApiError> {
+    operation: impl Future<Output = Result<Answer, ApiError>> + Send + 'static,
+) -> Result<Answer, ApiError> {
     let Some(key) = key else {
         return detached(async move { Ok(answer(operation.await).0) }).await;
     };
@@ -102,10 +117,10 @@ pub async fn once_within<Op, Fut>(
     body: &Value,
     now: i64,
     operation: Op,
-) -> Result<(StatusCode, Value), ApiError>
+) -> Result<Answer, ApiError>
 where
     Op: FnOnce(Arc<Key>) -> Fut,
-    Fut: Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'static,
+    Fut: Future<Output = Result<Answer, ApiError>> + Send + 'static,
 {
     let (db, key) = (db.clone(), Arc::new(Key::new(scope, key, body, now)));
     let operation = operation(key.clone());
@@ -122,21 +137,27 @@ where
 
 /// Runs `work` as a task of its own, started at once, and returns its outcome (see [`once`]).
 fn detached(
-    work: impl Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'static,
-) -> impl Future<Output = Result<(StatusCode, Value), ApiError>> {
+    work: impl Future<Output = Result<Answer, ApiError>> + Send + 'static,
+) -> impl Future<Output = Result<Answer, ApiError>> {
     let task = tokio::spawn(work);
     async move { task.await.map_err(|e| ApiError::internal(&e))? }
 }
 
 /// An operation's outcome as a response, and whether to keep it for repeats.
-fn answer(outcome: Result<(StatusCode, Value), ApiError>) -> ((StatusCode, Value), bool) {
+fn answer(outcome: Result<Answer, ApiError>) -> (Answer, bool) {
     match outcome {
         Ok((status, body)) => ((status, body), !status.is_server_error()),
         Err(e) => {
             let keep = e.is_final();
-            ((e.status(), e.body()), keep)
+            ((e.status(), json(&e.body())), keep)
         }
     }
+}
+
+/// `value` as the JSON text an [`Answer`] carries.
+pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Box<RawValue> {
+    // Serializing a value the host built cannot fail (no map has non-string keys).
+    serde_json::value::to_raw_value(value).unwrap_or_default()
 }
 
 /// Stores what the operation answered with the key (or forgets the key: `keep` false, a
@@ -144,12 +165,12 @@ fn answer(outcome: Result<(StatusCode, Value), ApiError>) -> ((StatusCode, Value
 async fn settle(
     db: &Db,
     key: &Arc<Key>,
-    outcome: Result<(StatusCode, Value), ApiError>,
-) -> Result<(StatusCode, Value), ApiError> {
+    outcome: Result<Answer, ApiError>,
+) -> Result<Answer, ApiError> {
     let ((status, body), keep) = answer(outcome);
     let (claimed, stored, code) = (
         key.progress() == Progress::Claimed,
-        body.to_string(),
+        body.get().to_owned(),
         status.as_u16(),
     );
     let key_ = key.clone();
@@ -172,10 +193,7 @@ async fn settle(
 }
 
 /// The answer to a repeat of a request whose key is already claimed, if it is.
-async fn repeat(
-    db: &Db,
-    key: &Arc<Key>,
-) -> Result<Option<Result<(StatusCode, Value), ApiError>>, ApiError> {
+async fn repeat(db: &Db, key: &Arc<Key>) -> Result<Option<Result<Answer, ApiError>>, ApiError> {
     let look = key.clone();
     let seen = db
         .read(move |tx| Box::pin(async move { look.seen_in(tx).await }))
@@ -197,7 +215,7 @@ async fn repeat(
 }
 
 /// The answer to a request that lost the claim of its key to another.
-async fn replay(db: &Db, key: &Arc<Key>) -> Result<(StatusCode, Value), ApiError> {
+async fn replay(db: &Db, key: &Arc<Key>) -> Result<Answer, ApiError> {
     // Gone again already (the other request failed and forgot it): retrying is right.
     repeat(db, key).await?.unwrap_or_else(|| Err(in_progress()))
 }

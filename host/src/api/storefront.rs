@@ -222,7 +222,7 @@ async fn checkout(
     CartCaller(id, cart_key): CartCaller,
     headers: axum::http::HeaderMap,
     body: Result<super::JsonObject<Value>, ApiError>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<super::idempotency::Answered, ApiError> {
     let parsed = super::idempotency::key(&headers).and_then(|key| {
         let super::JsonObject(body) = body?;
         // serde quotes the offending value; a card number sent by mistake must not come back
@@ -262,9 +262,9 @@ async fn checkout(
             .await?;
         Ok::<_, ApiError>((StatusCode::CREATED, order))
     };
-    let (status, body) =
-        super::idempotency::once_within(&db, &scope, &key, &canonical, now, operation).await?;
-    Ok((status, Json(body)))
+    Ok(super::idempotency::Answered(
+        super::idempotency::once_within(&db, &scope, &key, &canonical, now, operation).await?,
+    ))
 }
 
 /// Active products. For a signed-in customer the personalization plugins re-rank the page;
