@@ -240,17 +240,18 @@ pub struct PricedVariant {
 }
 
 /// The catalog's answers for SKUs (what a cart line reads: product, price, categories,
-/// options), cached by SKU and currency for [`priced_variants_in`], which every cart read and
-/// checkout makes. Each cart and checkout read used to fetch them anew, though they change only
-/// when a merchant edits the catalog.
+/// options) and the shipping offers in each currency, cached for [`priced_variants_in`] and
+/// [`crate::shipping::offers_at`], which every cart read and checkout make. Each cart and
+/// checkout read used to fetch them anew, though they change only when a merchant edits the
+/// catalog or the shipping methods.
 ///
 /// **Always current.** Every change to the tables they come from adds one to the database's
-/// catalog generation, by trigger, in the change's own transaction (migration 0020), whatever
-/// host or tool makes it. A read takes the generation first, in its own snapshot, and uses the
-/// cache only if it was filled at that very generation; otherwise it reads the database, and
-/// fills the cache if its generation is the newest one seen (an older snapshot neither uses
-/// nor fills it). A SKU not for sale (unknown, archived, unpriced in the currency) is never
-/// cached, so asking for one always reads the database.
+/// catalog generation, by trigger, in the change's own transaction (migrations 0020 and 0021),
+/// whatever host or tool makes it. A read takes the generation first, in its own snapshot, and
+/// uses the cache only if it was filled at that very generation; otherwise it reads the
+/// database, and fills the cache if its generation is the newest one seen (an older snapshot
+/// neither uses nor fills it). A SKU not for sale (unknown, archived, unpriced in the
+/// currency) is never cached, so asking for one always reads the database.
 #[derive(Debug, Clone, Default)]
 pub struct Prices {
     inner: std::sync::Arc<std::sync::Mutex<CachedPrices>>,
@@ -264,6 +265,25 @@ struct CachedPrices {
     entries: HashMap<String, HashMap<String, PricedVariant>>,
     /// Entries in all currencies.
     len: usize,
+    /// The active shipping methods priced in each currency, in listing order.
+    offers: HashMap<String, Vec<crate::shipping::Offer>>,
+}
+
+impl CachedPrices {
+    /// Whether answers read at `generation` may be kept: not if the cache has seen a newer
+    /// one. A newer one empties the cache first.
+    fn keeps(&mut self, generation: i64) -> bool {
+        if generation < self.generation {
+            return false;
+        }
+        if generation > self.generation {
+            self.entries.clear();
+            self.offers.clear();
+            self.len = 0;
+            self.generation = generation;
+        }
+        true
+    }
 }
 
 /// Entries at most: a catalog larger than this is cached again from empty once full.
@@ -294,13 +314,12 @@ impl Prices {
         let Ok(mut cache) = self.inner.lock() else {
             return;
         };
-        if generation < cache.generation {
+        if !cache.keeps(generation) {
             return;
         }
-        if generation > cache.generation || cache.len + variants.len() > CACHED_PRICES {
+        if cache.len + variants.len() > CACHED_PRICES {
             cache.entries.clear();
             cache.len = 0;
-            cache.generation = generation;
         }
         let by_sku = cache.entries.entry(currency.to_owned()).or_default();
         let mut added = 0;
@@ -310,6 +329,35 @@ impl Prices {
             }
         }
         cache.len += added;
+    }
+
+    /// The shipping offers in `currency`, if the cache holds them at `generation`.
+    pub(crate) fn offers(
+        &self,
+        generation: i64,
+        currency: &str,
+    ) -> Option<Vec<crate::shipping::Offer>> {
+        let cache = self.inner.lock().ok()?;
+        if cache.generation != generation {
+            return None;
+        }
+        cache.offers.get(currency).cloned()
+    }
+
+    /// Keeps the `offers` in `currency`, read at `generation`, unless the cache has seen a
+    /// newer one. (Currencies are the few a store sells in: no bound is needed.)
+    pub(crate) fn put_offers(
+        &self,
+        generation: i64,
+        currency: &str,
+        offers: &[crate::shipping::Offer],
+    ) {
+        let Ok(mut cache) = self.inner.lock() else {
+            return;
+        };
+        if cache.keeps(generation) {
+            cache.offers.insert(currency.to_owned(), offers.to_vec());
+        }
     }
 }
 
@@ -716,14 +764,29 @@ pub(crate) async fn priced_variants_in(
     if skus.is_empty() {
         return Ok(HashMap::new());
     }
-    // Read first, in the caller's snapshot: what is read after it is at least this new.
-    let generation: i64 = tx
-        .fetch_one(
-            "SELECT generation FROM catalog_generation WHERE id = 1",
-            &[],
-        )
-        .await?
-        .get("generation")?;
+    let generation = generation_in(tx).await?;
+    priced_variants_at(tx, prices, generation, skus, currency).await
+}
+
+/// The catalog generation (see [`Prices`]), in the caller's transaction. Read it before what
+/// is cached by it: what is read after it is at least this new.
+pub(crate) async fn generation_in(tx: &mut dyn Tx) -> sqlx::Result<i64> {
+    tx.fetch_one(
+        "SELECT generation FROM catalog_generation WHERE id = 1",
+        &[],
+    )
+    .await?
+    .get("generation")
+}
+
+/// [`priced_variants_in`] with the catalog generation the caller's transaction read first.
+pub(crate) async fn priced_variants_at(
+    tx: &mut dyn Tx,
+    prices: &Prices,
+    generation: i64,
+    skus: &[String],
+    currency: &str,
+) -> sqlx::Result<HashMap<String, PricedVariant>> {
     if let Some(cached) = prices.get(generation, skus, currency) {
         return Ok(cached);
     }
@@ -860,5 +923,34 @@ mod tests {
         prices.put(1, "EUR", &one("A", 100));
         assert_eq!(price(2, &a, "EUR"), Some(200));
         assert_eq!(price(1, &a, "EUR"), None);
+
+        // Shipping offers follow the same generation, and a newer one empties both.
+        let offer = |amount| crate::shipping::Offer {
+            code: "standard".into(),
+            name: "Standard".into(),
+            carrier: None,
+            amount,
+            currency: "EUR".into(),
+            countries: None,
+        };
+        let shipping = |generation| {
+            prices
+                .offers(generation, "EUR")
+                .map(|offers| offers.iter().map(|o| o.amount).collect::<Vec<_>>())
+        };
+        assert_eq!(shipping(2), None, "not read yet");
+        prices.put_offers(2, "EUR", &[offer(495)]);
+        assert_eq!(shipping(2), Some(vec![495]));
+        assert_eq!(prices.offers(2, "USD"), None, "another currency");
+        prices.put_offers(1, "EUR", &[offer(100)]);
+        assert_eq!(shipping(2), Some(vec![495]), "an older read is not kept");
+        prices.put_offers(3, "EUR", &[]);
+        assert_eq!(shipping(3), Some(vec![]), "none offered is an answer too");
+        assert_eq!(
+            price(3, &a, "EUR"),
+            None,
+            "the prices went with generation 2"
+        );
+        assert_eq!(shipping(2), None);
     }
 }

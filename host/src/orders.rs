@@ -571,15 +571,23 @@ impl Orders {
                         return Ok(BeforeCheckout::Ordered(existing));
                     }
                     let skus: Vec<String> = contents.lines.iter().map(|l| l.sku.clone()).collect();
-                    let variants =
-                        catalog::priced_variants_in(tx, &prices, &skus, &contents.currency).await?;
+                    let generation = catalog::generation_in(tx).await?;
+                    let variants = catalog::priced_variants_at(
+                        tx,
+                        &prices,
+                        generation,
+                        &skus,
+                        &contents.currency,
+                    )
+                    .await?;
                     // The buyer's history by the email the checkout will use (refused later
                     // if it is none or not an email).
                     let email = email
                         .or_else(|| contents.details.email.clone())
                         .unwrap_or_default();
                     let history = history_in(tx, &email, now).await?;
-                    let offers = shipping::offers_in(tx, &contents.currency).await?;
+                    let offers =
+                        shipping::offers_at(tx, &prices, generation, &contents.currency).await?;
                     Ok(BeforeCheckout::Cart {
                         contents: Box::new(contents),
                         variants,

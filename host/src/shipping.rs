@@ -219,6 +219,23 @@ pub(crate) async fn offers_in(tx: &mut dyn Tx, currency: &str) -> sqlx::Result<V
     })
 }
 
+/// [`offers_in`] through the cache of the catalog's answers, at the catalog generation the
+/// caller's transaction read first ([`crate::catalog::generation_in`]): shipping methods and
+/// rates move the generation too (migration 0021).
+pub(crate) async fn offers_at(
+    tx: &mut dyn Tx,
+    prices: &crate::catalog::Prices,
+    generation: i64,
+    currency: &str,
+) -> sqlx::Result<Vec<Offer>> {
+    if let Some(offers) = prices.offers(generation, currency) {
+        return Ok(offers);
+    }
+    let offers = offers_in(tx, currency).await?;
+    prices.put_offers(generation, currency, &offers);
+    Ok(offers)
+}
+
 /// An [`Offer`] from a row with `code`, `name`, `carrier`, `countries`, `amount`, `currency`.
 pub(crate) fn offer_of(row: &Row) -> sqlx::Result<Offer> {
     Ok(Offer {

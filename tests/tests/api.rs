@@ -2463,6 +2463,45 @@ async fn a_catalog_change_made_elsewhere_is_priced_by_the_next_read() {
             "{}",
             r.body
         );
+
+        // The shipping offers are cached beside the catalog's answers, at the same
+        // generation: a rate changed elsewhere is what the next checkout charges.
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/shipping-methods",
+                json!({"code": "standard", "name": "Standard", "rates": {"EUR": 495}}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let mut shipped = checkout_body("tok_visa", "DE");
+        shipped["shipping_method"] = json!("standard");
+        let (cart, token) = app.cart_with("TEE-L", 1).await;
+        let r = app.checkout(&cart, &token, "s1", &shipped).await;
+        assert_eq!(
+            (r.status, &r.body["shipping_total"]),
+            (201, &json!(495)),
+            "{}",
+            r.body
+        );
+        run("UPDATE shipping_rates SET amount = 695 WHERE currency = 'EUR'").await;
+        let (cart, token) = app.cart_with("TEE-L", 1).await;
+        let r = app.checkout(&cart, &token, "s2", &shipped).await;
+        assert_eq!(
+            (r.status, &r.body["shipping_total"]),
+            (201, &json!(695)),
+            "rate changed elsewhere: {}",
+            r.body
+        );
+        run("DELETE FROM shipping_rates").await;
+        let (cart, token) = app.cart_with("TEE-L", 1).await;
+        let r = app.checkout(&cart, &token, "s3", &shipped).await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("shipping_unavailable")),
+            "no rate left elsewhere: {}",
+            r.body
+        );
         app.db.drop_database().await;
     }
 }
