@@ -125,9 +125,13 @@ pub struct LogLine {
 
 /// Per-call state: everything a store holds besides the instance.
 pub struct StoreState {
-    wasi: WasiCtx,
+    /// Built when the plugin first reaches for WASI (a panic's message to standard error,
+    /// say), not for every call: most calls never do, and building one (its pipes, its
+    /// random sources) was a measurable share of a call.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
-    stderr: MemoryOutputPipe,
+    /// The WASI context's standard error, once there is one.
+    stderr: Option<MemoryOutputPipe>,
     config: Arc<BTreeMap<String, String>>,
     memory_limit: u64,
     pub(crate) peak_memory: u64,
@@ -152,21 +156,10 @@ impl StoreState {
         grants: Arc<Grants>,
         deadline: Instant,
     ) -> Self {
-        let stderr = MemoryOutputPipe::new(STDERR_CAP_BYTES);
-        let wasi = WasiCtxBuilder::new()
-            .stderr(stderr.clone())
-            .stdout(MemoryOutputPipe::new(STDERR_CAP_BYTES))
-            .wall_clock(FrozenClock)
-            .monotonic_clock(FrozenClock)
-            .insecure_random_seed(0x0c47_7121_d9e5_0000)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         Self {
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
-            stderr,
+            stderr: None,
             config,
             memory_limit,
             peak_memory: 0,
@@ -183,7 +176,10 @@ impl StoreState {
     /// What the guest wrote to standard error, e.g. a panic message.
     /// What the plugin wrote to standard error (a panic's message), secrets blanked.
     pub(crate) fn stderr(&self) -> String {
-        self.blank_secrets(String::from_utf8_lossy(&self.stderr.contents()).trim())
+        let Some(stderr) = &self.stderr else {
+            return String::new();
+        };
+        self.blank_secrets(String::from_utf8_lossy(&stderr.contents()).trim())
     }
 
     /// `text` with every secret value read during this call replaced by `[secret]`: nothing a
@@ -211,8 +207,25 @@ impl StoreState {
 
 impl wasmtime_wasi::WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let stderr = &mut self.stderr;
+        let ctx = self.wasi.get_or_insert_with(|| {
+            let pipe = MemoryOutputPipe::new(STDERR_CAP_BYTES);
+            *stderr = Some(pipe.clone());
+            // No files, no network, no environment; clocks frozen and randomness seeded, so
+            // that a call is a function of its input.
+            WasiCtxBuilder::new()
+                .stderr(pipe)
+                .stdout(MemoryOutputPipe::new(STDERR_CAP_BYTES))
+                .wall_clock(FrozenClock)
+                .monotonic_clock(FrozenClock)
+                .insecure_random_seed(0x0c47_7121_d9e5_0000)
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build()
+        });
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx,
             table: &mut self.table,
         }
     }
