@@ -23,7 +23,9 @@ struct Series {
     count: u64,
 }
 
-type Registry = BTreeMap<(String, String, &'static str), Series>;
+/// By plugin name, then each of its versions and hooks (a name has few): a call's look-up
+/// borrows the name and compares the version, and allocates only for a series' first call.
+type Registry = BTreeMap<String, Vec<(semver::Version, &'static str, Series)>>;
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
 
@@ -69,13 +71,24 @@ pub(crate) fn record(plugin: &PluginRef, outcome: &'static str, duration: Durati
     let Ok(mut registry) = REGISTRY.lock() else {
         return;
     };
-    let series = registry
-        .entry((
-            plugin.name.clone(),
-            plugin.version.to_string(),
-            plugin.hook.as_str(),
-        ))
-        .or_default();
+    let hook = plugin.hook.as_str();
+    if !registry.contains_key(plugin.name.as_str()) {
+        registry.insert(plugin.name.clone(), Vec::new());
+    }
+    let Some(all) = registry.get_mut(plugin.name.as_str()) else {
+        return;
+    };
+    let at = match all
+        .iter()
+        .position(|(version, h, _)| *h == hook && *version == plugin.version)
+    {
+        Some(at) => at,
+        None => {
+            all.push((plugin.version.clone(), hook, Series::default()));
+            all.len() - 1
+        }
+    };
+    let series = &mut all[at].2;
     *series.outcomes.entry(outcome).or_default() += 1;
     let secs = duration.as_secs_f64();
     for (bucket, le) in series.buckets.iter_mut().zip(BUCKETS) {
@@ -93,10 +106,19 @@ pub fn render() -> String {
     let Ok(registry) = REGISTRY.lock() else {
         return out;
     };
+    // By plugin, version (as written) and hook, as the series have always been listed.
+    let mut series: Vec<(&str, String, &str, &Series)> = registry
+        .iter()
+        .flat_map(|(plugin, all)| {
+            all.iter()
+                .map(move |(version, hook, s)| (plugin.as_str(), version.to_string(), *hook, s))
+        })
+        .collect();
+    series.sort_by(|a, b| (a.0, &a.1, a.2).cmp(&(b.0, &b.1, b.2)));
     out.push_str("# HELP cartridge_plugin_calls_total Plugin hook calls by outcome (ok or the error code).\n");
     out.push_str("# TYPE cartridge_plugin_calls_total counter\n");
-    for ((plugin, version, hook), series) in registry.iter() {
-        for (outcome, n) in &series.outcomes {
+    for (plugin, version, hook, one) in &series {
+        for (outcome, n) in &one.outcomes {
             let _ = writeln!(
                 out,
                 "cartridge_plugin_calls_total{{plugin=\"{plugin}\",version=\"{version}\",hook=\"{hook}\",outcome=\"{outcome}\"}} {n}"
@@ -105,9 +127,9 @@ pub fn render() -> String {
     }
     out.push_str("# HELP cartridge_plugin_call_duration_seconds Plugin hook call latency, instantiation included.\n");
     out.push_str("# TYPE cartridge_plugin_call_duration_seconds histogram\n");
-    for ((plugin, version, hook), series) in registry.iter() {
+    for (plugin, version, hook, one) in &series {
         let labels = format!("plugin=\"{plugin}\",version=\"{version}\",hook=\"{hook}\"");
-        for (n, le) in series.buckets.iter().zip(BUCKETS) {
+        for (n, le) in one.buckets.iter().zip(BUCKETS) {
             let _ = writeln!(
                 out,
                 "cartridge_plugin_call_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}"
@@ -116,19 +138,20 @@ pub fn render() -> String {
         let _ = writeln!(
             out,
             "cartridge_plugin_call_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-            series.count
+            one.count
         );
         let _ = writeln!(
             out,
             "cartridge_plugin_call_duration_seconds_sum{{{labels}}} {}",
-            series.sum
+            one.sum
         );
         let _ = writeln!(
             out,
             "cartridge_plugin_call_duration_seconds_count{{{labels}}} {}",
-            series.count
+            one.count
         );
     }
+    drop(series);
     drop(registry);
     out.push_str("# HELP cartridge_plugin_crash_loop_trips_total Plugins switched off by the crash-loop breaker.\n");
     out.push_str("# TYPE cartridge_plugin_crash_loop_trips_total counter\n");
@@ -155,4 +178,61 @@ pub fn render() -> String {
         SLOT_WAIT_NANOS.load(Ordering::Relaxed) as f64 / 1e9
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::HookKind;
+
+    /// Each version and hook of a plugin counts its own calls, by outcome, and is listed in
+    /// order of plugin, version and hook.
+    #[test]
+    fn calls_are_counted_per_version_hook_and_outcome() {
+        // The registry is the process's: a name no other test uses.
+        let of = |version: &str, hook| PluginRef {
+            name: "metrics-test-plugin".into(),
+            version: version.parse().expect("version"),
+            hook,
+        };
+        let quick = Duration::from_micros(30);
+        record(&of("1.10.0", HookKind::Pricing), "ok", quick);
+        record(&of("1.2.0", HookKind::Pricing), "ok", quick);
+        record(&of("1.2.0", HookKind::Pricing), "trap", quick);
+        record(
+            &of("1.2.0", HookKind::Pricing),
+            "ok",
+            Duration::from_millis(3),
+        );
+        record(&of("1.2.0", HookKind::Fraud), "ok", quick);
+        let text = render();
+        let calls: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("cartridge_plugin_calls_total{plugin=\"metrics-test-plugin\"")
+            })
+            .collect();
+        let series = |version: &str, hook: &str, outcome: &str, n: u64| {
+            format!(
+                "cartridge_plugin_calls_total{{plugin=\"metrics-test-plugin\",version=\"{version}\",hook=\"{hook}\",outcome=\"{outcome}\"}} {n}"
+            )
+        };
+        assert_eq!(
+            calls,
+            [
+                series("1.10.0", "pricing", "ok", 1),
+                series("1.2.0", "fraud", "ok", 1),
+                series("1.2.0", "pricing", "ok", 2),
+                series("1.2.0", "pricing", "trap", 1),
+            ]
+        );
+        let labels = "plugin=\"metrics-test-plugin\",version=\"1.2.0\",hook=\"pricing\"";
+        for line in [
+            format!("cartridge_plugin_call_duration_seconds_bucket{{{labels},le=\"0.001\"}} 2"),
+            format!("cartridge_plugin_call_duration_seconds_bucket{{{labels},le=\"0.005\"}} 3"),
+            format!("cartridge_plugin_call_duration_seconds_count{{{labels}}} 3"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
 }
