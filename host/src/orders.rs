@@ -520,7 +520,8 @@ impl Orders {
         }
     }
 
-    /// Checks out cart `cart_id`. Returns the order as [`Orders::order`] shows it.
+    /// Checks out cart `cart_id`. Returns the order as [`Orders::order`] shows it, as the JSON
+    /// text that is sent and kept as the idempotency key's answer.
     ///
     /// `attempt` names this checkout attempt and becomes the order's id: the API derives it
     /// from the cart and the idempotency key, so a retry of an attempt whose answer was lost
