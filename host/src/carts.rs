@@ -719,50 +719,52 @@ pub(crate) fn pricing_cart(
 
 /// [`Carts::contents`] inside the caller's transaction; `None` for no such cart.
 pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Option<CartContents>> {
-    // The cart with its shipping method priced in its currency, then its lines: two
-    // statements, because joined into one the coupon and live-order look-ups and the shipping
-    // joins ran again for every line (SQLite evaluates a correlated subquery per row).
-    let id = args![id];
-    let Some(cart) = tx
+    // The cart with its shipping method priced in its currency, then one row per line, in
+    // one statement (one round trip on PostgreSQL). Not a join of the cart with its lines:
+    // then the coupon and live-order look-ups and the shipping joins ran again for every line
+    // (SQLite evaluates a correlated subquery per row). The cart's row is the one without a
+    // line id; no such row, no such cart.
+    let rows = tx
         .fetch(
             "SELECT c.id, c.currency, c.customer_id, c.shipping_method, c.details, c.token_hash, \
                m.code, m.name, m.carrier, m.countries, r.amount, r.currency AS rate_currency, \
                (SELECT string_agg(k.code, ',' ORDER BY k.code) FROM cart_coupons k \
                 WHERE k.cart_id = c.id) AS coupon_codes, \
                (SELECT o.id FROM orders o WHERE o.cart_id = c.id AND o.status <> 'cancelled') \
-                 AS live_order \
+                 AS live_order, \
+               NULL AS line_id, NULL AS sku, NULL AS quantity, NULL AS position \
              FROM carts c \
              LEFT JOIN shipping_methods m ON m.code = c.shipping_method AND m.status = 'active' \
              LEFT JOIN shipping_rates r ON r.method_id = m.id AND r.currency = c.currency \
-             WHERE c.id = $1",
-            &id,
+             WHERE c.id = $1 \
+             UNION ALL \
+             SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+               NULL, NULL, l.id, l.sku, l.quantity, l.position \
+             FROM cart_lines l WHERE l.cart_id = $1",
+            &args![id],
         )
-        .await?
-        .into_iter()
-        .next()
-    else {
+        .await?;
+    let mut cart = None;
+    let mut lines = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(line_id) = row.get::<Option<String>>("line_id")? else {
+            cart = Some(row);
+            continue;
+        };
+        lines.push((
+            row.get::<i64>("position")?,
+            CartLine {
+                id: line_id,
+                sku: row.get("sku")?,
+                quantity: row.get("quantity")?,
+            },
+        ));
+    }
+    let Some(cart) = cart else {
         return Ok(None);
     };
     // In the order they were added (`position`, then `id` for lines added at one moment),
     // sorted here: in SQL that took a temporary B-tree per read.
-    let mut lines = tx
-        .fetch(
-            "SELECT id, sku, quantity, position FROM cart_lines WHERE cart_id = $1",
-            &id,
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.get::<i64>("position")?,
-                CartLine {
-                    id: r.get("id")?,
-                    sku: r.get("sku")?,
-                    quantity: r.get("quantity")?,
-                },
-            ))
-        })
-        .collect::<sqlx::Result<Vec<_>>>()?;
     lines.sort_unstable_by(|(a, x), (b, y)| a.cmp(b).then_with(|| x.id.cmp(&y.id)));
     let lines = lines.into_iter().map(|(_, line)| line).collect();
     // Codes are letters, digits, '-' and '_': a comma cannot be part of one.
