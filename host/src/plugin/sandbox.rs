@@ -125,13 +125,11 @@ pub struct LogLine {
 
 /// Per-call state: everything a store holds besides the instance.
 pub struct StoreState {
-    /// Built when the plugin first reaches for WASI (a panic's message to standard error,
-    /// say), not for every call: most calls never do, and building one (its pipes, its
-    /// random sources) was a measurable share of a call.
-    wasi: Option<WasiCtx>,
+    /// The WASI context and its standard error, built when the plugin first reaches for
+    /// WASI (a panic's message, say), not for every call: most calls never do, and building
+    /// one (its pipes, its random sources) was a measurable share of a call.
+    wasi: Option<(WasiCtx, MemoryOutputPipe)>,
     table: ResourceTable,
-    /// The WASI context's standard error, once there is one.
-    stderr: Option<MemoryOutputPipe>,
     config: Arc<BTreeMap<String, String>>,
     memory_limit: u64,
     pub(crate) peak_memory: u64,
@@ -159,7 +157,6 @@ impl StoreState {
         Self {
             wasi: None,
             table: ResourceTable::new(),
-            stderr: None,
             config,
             memory_limit,
             peak_memory: 0,
@@ -173,10 +170,9 @@ impl StoreState {
         }
     }
 
-    /// What the guest wrote to standard error, e.g. a panic message.
     /// What the plugin wrote to standard error (a panic's message), secrets blanked.
     pub(crate) fn stderr(&self) -> String {
-        let Some(stderr) = &self.stderr else {
+        let Some((_, stderr)) = &self.wasi else {
             return String::new();
         };
         self.blank_secrets(String::from_utf8_lossy(&stderr.contents()).trim())
@@ -207,14 +203,12 @@ impl StoreState {
 
 impl wasmtime_wasi::WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let stderr = &mut self.stderr;
-        let ctx = self.wasi.get_or_insert_with(|| {
-            let pipe = MemoryOutputPipe::new(STDERR_CAP_BYTES);
-            *stderr = Some(pipe.clone());
+        let (ctx, _) = self.wasi.get_or_insert_with(|| {
+            let stderr = MemoryOutputPipe::new(STDERR_CAP_BYTES);
             // No files, no network, no environment; clocks frozen and randomness seeded, so
             // that a call is a function of its input.
-            WasiCtxBuilder::new()
-                .stderr(pipe)
+            let ctx = WasiCtxBuilder::new()
+                .stderr(stderr.clone())
                 .stdout(MemoryOutputPipe::new(STDERR_CAP_BYTES))
                 .wall_clock(FrozenClock)
                 .monotonic_clock(FrozenClock)
@@ -222,7 +216,8 @@ impl wasmtime_wasi::WasiView for StoreState {
                 .allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
-                .build()
+                .build();
+            (ctx, stderr)
         });
         WasiCtxView {
             ctx,
