@@ -711,17 +711,35 @@ pub async fn reserve_in(
     }
     if !postgres {
         record_movements(tx, &allocations, "reserve", 1, Some(&reference), now).await?;
-        tx.execute(
-            "UPDATE inventory_levels SET held = held + CAST((SELECT SUM(r.quantity) \
-             FROM reservations r WHERE r.reference = $1 AND r.state = 'active' \
-             AND r.sku = inventory_levels.sku AND r.location_id = inventory_levels.location_id) AS BIGINT) \
-             WHERE (sku, location_id) IN \
-               (SELECT sku, location_id FROM reservations WHERE reference = $1 AND state = 'active')",
-            &args![&reference],
-        )
-        .await?;
+        add_held(tx, &allocations, 1).await?;
     }
     Ok(allocations)
+}
+
+/// Adds `sign` × each allocation's quantity to its level's `held`, in one statement per
+/// [`ROWS_PER_STATEMENT`] levels. Each level must appear once: an `UPDATE … FROM` applies one
+/// matching row per level (a release's lapsed reservations may name a level twice, so
+/// [`unhold`] goes row by row).
+///
+/// The levels are named by the allocations, not found again through the reservations: the
+/// reservations of a level are indexed by level and expiry, so a sum of one reference's
+/// reservations per level walked every active reservation of the level — all the checkouts
+/// in flight for a popular SKU — and was the costliest statement of a checkout on SQLite.
+async fn add_held(tx: &mut dyn Tx, allocations: &[Allocation], sign: i64) -> Result<()> {
+    for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "WITH v (sku, location_id, quantity) AS (VALUES {}) \
+             UPDATE inventory_levels SET held = held + v.quantity FROM v \
+             WHERE inventory_levels.sku = v.sku AND inventory_levels.location_id = v.location_id",
+            param_rows(1, chunk.len(), 3)
+        );
+        let mut values = Vec::with_capacity(chunk.len() * 3);
+        for a in chunk {
+            values.extend(args![&a.sku, &a.location_id, sign * a.quantity]);
+        }
+        tx.execute(&sql, &values).await?;
+    }
+    Ok(())
 }
 
 /// Releases, on `levels` (sku, location — their rows locked by the caller), the active
