@@ -711,21 +711,21 @@ pub async fn reserve_in(
     }
     if !postgres {
         record_movements(tx, &allocations, "reserve", 1, Some(&reference), now).await?;
-        add_held(tx, &allocations, 1).await?;
+        hold(tx, &allocations).await?;
     }
     Ok(allocations)
 }
 
-/// Adds `sign` × each allocation's quantity to its level's `held`, in one statement per
-/// [`ROWS_PER_STATEMENT`] levels. Each level must appear once: an `UPDATE … FROM` applies one
-/// matching row per level (a release's lapsed reservations may name a level twice, so
-/// [`unhold`] goes row by row).
+/// Raises `held` by each allocation (their level rows locked by the caller), in one statement
+/// per [`ROWS_PER_STATEMENT`] levels. Each level must appear once, as in a reservation's
+/// allocations: an `UPDATE … FROM` applies one matching row per level (a release's lapsed
+/// reservations may name a level twice, so [`unhold`] goes row by row).
 ///
 /// The levels are named by the allocations, not found again through the reservations: the
 /// reservations of a level are indexed by level and expiry, so a sum of one reference's
 /// reservations per level walked every active reservation of the level — all the checkouts
 /// in flight for a popular SKU — and was the costliest statement of a checkout on SQLite.
-async fn add_held(tx: &mut dyn Tx, allocations: &[Allocation], sign: i64) -> Result<()> {
+async fn hold(tx: &mut dyn Tx, allocations: &[Allocation]) -> Result<()> {
     for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "WITH v (sku, location_id, quantity) AS (VALUES {}) \
@@ -735,7 +735,7 @@ async fn add_held(tx: &mut dyn Tx, allocations: &[Allocation], sign: i64) -> Res
         );
         let mut values = Vec::with_capacity(chunk.len() * 3);
         for a in chunk {
-            values.extend(args![&a.sku, &a.location_id, sign * a.quantity]);
+            values.extend(args![&a.sku, &a.location_id, a.quantity]);
         }
         tx.execute(&sql, &values).await?;
     }
