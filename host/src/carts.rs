@@ -637,6 +637,7 @@ impl Carts {
         key: &CartKey,
     ) -> Result<(Vec<Offer>, Option<String>)> {
         let (id, key) = (id.to_owned(), key.clone());
+        let prices = self.prices.clone();
         self.db
             .read(move |tx| {
                 Box::pin(async move {
@@ -656,7 +657,9 @@ impl Carts {
                         .ok_or(CartError::NotFound)?;
                     let currency: String = row.get("currency")?;
                     let country = saved_country(row)?;
-                    let mut offers = shipping::offers_in(tx, &currency).await?;
+                    let generation = crate::catalog::generation_in(tx).await?;
+                    let mut offers =
+                        shipping::offers_at(tx, &prices, generation, &currency).await?;
                     if let Some(country) = &country {
                         offers.retain(|o| o.ships_to(country));
                     }

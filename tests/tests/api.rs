@@ -1021,7 +1021,7 @@ impl TestApp {
         .await
     }
 
-    /// Chooses shipping method `code` on the cart; the priced cart.
+    /// The shipping methods offered to the cart.
     async fn shipping_offers(&self, cart: &str, token: &str) -> Response {
         self.cart(
             Method::GET,
@@ -1032,6 +1032,7 @@ impl TestApp {
         .await
     }
 
+    /// Chooses shipping method `code` on the cart; the priced cart.
     async fn choose_shipping(&self, cart: &str, token: &str, code: &str) -> Response {
         self.cart(
             Method::PUT,
@@ -2484,8 +2485,18 @@ async fn a_catalog_change_made_elsewhere_is_priced_by_the_next_read() {
             "{}",
             r.body
         );
-        run("UPDATE shipping_rates SET amount = 695 WHERE currency = 'EUR'").await;
         let (cart, token) = app.cart_with("TEE-L", 1).await;
+        let offered = |r: &Response| r.body["shipping_methods"][0]["amount"].clone();
+        let r = app.shipping_offers(&cart, &token).await;
+        assert_eq!((r.status, offered(&r)), (200, json!(495)), "{}", r.body);
+        run("UPDATE shipping_rates SET amount = 695 WHERE currency = 'EUR'").await;
+        let r = app.shipping_offers(&cart, &token).await;
+        assert_eq!(
+            (r.status, offered(&r)),
+            (200, json!(695)),
+            "the cart's offers after a rate changed elsewhere: {}",
+            r.body
+        );
         let r = app.checkout(&cart, &token, "s2", &shipped).await;
         assert_eq!(
             (r.status, &r.body["shipping_total"]),
