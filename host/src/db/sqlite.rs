@@ -421,7 +421,7 @@ fn group(
     first: Grouped,
     mut next: impl FnMut() -> Option<Job>,
 ) -> Option<Alone> {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
         if let Some(settle) = first(Err(&e)) {
             settle(Err(&e));
         }
@@ -430,7 +430,7 @@ fn group(
     let Some(settle) = first(Ok(Slot::First(conn))) else {
         // The first body failed, and the transaction holds nothing but what it did.
         if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = control(conn, "ROLLBACK");
         }
         return None;
     };
@@ -453,10 +453,10 @@ fn group(
             Some("the transaction was rolled back before it could commit".into()),
         ))
     } else {
-        conn.execute_batch("COMMIT")
+        control(conn, "COMMIT")
     };
     if !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = control(conn, "ROLLBACK");
     }
     for settle in settles {
         settle(commit.as_ref().map(|_| ()));
@@ -516,10 +516,7 @@ where
     E: From<sqlx::Error>,
 {
     let fixed = |conn: &Connection, sql: &str| -> Result<(), E> {
-        conn.prepare_cached(sql)
-            .and_then(|mut statement| statement.execute([]))
-            .map(drop)
-            .map_err(|e| SqliteError::wrap(e).into())
+        control(conn, sql).map_err(|e| SqliteError::wrap(e).into())
     };
     fixed(conn, "SAVEPOINT body")?;
     let outcome = caught(conn, body);
@@ -529,6 +526,12 @@ where
         let _ = fixed(conn, "RELEASE body");
     }
     outcome
+}
+
+/// Runs a transaction-control statement (`BEGIN`, `COMMIT`, `SAVEPOINT`…) from the
+/// connection's statement cache: parsed once per connection, not once per transaction.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 /// The same error again (rusqlite's errors are not `Clone`): one commit answers many bodies.
@@ -552,7 +555,7 @@ fn run(conn: &mut Connection, job: impl FnOnce(&mut Connection)) {
         tracing::error!("a database transaction panicked; it was rolled back");
     }
     if !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = control(conn, "ROLLBACK");
     }
 }
 
@@ -562,9 +565,9 @@ where
     F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E>,
     E: From<sqlx::Error>,
 {
-    conn.execute_batch(begin).map_err(SqliteError::wrap)?;
+    control(conn, begin).map_err(SqliteError::wrap)?;
     let value = poll_once(conn, body)?;
-    conn.execute_batch("COMMIT").map_err(SqliteError::wrap)?;
+    control(conn, "COMMIT").map_err(SqliteError::wrap)?;
     Ok(value)
     // An open transaction (an error above) is rolled back by `run`.
 }
@@ -578,7 +581,7 @@ where
     E: From<sqlx::Error>,
 {
     let before = conn.total_changes();
-    conn.execute_batch("BEGIN").map_err(SqliteError::wrap)?;
+    control(conn, "BEGIN").map_err(SqliteError::wrap)?;
     let value = poll_once(conn, body)?;
     if conn.total_changes() != before {
         return Err(SqliteError::wrap(rusqlite::Error::SqliteFailure(
@@ -587,7 +590,7 @@ where
         ))
         .into());
     }
-    conn.execute_batch("COMMIT").map_err(SqliteError::wrap)?;
+    control(conn, "COMMIT").map_err(SqliteError::wrap)?;
     Ok(value)
 }
 
