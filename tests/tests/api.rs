@@ -28,9 +28,42 @@ struct Response {
 }
 
 async fn spawn_app(db: TestDatabase, installed: &[&str]) -> TestApp {
+    spawn_app_with(db, installed, None).await
+}
+
+/// [`spawn_app`] for the tests that load the host with concurrent checkouts or refunds to
+/// check stock and idempotency: every plugin may take 5 s. The examples allow 20–50 ms, which
+/// the debug build on a loaded CI machine missed (the 200 shoppers' fail-closed fraud hook
+/// answered 502 `deadline_exceeded` once on PostgreSQL) — a verdict on the machine's speed, not
+/// on what these tests check. Deadlines themselves are tested on their own.
+async fn spawn_unhurried_app(db: TestDatabase, installed: &[&str]) -> TestApp {
+    spawn_app_with(db, installed, Some(5_000)).await
+}
+
+async fn spawn_app_with(db: TestDatabase, installed: &[&str], deadline_ms: Option<u32>) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     for name in installed {
-        plugins().bundle_into(name, dir.path());
+        let bundle = plugins().bundle_into(name, dir.path());
+        if let Some(ms) = deadline_ms {
+            let path = bundle.join("plugin.toml");
+            let manifest = std::fs::read_to_string(&path).expect("manifest");
+            let relaxed: Vec<String> = manifest
+                .lines()
+                .map(|line| {
+                    if line.starts_with("deadline-ms") {
+                        format!("deadline-ms = {ms}")
+                    } else {
+                        line.to_owned()
+                    }
+                })
+                .collect();
+            assert_ne!(
+                relaxed.join("\n"),
+                manifest.trim_end(),
+                "{name} has no deadline-ms"
+            );
+            std::fs::write(&path, relaxed.join("\n") + "\n").expect("write manifest");
+        }
     }
     // A broken bundle must not stop the others from loading.
     let broken = dir.path().join("broken");
@@ -1372,7 +1405,7 @@ async fn the_fraud_hook_denies_or_holds_risky_checkouts() {
 #[tokio::test]
 async fn checkout_is_idempotent_per_key() {
     for db in test_databases().await {
-        let app = spawn_app(db, SHOP).await;
+        let app = spawn_unhurried_app(db, SHOP).await;
         app.seed().await;
         let (cart, token) = app.cart_with("SOCK", 2).await;
         let body = checkout_body("tok_visa", "DE");
@@ -1487,7 +1520,7 @@ async fn checkout_is_idempotent_per_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_shoppers_checking_out_the_last_unit_make_one_order() {
     for db in test_databases().await {
-        let app = spawn_app(db, SHOP).await;
+        let app = spawn_unhurried_app(db, SHOP).await;
         app.seed().await;
         let r = app
             .admin(
@@ -1630,7 +1663,7 @@ impl TestApp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refunds_are_partial_idempotent_and_never_exceed_what_was_captured() {
     for db in test_databases().await {
-        let app = spawn_app(db, SHOP).await;
+        let app = spawn_unhurried_app(db, SHOP).await;
         app.seed().await;
         let order = app.captured_order().await;
         let r = app.refund(&order, "r1", 1000).await;
