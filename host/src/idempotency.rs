@@ -36,6 +36,21 @@ pub async fn sweep(db: &Db, now: i64) -> sqlx::Result<u64> {
 pub(crate) const CLAIM: &str = "INSERT INTO idempotency_keys (scope, key, request_hash, state, created_at) \
      VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (scope, key) DO NOTHING";
 
+/// The statement that stores a key's answer, its arguments ([`Key::finish_args`]) numbered
+/// from `$first`: one text per position, so a statement that carries it as a part of a
+/// `WITH` can put it after its own arguments.
+pub(crate) fn finish_sql(first: usize) -> String {
+    let n = |i: usize| first + i;
+    format!(
+        "UPDATE idempotency_keys SET state = 'done', response_status = ${}, response_body = ${} \
+         WHERE scope = ${} AND key = ${}",
+        n(2),
+        n(3),
+        n(0),
+        n(1)
+    )
+}
+
 /// One request's key: the scope it is unique in, the key, the hash of the request's canonical
 /// body, and the time of the request.
 #[derive(Debug)]
@@ -159,13 +174,14 @@ impl Key {
     /// Stores this request's answer (`body`, serialized JSON — serialized before the
     /// transaction, not while it holds the write lock) with the key it claimed.
     pub async fn finish_in(&self, tx: &mut dyn Tx, status: u16, body: &str) -> sqlx::Result<()> {
-        tx.execute(
-            "UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = $4 \
-             WHERE scope = $1 AND key = $2",
-            &args![&self.scope, &self.key, i64::from(status), body],
-        )
-        .await
-        .map(drop)
+        tx.execute(&finish_sql(1), &self.finish_args(status, body))
+            .await
+            .map(drop)
+    }
+
+    /// The arguments of [`finish_sql`]: this key, and the answer to store with it.
+    pub(crate) fn finish_args(&self, status: u16, body: &str) -> [crate::db::Value; 4] {
+        args![&self.scope, &self.key, i64::from(status), body]
     }
 
     /// Claims the key and stores the answer (serialized) at once, for a request that ended

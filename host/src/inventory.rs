@@ -827,27 +827,52 @@ pub async fn commit_in(
     expected: usize,
     now: i64,
 ) -> Result<Vec<Allocation>> {
-    // Each reservation changes state by this one statement on its own row: one that a checkout
-    // released as lapsed meanwhile is not found here, and one found here cannot be released.
-    let update = "UPDATE reservations SET state = 'committed' \
-                  WHERE reference = $1 AND state = 'active' \
-                  RETURNING sku, location_id, quantity, expires_at";
     let rows = if tx.backend() == Backend::Postgres {
         tx.fetch(
             &format!(
-                "WITH r AS ({update}), \
-                 mv AS (INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
-                        SELECT sku, location_id, 'commit', quantity, $1, $2 FROM r) \
-                 SELECT sku, location_id, quantity, expires_at FROM r"
+                "WITH {} SELECT sku, location_id, quantity, expires_at FROM r",
+                commit_parts_on_postgres(2)
             ),
             &args![reference, now],
         )
         .await?
     } else {
-        tx.fetch(update, &args![reference]).await?
+        tx.fetch(COMMIT_RESERVATIONS, &args![reference]).await?
     };
+    committed_in(tx, reference, expected, now, &rows).await
+}
+
+/// Moves the active reservations of reference `$1` to committed, each by this one statement
+/// on its own row: one that a checkout released as lapsed meanwhile is not found here, and
+/// one found here cannot be released. Returns what [`committed_in`] checks.
+pub(crate) const COMMIT_RESERVATIONS: &str = "UPDATE reservations SET state = 'committed' \
+     WHERE reference = $1 AND state = 'active' \
+     RETURNING sku, location_id, quantity, expires_at";
+
+/// PostgreSQL: [`COMMIT_RESERVATIONS`] and the `commit` movements of what it committed, as
+/// parts of a `WITH` (`r`, the committed reservations, and `mv`), for a statement that can
+/// carry more: `$1` is the reference, `$now_param` the time of the movements.
+pub(crate) fn commit_parts_on_postgres(now_param: usize) -> String {
+    format!(
+        "r AS ({COMMIT_RESERVATIONS}), \
+         mv AS (INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
+                SELECT sku, location_id, 'commit', quantity, $1, ${now_param} FROM r)"
+    )
+}
+
+/// The rest of [`commit_in`], on the `rows` its [`COMMIT_RESERVATIONS`] returned (on
+/// PostgreSQL, with [`commit_parts_on_postgres`], whose movements are then written): an
+/// error unless exactly the `expected` reservations were committed, none of them expired at
+/// `now`. The caller must roll the transaction back on an error.
+pub(crate) async fn committed_in(
+    tx: &mut dyn Tx,
+    reference: &str,
+    expected: usize,
+    now: i64,
+    rows: &[crate::db::Row],
+) -> Result<Vec<Allocation>> {
     // In (sku, location) order, as every other read of a reference's reservations.
-    let mut held = allocations_of(&rows)?;
+    let mut held = allocations_of(rows)?;
     held.sort_by(|a, b| (&a.0.sku, &a.0.location_id).cmp(&(&b.0.sku, &b.0.location_id)));
     // The caller rolls the transaction back on any of these errors, so nothing is committed.
     if held.iter().any(|(_, expires_at)| *expires_at <= now) {
