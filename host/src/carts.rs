@@ -93,6 +93,11 @@ pub struct CartContents {
     /// The digest of its token.
     #[serde(skip)]
     token_hash: String,
+    /// The catalog generation read with it (see [`crate::catalog::Prices`]), by which its
+    /// lines are priced from the catalog cache; 0 for a cart just created, with nothing to
+    /// price.
+    #[serde(skip)]
+    pub(crate) generation: i64,
 }
 
 /// What opens a cart: its secret token as sent, or its owner signed in.
@@ -145,8 +150,14 @@ impl CartView {
 async fn view_in(tx: &mut dyn Tx, prices: &Prices, id: &str) -> Result<CartView> {
     let contents = contents_in(tx, id).await?.ok_or(CartError::NotFound)?;
     let skus: Vec<String> = contents.lines.iter().map(|l| l.sku.clone()).collect();
-    let variants =
-        crate::catalog::priced_variants_in(tx, prices, &skus, &contents.currency).await?;
+    let variants = crate::catalog::priced_variants_at(
+        tx,
+        prices,
+        contents.generation,
+        &skus,
+        &contents.currency,
+    )
+    .await?;
     Ok(CartView { contents, variants })
 }
 
@@ -304,6 +315,7 @@ impl Carts {
             live_order: None,
             details: CartDetails::default(),
             token_hash,
+            generation: 0,
         };
         let view = CartView {
             contents,
@@ -726,7 +738,9 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
     // one statement (one round trip on PostgreSQL). Not a join of the cart with its lines:
     // then the coupon and live-order look-ups and the shipping joins ran again for every line
     // (SQLite evaluates a correlated subquery per row). The cart's row is the one without a
-    // line id; no such row, no such cart.
+    // line id; no such row, no such cart. The cart's row also carries the catalog generation
+    // its lines are to be priced by: read with the cart, before anything the catalog cache
+    // serves by it, and without a statement of its own.
     let rows = tx
         .fetch(
             "SELECT c.id, c.currency, c.customer_id, c.shipping_method, c.details, c.token_hash, \
@@ -735,6 +749,7 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
                 WHERE k.cart_id = c.id) AS coupon_codes, \
                (SELECT o.id FROM orders o WHERE o.cart_id = c.id AND o.status <> 'cancelled') \
                  AS live_order, \
+               (SELECT g.generation FROM catalog_generation g WHERE g.id = 1) AS generation, \
                NULL AS line_id, NULL AS sku, NULL AS quantity, NULL AS position \
              FROM carts c \
              LEFT JOIN shipping_methods m ON m.code = c.shipping_method AND m.status = 'active' \
@@ -742,7 +757,7 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
              WHERE c.id = $1 \
              UNION ALL \
              SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-               NULL, NULL, l.id, l.sku, l.quantity, l.position \
+               NULL, NULL, NULL, l.id, l.sku, l.quantity, l.position \
              FROM cart_lines l WHERE l.cart_id = $1",
             &args![id],
         )
@@ -805,6 +820,7 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
         live_order: cart.get("live_order")?,
         details,
         token_hash: cart.get("token_hash")?,
+        generation: cart.get("generation")?,
     }))
 }
 

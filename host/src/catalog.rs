@@ -240,7 +240,7 @@ pub struct PricedVariant {
 }
 
 /// The catalog's answers for SKUs (what a cart line reads: product, price, categories,
-/// options) and the shipping offers in each currency, cached for [`priced_variants_in`] and
+/// options) and the shipping offers in each currency, cached for [`priced_variants_at`] and
 /// [`crate::shipping::offers_at`], which every cart read and checkout make. Each cart and
 /// checkout read used to fetch them anew, though they change only when a merchant edits the
 /// catalog or the shipping methods.
@@ -752,22 +752,6 @@ impl Catalog {
     }
 }
 
-/// What pricing needs to know about `skus` in `currency`, in three statements whatever their
-/// number, inside the caller's transaction. A SKU missing from the answer is not for sale in
-/// `currency`: unknown, its product archived, or no price in that currency.
-pub(crate) async fn priced_variants_in(
-    tx: &mut dyn Tx,
-    prices: &Prices,
-    skus: &[String],
-    currency: &str,
-) -> sqlx::Result<HashMap<String, PricedVariant>> {
-    if skus.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let generation = generation_in(tx).await?;
-    priced_variants_at(tx, prices, generation, skus, currency).await
-}
-
 /// The catalog generation (see [`Prices`]), in the caller's transaction. Read it before what
 /// is cached by it: what is read after it is at least this new.
 pub(crate) async fn generation_in(tx: &mut dyn Tx) -> sqlx::Result<i64> {
@@ -779,7 +763,10 @@ pub(crate) async fn generation_in(tx: &mut dyn Tx) -> sqlx::Result<i64> {
     .get("generation")
 }
 
-/// [`priced_variants_in`] with the catalog generation the caller's transaction read first.
+/// What pricing needs to know about `skus` in `currency`, inside the caller's transaction,
+/// which read the catalog `generation` first (see [`Prices`]): from the cache, or in three
+/// statements whatever their number. A SKU missing from the answer is not for sale in
+/// `currency`: unknown, its product archived, or no price in that currency.
 pub(crate) async fn priced_variants_at(
     tx: &mut dyn Tx,
     prices: &Prices,
@@ -787,6 +774,9 @@ pub(crate) async fn priced_variants_at(
     skus: &[String],
     currency: &str,
 ) -> sqlx::Result<HashMap<String, PricedVariant>> {
+    if skus.is_empty() {
+        return Ok(HashMap::new());
+    }
     if let Some(cached) = prices.get(generation, skus, currency) {
         return Ok(cached);
     }

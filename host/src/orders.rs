@@ -572,7 +572,7 @@ impl Orders {
                         return Ok(BeforeCheckout::Ordered(existing));
                     }
                     let skus: Vec<String> = contents.lines.iter().map(|l| l.sku.clone()).collect();
-                    let generation = catalog::generation_in(tx).await?;
+                    let generation = contents.generation;
                     let variants = catalog::priced_variants_at(
                         tx,
                         &prices,
