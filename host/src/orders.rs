@@ -300,6 +300,49 @@ pub struct Orders {
     prices: catalog::Prices,
 }
 
+/// Which plugin versions decided an order, and what they decided: stored with the order when
+/// it is placed, and shown as its `decisions`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+struct Decisions {
+    /// The pricing plugins that priced it, in hook order.
+    priced_by: Vec<crate::plugin::PluginRef>,
+    /// Fail-open pricing plugins that failed and were skipped.
+    pricing_skipped: Vec<hooks::SkippedPlugin>,
+    /// The discounts applied, in the order they were applied.
+    applied: Vec<crate::pricing::AppliedDiscount>,
+    /// The fraud hook's verdict.
+    fraud: FraudDecision,
+    /// The payment connector that authorised it.
+    payment: crate::plugin::PluginRef,
+}
+
+/// The fraud hook's verdict on an order.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+struct FraudDecision {
+    /// `allow`, or `review` (the order is held: status `on_hold`). A denied checkout makes
+    /// no order.
+    decision: String,
+    /// The highest score any fraud plugin gave: 0 (no risk) to 100.
+    score: u8,
+    /// The fraud plugins that answered, in hook order.
+    decided_by: Vec<crate::plugin::PluginRef>,
+    /// Every reason given.
+    reasons: Vec<FraudReason>,
+    /// Fail-open fraud plugins that failed and were skipped.
+    skipped: Vec<hooks::SkippedPlugin>,
+}
+
+/// A reason a fraud plugin gave for its verdict.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+struct FraudReason {
+    /// The plugin that gave it (`name@version`).
+    plugin: String,
+    /// Its machine-readable code.
+    code: String,
+    /// Its explanation, for the merchant.
+    message: String,
+}
+
 /// The snake_case name of a contract enum's case (`PaymentErrorCode::InsufficientFunds` →
 /// `insufficient_funds`), as the API reports gateway codes.
 fn snake_name(case: &impl std::fmt::Debug) -> String {
@@ -365,11 +408,8 @@ pub struct OrderView {
     /// Where it is billed; null when that is the shipping address.
     #[schemars(with = "Option<Address>")]
     billing_address: Value,
-    /// Which plugin versions decided it: `priced_by` and `pricing_skipped` (the pricing
-    /// plugins that decided, and those that failed open), `applied` (the discounts), `fraud`
-    /// (`decision`: `allow` or `review`; `score`; `reasons`, each with its `plugin`, `code` and
-    /// `message`; `decided_by`; `skipped`) and `payment` (the connector).
-    #[schemars(with = "serde_json::Map<String, Value>")]
+    /// Which plugin versions decided it, and what they decided.
+    #[schemars(with = "Decisions")]
     decisions: Value,
     /// Its lines.
     lines: Vec<OrderLineView>,
@@ -844,15 +884,28 @@ impl Orders {
 
         // 5. Record the order and commit its stock in one transaction; on failure void the
         //    authorisation.
-        let decisions = json!({
-            "priced_by": pricing.decided_by,
-            "pricing_skipped": pricing.skipped,
-            "applied": priced.applied,
-            "fraud": {"decision": snake_name(&verdict.decision), "score": verdict.score, "decided_by": verdict.decided_by,
-                      "reasons": verdict.reasons.iter().map(|(p, r)| json!({"plugin": p, "code": r.code, "message": r.message})).collect::<Vec<_>>(),
-                      "skipped": verdict.skipped},
-            "payment": connector.reference(),
-        });
+        let decisions = serde_json::to_value(Decisions {
+            priced_by: pricing.decided_by.clone(),
+            pricing_skipped: pricing.skipped.clone(),
+            applied: priced.applied.clone(),
+            fraud: FraudDecision {
+                decision: snake_name(&verdict.decision),
+                score: verdict.score,
+                decided_by: verdict.decided_by.clone(),
+                reasons: verdict
+                    .reasons
+                    .iter()
+                    .map(|(plugin, r)| FraudReason {
+                        plugin: plugin.clone(),
+                        code: r.code.clone(),
+                        message: r.message.clone(),
+                    })
+                    .collect(),
+                skipped: verdict.skipped.clone(),
+            },
+            payment: connector.reference(),
+        })
+        .unwrap_or_default();
         let recorded = self
             .record(
                 &order_id,

@@ -2690,6 +2690,30 @@ async fn carts_and_orders_match_the_schemas_the_openapi_document_gives_them() {
         let path = format!("/admin/orders/{order}");
         let r = app.admin(Method::GET, &path, Value::Null).await;
         matches("OrderView", "a new order", &r);
+        // Its decisions are documented field by field (and so checked above), not as any
+        // object.
+        let decisions = &document["components"]["schemas"]["Decisions"];
+        for field in [
+            "priced_by",
+            "pricing_skipped",
+            "applied",
+            "fraud",
+            "payment",
+        ] {
+            assert!(
+                decisions["properties"][field].is_object(),
+                "{field}: {decisions}"
+            );
+            assert!(
+                r.body["decisions"].get(field).is_some(),
+                "{field}: {}",
+                r.body
+            );
+        }
+        let fraud = &document["components"]["schemas"]["FraudDecision"]["properties"];
+        for field in ["decision", "score", "decided_by", "reasons", "skipped"] {
+            assert!(fraud[field].is_object(), "{field}: {fraud}");
+        }
         for step in ["fulfil", "capture"] {
             let r = app
                 .admin(Method::POST, &format!("{path}/{step}"), Value::Null)
