@@ -2142,9 +2142,10 @@ async fn history_in(
 }
 
 /// The statements that insert an order, its lines and its payment, and end its checkout
-/// attempt, with their values: built before the write transaction, run inside it. On
-/// PostgreSQL one statement (data-modifying CTEs; the foreign keys are checked at its end), on
-/// SQLite one per table.
+/// attempt, with their values: built before the write transaction, run inside it (with the
+/// key's answer and the reservations' commit, [`OrderInsert::run_in`]). On PostgreSQL one
+/// statement (data-modifying CTEs; the foreign keys are checked at its end), on SQLite one per
+/// table.
 struct OrderInsert {
     /// The order's and the payment's values.
     values: Vec<crate::db::Value>,
