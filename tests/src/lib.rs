@@ -87,6 +87,25 @@ impl BuiltPlugins {
     }
 }
 
+/// `manifest` (a `plugin.toml`) with its deadline set to `ms`: for the tests that load a host
+/// to check stock, idempotency or versions, where the examples' 20–50 ms deadlines would judge
+/// the loaded machine's speed instead. Panics if the manifest has no `deadline-ms` line.
+pub fn with_deadline(manifest: &str, ms: u32) -> String {
+    let mut found = false;
+    let mut out = String::with_capacity(manifest.len());
+    for line in manifest.lines() {
+        if line.starts_with("deadline-ms") {
+            found = true;
+            out.push_str(&format!("deadline-ms = {ms}"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    assert!(found, "no deadline-ms in:\n{manifest}");
+    out
+}
+
 /// Builds every plugin in `plugins/` (release, wasm32-wasip2) the first time it is called in
 /// this process and returns where they are. Panics with cargo's output if the build fails:
 /// a test cannot run without its plugins.

@@ -8,7 +8,7 @@ use cartridge_host::db::Db;
 use cartridge_host::plugin::{Runtime, RuntimeConfig};
 use cartridge_host::registry::RegistryConfig;
 use cartridge_host::server::{Application, open_registry};
-use cartridge_tests::{TestDatabase, plugins, test_databases};
+use cartridge_tests::{TestDatabase, plugins, test_databases, with_deadline};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -47,22 +47,7 @@ async fn spawn_app_with(db: TestDatabase, installed: &[&str], deadline_ms: Optio
         if let Some(ms) = deadline_ms {
             let path = bundle.join("plugin.toml");
             let manifest = std::fs::read_to_string(&path).expect("manifest");
-            let relaxed: Vec<String> = manifest
-                .lines()
-                .map(|line| {
-                    if line.starts_with("deadline-ms") {
-                        format!("deadline-ms = {ms}")
-                    } else {
-                        line.to_owned()
-                    }
-                })
-                .collect();
-            assert_ne!(
-                relaxed.join("\n"),
-                manifest.trim_end(),
-                "{name} has no deadline-ms"
-            );
-            std::fs::write(&path, relaxed.join("\n") + "\n").expect("write manifest");
+            std::fs::write(&path, with_deadline(&manifest, ms)).expect("write manifest");
         }
     }
     // A broken bundle must not stop the others from loading.

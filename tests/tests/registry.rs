@@ -16,7 +16,7 @@ use cartridge_host::plugin::{Runtime, RuntimeConfig, WatchPolicy};
 use cartridge_host::registry::RegistryConfig;
 use cartridge_host::registry::directory::PluginsDirectory;
 use cartridge_host::server::{Application, open_registry};
-use cartridge_tests::{TestDatabase, plugins, test_databases};
+use cartridge_tests::{TestDatabase, plugins, test_databases, with_deadline};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -603,19 +603,14 @@ async fn a_hundred_swaps_under_checkout_load_fail_no_request_and_each_order_has_
         // compiled next to the debug build's checkouts (the call skipped, fail-open); the
         // gateway's 50 ms was missed once in an API load test, and a missed gateway deadline
         // fails the checkout. Deadlines have tests of their own.
-        let gateway = plugins()
-            .manifest_text("test-gateway")
-            .replace("deadline-ms = 50\n", "deadline-ms = 2000\n");
-        assert!(gateway.contains("deadline-ms = 2000"), "{gateway}");
+        let gateway = with_deadline(&plugins().manifest_text("test-gateway"), 2000);
         let r = host
             .upload(&gateway, plugins().wasm_bytes("test-gateway"), true)
             .await;
         assert_eq!(r.status, 201, "{}", r.body);
         let wasm = plugins().wasm_bytes("tiered-discount");
         for (version, tiers) in [("1.0.0", "1:500"), ("2.0.0", "1:1000")] {
-            let manifest =
-                tiered(version, tiers).replace("deadline-ms = 20\n", "deadline-ms = 2000\n");
-            assert!(manifest.contains("deadline-ms = 2000"), "{manifest}");
+            let manifest = with_deadline(&tiered(version, tiers), 2000);
             let r = host
                 .upload(&manifest, wasm.clone(), version == "1.0.0")
                 .await;
