@@ -626,7 +626,14 @@ impl Orders {
                     let email = email
                         .or_else(|| contents.details.email.clone())
                         .unwrap_or_default();
-                    let history = history_in(tx, &email, now).await?;
+                    let history = history_in(
+                        tx,
+                        &email,
+                        &contents.currency,
+                        contents.customer_id.as_deref(),
+                        now,
+                    )
+                    .await?;
                     let offers =
                         shipping::offers_at(tx, &prices, generation, &contents.currency).await?;
                     Ok(BeforeCheckout::Cart {
@@ -731,12 +738,13 @@ impl Orders {
                 email: request.email.clone(),
                 tags: vec![],
                 history: fraud::CustomerHistory {
-                    order_count: history.0,
-                    orders_last_24h: history.1,
-                    failed_payments_last_24h: 0,
-                    lifetime_spend: money(history.2, &currency),
+                    order_count: history.orders,
+                    orders_last_24h: history.orders_last_24h,
+                    failed_payments_last_24h: history.failed_payments_last_24h,
+                    lifetime_spend: money(history.spend, &currency),
+                    // The host records no disputes yet (the WIT says so).
                     chargebacks: 0,
-                    first_seen: history.3,
+                    first_seen: history.first_seen,
                 },
             },
             billing_address: Some(billing.to_wit()),
@@ -823,6 +831,14 @@ impl Orders {
             metadata: vec![],
             now,
         });
+        // A refusal is remembered against the buyer (their history's failed payments).
+        let failed = |code: &str| PaymentFailure {
+            email: request.email.trim().to_lowercase(),
+            customer_id: contents.customer_id.clone(),
+            code: code.to_owned(),
+            amount: signed(priced.total),
+            currency: currency.clone(),
+        };
         let authorized = match connector.payment(&authorize).await {
             Ok(call) => match call.output {
                 Ok(result) => result,
@@ -830,20 +846,22 @@ impl Orders {
                     // Maybe authorised, maybe not: not a final answer. A retry with the same
                     // key is the same attempt, and the gateway's idempotency tells; without
                     // one, the attempt is left for the recovery sweep to look up.
-                    self.abandon(&order_id, Settled::No, now).await?;
+                    self.abandon(&order_id, Settled::No, None, now).await?;
                     return Err(OrderError::GatewayUnavailable);
                 }
                 Err(refusal) => {
-                    self.abandon(&order_id, Settled::Yes, now).await?;
+                    let code = snake_name(&refusal.code);
+                    self.abandon(&order_id, Settled::Yes, Some(failed(&code)), now)
+                        .await?;
                     return Err(OrderError::PaymentRefused {
-                        code: snake_name(&refusal.code),
+                        code,
                         message: "the payment was declined".into(),
                     });
                 }
             },
             Err(e) => {
                 // The connector failed; it may have reached the gateway first.
-                self.abandon(&order_id, Settled::No, now).await?;
+                self.abandon(&order_id, Settled::No, None, now).await?;
                 return Err(e.into());
             }
         };
@@ -868,17 +886,22 @@ impl Orders {
                     Settled::No
                 }
             };
-            self.abandon(&order_id, undone, now).await?;
-            return Err(if partial {
-                OrderError::PaymentRefused {
-                    code: "partial_authorization".into(),
-                    message: "the gateway authorised less than the total".into(),
-                }
+            let (code, message) = if partial {
+                (
+                    "partial_authorization".to_owned(),
+                    "the gateway authorised less than the total",
+                )
             } else {
-                OrderError::PaymentRefused {
-                    code: snake_name(&authorized.status),
-                    message: "the payment needs a step this checkout does not support".into(),
-                }
+                (
+                    snake_name(&authorized.status),
+                    "the payment needs a step this checkout does not support",
+                )
+            };
+            self.abandon(&order_id, undone, Some(failed(&code)), now)
+                .await?;
+            return Err(OrderError::PaymentRefused {
+                code,
+                message: message.into(),
             });
         }
 
@@ -948,7 +971,7 @@ impl Orders {
                     }
                 };
                 let settled = if voided { Settled::Yes } else { Settled::No };
-                if let Err(e) = self.abandon(&order_id, settled, now).await {
+                if let Err(e) = self.abandon(&order_id, settled, None, now).await {
                     tracing::error!(order = %order_id, "could not release the failed checkout's stock: {e}");
                 }
                 // Only an order still as this attempt left it; and 'voided' only if it was: a
@@ -978,8 +1001,15 @@ impl Orders {
 
     /// Releases a failed checkout's stock; and, when the gateway is known to hold nothing for
     /// it, forgets the attempt in the same transaction (otherwise the recovery sweep looks the
-    /// payment up later).
-    async fn abandon(&self, order_id: &str, settled: Settled, now: i64) -> Result<i64> {
+    /// payment up later); and keeps the gateway's refusal, if that is why, for the buyer's
+    /// history.
+    async fn abandon(
+        &self,
+        order_id: &str,
+        settled: Settled,
+        failure: Option<PaymentFailure>,
+        now: i64,
+    ) -> Result<i64> {
         let id = order_id.to_owned();
         Ok(self
             .db
@@ -988,6 +1018,23 @@ impl Orders {
                     let released = inventory::release_in(tx, id.clone(), now).await?;
                     if settled == Settled::Yes {
                         Attempt::end_in(tx, &id).await?;
+                    }
+                    if let Some(f) = failure {
+                        tx.execute(
+                            "INSERT INTO payment_failures \
+                               (email, at, order_id, customer_id, code, amount, currency) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                            &args![
+                                f.email,
+                                now,
+                                &id,
+                                f.customer_id,
+                                f.code,
+                                f.amount,
+                                f.currency
+                            ],
+                        )
+                        .await?;
                     }
                     Ok::<_, InventoryError>(released)
                 })
@@ -2095,7 +2142,7 @@ enum BeforeCheckout {
     Cart {
         contents: Box<carts::CartContents>,
         variants: HashMap<String, PricedVariant>,
-        history: (u32, u32, i64, Option<i64>),
+        history: History,
         /// The shipping methods offered in the cart's currency.
         offers: Vec<shipping::Offer>,
     },
@@ -2114,31 +2161,94 @@ async fn live_order_in(tx: &mut dyn Tx, cart_id: &str) -> Result<Option<String>>
         .transpose()?)
 }
 
-/// (order count, orders in the last 24 h, lifetime spend, first order time) for an email.
-/// A buyer's history: orders that were not cancelled, those of the last day (`$2` on), their
-/// spend and the first one's time. Read from the email index alone (migration 0023): a buyer
+/// How long a refused payment is kept (see [`sweep_payment_failures`]).
+pub const PAYMENT_FAILURES_KEPT_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+
+/// Forgets the refused payments (`payment_failures`) older than [`PAYMENT_FAILURES_KEPT_MS`]
+/// as the clock reads `now`: the buyer's history counts only the last day's, and a week is
+/// kept for a merchant looking into one. Returns how many were forgotten. The maintenance
+/// task runs it.
+pub async fn sweep_payment_failures(db: &Db, now: i64) -> sqlx::Result<u64> {
+    db.execute(
+        "DELETE FROM payment_failures WHERE at < $1",
+        args![now - PAYMENT_FAILURES_KEPT_MS],
+    )
+    .await
+}
+
+/// A payment the gateway refused at checkout, as `payment_failures` keeps it (migration
+/// 0024): the buyer's history counts them. An unreachable gateway or a failing connector is
+/// not one: it says nothing about the buyer.
+struct PaymentFailure {
+    /// Lower-cased, as orders keep it.
+    email: String,
+    customer_id: Option<String>,
+    /// The refusal's code, as the checkout's error gives it.
+    code: String,
+    amount: i64,
+    currency: String,
+}
+
+/// What the fraud hook is told of a buyer's past ([`fraud::CustomerHistory`]), by the
+/// checkout's email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct History {
+    /// Orders that were not cancelled.
+    orders: u32,
+    /// Of those, the ones of the last 24 hours.
+    orders_last_24h: u32,
+    /// Payments the gateway refused in the last 24 hours (`payment_failures`).
+    failed_payments_last_24h: u32,
+    /// The totals of those orders in the checkout's currency, in its minor units: amounts in
+    /// other currencies are not added (there is no exchange rate to add them with).
+    spend: i64,
+    /// The first order's time, or the account's creation if that is earlier.
+    first_seen: Option<i64>,
+}
+
+/// A buyer's history in one statement (see [`History`]): `$1` the email (lower-cased, as
+/// orders store it), `$2` the start of the last 24 hours, `$3` the checkout's currency, `$4`
+/// the cart's owner (none for a guest); an account counts if it is the owner's or has the
+/// email. The orders part reads the email index alone (migrations 0023 and 0024): a buyer
 /// with many orders costs index pages, not a table row per order.
 const HISTORY: &str = "SELECT CAST(COUNT(*) AS BIGINT) AS n, \
      CAST(COALESCE(SUM(CASE WHEN created_at > $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS recent, \
-     CAST(COALESCE(SUM(total), 0) AS BIGINT) AS spend, MIN(created_at) AS first \
+     CAST(COALESCE(SUM(CASE WHEN currency = $3 THEN total ELSE 0 END), 0) AS BIGINT) AS spend, \
+     MIN(created_at) AS first, \
+     (SELECT CAST(COUNT(*) AS BIGINT) FROM payment_failures f WHERE f.email = $1 AND f.at > $2) AS failed, \
+     (SELECT MIN(c.created_at) FROM customers c WHERE c.email = $1 OR c.id = $4) AS joined \
      FROM orders WHERE email = $1 AND status <> 'cancelled'";
 
 async fn history_in(
     tx: &mut dyn Tx,
     email: &str,
+    currency: &str,
+    customer_id: Option<&str>,
     now: i64,
-) -> Result<(u32, u32, i64, Option<i64>)> {
+) -> Result<History> {
     let row = tx
-        .fetch_one(HISTORY, &args![email, now - 24 * 60 * 60 * 1000])
+        .fetch_one(
+            HISTORY,
+            &args![
+                email.trim().to_lowercase(),
+                now - 24 * 60 * 60 * 1000,
+                currency,
+                customer_id
+            ],
+        )
         .await?;
-    let n: i64 = row.get("n")?;
-    let recent: i64 = row.get("recent")?;
-    Ok((
-        u32::try_from(n).unwrap_or(u32::MAX),
-        u32::try_from(recent).unwrap_or(u32::MAX),
-        row.get("spend")?,
-        row.get("first")?,
-    ))
+    let count = |column: &str| -> Result<u32> {
+        Ok(u32::try_from(row.get::<i64>(column)?).unwrap_or(u32::MAX))
+    };
+    let first: Option<i64> = row.get("first")?;
+    let joined: Option<i64> = row.get("joined")?;
+    Ok(History {
+        orders: count("n")?,
+        orders_last_24h: count("recent")?,
+        failed_payments_last_24h: count("failed")?,
+        spend: row.get("spend")?,
+        first_seen: first.into_iter().chain(joined).min(),
+    })
 }
 
 /// The statements that insert an order, its lines and its payment, and end its checkout

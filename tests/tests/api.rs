@@ -41,6 +41,23 @@ async fn spawn_unhurried_app(db: TestDatabase, installed: &[&str]) -> TestApp {
 }
 
 async fn spawn_app_with(db: TestDatabase, installed: &[&str], deadline_ms: Option<u32>) -> TestApp {
+    spawn_app_configured(db, installed, deadline_ms, RegistryConfig::default()).await
+}
+
+/// [`spawn_app`] whose call log (`/admin/plugins/{name}/calls`) keeps every hook call, not
+/// one in ten: what a plugin was given can be read back.
+async fn spawn_app_logging_every_call(db: TestDatabase, installed: &[&str]) -> TestApp {
+    let mut config = RegistryConfig::default();
+    config.watch.sample_every = 1;
+    spawn_app_configured(db, installed, None, config).await
+}
+
+async fn spawn_app_configured(
+    db: TestDatabase,
+    installed: &[&str],
+    deadline_ms: Option<u32>,
+    config: RegistryConfig,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     for name in installed {
         let bundle = plugins().bundle_into(name, dir.path());
@@ -68,7 +85,7 @@ async fn spawn_app_with(db: TestDatabase, installed: &[&str], deadline_ms: Optio
     let (registry, _directory) = open_registry(
         pool.clone(),
         std::sync::Arc::new(runtime),
-        RegistryConfig::default(),
+        config,
         Some(dir.path()),
     )
     .await
@@ -1383,6 +1400,178 @@ async fn the_fraud_hook_denies_or_holds_risky_checkouts() {
             .expect("migration 0019");
         let r = app.admin(Method::GET, &path, Value::Null).await;
         assert_eq!(r.body["decisions"]["fraud"]["decision"], "review");
+        app.db.drop_database().await;
+    }
+}
+
+/// The buyer's history the fraud hook is given, as a plugin author reads it in the WIT: by
+/// the checkout's email whatever its case; refused payments of the last day counted
+/// (declines and steps the checkout cannot take, not an unreachable gateway), so that
+/// rules-fraud's failed-payment velocity rule fires; the lifetime spend in the checkout's
+/// currency only; first seen when the account was made, before any order.
+#[tokio::test]
+async fn the_fraud_hook_sees_the_buyers_refused_payments_spend_and_account() {
+    for db in test_databases().await {
+        let app = spawn_app_logging_every_call(db, SHOP).await;
+        app.seed().await;
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/products",
+                json!({"title": "Mug", "variants": [
+                    {"sku": "MUG", "title": "Mug", "prices": {"EUR": 1000, "USD": 5000}}
+                ]}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        for sku in ["MUG", "TEE-M"] {
+            let r = app
+                .admin(
+                    Method::POST,
+                    &format!("/admin/inventory/{sku}/eu/adjust"),
+                    json!({"delta": 50, "reason": "receive"}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        let ada = app.customer("ada@example.com").await;
+        let buy = |currency: &'static str, sku: &'static str, owner: Option<String>| {
+            let app = &app;
+            async move {
+                let auth = owner.map(|t| format!("Bearer {t}"));
+                let headers: Vec<(&str, &str)> = auth
+                    .as_deref()
+                    .map(|a| vec![("authorization", a)])
+                    .unwrap_or_default();
+                let r = app
+                    .send(
+                        Method::POST,
+                        "/store/carts",
+                        &headers,
+                        Some(json!({ "currency": currency }).to_string()),
+                    )
+                    .await;
+                assert_eq!(r.status, 201, "{}", r.body);
+                let cart = r.body["id"].as_str().expect("id").to_owned();
+                let token = r.body["token"].as_str().expect("token").to_owned();
+                let r = app
+                    .cart(
+                        Method::POST,
+                        &format!("/store/carts/{cart}/lines"),
+                        &token,
+                        Some(json!({"sku": sku, "quantity": 1})),
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                (cart, token)
+            }
+        };
+        let checkout = |cart: String, token: String, email: &'static str, pay: &'static str| {
+            let app = &app;
+            async move {
+                let mut body = checkout_body(pay, "DE");
+                body["email"] = json!(email);
+                app.checkout(&cart, &token, "k", &body).await
+            }
+        };
+        // What rules-fraud was given for the checkout of cart `id`, from the call log.
+        let history_given = |id: String| {
+            let app = &app;
+            async move {
+                for _ in 0..100 {
+                    let r = app
+                        .admin(
+                            Method::GET,
+                            "/admin/plugins/rules-fraud/calls?limit=50",
+                            Value::Null,
+                        )
+                        .await;
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    if let Some(call) = r.body["calls"]
+                        .as_array()
+                        .expect("calls")
+                        .iter()
+                        .find(|c| c["input"]["id"] == id.as_str())
+                    {
+                        return call["input"]["customer"]["history"].clone();
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                let r = app
+                    .admin(Method::GET, "/admin/plugins/rules-fraud/calls", Value::Null)
+                    .await;
+                panic!("rules-fraud's call for {id} was never logged: {}", r.body);
+            }
+        };
+
+        // Ada's first order, from her own cart, under her email in capitals: no order before
+        // it, first seen when her account was made.
+        let (cart, token) = buy("EUR", "TEE-M", Some(ada.clone())).await;
+        let r = checkout(cart.clone(), token, "ADA@Example.com", "tok_visa").await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let first_total = r.body["total"].as_i64().expect("total");
+        let history = history_given(cart).await;
+        assert_eq!(history["order_count"], 0, "{history}");
+        assert_eq!(history["failed_payments_last_24h"], 0, "{history}");
+        let first_seen = history["first_seen"].as_i64();
+        assert!(
+            first_seen.is_some_and(|t| t > 1_700_000_000_000),
+            "the account's creation: {history}"
+        );
+
+        // Three refusals as a guest, and an unreachable gateway, which is not the buyer's.
+        for pay in [
+            "tok_chargeDeclinedInsufficientFunds",
+            "tok_chargeDeclined",
+            "tok_threeDSecure2Required",
+            "tok_gatewayUnavailable",
+        ] {
+            let (cart, token) = buy("EUR", "TEE-M", None).await;
+            let r = checkout(cart, token, "ada@example.com", pay).await;
+            assert!(matches!(r.status, 402 | 503), "{pay}: {}", r.body);
+        }
+        // Another buyer's refusal is theirs.
+        let (cart, token) = buy("EUR", "TEE-M", None).await;
+        let r = checkout(cart, token, "bob@example.com", "tok_chargeDeclined").await;
+        assert_eq!(r.status, 402, "{}", r.body);
+        // An order in dollars.
+        let (cart, token) = buy("USD", "MUG", None).await;
+        let r = checkout(cart, token, "ada@example.com", "tok_visa").await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.body["currency"], "USD");
+
+        let (cart, token) = buy("EUR", "MUG", None).await;
+        let r = checkout(cart.clone(), token, "ada@example.com", "tok_visa").await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let codes: Vec<&str> = r.body["decisions"]["fraud"]["reasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .filter_map(|reason| reason["code"].as_str())
+            .collect();
+        assert_eq!(codes, ["velocity-failed-payments"], "{}", r.body);
+        let history = history_given(cart).await;
+        assert_eq!(history["order_count"], 2, "{history}");
+        assert_eq!(history["orders_last_24h"], 2, "{history}");
+        assert_eq!(history["failed_payments_last_24h"], 3, "{history}");
+        assert_eq!(
+            history["lifetime_spend"],
+            json!({"amount": first_total, "currency": "EUR"}),
+            "the dollars are not added to the euros: {history}"
+        );
+        assert_eq!(history["first_seen"].as_i64(), first_seen, "{history}");
+
+        // Bob's history has his refusal alone.
+        let (cart, token) = buy("EUR", "MUG", None).await;
+        let r = checkout(cart.clone(), token, "bob@example.com", "tok_visa").await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let history = history_given(cart).await;
+        assert_eq!(history["failed_payments_last_24h"], 1, "{history}");
+        assert_eq!(
+            history["first_seen"],
+            Value::Null,
+            "a first-time guest: {history}"
+        );
         app.db.drop_database().await;
     }
 }
@@ -2924,6 +3113,35 @@ async fn idempotency_keys_expire_after_a_day_and_abandoned_ones_are_released() {
             .await
             .expect("keys");
         assert_eq!(left, ["fresh-done", "fresh-running"], "{}", db.backend);
+        db.drop_database().await;
+    }
+}
+
+/// Refused payments are kept a week, then forgotten by the maintenance sweep.
+#[tokio::test]
+async fn refused_payments_are_forgotten_after_a_week() {
+    use cartridge_host::orders::{PAYMENT_FAILURES_KEPT_MS, sweep_payment_failures};
+    for db in test_databases().await {
+        let pool = Db::connect(&db.url).await.expect("connect");
+        pool.migrate().await.expect("migrate");
+        let now: i64 = 1_800_000_000_000;
+        for (order, age) in [("recent", 1_000), ("old", PAYMENT_FAILURES_KEPT_MS + 1)] {
+            sqlx::query(
+                "INSERT INTO payment_failures (email, at, order_id, code, amount, currency) \
+                 VALUES ('ada@example.com', $1, $2, 'declined', 1999, 'EUR')",
+            )
+            .bind(now - age)
+            .bind(order)
+            .execute(pool.pool())
+            .await
+            .expect("insert");
+        }
+        assert_eq!(sweep_payment_failures(&pool, now).await.expect("sweep"), 1);
+        let left: Vec<String> = sqlx::query_scalar("SELECT order_id FROM payment_failures")
+            .fetch_all(pool.pool())
+            .await
+            .expect("failures");
+        assert_eq!(left, ["recent"], "{}", db.backend);
         db.drop_database().await;
     }
 }

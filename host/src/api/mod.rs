@@ -132,7 +132,8 @@ impl AppState {
     /// Every few minutes, for as long as the returned task runs: settles interrupted checkouts
     /// ([`AppState::recover_interrupted_checkouts`]), sweeps expired and abandoned idempotency
     /// keys, releases lapsed reservations on levels no checkout touched since
-    /// ([`Inventory::release_lapsed`]), and forgets stale failed logins. Several hosts on one
+    /// ([`Inventory::release_lapsed`]), and forgets week-old refused payments
+    /// ([`crate::orders::sweep_payment_failures`]) and stale failed logins. Several hosts on one
     /// database may all run it.
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
@@ -159,6 +160,9 @@ impl AppState {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(units = n, "lapsed reservations released"),
                     Err(e) => tracing::warn!("releasing lapsed reservations failed: {e}"),
+                }
+                if let Err(e) = crate::orders::sweep_payment_failures(&state.db, now_ms()).await {
+                    tracing::warn!("forgetting old payment failures failed: {e}");
                 }
                 if let Err(e) = state.customers.sweep_login_failures(now_ms()).await {
                     tracing::warn!("sweeping failed logins failed: {e}");
