@@ -98,6 +98,10 @@ pub struct CartContents {
     /// price.
     #[serde(skip)]
     pub(crate) generation: i64,
+    /// The orders its owner placed that were not cancelled (0 for a guest's cart): the pricing
+    /// hook's `customer.order-count`.
+    #[serde(skip)]
+    pub(crate) owner_orders: u32,
 }
 
 /// What opens a cart: its secret token as sent, or its owner signed in.
@@ -316,6 +320,8 @@ impl Carts {
             details: CartDetails::default(),
             token_hash,
             generation: 0,
+            // Priced only once it has lines, which a read gives with the count.
+            owner_orders: 0,
         };
         let view = CartView {
             contents,
@@ -720,7 +726,12 @@ pub(crate) fn pricing_cart(
             id: contents.id.clone(),
             currency: contents.currency.clone(),
             lines,
-            customer: None,
+            customer: contents.customer_id.as_ref().map(|id| pricing::Customer {
+                id: id.clone(),
+                // The host has no way to assign segments yet (the WIT says so).
+                tags: vec![],
+                order_count: contents.owner_orders,
+            }),
             coupon_codes: contents.coupon_codes.clone(),
             shipping: contents.shipping.as_ref().map(|offer| Money {
                 amount: u64::try_from(offer.amount).unwrap_or(0),
@@ -750,6 +761,8 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
                (SELECT o.id FROM orders o WHERE o.cart_id = c.id AND o.status <> 'cancelled') \
                  AS live_order, \
                (SELECT g.generation FROM catalog_generation g WHERE g.id = 1) AS generation, \
+               (SELECT CAST(COUNT(*) AS BIGINT) FROM orders p \
+                WHERE p.customer_id = c.customer_id AND p.status <> 'cancelled') AS owner_orders, \
                NULL AS line_id, NULL AS sku, NULL AS quantity, NULL AS position \
              FROM carts c \
              LEFT JOIN shipping_methods m ON m.code = c.shipping_method AND m.status = 'active' \
@@ -757,7 +770,7 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
              WHERE c.id = $1 \
              UNION ALL \
              SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-               NULL, NULL, NULL, l.id, l.sku, l.quantity, l.position \
+               NULL, NULL, NULL, NULL, l.id, l.sku, l.quantity, l.position \
              FROM cart_lines l WHERE l.cart_id = $1",
             &args![id],
         )
@@ -821,6 +834,7 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
         details,
         token_hash: cart.get("token_hash")?,
         generation: cart.get("generation")?,
+        owner_orders: u32::try_from(cart.get::<i64>("owner_orders")?).unwrap_or(u32::MAX),
     }))
 }
 

@@ -1078,6 +1078,28 @@ impl TestApp {
         .await
     }
 
+    /// What plugin `name` was given by its latest logged call on cart `cart` (the pricing and
+    /// fraud inputs carry the cart's id), from the call log of an app that logs every call
+    /// ([`spawn_app_logging_every_call`]). The log is written in batches: it waits for it.
+    async fn logged_input(&self, name: &str, cart: &str) -> Value {
+        let path = format!("/admin/plugins/{name}/calls?limit=50");
+        for _ in 0..100 {
+            let r = self.admin(Method::GET, &path, Value::Null).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            if let Some(call) = r.body["calls"]
+                .as_array()
+                .expect("calls")
+                .iter()
+                .find(|c| c["input"]["id"] == cart)
+            {
+                return call["input"].clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let r = self.admin(Method::GET, &path, Value::Null).await;
+        panic!("{name}'s call for cart {cart} was never logged: {}", r.body);
+    }
+
     async fn level(&self, sku: &str) -> Value {
         self.admin(Method::GET, &format!("/admin/inventory/{sku}"), Value::Null)
             .await
@@ -1474,34 +1496,9 @@ async fn the_fraud_hook_sees_the_buyers_refused_payments_spend_and_account() {
                 app.checkout(&cart, &token, "k", &body).await
             }
         };
-        // What rules-fraud was given for the checkout of cart `id`, from the call log.
-        let history_given = |id: String| {
+        let history_given = |cart: String| {
             let app = &app;
-            async move {
-                for _ in 0..100 {
-                    let r = app
-                        .admin(
-                            Method::GET,
-                            "/admin/plugins/rules-fraud/calls?limit=50",
-                            Value::Null,
-                        )
-                        .await;
-                    assert_eq!(r.status, 200, "{}", r.body);
-                    if let Some(call) = r.body["calls"]
-                        .as_array()
-                        .expect("calls")
-                        .iter()
-                        .find(|c| c["input"]["id"] == id.as_str())
-                    {
-                        return call["input"]["customer"]["history"].clone();
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                let r = app
-                    .admin(Method::GET, "/admin/plugins/rules-fraud/calls", Value::Null)
-                    .await;
-                panic!("rules-fraud's call for {id} was never logged: {}", r.body);
-            }
+            async move { app.logged_input("rules-fraud", &cart).await["customer"]["history"].clone() }
         };
 
         // Ada's first order, from her own cart, under her email in capitals: no order before
@@ -3114,6 +3111,77 @@ async fn idempotency_keys_expire_after_a_day_and_abandoned_ones_are_released() {
             .expect("keys");
         assert_eq!(left, ["fresh-done", "fresh-running"], "{}", db.backend);
         db.drop_database().await;
+    }
+}
+
+/// The pricing hook is told who owns the cart and how many orders they placed (cancelled
+/// ones not counted), so that a rule can reward a first or a loyal customer; a guest's cart
+/// has no customer.
+#[tokio::test]
+async fn the_pricing_hook_sees_the_carts_owner_and_their_orders() {
+    for db in test_databases().await {
+        let app = spawn_app_logging_every_call(db, SHOP).await;
+        app.seed().await;
+        let (registered, login) = app.sign_up("ada@example.com").await;
+        let ada_id = registered.body["id"].as_str().expect("id").to_owned();
+        let as_ada = format!("Bearer {}", login.body["token"].as_str().expect("token"));
+        // A cart of Ada's with a line (the add is priced): what tiered-discount was given.
+        let owned_cart = || {
+            let (app, as_ada) = (&app, as_ada.clone());
+            async move {
+                let r = app
+                    .send(
+                        Method::POST,
+                        "/store/carts",
+                        &[("authorization", &as_ada)],
+                        Some(json!({"currency": "EUR"}).to_string()),
+                    )
+                    .await;
+                assert_eq!(r.status, 201, "{}", r.body);
+                let cart = r.body["id"].as_str().expect("id").to_owned();
+                let token = r.body["token"].as_str().expect("token").to_owned();
+                let r = app
+                    .cart(
+                        Method::POST,
+                        &format!("/store/carts/{cart}/lines"),
+                        &token,
+                        Some(json!({"sku": "TEE-M", "quantity": 1})),
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                let given = app.logged_input("tiered-discount", &cart).await;
+                (cart, token, given["customer"].clone())
+            }
+        };
+
+        let (cart, token, customer) = owned_cart().await;
+        assert_eq!(
+            customer,
+            json!({"id": ada_id, "order_count": 0, "tags": []}),
+            "a first order"
+        );
+        let r = app
+            .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let order = r.body["id"].as_str().expect("id").to_owned();
+        let (_, _, customer) = owned_cart().await;
+        assert_eq!(customer["order_count"], 1, "{customer}");
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/orders/{order}/cancel"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (_, _, customer) = owned_cart().await;
+        assert_eq!(customer["order_count"], 0, "a cancelled order: {customer}");
+
+        let (cart, _) = app.cart_with("TEE-M", 1).await;
+        let given = app.logged_input("tiered-discount", &cart).await;
+        assert_eq!(given["customer"], Value::Null, "a guest's cart: {given}");
+        app.db.drop_database().await;
     }
 }
 
