@@ -102,6 +102,9 @@ pub struct CartContents {
     /// hook's `customer.order-count`.
     #[serde(skip)]
     pub(crate) owner_orders: u32,
+    /// Its owner's segments (none for a guest's cart): the hooks' `customer.tags`.
+    #[serde(skip)]
+    pub(crate) owner_tags: Vec<String>,
 }
 
 /// What opens a cart: its secret token as sent, or its owner signed in.
@@ -320,8 +323,9 @@ impl Carts {
             details: CartDetails::default(),
             token_hash,
             generation: 0,
-            // Priced only once it has lines, which a read gives with the count.
+            // Priced only once it has lines, which a read gives with these.
             owner_orders: 0,
+            owner_tags: Vec::new(),
         };
         let view = CartView {
             contents,
@@ -728,8 +732,7 @@ pub(crate) fn pricing_cart(
             lines,
             customer: contents.customer_id.as_ref().map(|id| pricing::Customer {
                 id: id.clone(),
-                // The host has no way to assign segments yet (the WIT says so).
-                tags: vec![],
+                tags: contents.owner_tags.clone(),
                 order_count: contents.owner_orders,
             }),
             coupon_codes: contents.coupon_codes.clone(),
@@ -763,6 +766,8 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
                (SELECT g.generation FROM catalog_generation g WHERE g.id = 1) AS generation, \
                (SELECT CAST(COUNT(*) AS BIGINT) FROM orders p \
                 WHERE p.customer_id = c.customer_id AND p.status <> 'cancelled') AS owner_orders, \
+               (SELECT string_agg(t.tag, ',' ORDER BY t.tag) FROM customer_tags t \
+                WHERE t.customer_id = c.customer_id) AS owner_tags, \
                NULL AS line_id, NULL AS sku, NULL AS quantity, NULL AS position \
              FROM carts c \
              LEFT JOIN shipping_methods m ON m.code = c.shipping_method AND m.status = 'active' \
@@ -770,7 +775,7 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
              WHERE c.id = $1 \
              UNION ALL \
              SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-               NULL, NULL, NULL, NULL, l.id, l.sku, l.quantity, l.position \
+               NULL, NULL, NULL, NULL, NULL, l.id, l.sku, l.quantity, l.position \
              FROM cart_lines l WHERE l.cart_id = $1",
             &args![id],
         )
@@ -835,6 +840,7 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
         token_hash: cart.get("token_hash")?,
         generation: cart.get("generation")?,
         owner_orders: u32::try_from(cart.get::<i64>("owner_orders")?).unwrap_or(u32::MAX),
+        owner_tags: crate::customers::split_tags(cart.get("owner_tags")?),
     }))
 }
 

@@ -18,7 +18,7 @@ use sqlx::Row;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-use crate::db::Db;
+use crate::db::{Db, Tx, args};
 
 /// How long a login lasts.
 pub const TOKEN_TTL_MS: i64 = 30 * 24 * 60 * 60 * 1000;
@@ -49,6 +49,9 @@ pub enum CustomerError {
         /// When a login may be tried again, in seconds from now.
         retry_after_secs: i64,
     },
+    /// No customer has this id.
+    #[error("no such customer")]
+    NotFound,
     /// Hashing failed.
     #[error("password hashing failed")]
     Hashing,
@@ -65,12 +68,90 @@ impl CustomerError {
             CustomerError::EmailTaken => "email_taken",
             CustomerError::InvalidCredentials => "invalid_credentials",
             CustomerError::TooManyAttempts { .. } => "too_many_attempts",
+            CustomerError::NotFound => "customer_not_found",
             CustomerError::Hashing | CustomerError::Database(_) => "internal",
         }
     }
 }
 
 type Result<T> = std::result::Result<T, CustomerError>;
+
+/// Most segments one customer is in.
+pub const MAX_TAGS: usize = 20;
+/// Longest segment name.
+const MAX_TAG_CHARS: usize = 40;
+
+/// A customer as the admin API shows them: the account and the segments the merchant
+/// assigned, which the pricing and fraud hooks are given.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Profile {
+    /// Their id.
+    pub id: String,
+    /// Their email, lower-cased.
+    pub email: String,
+    /// Their name.
+    pub name: String,
+    /// Segments ("vip", "wholesale"), sorted.
+    pub tags: Vec<String>,
+    /// When the account was made (Unix ms).
+    pub created_at: i64,
+}
+
+/// A page of customers.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct ProfileList {
+    /// Newest account first.
+    pub customers: Vec<Profile>,
+}
+
+/// Segment names as stored: trimmed, lower-cased, without duplicates, sorted. Each is 1 to 40
+/// of `a`–`z`, `0`–`9`, `-` and `_`, starting with a letter or digit; at most [`MAX_TAGS`].
+pub fn tags_of(given: &[String]) -> Result<Vec<String>> {
+    let mut tags: Vec<String> = given.iter().map(|t| t.trim().to_lowercase()).collect();
+    for tag in &tags {
+        let well_formed = tag.chars().count() <= MAX_TAG_CHARS
+            && tag.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !well_formed {
+            return Err(CustomerError::Invalid(format!(
+                "tag {tag:?} is not 1 to {MAX_TAG_CHARS} of a-z, 0-9, '-' and '_' starting with a letter or digit"
+            )));
+        }
+    }
+    tags.sort_unstable();
+    tags.dedup();
+    if tags.len() > MAX_TAGS {
+        return Err(CustomerError::Invalid(format!(
+            "a customer has at most {MAX_TAGS} tags"
+        )));
+    }
+    Ok(tags)
+}
+
+/// The columns of a [`Profile`], for `FROM customers c`; `tags` joined by commas (a comma is
+/// not part of a tag).
+const PROFILE_COLUMNS: &str = "c.id, c.email, c.name, c.created_at, \
+     (SELECT string_agg(t.tag, ',' ORDER BY t.tag) FROM customer_tags t \
+      WHERE t.customer_id = c.id) AS tags";
+
+fn profile_of(row: &crate::db::Row) -> sqlx::Result<Profile> {
+    Ok(Profile {
+        id: row.get("id")?,
+        email: row.get("email")?,
+        name: row.get("name")?,
+        tags: split_tags(row.get("tags")?),
+        created_at: row.get("created_at")?,
+    })
+}
+
+/// Tags as [`PROFILE_COLUMNS`] and the cart read join them.
+pub(crate) fn split_tags(joined: Option<String>) -> Vec<String> {
+    joined
+        .map(|j| j.split(',').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
 
 /// A customer as the API shows them.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -134,6 +215,97 @@ impl Customers {
             db,
             hashing: Arc::new(Semaphore::new(cores)),
         }
+    }
+
+    /// The customer with this id, and their segments.
+    pub async fn profile(&self, id: &str) -> Result<Profile> {
+        let id = id.to_owned();
+        self.db
+            .read(move |tx| Box::pin(async move { profile_in(tx, &id).await }))
+            .await
+    }
+
+    /// Replaces the customer's segments with `tags` (see [`tags_of`]); the answer is the
+    /// customer as stored.
+    pub async fn set_tags(&self, id: &str, tags: &[String]) -> Result<Profile> {
+        let tags = tags_of(tags)?;
+        let id = id.to_owned();
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    // The account's row is written first: two replacements of one customer's
+                    // tags take turns on it instead of interleaving their deletes and inserts.
+                    let touched = tx
+                        .execute(
+                            "UPDATE customers SET email = email WHERE id = $1",
+                            &args![&id],
+                        )
+                        .await?;
+                    if touched == 0 {
+                        return Err(CustomerError::NotFound);
+                    }
+                    tx.execute(
+                        "DELETE FROM customer_tags WHERE customer_id = $1",
+                        &args![&id],
+                    )
+                    .await?;
+                    if !tags.is_empty() {
+                        let sql = format!(
+                            "INSERT INTO customer_tags (customer_id, tag) VALUES {}",
+                            crate::db::param_rows(1, tags.len(), 2)
+                        );
+                        let mut values = Vec::with_capacity(tags.len() * 2);
+                        for tag in &tags {
+                            values.extend(args![&id, tag]);
+                        }
+                        tx.execute(&sql, &values).await?;
+                    }
+                    profile_in(tx, &id).await
+                })
+            })
+            .await
+    }
+
+    /// Customers, newest account first; only those with `email` (case-insensitive) and in
+    /// segment `tag`, when given; at most `limit` (1 to 100) after skipping `offset`.
+    pub async fn search(
+        &self,
+        email: Option<&str>,
+        tag: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Profile>> {
+        let filter = args![
+            email.map_or(crate::db::Value::NullText, |e| e
+                .trim()
+                .to_lowercase()
+                .into()),
+            tag.map_or(crate::db::Value::NullText, |t| t
+                .trim()
+                .to_lowercase()
+                .into()),
+            i64::from(limit.clamp(1, 100)),
+            i64::from(offset),
+        ];
+        self.db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let rows = tx
+                        .fetch(
+                            &format!(
+                                "SELECT {PROFILE_COLUMNS} FROM customers c \
+                                 WHERE ($1 IS NULL OR c.email = $1) \
+                                   AND ($2 IS NULL OR EXISTS (SELECT 1 FROM customer_tags s \
+                                        WHERE s.customer_id = c.id AND s.tag = $2)) \
+                                 ORDER BY c.created_at DESC, c.id DESC LIMIT $3 OFFSET $4"
+                            ),
+                            &filter,
+                        )
+                        .await?;
+                    Ok(rows.iter().map(profile_of).collect::<sqlx::Result<_>>()?)
+                })
+            })
+            .await
     }
 
     /// Registers an account.
@@ -309,6 +481,17 @@ impl Customers {
             None => None,
         })
     }
+}
+
+/// [`Customers::profile`] inside the caller's transaction.
+async fn profile_in(tx: &mut dyn Tx, id: &str) -> Result<Profile> {
+    let rows = tx
+        .fetch(
+            &format!("SELECT {PROFILE_COLUMNS} FROM customers c WHERE c.id = $1"),
+            &args![id],
+        )
+        .await?;
+    Ok(profile_of(rows.first().ok_or(CustomerError::NotFound)?)?)
 }
 
 #[cfg(test)]

@@ -736,7 +736,7 @@ impl Orders {
             customer: fraud::Customer {
                 id: contents.customer_id.clone(),
                 email: request.email.clone(),
-                tags: vec![],
+                tags: contents.owner_tags.clone(),
                 history: fraud::CustomerHistory {
                     order_count: history.orders,
                     orders_last_24h: history.orders_last_24h,

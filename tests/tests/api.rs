@@ -3114,11 +3114,11 @@ async fn idempotency_keys_expire_after_a_day_and_abandoned_ones_are_released() {
     }
 }
 
-/// The pricing hook is told who owns the cart and how many orders they placed (cancelled
-/// ones not counted), so that a rule can reward a first or a loyal customer; a guest's cart
-/// has no customer.
+/// The pricing hook is told who owns the cart, the segments the merchant put them in and how
+/// many orders they placed (cancelled ones not counted), so that a rule can reward a first or
+/// a loyal customer; the fraud hook gets the segments too; a guest's cart has no customer.
 #[tokio::test]
-async fn the_pricing_hook_sees_the_carts_owner_and_their_orders() {
+async fn the_hooks_see_the_carts_owner_their_segments_and_orders() {
     for db in test_databases().await {
         let app = spawn_app_logging_every_call(db, SHOP).await;
         app.seed().await;
@@ -3154,17 +3154,38 @@ async fn the_pricing_hook_sees_the_carts_owner_and_their_orders() {
             }
         };
 
-        let (cart, token, customer) = owned_cart().await;
+        let (_, _, customer) = owned_cart().await;
         assert_eq!(
             customer,
             json!({"id": ada_id, "order_count": 0, "tags": []}),
             "a first order"
+        );
+        // The merchant puts Ada in two segments: both hooks are told.
+        let r = app
+            .admin(
+                Method::PUT,
+                &format!("/admin/customers/{ada_id}/tags"),
+                json!({"tags": ["wholesale", "VIP"]}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (cart, token, customer) = owned_cart().await;
+        assert_eq!(
+            customer,
+            json!({"id": ada_id, "order_count": 0, "tags": ["vip", "wholesale"]})
         );
         let r = app
             .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
             .await;
         assert_eq!(r.status, 201, "{}", r.body);
         let order = r.body["id"].as_str().expect("id").to_owned();
+        let given = app.logged_input("rules-fraud", &cart).await;
+        assert_eq!(given["customer"]["id"], ada_id.as_str(), "{given}");
+        assert_eq!(
+            given["customer"]["tags"],
+            json!(["vip", "wholesale"]),
+            "{given}"
+        );
         let (_, _, customer) = owned_cart().await;
         assert_eq!(customer["order_count"], 1, "{customer}");
         let r = app
@@ -3181,6 +3202,138 @@ async fn the_pricing_hook_sees_the_carts_owner_and_their_orders() {
         let (cart, _) = app.cart_with("TEE-M", 1).await;
         let given = app.logged_input("tiered-discount", &cart).await;
         assert_eq!(given["customer"], Value::Null, "a guest's cart: {given}");
+        app.db.drop_database().await;
+    }
+}
+
+/// Merchants find customers by email or segment and put them in segments; bad input is
+/// refused with a stable code and changes nothing.
+#[tokio::test]
+async fn admins_find_customers_and_assign_their_segments() {
+    for db in test_databases().await {
+        let app = spawn_app(db, &[]).await;
+        let mut ids = Vec::new();
+        for email in ["ada@example.com", "bob@example.com", "cy@example.com"] {
+            let (registered, _) = app.sign_up(email).await;
+            ids.push(registered.body["id"].as_str().expect("id").to_owned());
+            // Accounts made in one millisecond list by id; apart, newest first.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let (ada, bob) = (&ids[0], &ids[1]);
+        let tags = |id: &str, tags: Value| {
+            let app = &app;
+            let path = format!("/admin/customers/{id}/tags");
+            async move { app.admin(Method::PUT, &path, json!({ "tags": tags })).await }
+        };
+        let r = tags(ada, json!(["vip"])).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["tags"], json!(["vip"]));
+        assert_eq!(r.body["email"], "ada@example.com");
+        let r = tags(bob, json!([" Wholesale ", "vip", "vip"])).await;
+        assert_eq!(r.body["tags"], json!(["vip", "wholesale"]), "{}", r.body);
+
+        let emails = |r: &Response| -> Vec<String> {
+            r.body["customers"]
+                .as_array()
+                .expect("customers")
+                .iter()
+                .map(|c| c["email"].as_str().expect("email").to_owned())
+                .collect()
+        };
+        let list = |query: &str| {
+            let app = &app;
+            let path = format!("/admin/customers{query}");
+            async move { app.admin(Method::GET, &path, Value::Null).await }
+        };
+        let r = list("?tag=VIP").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(emails(&r), ["bob@example.com", "ada@example.com"]);
+        let r = list("?email=ADA@example.com").await;
+        assert_eq!(emails(&r), ["ada@example.com"]);
+        assert_eq!(r.body["customers"][0]["tags"], json!(["vip"]));
+        let r = list("").await;
+        assert_eq!(
+            emails(&r),
+            ["cy@example.com", "bob@example.com", "ada@example.com"]
+        );
+        let r = list("?limit=1&offset=1").await;
+        assert_eq!(emails(&r), ["bob@example.com"]);
+        let r = app
+            .admin(Method::GET, &format!("/admin/customers/{bob}"), Value::Null)
+            .await;
+        assert_eq!(
+            (r.status, &r.body["tags"]),
+            (200, &json!(["vip", "wholesale"]))
+        );
+
+        // Refused, and Ada's segments stay as they were.
+        for (body, status, code) in [
+            (json!({"tags": ["no spaces"]}), 422, "invalid_input"),
+            (json!({"tags": ["-dash-first"]}), 422, "invalid_input"),
+            (json!({"tags": ["x".repeat(41)]}), 422, "invalid_input"),
+            (
+                json!({"tags": (0..21).map(|n| format!("t{n}")).collect::<Vec<_>>()}),
+                422,
+                "invalid_input",
+            ),
+        ] {
+            let r = app
+                .admin(Method::PUT, &format!("/admin/customers/{ada}/tags"), body)
+                .await;
+            assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{}",
+                r.body
+            );
+        }
+        for body in [
+            r#"{"tags": "vip"}"#,
+            r#"{"tags": [1]}"#,
+            "{",
+            r#"{"tag": []}"#,
+        ] {
+            let r = app
+                .send(
+                    Method::PUT,
+                    &format!("/admin/customers/{ada}/tags"),
+                    &[("authorization", &format!("Bearer {ADMIN}"))],
+                    Some(body.to_owned()),
+                )
+                .await;
+            assert!(
+                (400..500).contains(&r.status) && r.body["error"]["code"].is_string(),
+                "{body}: {} {}",
+                r.status,
+                r.body
+            );
+        }
+        let r = tags("no-such-customer", json!(["vip"])).await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (404, Some("customer_not_found"))
+        );
+        let r = app
+            .admin(
+                Method::GET,
+                "/admin/customers/no-such-customer",
+                Value::Null,
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (404, Some("customer_not_found"))
+        );
+        let r = list("?limit=-1").await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        let r = app
+            .admin(Method::GET, &format!("/admin/customers/{ada}"), Value::Null)
+            .await;
+        assert_eq!(r.body["tags"], json!(["vip"]), "{}", r.body);
+
+        let r = tags(ada, json!([])).await;
+        assert_eq!((r.status, &r.body["tags"]), (200, &json!([])));
+        assert_eq!(emails(&list("?tag=vip").await), ["bob@example.com"]);
         app.db.drop_database().await;
     }
 }

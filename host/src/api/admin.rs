@@ -2,7 +2,7 @@
 //! [`Admin`], so no route here answers without an admin token.
 
 use axum::extract::{Path, State};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -35,8 +35,69 @@ pub(super) fn routes() -> Router<AppState> {
             "/shipping-methods/{id}",
             get(shipping_method).put(replace_shipping_method),
         )
+        .route("/customers", get(customers))
+        .route("/customers/{id}", get(customer))
+        .route("/customers/{id}/tags", put(set_customer_tags))
         .route("/checkout-attempts", get(checkout_attempts))
         .route("/checkout-attempts/{id}", delete(dismiss_checkout_attempt))
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CustomerQuery {
+    /// Only the customer with this email (case-insensitive).
+    email: Option<String>,
+    /// Only customers in this segment.
+    tag: Option<String>,
+    /// At most this many (1 to 100).
+    limit: Option<u32>,
+    /// Skip this many.
+    offset: Option<u32>,
+}
+
+async fn customers(
+    _: Admin,
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<CustomerQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<crate::customers::ProfileList>, ApiError> {
+    let axum::extract::Query(q) = query?;
+    let customers = state
+        .customers
+        .search(
+            q.email.as_deref(),
+            q.tag.as_deref(),
+            q.limit.unwrap_or(20),
+            q.offset.unwrap_or(0),
+        )
+        .await?;
+    Ok(Json(crate::customers::ProfileList { customers }))
+}
+
+async fn customer(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::customers::Profile>, ApiError> {
+    Ok(Json(state.customers.profile(&id).await?))
+}
+
+/// A customer's segments, replacing the ones they had.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CustomerTags {
+    /// At most 20, each 1 to 40 of `a`-`z`, `0`-`9`, `-` and `_` (upper case is lowered);
+    /// empty to clear them.
+    tags: Vec<String>,
+}
+
+async fn set_customer_tags(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<super::JsonObject<CustomerTags>, ApiError>,
+) -> Result<Json<crate::customers::Profile>, ApiError> {
+    let super::JsonObject(body) = body?;
+    Ok(Json(state.customers.set_tags(&id, &body.tags).await?))
 }
 
 /// The most checkout attempts one listing shows.

@@ -292,6 +292,7 @@ impl From<CustomerError> for ApiError {
             CustomerError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             CustomerError::EmailTaken => StatusCode::CONFLICT,
             CustomerError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            CustomerError::NotFound => StatusCode::NOT_FOUND,
             CustomerError::TooManyAttempts { retry_after_secs } => {
                 let mut refused = Self::new(StatusCode::TOO_MANY_REQUESTS, e.code(), e.to_string());
                 refused.retry_after = Some(*retry_after_secs);

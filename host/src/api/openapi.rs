@@ -295,6 +295,24 @@ const ROUTES: &[(&str, &str, Access, &str)] = &[
     ),
     (
         "get",
+        "/admin/customers",
+        Access::Admin,
+        "Customers, newest account first, with their segments (tags); filters: email, tag, limit, offset",
+    ),
+    (
+        "get",
+        "/admin/customers/{id}",
+        Access::Admin,
+        "A customer and their segments (tags)",
+    ),
+    (
+        "put",
+        "/admin/customers/{id}/tags",
+        Access::Admin,
+        "Replace a customer's segments (tags): the pricing and fraud plugins are given them with every cart the customer owns",
+    ),
+    (
+        "get",
         "/admin/plugins",
         Access::Admin,
         "The plugin registry: every plugin, its versions, the active one, what this host serves",
@@ -542,6 +560,12 @@ const JSON_BODIES: &[(&str, &str, SchemaOf, bool)] = &[
         true,
     ),
     (
+        "put",
+        "/admin/customers/{id}/tags",
+        schema_of::<admin::CustomerTags>,
+        true,
+    ),
+    (
         "post",
         "/admin/orders/{id}/returns",
         schema_of::<admin::Return>,
@@ -771,6 +795,21 @@ const RESPONSES: &[(&str, &str, SchemaOf)] = &[
     ),
     (
         "get",
+        "/admin/customers",
+        schema_of::<crate::customers::ProfileList>,
+    ),
+    (
+        "get",
+        "/admin/customers/{id}",
+        schema_of::<crate::customers::Profile>,
+    ),
+    (
+        "put",
+        "/admin/customers/{id}/tags",
+        schema_of::<crate::customers::Profile>,
+    ),
+    (
+        "get",
         "/admin/checkout-attempts",
         schema_of::<admin::CheckoutAttempts>,
     ),
@@ -883,6 +922,7 @@ const QUERIES: &[(&str, &str, SchemaOf)] = &[
         schema_of::<storefront::RecommendationQuery>,
     ),
     ("get", "/admin/orders", schema_of::<admin::OrderQuery>),
+    ("get", "/admin/customers", schema_of::<admin::CustomerQuery>),
     ("post", "/admin/plugins", schema_of::<plugins::UploadQuery>),
     (
         "get",
@@ -1039,6 +1079,20 @@ const LINKS: &[(&str, &str, &str, &str, LinkParameters)] = &[
         ID,
     ),
     ("post", "/admin/products", "get", "/store/products/{id}", ID),
+    (
+        "post",
+        "/store/customers",
+        "get",
+        "/admin/customers/{id}",
+        ID,
+    ),
+    (
+        "post",
+        "/store/customers",
+        "put",
+        "/admin/customers/{id}/tags",
+        ID,
+    ),
 ];
 const CART: LinkParameters = &[
     ("id", "$response.body#/id"),
@@ -1533,6 +1587,10 @@ mod tests {
                 "#/components/schemas/StockLevel"
             } else if path.starts_with("/admin/inventory/") {
                 "#/components/schemas/StockLevels"
+            } else if *path == "/admin/customers" {
+                "#/components/schemas/ProfileList"
+            } else if path.starts_with("/admin/customers/") {
+                "#/components/schemas/Profile"
             } else if path.ends_with("/checkout-attempts") {
                 "#/components/schemas/CheckoutAttempts"
             } else if path.starts_with("/admin/checkout-attempts/") {
