@@ -1082,6 +1082,12 @@ impl TestApp {
     /// fraud inputs carry the cart's id), from the call log of an app that logs every call
     /// ([`spawn_app_logging_every_call`]). The log is written in batches: it waits for it.
     async fn logged_input(&self, name: &str, cart: &str) -> Value {
+        self.logged_input_where(name, |input| input["id"] == cart)
+            .await
+    }
+
+    /// [`TestApp::logged_input`] of the latest logged call whose input `matches`.
+    async fn logged_input_where(&self, name: &str, matches: impl Fn(&Value) -> bool) -> Value {
         let path = format!("/admin/plugins/{name}/calls?limit=50");
         for _ in 0..100 {
             let r = self.admin(Method::GET, &path, Value::Null).await;
@@ -1090,14 +1096,14 @@ impl TestApp {
                 .as_array()
                 .expect("calls")
                 .iter()
-                .find(|c| c["input"]["id"] == cart)
+                .find(|c| matches(&c["input"]))
             {
                 return call["input"].clone();
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         let r = self.admin(Method::GET, &path, Value::Null).await;
-        panic!("{name}'s call for cart {cart} was never logged: {}", r.body);
+        panic!("{name}'s call was never logged: {}", r.body);
     }
 
     async fn level(&self, sku: &str) -> Value {
@@ -3116,11 +3122,14 @@ async fn idempotency_keys_expire_after_a_day_and_abandoned_ones_are_released() {
 
 /// The pricing hook is told who owns the cart, the segments the merchant put them in and how
 /// many orders they placed (cancelled ones not counted), so that a rule can reward a first or
-/// a loyal customer; the fraud hook gets the segments too; a guest's cart has no customer.
+/// a loyal customer; the fraud and personalization hooks get the segments too; a guest's cart
+/// has no customer.
 #[tokio::test]
 async fn the_hooks_see_the_carts_owner_their_segments_and_orders() {
     for db in test_databases().await {
-        let app = spawn_app_logging_every_call(db, SHOP).await;
+        let mut installed = SHOP.to_vec();
+        installed.push("affinity-personalization");
+        let app = spawn_app_logging_every_call(db, &installed).await;
         app.seed().await;
         let (registered, login) = app.sign_up("ada@example.com").await;
         let ada_id = registered.body["id"].as_str().expect("id").to_owned();
@@ -3174,6 +3183,21 @@ async fn the_hooks_see_the_carts_owner_their_segments_and_orders() {
             customer,
             json!({"id": ada_id, "order_count": 0, "tags": ["vip", "wholesale"]})
         );
+        let r = app
+            .send(
+                Method::GET,
+                "/store/recommendations",
+                &[("authorization", &as_ada)],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let given = app
+            .logged_input_where("affinity-personalization", |input| {
+                input["customer_id"] == ada_id.as_str()
+            })
+            .await;
+        assert_eq!(given["customer_tags"], json!(["vip", "wholesale"]));
         let r = app
             .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
             .await;

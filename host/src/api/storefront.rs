@@ -399,9 +399,16 @@ async fn personalize(
             })
         })
         .collect();
+    // The segments the merchant put the customer in; an account gone since its token was
+    // issued has none.
+    let customer_tags = match state.customers.profile(customer).await {
+        Ok(profile) => profile.tags,
+        Err(crate::customers::CustomerError::NotFound) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     let context = Context {
         customer_id: Some(customer.to_owned()),
-        customer_tags: vec![],
+        customer_tags,
         purchases,
         cart_skus: vec![],
         candidates,
