@@ -737,18 +737,41 @@ impl Catalog {
         )
     }
 
-    /// The product and categories of `sku`, archived or not (for order history).
-    pub async fn variant_origin(&self, sku: &str) -> Result<Option<(String, Vec<String>)>> {
-        let Some(row) = sqlx::query("SELECT product_id FROM variants WHERE sku = $1")
-            .bind(sku)
-            .fetch_optional(self.db.reader())
-            .await?
-        else {
-            return Ok(None);
-        };
-        let product_id: String = row.try_get("product_id")?;
-        let categories = self.categories_of(&product_id).await?;
-        Ok(Some((product_id, categories)))
+    /// The product and categories of each of `skus`, archived or not (for order history),
+    /// in one statement whatever their number; a SKU no variant has is missing from the
+    /// answer. Categories in id order.
+    pub async fn variant_origins(
+        &self,
+        skus: &[String],
+    ) -> Result<HashMap<String, (String, Vec<String>)>> {
+        let mut skus: Vec<&str> = skus.iter().map(String::as_str).collect();
+        skus.sort_unstable();
+        skus.dedup();
+        if skus.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT v.sku, v.product_id, c.category_id FROM variants v \
+             LEFT JOIN product_categories c ON c.product_id = v.product_id \
+             WHERE v.sku IN ({}) ORDER BY v.sku, c.category_id",
+            params(1, skus.len())
+        );
+        let values: Vec<Value> = skus.iter().copied().map(Value::from).collect();
+        let rows = self
+            .db
+            .read(move |tx| Box::pin(async move { tx.fetch(&sql, &values).await }))
+            .await?;
+        let mut origins: HashMap<String, (String, Vec<String>)> = HashMap::new();
+        for row in &rows {
+            let origin = origins
+                .entry(row.get("sku")?)
+                .or_insert_with(|| (String::new(), Vec::new()));
+            origin.0 = row.get("product_id")?;
+            if let Some(category) = row.get::<Option<String>>("category_id")? {
+                origin.1.push(category);
+            }
+        }
+        Ok(origins)
     }
 }
 

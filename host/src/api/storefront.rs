@@ -361,19 +361,23 @@ async fn personalize(
         let picks = default_picks(&products);
         return Ok(((products, picks), None));
     };
-    let mut purchases = Vec::new();
-    for (order_id, sku, quantity, at) in state.orders.purchases(customer).await? {
-        if let Some((product_id, categories)) = state.catalog.variant_origin(&sku).await? {
-            purchases.push(Purchase {
+    let bought = state.orders.purchases(customer).await?;
+    let skus: Vec<String> = bought.iter().map(|(_, sku, _, _)| sku.clone()).collect();
+    let origins = state.catalog.variant_origins(&skus).await?;
+    let purchases: Vec<Purchase> = bought
+        .into_iter()
+        .filter_map(|(order_id, sku, quantity, at)| {
+            let (product_id, categories) = origins.get(&sku)?.clone();
+            Some(Purchase {
                 sku,
                 product_id,
                 categories,
                 quantity: u32::try_from(quantity).unwrap_or(u32::MAX),
                 at,
                 order_id,
-            });
-        }
-    }
+            })
+        })
+        .collect();
     let candidates: Vec<Candidate> = products
         .iter()
         .filter_map(|p| {
