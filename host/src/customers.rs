@@ -82,7 +82,7 @@ pub const MAX_TAGS: usize = 20;
 const MAX_TAG_CHARS: usize = 40;
 
 /// A customer as the admin API shows them: the account and the segments the merchant
-/// assigned, which the pricing and fraud hooks are given.
+/// assigned, which the pricing, fraud and personalization hooks are given.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Profile {
     /// Their id.
