@@ -2209,14 +2209,16 @@ struct History {
 /// A buyer's history in one statement (see [`History`]): `$1` the email (lower-cased, as
 /// orders store it), `$2` the start of the last 24 hours, `$3` the checkout's currency, `$4`
 /// the cart's owner (none for a guest); an account counts if it is the owner's or has the
-/// email. The orders part reads the email index alone (migrations 0023 and 0024): a buyer
+/// email (two look-ups by key, not one `OR`, which PostgreSQL answers with a bitmap of both
+/// indexes). The orders part reads the email index alone (migrations 0023 and 0024): a buyer
 /// with many orders costs index pages, not a table row per order.
 const HISTORY: &str = "SELECT CAST(COUNT(*) AS BIGINT) AS n, \
      CAST(COALESCE(SUM(CASE WHEN created_at > $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS recent, \
      CAST(COALESCE(SUM(CASE WHEN currency = $3 THEN total ELSE 0 END), 0) AS BIGINT) AS spend, \
      MIN(created_at) AS first, \
      (SELECT CAST(COUNT(*) AS BIGINT) FROM payment_failures f WHERE f.email = $1 AND f.at > $2) AS failed, \
-     (SELECT MIN(c.created_at) FROM customers c WHERE c.email = $1 OR c.id = $4) AS joined \
+     (SELECT c.created_at FROM customers c WHERE c.email = $1) AS joined, \
+     (SELECT c.created_at FROM customers c WHERE c.id = $4) AS owner_joined \
      FROM orders WHERE email = $1 AND status <> 'cancelled'";
 
 async fn history_in(
@@ -2240,14 +2242,16 @@ async fn history_in(
     let count = |column: &str| -> Result<u32> {
         Ok(u32::try_from(row.get::<i64>(column)?).unwrap_or(u32::MAX))
     };
-    let first: Option<i64> = row.get("first")?;
-    let joined: Option<i64> = row.get("joined")?;
+    let mut seen = Vec::with_capacity(3);
+    for column in ["first", "joined", "owner_joined"] {
+        seen.extend(row.get::<Option<i64>>(column)?);
+    }
     Ok(History {
         orders: count("n")?,
         orders_last_24h: count("recent")?,
         failed_payments_last_24h: count("failed")?,
         spend: row.get("spend")?,
-        first_seen: first.into_iter().chain(joined).min(),
+        first_seen: seen.into_iter().min(),
     })
 }
 
