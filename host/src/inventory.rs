@@ -263,8 +263,10 @@ impl Inventory {
     /// is reserved. Lines that draw on the same SKU are added up first. A reference that
     /// already holds active reservations has them replaced.
     ///
-    /// Committed without waiting for the disk ([`Db::write_unsynced`]), so the level locks are
-    /// released without it. Nothing durable rests on a reservation alone: what makes it count
+    /// On PostgreSQL it is two statements and no transaction when nothing needs releasing
+    /// first ([`reserve_at_once`]); otherwise, and on SQLite, one write transaction.
+    /// Committed without waiting for the disk ([`Db::write_unsynced`], [`Db::unsynced`]), so
+    /// the level locks are released without it. Nothing durable rests on a reservation alone: what makes it count
     /// is the commit that places the order, which does wait. A crash before that loses at most
     /// reservations whose orders were never placed (the checkout's record then fails and voids
     /// the payment).
@@ -277,6 +279,20 @@ impl Inventory {
     ) -> Result<Vec<Allocation>> {
         let wanted = demand_of(demand)?;
         let reference = reference.to_owned();
+        if self.db.backend() == Backend::Postgres {
+            let at_once = reserve_at_once(
+                &self.db,
+                None,
+                reference.clone(),
+                wanted.clone(),
+                now,
+                expires_at,
+            )
+            .await?;
+            if let AtOnce::Reserved(allocations) = at_once {
+                return Ok(allocations);
+            }
+        }
         let _turn = self.admit_reservation().await;
         self.db
             .write_unsynced(move |tx| Box::pin(reserve_in(tx, reference, wanted, now, expires_at)))
@@ -648,32 +664,7 @@ pub async fn reserve_in(
         }
     }
 
-    // Allocate each SKU across its locations in priority order.
-    let mut allocations = Vec::new();
-    for (sku, &requested) in &wanted {
-        let mut remaining = requested;
-        let mut total_available = 0;
-        for ((_, _, location_id), &available) in levels.iter().filter(|((s, _, _), _)| s == sku) {
-            total_available += available.max(0);
-            if remaining > 0 && available > 0 {
-                let take = available.min(remaining);
-                remaining -= take;
-                allocations.push(Allocation {
-                    sku: sku.clone(),
-                    location_id: location_id.clone(),
-                    quantity: take,
-                });
-            }
-        }
-        if remaining > 0 {
-            return Err(InventoryError::Insufficient {
-                sku: sku.clone(),
-                requested,
-                available: total_available,
-            });
-        }
-    }
-
+    let allocations = allocate(&wanted, &levels)?;
     for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
         let insert = format!(
             "INSERT INTO reservations (id, reference, sku, location_id, quantity, expires_at, created_at, state) \
@@ -714,6 +705,223 @@ pub async fn reserve_in(
         hold(tx, &allocations).await?;
     }
     Ok(allocations)
+}
+
+/// Allocates each wanted SKU across its locations in priority order, from `levels`
+/// ((sku, priority, location) → on hand − held); an error if a SKU has too little.
+fn allocate(
+    wanted: &BTreeMap<String, i64>,
+    levels: &BTreeMap<(String, i32, String), i64>,
+) -> Result<Vec<Allocation>> {
+    let mut allocations = Vec::new();
+    for (sku, &requested) in wanted {
+        let mut remaining = requested;
+        let mut total_available = 0;
+        for ((_, _, location_id), &available) in levels.iter().filter(|((s, _, _), _)| s == sku) {
+            total_available += available.max(0);
+            if remaining > 0 && available > 0 {
+                let take = available.min(remaining);
+                remaining -= take;
+                allocations.push(Allocation {
+                    sku: sku.clone(),
+                    location_id: location_id.clone(),
+                    quantity: take,
+                });
+            }
+        }
+        if remaining > 0 {
+            return Err(InventoryError::Insufficient {
+                sku: sku.clone(),
+                requested,
+                available: total_available,
+            });
+        }
+    }
+    Ok(allocations)
+}
+
+/// What [`reserve_at_once`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AtOnce {
+    /// Claimed and reserved: the allocations.
+    Reserved(Vec<Allocation>),
+    /// The claim found its key held by another request; nothing was written.
+    KeyTaken,
+    /// Nothing was written, and the reservation needs [`reserve_in`] in a transaction: the
+    /// database is SQLite; or the reference has reservations to replace, or a wanted SKU has
+    /// lapsed ones to release; or the stock as read is not enough (the locked read decides,
+    /// and says how much there is); or the stock changed between the read and the write.
+    Transaction,
+}
+
+/// SQLSTATE with which [`reserve_at_once`]'s statement undoes itself when a level no longer
+/// has what it allocated there (by `cartridge_refuse`, migration 0027).
+const STOCK_MOVED: &str = "CR001";
+
+/// PostgreSQL: [`reserve_in`]'s work, with the caller's claim, in two statements outside a
+/// transaction on an [`Db::unsynced`] connection, when nothing needs releasing first.
+///
+/// The reserving transaction held the level rows' locks across three round trips (the
+/// locking read, the insert, the commit) and the host's turns between them; in a flash sale
+/// every checkout queues for the same rows, so that hold was what bounded checkouts per second.
+/// Here the levels are read without locks and allocated by priority as [`reserve_in`] does;
+/// then one statement runs `claim` if there is one (CTEs: `k`, with a row if the claim
+/// succeeded, and any others, over parameters `$1…`; see
+/// [`crate::recovery::Attempt::claim_parts`]), locks the allocated levels in (sku, location) order, raises `held` only
+/// where it still covers the allocation (a guarded write), inserts the reservations and their
+/// movements — and undoes all of it, by raising [`STOCK_MOVED`], unless every allocation was
+/// covered. The locks are held for that one statement.
+///
+/// Allocation follows priority as the levels were read: stock that arrives at a preferred
+/// location between the read and the write (milliseconds) is not used by this checkout. No
+/// level is ever held beyond what it has.
+pub(crate) async fn reserve_at_once(
+    db: &Db,
+    claim: Option<(&'static str, Vec<Value>)>,
+    reference: String,
+    wanted: BTreeMap<String, i64>,
+    now: i64,
+    expires_at: i64,
+) -> Result<AtOnce> {
+    let outcome = db
+        .unsynced(move |tx| {
+            Box::pin(async move {
+                // The levels, and anything that must be released first: lapsed reservations
+                // of a level (one bounded look-up each, as in `reserve_in`) and the
+                // reference's own.
+                let mut values = args![&reference, now].to_vec();
+                values.extend(wanted.keys().map(Value::from));
+                let rows = tx
+                    .fetch(
+                        &format!(
+                            "SELECT l.sku, l.location_id, s.priority, l.on_hand - l.held AS available, \
+                               CAST(CASE WHEN (SELECT r.expires_at FROM reservations r \
+                                 WHERE r.sku = l.sku AND r.location_id = l.location_id \
+                                 AND r.state = 'active' AND r.expires_at <= $2 LIMIT 1) IS NULL \
+                               THEN 0 ELSE 1 END AS BIGINT) AS release \
+                             FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
+                             WHERE l.sku IN ({}) \
+                             UNION ALL \
+                             SELECT sku, location_id, 0, 0, 1 FROM reservations \
+                             WHERE reference = $1 AND state = 'active'",
+                            params(3, wanted.len())
+                        ),
+                        &values,
+                    )
+                    .await?;
+                let mut levels: BTreeMap<(String, i32, String), i64> = BTreeMap::new();
+                for row in &rows {
+                    if row.get::<i64>("release")? != 0 {
+                        return Ok(AtOnce::Transaction);
+                    }
+                    levels.insert(
+                        (
+                            row.get("sku")?,
+                            row.get("priority")?,
+                            row.get("location_id")?,
+                        ),
+                        row.get("available")?,
+                    );
+                }
+                let Ok(allocations) = allocate(&wanted, &levels) else {
+                    return Ok(AtOnce::Transaction);
+                };
+                if allocations.is_empty() || allocations.len() > ROWS_PER_STATEMENT {
+                    return Ok(AtOnce::Transaction);
+                }
+                reserve_allocated(tx, claim, &reference, &allocations, now, expires_at).await
+            })
+        })
+        .await;
+    outcome.unwrap_or(Ok(AtOnce::Transaction))
+}
+
+/// The statement of [`reserve_at_once`], for `allocations` made from levels read without
+/// locks: [`AtOnce::Transaction`], with nothing written, if any level no longer covers its
+/// allocation. `claim` as for [`reserve_at_once`]; without one, nothing is claimed.
+async fn reserve_allocated(
+    tx: &mut dyn Tx,
+    claim: Option<(&'static str, Vec<Value>)>,
+    reference: &str,
+    allocations: &[Allocation],
+    now: i64,
+    expires_at: i64,
+) -> Result<AtOnce> {
+    let (claim, mut values) = claim.unwrap_or(("k AS (SELECT 1)", Vec::new()));
+    let first = values.len() + 1;
+    let (reference_at, now_at, expires_at_at, count_at) = (first, first + 1, first + 2, first + 3);
+    values.extend(args![
+        reference,
+        now,
+        expires_at,
+        i64::try_from(allocations.len()).unwrap_or(i64::MAX)
+    ]);
+    let rows_from = values.len() + 1;
+    for a in allocations {
+        values.extend(args![
+            uuid::Uuid::now_v7().to_string(),
+            &a.sku,
+            &a.location_id,
+            a.quantity,
+        ]);
+    }
+    let sql = format!(
+        "WITH {claim}, \
+         v (id, sku, location_id, quantity) AS (VALUES {rows}), \
+         lk AS (SELECT l.sku FROM inventory_levels l \
+                WHERE (l.sku, l.location_id) IN (SELECT sku, location_id FROM v) \
+                AND EXISTS (SELECT 1 FROM k) \
+                ORDER BY l.sku, l.location_id FOR UPDATE OF l), \
+         up AS (UPDATE inventory_levels l SET held = l.held + v.quantity FROM v \
+                WHERE (SELECT COUNT(*) FROM lk) > 0 \
+                AND l.sku = v.sku AND l.location_id = v.location_id \
+                AND l.on_hand - l.held >= v.quantity RETURNING l.sku), \
+         ins AS (INSERT INTO reservations \
+                   (id, reference, sku, location_id, quantity, expires_at, created_at, state) \
+                 SELECT v.id, ${reference_at}, v.sku, v.location_id, v.quantity, \
+                   ${expires_at_at}, ${now_at}, 'active' FROM v WHERE EXISTS (SELECT 1 FROM k) \
+                 RETURNING sku, location_id, quantity), \
+         mv AS (INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
+                SELECT sku, location_id, 'reserve', quantity, ${reference_at}, ${now_at} FROM ins) \
+         SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM k) THEN CAST(0 AS BIGINT) \
+           WHEN (SELECT COUNT(*) FROM up) = ${count_at} THEN CAST(1 AS BIGINT) \
+           ELSE cartridge_refuse('{STOCK_MOVED}', 'a stock level changed since it was read') END \
+           AS claimed",
+        rows = typed_rows(rows_from, allocations.len()),
+    );
+    let claimed = match tx.fetch(&sql, &values).await {
+        Ok(rows) => rows
+            .first()
+            .map_or(Ok(0), |row| row.get::<i64>("claimed"))?,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(STOCK_MOVED) => {
+            return Ok(AtOnce::Transaction);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(if claimed == 1 {
+        AtOnce::Reserved(allocations.to_vec())
+    } else {
+        AtOnce::KeyTaken
+    })
+}
+
+/// `VALUES` rows of (id, sku, location, quantity) from parameter `$from`, the quantity typed
+/// (a `VALUES` list in a CTE takes its column types from its first row).
+fn typed_rows(from: usize, rows: usize) -> String {
+    let mut out = String::with_capacity(rows * 36);
+    for row in 0..rows {
+        let p = from + row * 4;
+        if row > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&format!(
+            "(${p}, ${}, ${}, CAST(${} AS BIGINT))",
+            p + 1,
+            p + 2,
+            p + 3
+        ));
+    }
+    out
 }
 
 /// Raises `held` by each allocation (their level rows locked by the caller), in one statement
@@ -858,6 +1066,49 @@ pub(crate) fn commit_parts_on_postgres(now_param: usize) -> String {
          mv AS (INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
                 SELECT sku, location_id, 'commit', quantity, $1, ${now_param} FROM r)"
     )
+}
+
+/// SQLSTATE of a statement that failed [`commit_check_on_postgres`]: see
+/// [`why_not_committed`].
+pub(crate) const NOT_COMMITTED: &str = "CR002";
+
+/// PostgreSQL: an expression over the `r` of [`commit_parts_on_postgres`] that fails its
+/// whole statement with [`NOT_COMMITTED`] unless exactly `$expected_param` reservations were
+/// committed and none of them had expired at `$now_param` — [`committed_in`]'s check, for a
+/// statement that runs outside a transaction.
+pub(crate) fn commit_check_on_postgres(now_param: usize, expected_param: usize) -> String {
+    format!(
+        "CASE WHEN (SELECT COUNT(*) FROM r) = ${expected_param} \
+           AND NOT EXISTS (SELECT 1 FROM r WHERE expires_at <= ${now_param}) \
+         THEN CAST(1 AS BIGINT) \
+         ELSE cartridge_refuse('{NOT_COMMITTED}', 'the reservations could not be committed') END"
+    )
+}
+
+/// Why the reservations of `reference` could not be committed at `commit_at`, once the
+/// statement that tried has been undone: [`InventoryError::Expired`] if some had expired, or
+/// were released as lapsed by another checkout (a checkout releases its own only when it
+/// gives up, and then never commits); otherwise there was nothing (or not all) to commit.
+pub(crate) async fn why_not_committed(
+    tx: &mut dyn Tx,
+    reference: &str,
+    commit_at: i64,
+) -> InventoryError {
+    let lapsed = tx
+        .fetch(
+            "SELECT 1 FROM reservations WHERE reference = $1 \
+             AND (state = 'released' OR (state = 'active' AND expires_at <= $2)) LIMIT 1",
+            &args![reference, commit_at],
+        )
+        .await;
+    match lapsed {
+        Err(e) => e.into(),
+        Ok(rows) if !rows.is_empty() => InventoryError::Expired(reference.to_owned()),
+        Ok(_) => InventoryError::NothingTo {
+            action: "commit",
+            reference: reference.to_owned(),
+        },
+    }
 }
 
 /// The rest of [`commit_in`], on the `rows` its [`COMMIT_RESERVATIONS`] returned (on
@@ -1182,4 +1433,221 @@ async fn record_movements(
         tx.execute(&sql, &values).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_764_000_000_000;
+
+    /// A PostgreSQL store with one SKU, one unit of it in `eu` and none in `us`.
+    async fn one_unit(url: &str) -> (Db, Inventory) {
+        let db = Db::connect(url).await.expect("connect");
+        db.migrate().await.expect("migrate");
+        for sql in [
+            "INSERT INTO products (id, title, created_at) VALUES ('tee', 'Tee', 0)",
+            "INSERT INTO variants (sku, product_id, title) VALUES ('TEE-L', 'tee', 'L')",
+        ] {
+            sqlx::query(sql).execute(db.pool()).await.expect("seed");
+        }
+        let inventory = Inventory::new(db.clone());
+        inventory
+            .upsert_location("eu", "Berlin", 1)
+            .await
+            .expect("eu");
+        inventory
+            .upsert_location("us", "Reno", 2)
+            .await
+            .expect("us");
+        inventory
+            .adjust("TEE-L", "eu", 1, "receive", NOW)
+            .await
+            .expect("receive");
+        inventory
+            .adjust("TEE-L", "us", 0, "receive", NOW)
+            .await
+            .expect("level");
+        (db, inventory)
+    }
+
+    /// The held units of each level, the reservations and the movements.
+    async fn state(db: &Db) -> (Vec<(String, i64)>, i64, i64) {
+        let held = sqlx::query(
+            "SELECT location_id, held FROM inventory_levels WHERE sku = 'TEE-L' ORDER BY location_id",
+        )
+        .fetch_all(db.pool())
+        .await
+        .expect("levels")
+        .iter()
+        .map(|r| (r.get("location_id"), r.get("held")))
+        .collect();
+        let count = |sql: &'static str| async move {
+            sqlx::query(sql)
+                .fetch_one(db.pool())
+                .await
+                .expect("count")
+                .get::<i64, _>(0)
+        };
+        (
+            held,
+            count("SELECT COUNT(*) FROM reservations").await,
+            count("SELECT COUNT(*) FROM inventory_movements").await,
+        )
+    }
+
+    fn take(location: &str, quantity: i64) -> Allocation {
+        Allocation {
+            sku: "TEE-L".into(),
+            location_id: location.into(),
+            quantity,
+        }
+    }
+
+    /// The statement that reserves without a transaction checks every level again under its
+    /// lock: an allocation made from a read that is no longer true writes nothing at all (the
+    /// levels it could cover included), and the caller is sent to the transaction.
+    #[tokio::test]
+    async fn a_reservation_at_once_from_a_stale_read_writes_nothing() {
+        let mut ran = false;
+        for t in cartridge_tests::test_databases().await {
+            if t.backend != "postgres" {
+                continue;
+            }
+            ran = true;
+            let (db, _inventory) = one_unit(&t.url).await;
+            let before = state(&db).await;
+            assert_eq!(before, (vec![("eu".into(), 0), ("us".into(), 0)], 0, 2));
+            for stale in [vec![take("eu", 2)], vec![take("eu", 1), take("us", 1)]] {
+                let outcome = db
+                    .unsynced(move |tx| {
+                        Box::pin(async move {
+                            reserve_allocated(tx, None, "order-1", &stale, NOW, NOW + 60_000).await
+                        })
+                    })
+                    .await
+                    .expect("postgres");
+                assert_eq!(outcome.expect("no error"), AtOnce::Transaction);
+                assert_eq!(state(&db).await, before, "nothing written");
+            }
+            // A claim that did not succeed writes nothing either.
+            let refused = db
+                .unsynced(|tx| {
+                    Box::pin(async move {
+                        let claim = ("k AS (SELECT 1 WHERE false)", Vec::new());
+                        reserve_allocated(
+                            tx,
+                            Some(claim),
+                            "order-2",
+                            &[take("eu", 1)],
+                            NOW,
+                            NOW + 60_000,
+                        )
+                        .await
+                    })
+                })
+                .await
+                .expect("postgres");
+            assert_eq!(refused.expect("no error"), AtOnce::KeyTaken);
+            assert_eq!(state(&db).await, before);
+            // What the levels cover is reserved, held and recorded as a movement.
+            let reserved = db
+                .unsynced(|tx| {
+                    Box::pin(async move {
+                        reserve_allocated(tx, None, "order-3", &[take("eu", 1)], NOW, NOW + 60_000)
+                            .await
+                    })
+                })
+                .await
+                .expect("postgres");
+            assert_eq!(
+                reserved.expect("no error"),
+                AtOnce::Reserved(vec![take("eu", 1)])
+            );
+            assert_eq!(
+                state(&db).await,
+                (vec![("eu".into(), 1), ("us".into(), 0)], 1, 3)
+            );
+            t.drop_database().await;
+        }
+        if !ran {
+            eprintln!("note: PostgreSQL is not configured; the statement is PostgreSQL's alone");
+        }
+    }
+
+    /// The order statement's own check of the reservations it commits, which lets it run
+    /// outside a transaction: any shortfall or expiry undoes the whole statement, and the
+    /// reason is found afterwards.
+    #[tokio::test]
+    async fn committing_at_once_checks_the_reservations_and_undoes_itself() {
+        let mut ran = false;
+        for t in cartridge_tests::test_databases().await {
+            if t.backend != "postgres" {
+                continue;
+            }
+            ran = true;
+            let (db, inventory) = one_unit(&t.url).await;
+            inventory
+                .reserve("order-1", &[("TEE-L".into(), 1)], NOW, NOW + 60_000)
+                .await
+                .expect("reserve");
+            let before = state(&db).await;
+            let commit = |expected: i64, at: i64| {
+                let db = db.clone();
+                async move {
+                    db.autocommit(move |tx| {
+                        Box::pin(async move {
+                            let sql = format!(
+                                "WITH {} SELECT {} AS committed",
+                                commit_parts_on_postgres(2),
+                                commit_check_on_postgres(2, 3)
+                            );
+                            match tx.fetch(&sql, &args!["order-1", at, expected]).await {
+                                Ok(_) => Ok(None),
+                                Err(sqlx::Error::Database(e))
+                                    if e.code().as_deref() == Some(NOT_COMMITTED) =>
+                                {
+                                    Ok(Some(why_not_committed(tx, "order-1", at).await))
+                                }
+                                Err(e) => Err(InventoryError::from(e)),
+                            }
+                        })
+                    })
+                    .await
+                    .expect("postgres")
+                    .expect("no other error")
+                }
+            };
+            // Expired: nothing committed, no movement.
+            let expired = commit(1, NOW + 60_000).await;
+            assert!(
+                matches!(expired, Some(InventoryError::Expired(_))),
+                "{expired:?}"
+            );
+            assert_eq!(state(&db).await, before);
+            // More reservations expected than there are: nothing committed either.
+            let short = commit(2, NOW + 1).await;
+            assert!(
+                matches!(short, Some(InventoryError::NothingTo { .. })),
+                "{short:?}"
+            );
+            assert_eq!(state(&db).await, before);
+            // In time and complete: committed, with its movement.
+            assert!(commit(1, NOW + 1).await.is_none());
+            let (held, reservations, movements) = state(&db).await;
+            assert_eq!((held, reservations, movements), (before.0, 1, before.2 + 1));
+            let states: Vec<String> = sqlx::query("SELECT state FROM reservations")
+                .fetch_all(db.pool())
+                .await
+                .expect("states")
+                .iter()
+                .map(|r| r.get("state"))
+                .collect();
+            assert_eq!(states, ["committed"]);
+            t.drop_database().await;
+        }
+        if !ran {
+            eprintln!("note: PostgreSQL is not configured; the statement is PostgreSQL's alone");
+        }
+    }
 }

@@ -13,7 +13,7 @@
 //! → `refunded`, or `authorized` → `voided`. Amounts keep `captured ≤ authorized` and
 //! `refunded ≤ captured` (guarded updates, and CHECK constraints underneath).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -790,28 +790,30 @@ impl Orders {
             amount: signed(priced.total),
             currency: currency.clone(),
         };
-        let turn = self.inventory.admit_reservation().await;
-        let reserved = self
-            .db
-            .write_unsynced(move |tx| {
-                Box::pin(async move {
-                    // Before the stock rows are locked: on PostgreSQL, every round trip
-                    // after that holds the locks longer.
-                    if !attempt
-                        .claim_and_begin_in(tx, claim.as_deref(), now)
-                        .await?
-                    {
-                        return Ok(None);
-                    }
-                    let expires_at = now + RESERVATION_TTL_MS;
-                    let allocations =
-                        inventory::reserve_in(tx, reference, wanted, now, expires_at).await?;
-                    Ok::<_, OrderError>(Some(allocations.len()))
-                })
-            })
-            .await;
-        drop(turn);
-        let Some(reservations) = reserved? else {
+        let expires_at = now + RESERVATION_TTL_MS;
+        // PostgreSQL: two statements and no transaction, when nothing needs releasing first.
+        let at_once = if self.db.backend() == Backend::Postgres {
+            inventory::reserve_at_once(
+                &self.db,
+                Some(attempt.claim_parts(key.map(|k| &**k), now)),
+                order_id.clone(),
+                wanted.clone(),
+                now,
+                expires_at,
+            )
+            .await?
+        } else {
+            inventory::AtOnce::Transaction
+        };
+        let reserved = match at_once {
+            inventory::AtOnce::Reserved(allocations) => Some(allocations.len()),
+            inventory::AtOnce::KeyTaken => None,
+            inventory::AtOnce::Transaction => {
+                self.reserve_in_transaction(attempt, claim, reference, wanted, now, expires_at)
+                    .await?
+            }
+        };
+        let Some(reservations) = reserved else {
             if let Some(key) = key {
                 key.advance(idempotency::Progress::Taken);
             }
@@ -999,6 +1001,37 @@ impl Orders {
         Ok(order)
     }
 
+    /// Claims the checkout's key, records its attempt and reserves its stock in one write
+    /// transaction; `None` if another request holds the key.
+    async fn reserve_in_transaction(
+        &self,
+        attempt: Attempt,
+        claim: Option<Arc<idempotency::Key>>,
+        reference: String,
+        wanted: BTreeMap<String, i64>,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Option<usize>> {
+        let _turn = self.inventory.admit_reservation().await;
+        self.db
+            .write_unsynced(move |tx| {
+                Box::pin(async move {
+                    // Before the stock rows are locked: on PostgreSQL, every round trip
+                    // after that holds the locks longer.
+                    if !attempt
+                        .claim_and_begin_in(tx, claim.as_deref(), now)
+                        .await?
+                    {
+                        return Ok(None);
+                    }
+                    let allocations =
+                        inventory::reserve_in(tx, reference, wanted, now, expires_at).await?;
+                    Ok::<_, OrderError>(Some(allocations.len()))
+                })
+            })
+            .await
+    }
+
     /// Releases a failed checkout's stock; and, when the gateway is known to hold nothing for
     /// it, forgets the attempt in the same transaction (otherwise the recovery sweep looks the
     /// payment up later); and keeps the gateway's refusal, if that is why, for the buyer's
@@ -1126,6 +1159,40 @@ impl Orders {
         let answer = serde_json::value::to_raw_value(&order).unwrap_or_default();
         let finish = key.cloned().map(|key| (key, answer.get().to_owned()));
         let id = order_id.to_owned();
+        if self.db.backend() == Backend::Postgres && insert.lines.len() <= 1 {
+            // One statement, which checks the reservations itself: no transaction around it.
+            let outcome = self
+                .db
+                .autocommit(move |tx| {
+                    Box::pin(async move {
+                        let commit_at = now.max(wall_clock_ms());
+                        let finish = finish
+                            .as_ref()
+                            .map(|(key, answer)| (&**key, 201, answer.as_str()));
+                        match insert
+                            .run_checked_on_postgres(tx, finish, commit_at, reservations)
+                            .await
+                        {
+                            Err(sqlx::Error::Database(e))
+                                if e.code().as_deref() == Some(inventory::NOT_COMMITTED) =>
+                            {
+                                Err(inventory::why_not_committed(tx, &id, commit_at).await)
+                            }
+                            other => Ok(other?),
+                        }
+                    })
+                })
+                .await;
+            if let Some(outcome) = outcome {
+                outcome?;
+                if let Some(key) = key {
+                    key.advance(idempotency::Progress::Finished);
+                }
+                return Ok(answer);
+            }
+            // `autocommit` runs nothing only on SQLite, which took the other way.
+            return Err(sqlx::Error::PoolClosed.into());
+        }
         self.db
             .write(move |tx| {
                 Box::pin(async move {
@@ -2396,6 +2463,51 @@ impl OrderInsert {
             key.finish_in(tx, status, answer).await?;
         }
         tx.fetch(inventory::COMMIT_RESERVATIONS, &values[..1]).await
+    }
+
+    /// PostgreSQL, for an order whose lines fit one statement: [`Self::run_in`]'s statement,
+    /// which also checks what [`inventory::committed_in`] checks — exactly `expected`
+    /// reservations committed, none expired at `commit_at` — and fails as a whole with
+    /// [`inventory::NOT_COMMITTED`] otherwise. So it needs no transaction around it: one round
+    /// trip where a transaction took three.
+    async fn run_checked_on_postgres(
+        self,
+        tx: &mut dyn Tx,
+        finish: Option<(&idempotency::Key, u16, &str)>,
+        commit_at: i64,
+        expected: usize,
+    ) -> std::result::Result<(), sqlx::Error> {
+        let Self { mut values, lines } = self;
+        let mut sql = format!(
+            "WITH o AS ({}), p AS ({}), a AS ({})",
+            Self::ORDER,
+            Self::PAYMENT,
+            Self::END_ATTEMPT
+        );
+        if let Some(first) = lines.into_iter().next() {
+            sql.push_str(&format!(
+                ", l AS ({} {})",
+                Self::LINES,
+                param_rows(values.len() + 1, first.len() / 7, 7)
+            ));
+            values.extend(first);
+        }
+        if let Some((key, status, answer)) = finish {
+            sql.push_str(&format!(
+                ", k AS ({})",
+                idempotency::finish_sql(values.len() + 1)
+            ));
+            values.extend(key.finish_args(status, answer));
+        }
+        values.push(commit_at.into());
+        let now_at = values.len();
+        values.push(i64::try_from(expected).unwrap_or(i64::MAX).into());
+        sql.push_str(&format!(
+            ", {} SELECT {} AS committed",
+            inventory::commit_parts_on_postgres(now_at),
+            inventory::commit_check_on_postgres(now_at, now_at + 1)
+        ));
+        tx.fetch(&sql, &values).await.map(drop)
     }
 }
 

@@ -69,22 +69,36 @@ const BEGIN: &str = "INSERT INTO checkout_attempts \
        key_hash = excluded.key_hash, created_at = excluded.created_at, recovering_at = NULL, \
        unresolved_at = NULL";
 
-/// PostgreSQL: [`idempotency::CLAIM`] and [`BEGIN`] in one statement; the attempt is recorded
-/// only if the claim inserted its row. The claim's arguments follow the attempt's ($9 …).
-static CLAIM_AND_BEGIN: LazyLock<String> = LazyLock::new(|| {
+/// [`BEGIN`] for each row of `k`.
+static BEGIN_FROM_K: LazyLock<String> = LazyLock::new(|| {
+    BEGIN.replacen(
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM k",
+        1,
+    )
+});
+
+/// PostgreSQL: [`idempotency::CLAIM`] and [`BEGIN`] as parts of a `WITH`: `k` has a row if
+/// the claim inserted its row, and the attempt is recorded only then. The claim's arguments
+/// follow the attempt's ($9 …).
+static CLAIM_PARTS: LazyLock<String> = LazyLock::new(|| {
     let mut claim = idempotency::CLAIM.to_owned();
     for n in 1..=4 {
         claim = claim.replace(&format!("${n},"), &format!("${},", n + 8));
         claim = claim.replace(&format!("${n})"), &format!("${})", n + 8));
     }
-    let begin = BEGIN.replacen(
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        "SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM k",
-        1,
-    );
+    format!("k AS ({claim} RETURNING 1), a AS ({})", *BEGIN_FROM_K)
+});
+
+/// [`CLAIM_PARTS`] for a checkout without a key: `k` always has its row.
+static UNKEYED_PARTS: LazyLock<String> =
+    LazyLock::new(|| format!("k AS (SELECT 1), a AS ({})", *BEGIN_FROM_K));
+
+/// PostgreSQL: [`CLAIM_PARTS`] as one statement.
+static CLAIM_AND_BEGIN: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH k AS ({claim} RETURNING 1), a AS ({begin}) \
-         SELECT CAST(COUNT(*) AS BIGINT) AS claimed FROM k"
+        "WITH {} SELECT CAST(COUNT(*) AS BIGINT) AS claimed FROM k",
+        *CLAIM_PARTS
     )
 });
 
@@ -126,6 +140,35 @@ impl Attempt {
         }
         tx.execute(BEGIN, &values).await?;
         Ok(true)
+    }
+
+    /// PostgreSQL: the claim of `key` (if any) and the attempt's record as parts of a `WITH`
+    /// — `k`, which has a row if the claim succeeded, and `a` — with their arguments, which
+    /// are the statement's first (see [`crate::inventory::reserve_at_once`]).
+    pub(crate) fn claim_parts(
+        &self,
+        key: Option<&idempotency::Key>,
+        now: i64,
+    ) -> (&'static str, Vec<crate::db::Value>) {
+        let (scope, name, hash) = key.map(idempotency::Key::parts).unzip3();
+        let mut values = args![
+            &self.order_id,
+            &self.connector,
+            self.amount,
+            &self.currency,
+            scope,
+            name,
+            hash,
+            now
+        ]
+        .to_vec();
+        match key {
+            Some(key) => {
+                values.extend(key.claim_args());
+                (CLAIM_PARTS.as_str(), values)
+            }
+            None => (UNKEYED_PARTS.as_str(), values),
+        }
     }
 
     /// Forgets the attempt: its order is recorded, or the gateway holds nothing for it.

@@ -72,6 +72,9 @@ pub struct Handles {
     writer: Option<sqlite::Threads>,
     /// SQLite only (a file): the reader connections and their threads, for [`Db::read`].
     read_threads: Option<sqlite::Threads>,
+    /// PostgreSQL only: a few connections whose statements commit on their own without
+    /// waiting for their WAL flush, for [`Db::unsynced`].
+    unsynced: Option<AnyPool>,
     backend: Backend,
     url: Url,
 }
@@ -124,6 +127,12 @@ fn push_params(out: &mut String, from: usize, count: usize) {
 const SQLITE_READERS: u32 = 4;
 
 /// PostgreSQL: a pooled connection idle at least this long is pinged before it is used.
+/// PostgreSQL: connections of the [`Db::unsynced`] pool, per host. They run the checkouts'
+/// reserving statements, which queue for the same few stock rows in a flash sale: with more
+/// of them in PostgreSQL at once, each commit there wakes more waiters to re-read the rows
+/// for nothing, so a few at a time per host, the rest waiting here, where it is free.
+pub const UNSYNCED_CONNECTIONS: u32 = 4;
+
 const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -268,11 +277,36 @@ impl Db {
         } else {
             None
         };
+        let unsynced = match backend {
+            Backend::Postgres => Some(
+                AnyPoolOptions::new()
+                    .max_connections(UNSYNCED_CONNECTIONS)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_IF_IDLE_FOR {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("SET synchronous_commit = off").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_lazy_with(url.parse().context("parsing the database URL")?),
+            ),
+            Backend::Sqlite => None,
+        };
         Ok(Self(std::sync::Arc::new(Handles {
             pool,
             readers,
             writer,
             read_threads,
+            unsynced,
             backend,
             url: Url(url.into()),
         })))
@@ -438,6 +472,47 @@ impl Db {
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(WriteTx { tx, _lease: lease })
+    }
+
+    /// PostgreSQL: runs `body` on a connection of its own whose statements run outside a
+    /// transaction and commit, each on its own, without waiting for their WAL flush — so the
+    /// row locks a statement takes are released when it ends, not a disk write later. Only
+    /// for statements nothing durable rests on until a later, synchronous commit (PostgreSQL
+    /// flushes its WAL in order: once that later commit is durable, so is this). At most
+    /// [`UNSYNCED_CONNECTIONS`] bodies run at once per host; the rest queue here. `None` on
+    /// SQLite, where the body is not run.
+    pub async fn unsynced<R, E, F>(&self, body: F) -> Option<Result<R, E>>
+    where
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+    {
+        let pool = self.unsynced.as_ref()?;
+        let mut conn = match pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => return Some(Err(e.into())),
+        };
+        Some(body(&mut tx::SqlxTx(&mut conn, self.backend)).await)
+    }
+
+    /// PostgreSQL: runs `body` on a pooled connection outside a transaction, so each of its
+    /// statements commits on its own (waiting for its WAL flush, as any commit). For a write
+    /// that is one statement checking its own work — a transaction around it would cost two
+    /// round trips more. `None` on SQLite, where the body is not run.
+    pub async fn autocommit<R, E, F>(&self, body: F) -> Option<Result<R, E>>
+    where
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+    {
+        if self.backend != Backend::Postgres {
+            return None;
+        }
+        let mut conn = match self.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => return Some(Err(e.into())),
+        };
+        Some(body(&mut tx::SqlxTx(&mut conn, self.backend)).await)
     }
 
     /// A connection for a single write statement outside a transaction (holding the writer
