@@ -2419,32 +2419,10 @@ impl OrderInsert {
         let Self { mut values, lines } = self;
         let mut lines = lines.into_iter();
         if tx.backend() == Backend::Postgres {
-            let mut sql = format!(
-                "WITH o AS ({}), p AS ({}), a AS ({})",
-                Self::ORDER,
-                Self::PAYMENT,
-                Self::END_ATTEMPT
+            let sql = format!(
+                "{} SELECT sku, location_id, quantity, expires_at FROM r",
+                Self::postgres_parts(&mut values, lines.next(), finish, commit_at).0
             );
-            if let Some(first) = lines.next() {
-                sql.push_str(&format!(
-                    ", l AS ({} {})",
-                    Self::LINES,
-                    param_rows(values.len() + 1, first.len() / 7, 7)
-                ));
-                values.extend(first);
-            }
-            if let Some((key, status, answer)) = finish {
-                sql.push_str(&format!(
-                    ", k AS ({})",
-                    idempotency::finish_sql(values.len() + 1)
-                ));
-                values.extend(key.finish_args(status, answer));
-            }
-            values.push(commit_at.into());
-            sql.push_str(&format!(
-                ", {} SELECT sku, location_id, quantity, expires_at FROM r",
-                inventory::commit_parts_on_postgres(values.len())
-            ));
             let committed = tx.fetch(&sql, &values).await?;
             for chunk in lines {
                 let sql = format!("{} {}", Self::LINES, param_rows(1, chunk.len() / 7, 7));
@@ -2478,13 +2456,33 @@ impl OrderInsert {
         expected: usize,
     ) -> std::result::Result<(), sqlx::Error> {
         let Self { mut values, lines } = self;
+        let (parts, now_at) =
+            Self::postgres_parts(&mut values, lines.into_iter().next(), finish, commit_at);
+        values.push(i64::try_from(expected).unwrap_or(i64::MAX).into());
+        let sql = format!(
+            "{parts} SELECT {} AS committed",
+            inventory::commit_check_on_postgres(now_at, now_at + 1)
+        );
+        tx.fetch(&sql, &values).await.map(drop)
+    }
+
+    /// PostgreSQL: the `WITH` of the order's statement — the order, payment, attempt's end,
+    /// the `lines` (one statement's worth), the key's answer, and the reservations' commit
+    /// with its movements (`r`, `mv`) — its arguments appended to `values` after the order's.
+    /// Returns it with the parameter number of `commit_at`.
+    fn postgres_parts(
+        values: &mut Vec<crate::db::Value>,
+        lines: Option<Vec<crate::db::Value>>,
+        finish: Option<(&idempotency::Key, u16, &str)>,
+        commit_at: i64,
+    ) -> (String, usize) {
         let mut sql = format!(
             "WITH o AS ({}), p AS ({}), a AS ({})",
             Self::ORDER,
             Self::PAYMENT,
             Self::END_ATTEMPT
         );
-        if let Some(first) = lines.into_iter().next() {
+        if let Some(first) = lines {
             sql.push_str(&format!(
                 ", l AS ({} {})",
                 Self::LINES,
@@ -2501,13 +2499,11 @@ impl OrderInsert {
         }
         values.push(commit_at.into());
         let now_at = values.len();
-        values.push(i64::try_from(expected).unwrap_or(i64::MAX).into());
         sql.push_str(&format!(
-            ", {} SELECT {} AS committed",
-            inventory::commit_parts_on_postgres(now_at),
-            inventory::commit_check_on_postgres(now_at, now_at + 1)
+            ", {}",
+            inventory::commit_parts_on_postgres(now_at)
         ));
-        tx.fetch(&sql, &values).await.map(drop)
+        (sql, now_at)
     }
 }
 

@@ -113,18 +113,7 @@ impl Attempt {
         key: Option<&idempotency::Key>,
         now: i64,
     ) -> sqlx::Result<bool> {
-        let (scope, name, hash) = key.map(idempotency::Key::parts).unzip3();
-        let mut values = args![
-            &self.order_id,
-            &self.connector,
-            self.amount,
-            &self.currency,
-            scope,
-            name,
-            hash,
-            now
-        ]
-        .to_vec();
+        let mut values = self.begin_args(key, now);
         let Some(key) = key else {
             tx.execute(BEGIN, &values).await?;
             return Ok(true);
@@ -150,8 +139,20 @@ impl Attempt {
         key: Option<&idempotency::Key>,
         now: i64,
     ) -> (&'static str, Vec<crate::db::Value>) {
+        let mut values = self.begin_args(key, now);
+        match key {
+            Some(key) => {
+                values.extend(key.claim_args());
+                (CLAIM_PARTS.as_str(), values)
+            }
+            None => (UNKEYED_PARTS.as_str(), values),
+        }
+    }
+
+    /// The arguments of [`BEGIN`]: the attempt and its key's parts.
+    fn begin_args(&self, key: Option<&idempotency::Key>, now: i64) -> Vec<crate::db::Value> {
         let (scope, name, hash) = key.map(idempotency::Key::parts).unzip3();
-        let mut values = args![
+        args![
             &self.order_id,
             &self.connector,
             self.amount,
@@ -161,14 +162,7 @@ impl Attempt {
             hash,
             now
         ]
-        .to_vec();
-        match key {
-            Some(key) => {
-                values.extend(key.claim_args());
-                (CLAIM_PARTS.as_str(), values)
-            }
-            None => (UNKEYED_PARTS.as_str(), values),
-        }
+        .to_vec()
     }
 
     /// Forgets the attempt: its order is recorded, or the gateway holds nothing for it.

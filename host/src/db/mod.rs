@@ -135,6 +135,27 @@ pub const UNSYNCED_CONNECTIONS: u32 = 4;
 
 const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 
+/// A PostgreSQL pool of at most `size` connections.
+fn postgres_pool(size: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(30))
+        // A connection is pinged before it is handed out only if it sat idle for a while (as
+        // HikariCP does): one in use a moment ago is alive, and sqlx already pings every
+        // connection as it comes back. Under load that is a round trip saved on every
+        // transaction; a connection the server dropped while idle (a restart, an idle-session
+        // timeout) is still found out before a request gets it.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -214,28 +235,7 @@ impl Db {
                     .connect_with(options)
                     .await
             }
-            Backend::Postgres => {
-                AnyPoolOptions::new()
-                    .max_connections(pool_size.max(2))
-                    .acquire_timeout(Duration::from_secs(30))
-                    // A connection is pinged before it is handed out only if it sat idle for
-                    // a while (as HikariCP does): one in use a moment ago is alive, and sqlx
-                    // already pings every connection as it comes back. Under load that is a
-                    // round trip saved on every transaction; a connection the server dropped
-                    // while idle (a restart, an idle-session timeout) is still found out
-                    // before a request gets it.
-                    .test_before_acquire(false)
-                    .before_acquire(|conn, meta| {
-                        Box::pin(async move {
-                            if meta.idle_for >= PING_IF_IDLE_FOR {
-                                sqlx::Connection::ping(conn).await?;
-                            }
-                            Ok(true)
-                        })
-                    })
-                    .connect_with(options)
-                    .await
-            }
+            Backend::Postgres => postgres_pool(pool_size.max(2)).connect_with(options).await,
         }
         .context("connecting to the database")?;
         let on_file = backend == Backend::Sqlite && !url.contains(":memory:");
@@ -279,18 +279,7 @@ impl Db {
         };
         let unsynced = match backend {
             Backend::Postgres => Some(
-                AnyPoolOptions::new()
-                    .max_connections(UNSYNCED_CONNECTIONS)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .test_before_acquire(false)
-                    .before_acquire(|conn, meta| {
-                        Box::pin(async move {
-                            if meta.idle_for >= PING_IF_IDLE_FOR {
-                                sqlx::Connection::ping(conn).await?;
-                            }
-                            Ok(true)
-                        })
-                    })
+                postgres_pool(UNSYNCED_CONNECTIONS)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute("SET synchronous_commit = off").await?;
