@@ -266,10 +266,10 @@ impl Inventory {
     /// On PostgreSQL it is two statements and no transaction when nothing needs releasing
     /// first ([`reserve_at_once`]); otherwise, and on SQLite, one write transaction.
     /// Committed without waiting for the disk ([`Db::write_unsynced`], [`Db::unsynced`]), so
-    /// the level locks are released without it. Nothing durable rests on a reservation alone: what makes it count
-    /// is the commit that places the order, which does wait. A crash before that loses at most
-    /// reservations whose orders were never placed (the checkout's record then fails and voids
-    /// the payment).
+    /// the level locks are released without it. Nothing durable rests on a reservation
+    /// alone: what makes it count is the commit that places the order, which does wait. A
+    /// crash before that loses at most reservations whose orders were never placed (the
+    /// checkout's record then fails and voids the payment).
     pub async fn reserve(
         &self,
         reference: &str,
@@ -767,10 +767,10 @@ const STOCK_MOVED: &str = "CR001";
 /// Here the levels are read without locks and allocated by priority as [`reserve_in`] does;
 /// then one statement runs `claim` if there is one (CTEs: `k`, with a row if the claim
 /// succeeded, and any others, over parameters `$1…`; see
-/// [`crate::recovery::Attempt::claim_parts`]), locks the allocated levels in (sku, location) order, raises `held` only
-/// where it still covers the allocation (a guarded write), inserts the reservations and their
-/// movements — and undoes all of it, by raising [`STOCK_MOVED`], unless every allocation was
-/// covered. The locks are held for that one statement.
+/// [`crate::recovery::Attempt::claim_parts`]), locks the allocated levels in (sku, location)
+/// order, raises `held` only where it still covers the allocation (a guarded write), inserts
+/// the reservations and their movements — and undoes all of it, by raising [`STOCK_MOVED`],
+/// unless every allocation was covered. The locks are held for that one statement.
 ///
 /// Allocation follows priority as the levels were read: stock that arrives at a preferred
 /// location between the read and the write (milliseconds) is not used by this checkout. No
