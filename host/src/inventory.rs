@@ -1504,6 +1504,23 @@ mod tests {
         }
     }
 
+    /// [`reserve_allocated`] of `allocations` for `reference`, on an unsynced connection.
+    async fn at_once(
+        db: &Db,
+        claim: Option<(&'static str, Vec<Value>)>,
+        reference: &'static str,
+        allocations: Vec<Allocation>,
+    ) -> AtOnce {
+        db.unsynced(move |tx| {
+            Box::pin(async move {
+                reserve_allocated(tx, claim, reference, &allocations, NOW, NOW + 60_000).await
+            })
+        })
+        .await
+        .expect("PostgreSQL")
+        .expect("no error")
+    }
+
     /// The statement that reserves without a transaction checks every level again under its
     /// lock: an allocation made from a read that is no longer true writes nothing at all (the
     /// levels it could cover included), and the caller is sent to the transaction.
@@ -1519,51 +1536,18 @@ mod tests {
             let before = state(&db).await;
             assert_eq!(before, (vec![("eu".into(), 0), ("us".into(), 0)], 0, 2));
             for stale in [vec![take("eu", 2)], vec![take("eu", 1), take("us", 1)]] {
-                let outcome = db
-                    .unsynced(move |tx| {
-                        Box::pin(async move {
-                            reserve_allocated(tx, None, "order-1", &stale, NOW, NOW + 60_000).await
-                        })
-                    })
-                    .await
-                    .expect("postgres");
-                assert_eq!(outcome.expect("no error"), AtOnce::Transaction);
+                let outcome = at_once(&db, None, "order-1", stale).await;
+                assert_eq!(outcome, AtOnce::Transaction);
                 assert_eq!(state(&db).await, before, "nothing written");
             }
             // A claim that did not succeed writes nothing either.
-            let refused = db
-                .unsynced(|tx| {
-                    Box::pin(async move {
-                        let claim = ("k AS (SELECT 1 WHERE false)", Vec::new());
-                        reserve_allocated(
-                            tx,
-                            Some(claim),
-                            "order-2",
-                            &[take("eu", 1)],
-                            NOW,
-                            NOW + 60_000,
-                        )
-                        .await
-                    })
-                })
-                .await
-                .expect("postgres");
-            assert_eq!(refused.expect("no error"), AtOnce::KeyTaken);
+            let refused = ("k AS (SELECT 1 WHERE false)", Vec::new());
+            let outcome = at_once(&db, Some(refused), "order-2", vec![take("eu", 1)]).await;
+            assert_eq!(outcome, AtOnce::KeyTaken);
             assert_eq!(state(&db).await, before);
             // What the levels cover is reserved, held and recorded as a movement.
-            let reserved = db
-                .unsynced(|tx| {
-                    Box::pin(async move {
-                        reserve_allocated(tx, None, "order-3", &[take("eu", 1)], NOW, NOW + 60_000)
-                            .await
-                    })
-                })
-                .await
-                .expect("postgres");
-            assert_eq!(
-                reserved.expect("no error"),
-                AtOnce::Reserved(vec![take("eu", 1)])
-            );
+            let outcome = at_once(&db, None, "order-3", vec![take("eu", 1)]).await;
+            assert_eq!(outcome, AtOnce::Reserved(vec![take("eu", 1)]));
             assert_eq!(
                 state(&db).await,
                 (vec![("eu".into(), 1), ("us".into(), 0)], 1, 3)
@@ -1614,7 +1598,6 @@ mod tests {
                         })
                     })
                     .await
-                    .expect("postgres")
                     .expect("no other error")
                 }
             };

@@ -1159,59 +1159,44 @@ impl Orders {
         let answer = serde_json::value::to_raw_value(&order).unwrap_or_default();
         let finish = key.cloned().map(|key| (key, answer.get().to_owned()));
         let id = order_id.to_owned();
-        if self.db.backend() == Backend::Postgres && insert.lines.len() <= 1 {
-            // One statement, which checks the reservations itself: no transaction around it.
-            let outcome = self
-                .db
-                .autocommit(move |tx| {
-                    Box::pin(async move {
-                        let commit_at = now.max(wall_clock_ms());
-                        let finish = finish
-                            .as_ref()
-                            .map(|(key, answer)| (&**key, 201, answer.as_str()));
-                        match insert
-                            .run_checked_on_postgres(tx, finish, commit_at, reservations)
-                            .await
+        // PostgreSQL: one statement that checks the reservations itself, so no transaction
+        // around it (unless the lines need more statements than one).
+        let checked = self.db.backend() == Backend::Postgres && insert.lines.len() <= 1;
+        let body = crate::db::job(move |tx| {
+            Box::pin(async move {
+                // Expiry is judged by the clock now, not when the checkout began: a checkout
+                // stalled past its reservation must not commit stock that others may have
+                // reserved since it stopped counting.
+                let commit_at = now.max(wall_clock_ms());
+                // 201 Created: the API's answer to a checkout.
+                let finish = finish
+                    .as_ref()
+                    .map(|(key, answer)| (&**key, 201, answer.as_str()));
+                // Also ends the checkout attempt, stores the key's answer and commits the
+                // reservations.
+                if checked {
+                    return match insert
+                        .run_checked_on_postgres(tx, finish, commit_at, reservations)
+                        .await
+                    {
+                        Err(sqlx::Error::Database(e))
+                            if e.code().as_deref() == Some(inventory::NOT_COMMITTED) =>
                         {
-                            Err(sqlx::Error::Database(e))
-                                if e.code().as_deref() == Some(inventory::NOT_COMMITTED) =>
-                            {
-                                Err(inventory::why_not_committed(tx, &id, commit_at).await)
-                            }
-                            other => Ok(other?),
+                            Err(inventory::why_not_committed(tx, &id, commit_at).await)
                         }
-                    })
-                })
-                .await;
-            if let Some(outcome) = outcome {
-                outcome?;
-                if let Some(key) = key {
-                    key.advance(idempotency::Progress::Finished);
+                        other => Ok(other?),
+                    };
                 }
-                return Ok(answer);
-            }
-            // `autocommit` runs nothing only on SQLite, which took the other way.
-            return Err(sqlx::Error::PoolClosed.into());
-        }
-        self.db
-            .write(move |tx| {
-                Box::pin(async move {
-                    // Expiry is judged by the clock now, not when the checkout began: a
-                    // checkout stalled past its reservation must not commit stock that others
-                    // may have reserved since it stopped counting.
-                    let commit_at = now.max(wall_clock_ms());
-                    // 201 Created: the API's answer to a checkout.
-                    let finish = finish
-                        .as_ref()
-                        .map(|(key, answer)| (&**key, 201, answer.as_str()));
-                    // Also ends the checkout attempt, stores the key's answer and commits the
-                    // reservations.
-                    let committed = insert.run_in(tx, finish, commit_at).await?;
-                    inventory::committed_in(tx, &id, reservations, commit_at, &committed).await?;
-                    Ok::<_, InventoryError>(())
-                })
+                let committed = insert.run_in(tx, finish, commit_at).await?;
+                inventory::committed_in(tx, &id, reservations, commit_at, &committed).await?;
+                Ok(())
             })
-            .await?;
+        });
+        if checked {
+            self.db.autocommit(body).await?;
+        } else {
+            self.db.write(body).await?;
+        }
         if let Some(key) = key {
             key.advance(idempotency::Progress::Finished);
         }

@@ -135,6 +135,16 @@ pub const UNSYNCED_CONNECTIONS: u32 = 4;
 
 const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 
+/// `body` as a transaction body for [`Db::write`], [`Db::autocommit`] and the like, for a
+/// closure bound to a name before it is passed to one of them (a closure written in the call
+/// gets this signature from the call).
+pub(crate) fn job<R, E, F>(body: F) -> F
+where
+    F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E>,
+{
+    body
+}
+
 /// A PostgreSQL pool of at most `size` connections.
 fn postgres_pool(size: u32) -> AnyPoolOptions {
     AnyPoolOptions::new()
@@ -484,24 +494,21 @@ impl Db {
         Some(body(&mut tx::SqlxTx(&mut conn, self.backend)).await)
     }
 
-    /// PostgreSQL: runs `body` on a pooled connection outside a transaction, so each of its
-    /// statements commits on its own (waiting for its WAL flush, as any commit). For a write
-    /// that is one statement checking its own work — a transaction around it would cost two
-    /// round trips more. `None` on SQLite, where the body is not run.
-    pub async fn autocommit<R, E, F>(&self, body: F) -> Option<Result<R, E>>
+    /// Runs `body`, a write that is one statement checking its own work: on PostgreSQL on a
+    /// pooled connection outside a transaction, so the statement commits on its own (waiting
+    /// for its WAL flush, as any commit) — a transaction around it would cost two round trips
+    /// more; on SQLite as [`Db::write`], where a transaction costs no round trip.
+    pub async fn autocommit<R, E, F>(&self, body: F) -> Result<R, E>
     where
         F: for<'t> FnOnce(&'t mut dyn Tx) -> JobFuture<'t, R, E> + Send + 'static,
         R: Send + 'static,
         E: From<sqlx::Error> + Send + 'static,
     {
         if self.backend != Backend::Postgres {
-            return None;
+            return self.write(body).await;
         }
-        let mut conn = match self.pool.acquire().await {
-            Ok(conn) => conn,
-            Err(e) => return Some(Err(e.into())),
-        };
-        Some(body(&mut tx::SqlxTx(&mut conn, self.backend)).await)
+        let mut conn = self.pool.acquire().await?;
+        body(&mut tx::SqlxTx(&mut conn, self.backend)).await
     }
 
     /// A connection for a single write statement outside a transaction (holding the writer
