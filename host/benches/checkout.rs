@@ -25,11 +25,12 @@
 //! server); otherwise SQLite in a temporary directory. Under `cargo test` it runs a few
 //! requests only (and the comparison once, in a `native-rules` build). Other knobs:
 //! `CARTRIDGE_BENCH_SERVER` (another build of the server, for an A/B),
-//! `CARTRIDGE_BENCH_CONCURRENCY`, `CARTRIDGE_BENCH_CHECKOUTS`, and `CARTRIDGE_BENCH_ONLY=wasm`
-//! (one Wasm server and its flows, nothing else: for profiling). Each checkout run also reports
-//! the server's CPU time per checkout, and the load generator's own: the timed requests go
-//! through [`Conn`], a bare keep-alive HTTP/1.1 connection, so that the generator takes as
-//! little as it can of the two cores it shares with the server.
+//! `CARTRIDGE_BENCH_CONCURRENCY`, `CARTRIDGE_BENCH_CHECKOUTS`, `CARTRIDGE_BENCH_ONLY=wasm`
+//! (one Wasm server and its flows, nothing else: for profiling), and
+//! `CARTRIDGE_BENCH_LATENCIES=<dir>` (every timed request's start and latency, a CSV per run).
+//! Each checkout run also reports the server's CPU time per checkout, and the load generator's
+//! own: the timed requests go through [`Conn`], a bare keep-alive HTTP/1.1 connection, so that
+//! the generator takes as little as it can of the two cores it shares with the server.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -341,16 +342,37 @@ struct Stats {
     per_second: f64,
     p50: Duration,
     p99: Duration,
+    /// Each request's start (from the run's) and latency, in the order they started.
+    requests: Vec<(Duration, Duration)>,
 }
 
-fn stats(mut latencies: Vec<Duration>, elapsed: Duration) -> Stats {
+fn stats(mut requests: Vec<(Duration, Duration)>, elapsed: Duration) -> Stats {
+    requests.sort();
+    let mut latencies: Vec<Duration> = requests.iter().map(|&(_, l)| l).collect();
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
     Stats {
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: at(0.5),
         p99: at(0.99),
+        requests,
     }
+}
+
+/// With `CARTRIDGE_BENCH_LATENCIES=<dir>`, writes a run's requests to `<dir>/<name>.csv`, one
+/// line each: when it started (µs into the run) and how long it took (µs). The tail of a run
+/// is easier to explain from when its slow requests happened: spread out, or in bursts.
+fn dump(name: &str, stats: &Stats) -> anyhow::Result<()> {
+    let Some(dir) = std::env::var_os("CARTRIDGE_BENCH_LATENCIES") else {
+        return Ok(());
+    };
+    let mut csv = String::from("start_us,latency_us\n");
+    for (start, latency) in &stats.requests {
+        csv.push_str(&format!("{},{}\n", start.as_micros(), latency.as_micros()));
+    }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(std::path::Path::new(&dir).join(format!("{name}.csv")), csv)?;
+    Ok(())
 }
 
 /// Runs `total` jobs with `concurrency` workers; returns the stats.
@@ -374,7 +396,7 @@ where
                 }
                 let t = Instant::now();
                 job(n).await?;
-                latencies.push(t.elapsed());
+                latencies.push((t - started, t.elapsed()));
             }
         }));
     }
@@ -717,6 +739,26 @@ async fn main() -> anyhow::Result<()> {
             decided(&wasm[0].first_order),
             decided(&n.first_order)
         );
+    }
+
+    for (i, r) in wasm.iter().enumerate() {
+        dump(&format!("checkout-wasm-{}", i + 1), &r.checkouts)?;
+    }
+    for (i, r) in native.iter().enumerate() {
+        dump(&format!("checkout-native-{}", i + 1), &r.checkouts)?;
+    }
+    if let Some(spread) = &spread {
+        dump("checkout-spread", &spread.checkouts)?;
+    }
+    if let Some(latency) = &latency {
+        dump(
+            &format!("checkout-c{latency_concurrency}"),
+            &latency.checkouts,
+        )?;
+    }
+    if let Some((one, many)) = &wasm[0].flows {
+        dump("flow-c1", one)?;
+        dump(&format!("flow-c{concurrency}"), many)?;
     }
 
     println!(
