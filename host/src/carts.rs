@@ -342,6 +342,33 @@ impl Carts {
             .await
     }
 
+    /// The SKUs in `customer`'s open cart, in the order they were added: the cart of theirs
+    /// changed last that has not become an order (one cancelled does not count). None when
+    /// they have no such cart. The personalization hook's `cart-skus`.
+    pub async fn open_cart_skus(&self, customer: &str) -> Result<Vec<String>> {
+        let customer = customer.to_owned();
+        self.db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let rows = tx
+                        .fetch(
+                            "SELECT sku FROM cart_lines WHERE cart_id = ( \
+                               SELECT c.id FROM carts c WHERE c.customer_id = $1 \
+                                 AND NOT EXISTS (SELECT 1 FROM orders o \
+                                   WHERE o.cart_id = c.id AND o.status <> 'cancelled') \
+                               ORDER BY c.updated_at DESC, c.id DESC LIMIT 1) \
+                             ORDER BY position",
+                            &args![&customer],
+                        )
+                        .await?;
+                    rows.iter()
+                        .map(|row| Ok(row.get("sku")?))
+                        .collect::<Result<Vec<String>>>()
+                })
+            })
+            .await
+    }
+
     /// The cart, if `key` opens it, and the catalog's answer for its SKUs, in one read.
     pub async fn view(&self, id: &str, key: &CartKey) -> Result<CartView> {
         let (id, key) = (id.to_owned(), key.clone());

@@ -2379,6 +2379,40 @@ async fn personalization_reorders_the_store_for_a_known_customer_and_falls_back_
             ["Wool Socks", "Organic Tee"],
             "default order when anonymous"
         );
+        // The plugin hears what is in Ada's open cart, and recommends nothing already in it;
+        // the cart that became her order does not count.
+        let (picks, _) = titles(
+            &app,
+            "/store/recommendations?limit=2",
+            &[("authorization", &ada)],
+        )
+        .await;
+        assert_eq!(picks, ["Organic Tee", "Wool Socks"]);
+        let r = app
+            .send(
+                Method::POST,
+                "/store/carts",
+                &[("authorization", &ada)],
+                Some(json!({"currency": "EUR"}).to_string()),
+            )
+            .await;
+        let cart = r.body["id"].as_str().expect("cart");
+        let r = app
+            .send(
+                Method::POST,
+                &format!("/store/carts/{cart}/lines"),
+                &[("authorization", &ada)],
+                Some(json!({"sku": "SOCK", "quantity": 1}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (picks, _) = titles(
+            &app,
+            "/store/recommendations?limit=2",
+            &[("authorization", &ada)],
+        )
+        .await;
+        assert_eq!(picks, ["Organic Tee"], "the socks are in her cart already");
         app.db.drop_database().await;
     }
     for db in test_databases().await {

@@ -410,11 +410,12 @@ async fn personalize(
         Err(crate::customers::CustomerError::NotFound) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
+    let cart_skus = state.carts.open_cart_skus(customer).await?;
     let context = Context {
         customer_id: Some(customer.to_owned()),
         customer_tags,
         purchases,
-        cart_skus: vec![],
+        cart_skus,
         candidates,
         limit,
         now: now_ms(),
