@@ -343,8 +343,8 @@ impl Carts {
     }
 
     /// The SKUs in `customer`'s open cart, in the order they were added: the cart of theirs
-    /// changed last that has not become an order (one cancelled does not count). None when
-    /// they have no such cart. The personalization hook's `cart-skus`.
+    /// changed last that has not become an order (an order since cancelled does not count).
+    /// None when they have no such cart. The personalization hook's `cart-skus`.
     pub async fn open_cart_skus(&self, customer: &str) -> Result<Vec<String>> {
         let customer = customer.to_owned();
         self.db

@@ -406,8 +406,9 @@ impl Files {
     /// a flush takes as long as what is unflushed: the passive checkpoints leave the pages they
     /// copy back unflushed in the database file (SQLite flushes it only when a checkpoint has
     /// copied the whole WAL), and under the checkout benchmark's load the writer was held
-    /// 4–5 ms on average, mostly in that flush. Flushed here first, unheld, it is held ~1.5 ms.
-    /// A failure only leaves the work to the held checkpoint, so it is logged, not returned.
+    /// 4–5 ms on average, mostly in that flush. With the files flushed here first, unheld, it
+    /// is held ~1.5 ms. A failure here only leaves the work to the held checkpoint, so it is
+    /// logged, not returned.
     fn sync(&self) {
         for path in [&self.database, &self.wal] {
             if let Err(e) = std::fs::File::open(path).and_then(|file| file.sync_data()) {
