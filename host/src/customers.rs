@@ -104,6 +104,12 @@ pub struct ProfileList {
     pub customers: Vec<Profile>,
 }
 
+/// An email address as it is stored, compared and searched: trimmed and lower-cased. An
+/// account, a guest's orders and the buyer history that fraud checks see all match on it.
+pub fn normalized_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
 /// Segment names as stored: trimmed, lower-cased, without duplicates, sorted. Each is 1 to 40
 /// of `a`–`z`, `0`–`9`, `-` and `_`, starting with a letter or digit; at most [`MAX_TAGS`].
 pub fn tags_of(given: &[String]) -> Result<Vec<String>> {
@@ -276,10 +282,7 @@ impl Customers {
         offset: u32,
     ) -> Result<Vec<Profile>> {
         let filter = args![
-            email.map_or(crate::db::Value::NullText, |e| e
-                .trim()
-                .to_lowercase()
-                .into()),
+            email.map_or(crate::db::Value::NullText, |e| normalized_email(e).into()),
             tag.map_or(crate::db::Value::NullText, |t| t
                 .trim()
                 .to_lowercase()
@@ -316,7 +319,7 @@ impl Customers {
         name: &str,
         now: i64,
     ) -> Result<Customer> {
-        let email = email.trim().to_lowercase();
+        let email = normalized_email(email);
         if !email.contains('@') || email.len() > 254 || email.chars().any(char::is_whitespace) {
             return Err(CustomerError::Invalid(
                 "email is not an email address".into(),
@@ -366,7 +369,7 @@ impl Customers {
 
     /// Logs in; returns the customer and a new bearer token (shown once).
     pub async fn login(&self, email: &str, password: &str, now: i64) -> Result<(Customer, String)> {
-        let email = email.trim().to_lowercase();
+        let email = normalized_email(email);
         let locked_until: Option<i64> =
             sqlx::query_scalar("SELECT locked_until FROM login_throttle WHERE email = $1")
                 .bind(&email)

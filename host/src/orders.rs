@@ -835,7 +835,7 @@ impl Orders {
         });
         // A refusal is remembered against the buyer (their history's failed payments).
         let failed = |code: &str| PaymentFailure {
-            email: request.email.trim().to_lowercase(),
+            email: crate::customers::normalized_email(&request.email),
             customer_id: contents.customer_id.clone(),
             code: code.to_owned(),
             amount: signed(priced.total),
@@ -1104,7 +1104,7 @@ impl Orders {
         // The order as `order` reads it back; what is written is taken from it.
         let order = OrderView {
             id: order_id.to_owned(),
-            email: request.email.trim().to_lowercase(),
+            email: crate::customers::normalized_email(&request.email),
             // The cart's owner; a cart never changes owner.
             customer_id: customer_id.map(str::to_owned),
             status: status.to_owned(),
@@ -1223,7 +1223,9 @@ impl Orders {
     ) -> Result<Vec<OrderView>> {
         let filter = args![
             status.map_or(crate::db::Value::NullText, Into::into),
-            email.map_or(crate::db::Value::NullText, |e| e.to_lowercase().into()),
+            email.map_or(crate::db::Value::NullText, |e| {
+                crate::customers::normalized_email(e).into()
+            }),
             i64::from(limit.clamp(1, 100)),
             i64::from(offset),
         ];
@@ -2284,7 +2286,7 @@ async fn history_in(
         .fetch_one(
             HISTORY,
             &args![
-                email.trim().to_lowercase(),
+                crate::customers::normalized_email(email),
                 now - 24 * 60 * 60 * 1000,
                 currency,
                 customer_id

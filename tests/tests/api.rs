@@ -2641,6 +2641,15 @@ async fn a_price_change_reprices_open_carts_but_not_placed_orders_and_orders_can
             )
             .await;
         assert_eq!(r.body["orders"][0]["id"], order.as_str());
+        // Searched as stored: trimmed too, as the checkout and the accounts keep it.
+        let r = app
+            .admin(
+                Method::GET,
+                "/admin/orders?email=%20ada@Example.com%20",
+                Value::Null,
+            )
+            .await;
+        assert_eq!(r.body["orders"][0]["id"], order.as_str(), "{}", r.body);
         let r = app
             .admin(Method::GET, "/admin/orders?status=cancelled", Value::Null)
             .await;
