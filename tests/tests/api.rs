@@ -2413,6 +2413,23 @@ async fn personalization_reorders_the_store_for_a_known_customer_and_falls_back_
         )
         .await;
         assert_eq!(picks, ["Organic Tee"], "the socks are in her cart already");
+        // A tee in another size than the one the listing shows is the tee all the same.
+        let r = app
+            .send(
+                Method::POST,
+                &format!("/store/carts/{cart}/lines"),
+                &[("authorization", &ada)],
+                Some(json!({"sku": "TEE-M", "quantity": 1}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (picks, _) = titles(
+            &app,
+            "/store/recommendations?limit=2",
+            &[("authorization", &ada)],
+        )
+        .await;
+        assert!(picks.is_empty(), "both are in her cart: {picks:?}");
         app.db.drop_database().await;
     }
     for db in test_databases().await {

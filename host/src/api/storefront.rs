@@ -333,8 +333,9 @@ async fn recommendations(
 }
 
 /// Ranks `products` (and picks `limit` recommendations) with the personalization hook. Each
-/// product is represented by its first variant. Returns (ranked, recommended) and the plugin
-/// that ranked, if any.
+/// product is represented by one variant: the one in the shopper's open cart if there is one,
+/// so that a plugin which leaves out what is in the cart leaves out the product, else its
+/// first. Returns (ranked, recommended) and the plugin that ranked, if any.
 async fn personalize(
     state: &AppState,
     customer: Option<&str>,
@@ -378,10 +379,11 @@ async fn personalize(
             })
         })
         .collect();
+    let cart_skus = state.carts.open_cart_skus(customer).await?;
     let candidates: Vec<Candidate> = products
         .iter()
         .filter_map(|p| {
-            let v = p.variants.first()?;
+            let v = representative(p, &cart_skus)?;
             let (currency, amount) = v.prices.iter().next()?;
             Some(Candidate {
                 sku: v.sku.clone(),
@@ -410,7 +412,6 @@ async fn personalize(
         Err(crate::customers::CustomerError::NotFound) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
-    let cart_skus = state.carts.open_cart_skus(customer).await?;
     let context = Context {
         customer_id: Some(customer.to_owned()),
         customer_tags,
@@ -424,7 +425,7 @@ async fn personalize(
     let by_sku = |sku: &String| {
         products
             .iter()
-            .find(|p| p.variants.first().is_some_and(|v| &v.sku == sku))
+            .find(|p| representative(p, &context.cart_skus).is_some_and(|v| &v.sku == sku))
             .cloned()
     };
     let mut ranked: Vec<crate::catalog::Product> =
@@ -449,6 +450,19 @@ async fn personalize(
             skipped: outcome.skipped,
         }),
     ))
+}
+
+/// The variant that stands for `product` before the personalization hook (see
+/// [`personalize`]): the one in the shopper's cart, else its first.
+fn representative<'p>(
+    product: &'p crate::catalog::Product,
+    cart_skus: &[String],
+) -> Option<&'p crate::catalog::Variant> {
+    product
+        .variants
+        .iter()
+        .find(|v| cart_skus.contains(&v.sku))
+        .or_else(|| product.variants.first())
 }
 
 async fn product(
