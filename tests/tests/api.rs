@@ -2381,13 +2381,13 @@ async fn personalization_reorders_the_store_for_a_known_customer_and_falls_back_
         );
         // The plugin hears what is in Ada's open cart, and recommends nothing already in it;
         // the cart that became her order does not count.
-        let (picks, _) = titles(
-            &app,
-            "/store/recommendations?limit=2",
-            &[("authorization", &ada)],
-        )
-        .await;
-        assert_eq!(picks, ["Organic Tee", "Wool Socks"]);
+        let picks_for_ada = || async {
+            let auth = [("authorization", ada.as_str())];
+            titles(&app, "/store/recommendations?limit=2", &auth)
+                .await
+                .0
+        };
+        assert_eq!(picks_for_ada().await, ["Organic Tee", "Wool Socks"]);
         let r = app
             .send(
                 Method::POST,
@@ -2397,38 +2397,29 @@ async fn personalization_reorders_the_store_for_a_known_customer_and_falls_back_
             )
             .await;
         let cart = r.body["id"].as_str().expect("cart");
-        let r = app
-            .send(
-                Method::POST,
-                &format!("/store/carts/{cart}/lines"),
-                &[("authorization", &ada)],
-                Some(json!({"sku": "SOCK", "quantity": 1}).to_string()),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        let (picks, _) = titles(
-            &app,
-            "/store/recommendations?limit=2",
-            &[("authorization", &ada)],
-        )
-        .await;
-        assert_eq!(picks, ["Organic Tee"], "the socks are in her cart already");
+        let add_for_ada = |sku: &'static str| {
+            let (app, ada) = (&app, &ada);
+            async move {
+                let r = app
+                    .send(
+                        Method::POST,
+                        &format!("/store/carts/{cart}/lines"),
+                        &[("authorization", ada)],
+                        Some(json!({"sku": sku, "quantity": 1}).to_string()),
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.body);
+            }
+        };
+        add_for_ada("SOCK").await;
+        assert_eq!(
+            picks_for_ada().await,
+            ["Organic Tee"],
+            "the socks are in her cart already"
+        );
         // A tee in another size than the one the listing shows is the tee all the same.
-        let r = app
-            .send(
-                Method::POST,
-                &format!("/store/carts/{cart}/lines"),
-                &[("authorization", &ada)],
-                Some(json!({"sku": "TEE-M", "quantity": 1}).to_string()),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        let (picks, _) = titles(
-            &app,
-            "/store/recommendations?limit=2",
-            &[("authorization", &ada)],
-        )
-        .await;
+        add_for_ada("TEE-M").await;
+        let picks = picks_for_ada().await;
         assert!(picks.is_empty(), "both are in her cart: {picks:?}");
         app.db.drop_database().await;
     }
