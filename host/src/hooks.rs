@@ -217,7 +217,6 @@ pub enum InvokeError {
 enum PaymentInput {
     Step(PaymentRequest),
     Webhook {
-        #[allow(dead_code)]
         step: WebhookStep,
         request: payment::WebhookRequest,
     },
@@ -232,6 +231,7 @@ enum PaymentInput {
 #[serde(rename_all = "snake_case")]
 enum WebhookStep {
     ParseWebhook,
+    ParseDispute,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -241,7 +241,8 @@ enum LookupStep {
 }
 
 /// Calls `plugin`'s hook on `input`: a cart, a checkout, a personalization context, or a
-/// payment step (`{"step": "authorize" | … | "parse_webhook" | "find", "request": {…}}`).
+/// payment step (`{"step": "authorize" | … | "parse_webhook" | "parse_dispute" | "find",
+/// "request": {…}}`).
 pub async fn invoke(plugin: &Plugin, input: serde_json::Value) -> Result<Invocation, InvokeError> {
     use crate::plugin::HookKind;
     fn parse<T: serde::de::DeserializeOwned>(
@@ -288,7 +289,14 @@ pub async fn invoke(plugin: &Plugin, input: serde_json::Value) -> Result<Invocat
         ),
         HookKind::Payment => match parse::<PaymentInput>(plugin, input)? {
             PaymentInput::Step(step) => done(plugin.payment(&step).await?),
-            PaymentInput::Webhook { request, .. } => done(plugin.parse_webhook(&request).await?),
+            PaymentInput::Webhook {
+                step: WebhookStep::ParseWebhook,
+                request,
+            } => done(plugin.parse_webhook(&request).await?),
+            PaymentInput::Webhook {
+                step: WebhookStep::ParseDispute,
+                request,
+            } => done(plugin.parse_dispute(&request).await?),
             PaymentInput::Lookup { request, .. } => done(plugin.find(&request).await?),
         },
     })

@@ -542,6 +542,20 @@ macro_rules! export_plugin {
                 }
             }
 
+            impl $crate::__private::payment::exports::cartridge::plugin::payment_disputes::Guest
+                for __CartridgeExport
+            {
+                fn parse_dispute(
+                    request: __bindings::WebhookRequest,
+                ) -> ::core::result::Result<
+                    ::core::option::Option<$crate::payment::Dispute>,
+                    __bindings::WebhookError,
+                > {
+                    $crate::__private::enter();
+                    <$plugin as $crate::payment::Payment>::parse_dispute(request)
+                }
+            }
+
             $crate::__private::payment::__export_payment!(
                 __CartridgeExport with_types_in $crate::__private::payment
             );

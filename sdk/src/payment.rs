@@ -11,10 +11,18 @@
 //! holds for that operation and releases it. Implement it if the gateway can be searched (by
 //! the order reference sent with authorize, say); without it the host can only log the
 //! operation for the operator.
+//!
+//! [`Payment::parse_dispute`] reads disputes (the WIT's `payment-disputes`): chargebacks and
+//! the issuer's inquiries, which the host keeps with the disputed order and counts in the
+//! buyer's history for fraud checks. The host offers it the deliveries `parse_webhook`
+//! decoded as [`WebhookEventKind::Other`].
 
 pub use crate::__private::payment::exports::cartridge::plugin::payment::{
     AuthorizeRequest, CaptureRequest, PaymentError, PaymentErrorCode, PaymentResult, PaymentStatus,
     RefundRequest, VoidRequest, WebhookError, WebhookEvent, WebhookEventKind, WebhookRequest,
+};
+pub use crate::__private::payment::exports::cartridge::plugin::payment_disputes::{
+    Dispute, DisputeStatus,
 };
 pub use crate::__private::payment::exports::cartridge::plugin::payment_lookup::FindRequest;
 pub use crate::{Attribute, Money, Timestamp};
@@ -68,6 +76,12 @@ pub trait Payment {
         Err(WebhookError::Malformed(
             "this connector does not accept webhooks".to_owned(),
         ))
+    }
+
+    /// The dispute a webhook delivery reports, verified as in [`Payment::parse_webhook`];
+    /// `Ok(None)` when it reports something else. The default reads none.
+    fn parse_dispute(_request: WebhookRequest) -> Result<Option<Dispute>, WebhookError> {
+        Ok(None)
     }
 }
 

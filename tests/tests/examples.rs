@@ -306,6 +306,19 @@ async fn a_lost_authorisation_is_looked_up_and_a_connector_built_before_lookups_
     assert_eq!(paid.status, payment::PaymentStatus::Authorized);
     let error = basic.find(&find).await.expect_err("no lookup");
     assert_eq!(error.code(), "invalid_output", "{error}");
+    // Nor does it read disputes (`payment-disputes` came later still): asked, a named error.
+    assert!(gateway.reads_disputes());
+    assert!(!basic.reads_disputes());
+    let delivery = payment::WebhookRequest {
+        headers: vec![],
+        body: b"{}".to_vec(),
+        now: 0,
+    };
+    let error = basic
+        .parse_dispute(&delivery)
+        .await
+        .expect_err("no disputes");
+    assert_eq!(error.code(), "invalid_output", "{error}");
 }
 
 /// The test gateway's signature: FNV-1a 64 over `secret.t.body` (see the plugin's docs).

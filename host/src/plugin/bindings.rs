@@ -91,12 +91,15 @@ pub mod personalization {
     pub use super::personalization_world::{PersonalizationPlugin, PersonalizationPluginPre};
 }
 
-/// The payment hook's types, and the export indices of its two interfaces: `payment`, which
-/// every connector exports, and `payment-lookup`, which connectors built before it existed
-/// (the `basic-payment-plugin` world) lack. The host binds them one by one rather than as the
-/// world, so that it still loads those.
+/// The payment hook's types, and the export indices of its three interfaces: `payment`, which
+/// every connector exports, and `payment-lookup` and `payment-disputes`, which connectors built
+/// before them (the `basic-payment-plugin` world, or an earlier `payment-plugin`) lack. The
+/// host binds them one by one rather than as the world, so that it still loads those.
 pub mod payment {
     pub use super::payment_world::exports::cartridge::plugin::payment::*;
+    pub use super::payment_world::exports::cartridge::plugin::payment_disputes::{
+        Dispute, DisputeStatus, GuestIndices as DisputesIndices,
+    };
     pub use super::payment_world::exports::cartridge::plugin::payment_lookup::{
         FindRequest, Guest as Lookup, GuestIndices as LookupIndices,
     };

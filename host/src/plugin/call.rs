@@ -37,21 +37,28 @@ pub(crate) enum HookPre {
     Payment(PaymentPre),
 }
 
-/// A payment connector, pre-linked: its `payment` exports, and its `payment-lookup` exports
-/// when it has them (connectors built for the `basic-payment-plugin` world do not).
+/// A payment connector, pre-linked: its `payment` exports, and its `payment-lookup` and
+/// `payment-disputes` exports when it has them (connectors built before them do not).
 #[derive(Clone)]
 pub(crate) struct PaymentPre {
     pre: wasmtime::component::InstancePre<StoreState>,
     steps: payment::GuestIndices,
     lookup: Option<payment::LookupIndices>,
+    disputes: Option<payment::DisputesIndices>,
 }
 
 impl PaymentPre {
-    /// Fails only if `payment` is missing or mistyped: `payment-lookup` is optional.
+    /// Fails only if `payment` is missing or mistyped: the other two are optional.
     pub(crate) fn new(pre: wasmtime::component::InstancePre<StoreState>) -> wasmtime::Result<Self> {
         let steps = payment::GuestIndices::new(&pre)?;
         let lookup = payment::LookupIndices::new(&pre).ok();
-        Ok(Self { pre, steps, lookup })
+        let disputes = payment::DisputesIndices::new(&pre).ok();
+        Ok(Self {
+            pre,
+            steps,
+            lookup,
+            disputes,
+        })
     }
 
     fn engine(&self) -> &wasmtime::Engine {
@@ -452,6 +459,39 @@ impl Plugin {
         Ok(call)
     }
 
+    /// `parse_dispute` without the metrics.
+    async fn parse_dispute_unobserved(
+        &self,
+        request: &payment::WebhookRequest,
+    ) -> Result<Call<Result<Option<payment::Dispute>, payment::WebhookError>>, HookError> {
+        let HookPre::Payment(pre) = &self.pre else {
+            return Err(self.not_this_hook(HookKind::Payment));
+        };
+        let Some(disputes) = &pre.disputes else {
+            return Err(self.invalid("it does not export payment-disputes".into()));
+        };
+        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
+        let result = async {
+            let instance = pre.pre.instantiate_async(&mut store).await?;
+            disputes
+                .load(&mut store, &instance)?
+                .call_parse_dispute(&mut store, request)
+                .await
+        }
+        .await;
+        let call = self.finish(store, started, result)?;
+        if let Ok(Some(dispute)) = &call.output {
+            validate::dispute(dispute).map_err(|reason| self.invalid(reason))?;
+        }
+        Ok(call)
+    }
+
+    /// Whether this payment connector reads disputes from webhooks (it exports
+    /// `payment-disputes`).
+    pub fn reads_disputes(&self) -> bool {
+        matches!(&self.pre, HookPre::Payment(pre) if pre.disputes.is_some())
+    }
+
     /// Whether this payment connector can look up an authorisation whose answer was lost
     /// (it exports `payment-lookup`).
     pub fn looks_up(&self) -> bool {
@@ -515,6 +555,16 @@ impl Plugin {
         request: &payment::WebhookRequest,
     ) -> Result<Call<Result<payment::WebhookEvent, payment::WebhookError>>, HookError> {
         self.observed(None::<&()>, self.parse_webhook_unobserved(request))
+            .await
+    }
+
+    /// Reads the dispute a payment webhook reports, if it reports one. A connector without
+    /// `payment-disputes` ([`Plugin::reads_disputes`]) fails with an invalid-output error.
+    pub async fn parse_dispute(
+        &self,
+        request: &payment::WebhookRequest,
+    ) -> Result<Call<Result<Option<payment::Dispute>, payment::WebhookError>>, HookError> {
+        self.observed(None::<&()>, self.parse_dispute_unobserved(request))
             .await
     }
 

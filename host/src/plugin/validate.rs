@@ -235,6 +235,27 @@ pub fn webhook_event(event: &payment::WebhookEvent) -> Check {
     Ok(())
 }
 
+/// Checks a decoded dispute: its ids and reason are sane text, its amount is money.
+pub fn dispute(dispute: &payment::Dispute) -> Check {
+    text("event id", &dispute.event_id, 255)?;
+    text("dispute id", &dispute.dispute_id, 255)?;
+    text("gateway reference", &dispute.gateway_reference, 255)?;
+    text("reason", &dispute.reason, 255)?;
+    let currency = &dispute.amount.currency;
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "dispute currency {currency:?} is not an ISO 4217 code"
+        ));
+    }
+    if dispute.amount.amount == 0 || i64::try_from(dispute.amount.amount).is_err() {
+        return Err(format!(
+            "dispute amount {} is not a positive amount",
+            dispute.amount.amount
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,5 +465,32 @@ mod tests {
         };
         assert!(found_payment(&request, &found(dollars, "pi_1")).is_err());
         assert!(found_payment(&request, &found(money(5_997), "")).is_err());
+    }
+
+    #[test]
+    fn a_dispute_needs_sane_ids_a_reason_and_money() {
+        let good = payment::Dispute {
+            event_id: "evt_1".into(),
+            dispute_id: "dp_1".into(),
+            gateway_reference: "pi_1".into(),
+            amount: money(5_997),
+            status: payment::DisputeStatus::Open,
+            reason: "fraudulent".into(),
+            occurred_at: 0,
+        };
+        assert!(dispute(&good).is_ok());
+        let broken: [fn(&mut payment::Dispute); 6] = [
+            |d| d.dispute_id.clear(),
+            |d| d.gateway_reference = "pi\n1".into(),
+            |d| d.reason = "r".repeat(256),
+            |d| d.amount.amount = 0,
+            |d| d.amount.amount = u64::MAX,
+            |d| d.amount.currency = "eur".into(),
+        ];
+        for (i, break_it) in broken.iter().enumerate() {
+            let mut bad = good.clone();
+            break_it(&mut bad);
+            assert!(dispute(&bad).is_err(), "case {i}");
+        }
     }
 }

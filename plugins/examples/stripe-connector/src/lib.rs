@@ -49,8 +49,9 @@ pub mod webhook;
 use cartridge_sdk::http::{self, HttpError};
 use cartridge_sdk::log;
 use cartridge_sdk::payment::{
-    AuthorizeRequest, CaptureRequest, FindRequest, Payment, PaymentError, PaymentErrorCode,
-    PaymentResult, RefundRequest, VoidRequest, WebhookError, WebhookEvent, WebhookRequest,
+    AuthorizeRequest, CaptureRequest, Dispute, FindRequest, Payment, PaymentError,
+    PaymentErrorCode, PaymentResult, RefundRequest, VoidRequest, WebhookError, WebhookEvent,
+    WebhookRequest,
 };
 use request::{Settings, StripeRequest};
 use response::{Redactor, Scan, Step};
@@ -185,6 +186,10 @@ impl Payment for Stripe {
 
     fn parse_webhook(request: WebhookRequest) -> Result<WebhookEvent, WebhookError> {
         webhook::parse(&request, || cartridge_sdk::secrets::get("webhook-secret"))
+    }
+
+    fn parse_dispute(request: WebhookRequest) -> Result<Option<Dispute>, WebhookError> {
+        webhook::parse_dispute(&request, || cartridge_sdk::secrets::get("webhook-secret"))
     }
 }
 

@@ -19,13 +19,21 @@
 //! | `charge.refunded`                          | `refunded`   | charge's `payment_intent` | refunded² |
 //! | anything else                              | `other`      | PI id when the object names one | none |
 //!
+//! Disputes (`parse-dispute`): every `charge.dispute.*` event carries the dispute as its object,
+//! and is read by the object's `status` — `warning_needs_response` and `warning_under_review`
+//! are an inquiry, `warning_closed` an inquiry closed, `needs_response` and `under_review` an
+//! open chargeback, then `won` or `lost` — with the dispute's `payment_intent` as the reference
+//! and its `amount`, `currency` and `reason`.
+//!
 //! ¹ Without `amount_received` (localstripe): the charge's `amount_captured`, else none — and
 //! the host then takes the whole authorisation as captured.
 //! ² `amount_refunded`. Before API version 2025-03-31 (`basil`) Stripe booked the part a
 //! partial capture released as a refund on the charge; for events of those versions that part
 //! (`amount` − `amount_captured`) is taken out, so the total counts only money given back.
 
-use cartridge_sdk::payment::{Money, WebhookError, WebhookEvent, WebhookEventKind, WebhookRequest};
+use cartridge_sdk::payment::{
+    Dispute, DisputeStatus, Money, WebhookError, WebhookEvent, WebhookEventKind, WebhookRequest,
+};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
@@ -182,15 +190,29 @@ pub fn parse(
     request: &WebhookRequest,
     secret: impl FnOnce() -> Option<String>,
 ) -> Result<WebhookEvent, WebhookError> {
+    decode(&verified(request, secret)?)
+}
+
+/// Verifies a delivery and reads the dispute it reports, if it reports one.
+pub fn parse_dispute(
+    request: &WebhookRequest,
+    secret: impl FnOnce() -> Option<String>,
+) -> Result<Option<Dispute>, WebhookError> {
+    decode_dispute(&verified(request, secret)?)
+}
+
+/// The event of a delivery whose signature verifies, as JSON.
+fn verified(
+    request: &WebhookRequest,
+    secret: impl FnOnce() -> Option<String>,
+) -> Result<Value, WebhookError> {
     verify(request, secret)?;
     if nesting(&request.body) > MAX_NESTING {
         return Err(malformed(format!(
             "the event is nested more than {MAX_NESTING} levels deep"
         )));
     }
-    let event: Value =
-        serde_json::from_slice(&request.body).map_err(|e| malformed(format!("not JSON: {e}")))?;
-    decode(&event)
+    serde_json::from_slice(&request.body).map_err(|e| malformed(format!("not JSON: {e}")))
 }
 
 fn text<'v>(value: &'v Value, name: &str) -> Option<&'v str> {
@@ -257,13 +279,20 @@ fn refunded_total(charge: &Value, api_version: Option<&str>) -> Result<Option<u6
     Ok(Some(refunded.saturating_sub(released)))
 }
 
-/// Maps a verified event.
-pub fn decode(event: &Value) -> Result<WebhookEvent, WebhookError> {
+/// What every event has: its id, its type, when it happened (ms) and its `data.object`.
+struct Envelope<'e> {
+    event_id: &'e str,
+    kind: &'e str,
+    occurred_at: i64,
+    object: &'e Value,
+}
+
+fn envelope(event: &Value) -> Result<Envelope<'_>, WebhookError> {
     if !event.is_object() {
         return Err(malformed("the event is not a JSON object"));
     }
     let event_id = text(event, "id").ok_or_else(|| malformed("no event id"))?;
-    let kind_name = text(event, "type").ok_or_else(|| malformed("no event type"))?;
+    let kind = text(event, "type").ok_or_else(|| malformed("no event type"))?;
     let created = event
         .get("created")
         .and_then(Value::as_i64)
@@ -277,6 +306,22 @@ pub fn decode(event: &Value) -> Result<WebhookEvent, WebhookError> {
         .and_then(|d| d.get("object"))
         .filter(|o| o.is_object())
         .ok_or_else(|| malformed("no data.object"))?;
+    Ok(Envelope {
+        event_id,
+        kind,
+        occurred_at,
+        object,
+    })
+}
+
+/// Maps a verified event.
+pub fn decode(event: &Value) -> Result<WebhookEvent, WebhookError> {
+    let Envelope {
+        event_id,
+        kind: kind_name,
+        occurred_at,
+        object,
+    } = envelope(event)?;
     let currency = currency(object)?;
     let currency = currency.as_deref();
     let object_type = text(object, "object");
@@ -334,6 +379,45 @@ pub fn decode(event: &Value) -> Result<WebhookEvent, WebhookError> {
         amount,
         occurred_at,
     })
+}
+
+/// Reads the dispute of a verified `charge.dispute.*` event; none for other events, for a
+/// dispute of a charge without a PaymentIntent (not this connector's), and for a status
+/// this connector does not know (the event is then kept as `other`).
+pub fn decode_dispute(event: &Value) -> Result<Option<Dispute>, WebhookError> {
+    let Envelope {
+        event_id,
+        kind,
+        occurred_at,
+        object,
+    } = envelope(event)?;
+    if !kind.starts_with("charge.dispute.") {
+        return Ok(None);
+    }
+    let Some(gateway_reference) = id_of(object.get("payment_intent")) else {
+        return Ok(None);
+    };
+    let status = match text(object, "status") {
+        Some("warning_needs_response" | "warning_under_review") => DisputeStatus::Inquiry,
+        Some("warning_closed") => DisputeStatus::InquiryClosed,
+        Some("needs_response" | "under_review") => DisputeStatus::Open,
+        Some("won") => DisputeStatus::Won,
+        Some("lost") => DisputeStatus::Lost,
+        _ => return Ok(None),
+    };
+    let dispute_id = id_of(object.get("id")).ok_or_else(|| malformed("a dispute without an id"))?;
+    let amount = with_currency(amount(object, "amount")?, currency(object)?.as_deref())?
+        .ok_or_else(|| malformed("a dispute without an amount"))?;
+    Ok(Some(Dispute {
+        event_id: event_id.to_owned(),
+        dispute_id,
+        gateway_reference,
+        amount,
+        status,
+        // Stripe always names one; "unrecognized" is its own word for not knowing.
+        reason: text(object, "reason").unwrap_or("unrecognized").to_owned(),
+        occurred_at,
+    }))
 }
 
 #[cfg(test)]
@@ -703,5 +787,59 @@ mod tests {
                 other => panic!("{body:.80}: expected malformed, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_dispute_is_read_from_its_event_and_is_other_to_parse() {
+        let body = fixture!("stripe/event_charge_dispute_created.json");
+        let dispute = parse_dispute(&signed(body), secret)
+            .expect("verified")
+            .expect("a dispute");
+        assert_eq!(
+            dispute,
+            Dispute {
+                event_id: "evt_charge_dispute_created".into(),
+                dispute_id: "dp_1QabcDEFghiJKL0mDisPute".into(),
+                gateway_reference: "pi_3QabcDEFghiJKL0m1nOPqrst".into(),
+                amount: Money::new(5997, "EUR"),
+                status: DisputeStatus::Open,
+                reason: "fraudulent".into(),
+                occurred_at: T * 1000,
+            }
+        );
+        assert_eq!(event(body).kind, WebhookEventKind::Other);
+        let refunded = fixture!("stripe/event_charge_refunded.json");
+        assert_eq!(parse_dispute(&signed(refunded), secret), Ok(None));
+    }
+
+    #[test]
+    fn a_dispute_moves_by_its_status_and_a_foreign_charge_is_not_ours() {
+        let body = std::str::from_utf8(fixture!("stripe/event_charge_dispute_created.json"))
+            .expect("utf-8");
+        let with = |from: &str, to: &str| {
+            let changed = body.replace(from, to);
+            parse_dispute(&signed(changed.as_bytes()), secret).expect("verified")
+        };
+        let status =
+            |stripe: &str| with("\"needs_response\"", &format!("\"{stripe}\"")).map(|d| d.status);
+        assert_eq!(
+            status("warning_needs_response"),
+            Some(DisputeStatus::Inquiry)
+        );
+        assert_eq!(status("warning_closed"), Some(DisputeStatus::InquiryClosed));
+        assert_eq!(status("under_review"), Some(DisputeStatus::Open));
+        assert_eq!(status("won"), Some(DisputeStatus::Won));
+        assert_eq!(status("lost"), Some(DisputeStatus::Lost));
+        assert_eq!(status("a_status_to_come"), None);
+        let foreign = with(
+            "\"payment_intent\": \"pi_3QabcDEFghiJKL0m1nOPqrst\"",
+            "\"payment_intent\": null",
+        );
+        assert_eq!(foreign, None);
+        let unsigned = delivery(body.as_bytes(), "t=1,v1=00", T);
+        assert!(matches!(
+            parse_dispute(&unsigned, secret),
+            Err(WebhookError::InvalidSignature(_))
+        ));
     }
 }

@@ -51,15 +51,24 @@
 //! type is accepted as `other`. `reference`, `amount` and `currency` may be absent; other
 //! fields, nested objects and arrays included, are checked for well-formedness and ignored.
 //!
+//! **Disputes** (`payment-disputes`) come the same way, with `type` `dispute.inquiry`,
+//! `.inquiry_closed`, `.opened` (a chargeback), `.won` or `.lost`, and all of `dispute` (the
+//! dispute's id), `reference`, `amount`, `currency` and `reason`:
+//!
+//! ```json
+//! {"id": "evt_2", "type": "dispute.opened", "dispute": "dp_1", "reference": "tg_op1",
+//!  "amount": 1000, "currency": "EUR", "reason": "fraudulent", "created": 1764000000}
+//! ```
+//!
 //! FNV-1a is **not** a cryptographic MAC: every step of it can be undone, so anyone who sees
 //! one signed delivery can recover the hash state after the secret and sign whatever they like. It keeps this test connector free of dependencies and its component small.
 //! The real Stripe connector will verify HMAC-SHA256 signatures. Never use this one for real
 //! payments.
 
 use cartridge_sdk::payment::{
-    AuthorizeRequest, CaptureRequest, FindRequest, Money, Payment, PaymentError, PaymentErrorCode,
-    PaymentResult, PaymentStatus, RefundRequest, VoidRequest, WebhookError, WebhookEvent,
-    WebhookEventKind, WebhookRequest,
+    AuthorizeRequest, CaptureRequest, Dispute, DisputeStatus, FindRequest, Money, Payment,
+    PaymentError, PaymentErrorCode, PaymentResult, PaymentStatus, RefundRequest, VoidRequest,
+    WebhookError, WebhookEvent, WebhookEventKind, WebhookRequest,
 };
 
 struct TestGateway;
@@ -239,10 +248,17 @@ impl Payment for TestGateway {
     }
 
     fn parse_webhook(request: WebhookRequest) -> Result<WebhookEvent, WebhookError> {
-        let secret = cartridge_sdk::config("webhook-secret")
-            .unwrap_or_else(|| DEFAULT_WEBHOOK_SECRET.to_owned());
-        parse_webhook(&request, &secret)
+        parse_webhook(&request, &webhook_secret())
     }
+
+    fn parse_dispute(request: WebhookRequest) -> Result<Option<Dispute>, WebhookError> {
+        parse_dispute(&request, &webhook_secret())
+    }
+}
+
+/// The operator's `webhook-secret`, or the default.
+fn webhook_secret() -> String {
+    cartridge_sdk::config("webhook-secret").unwrap_or_else(|| DEFAULT_WEBHOOK_SECRET.to_owned())
 }
 
 cartridge_sdk::export_plugin!(payment, TestGateway);
@@ -362,9 +378,17 @@ fn verify(request: &WebhookRequest, secret: &str) -> Result<(), WebhookError> {
 
 /// Verifies a delivery and decodes its event.
 fn parse_webhook(request: &WebhookRequest, secret: &str) -> Result<WebhookEvent, WebhookError> {
+    event(verified_body(request, secret)?)
+}
+
+fn parse_dispute(request: &WebhookRequest, secret: &str) -> Result<Option<Dispute>, WebhookError> {
+    dispute(verified_body(request, secret)?)
+}
+
+/// The body of a delivery whose signature verifies.
+fn verified_body<'r>(request: &'r WebhookRequest, secret: &str) -> Result<&'r str, WebhookError> {
     verify(request, secret)?;
-    let body = std::str::from_utf8(&request.body).map_err(|_| malformed("body is not UTF-8"))?;
-    event(body)
+    std::str::from_utf8(&request.body).map_err(|_| malformed("body is not UTF-8"))
 }
 
 /// A decimal number without sign, fraction or exponent.
@@ -375,32 +399,83 @@ fn parse_unsigned(text: &str) -> Option<u64> {
     text.parse().ok()
 }
 
-/// Decodes the event in a verified body.
-fn event(body: &str) -> Result<WebhookEvent, WebhookError> {
-    let fields = Json::new(body).top_level_object().map_err(malformed)?;
-    let field = |name: &str| {
-        fields
+/// A verified body's top-level fields.
+struct Fields<'a>(Vec<(String, Value<'a>)>);
+
+impl<'a> Fields<'a> {
+    fn of(body: &'a str) -> Result<Self, WebhookError> {
+        Json::new(body)
+            .top_level_object()
+            .map(Fields)
+            .map_err(malformed)
+    }
+
+    fn get(&self, name: &str) -> Option<&Value<'a>> {
+        self.0
             .iter()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value)
-    };
-    let text = |name: &str| match field(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Text(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(malformed(format!("{name} must be a string"))),
-    };
-    let number = |name: &str| match field(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => parse_unsigned(n)
-            .map(Some)
-            .ok_or_else(|| malformed(format!("{name} must be a whole number, not {n}"))),
-        Some(_) => Err(malformed(format!("{name} must be a number"))),
-    };
+    }
 
-    let event_id = text("id")?
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| malformed("no event id"))?;
-    let kind = match text("type")?.as_deref() {
+    fn text(&self, name: &str) -> Result<Option<String>, WebhookError> {
+        match self.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Text(text)) => Ok(Some(text.clone())),
+            Some(_) => Err(malformed(format!("{name} must be a string"))),
+        }
+    }
+
+    fn number(&self, name: &str) -> Result<Option<u64>, WebhookError> {
+        match self.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => parse_unsigned(n)
+                .map(Some)
+                .ok_or_else(|| malformed(format!("{name} must be a whole number, not {n}"))),
+            Some(_) => Err(malformed(format!("{name} must be a number"))),
+        }
+    }
+
+    /// `id`, which every event has.
+    fn event_id(&self) -> Result<String, WebhookError> {
+        self.text("id")?
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| malformed("no event id"))
+    }
+
+    /// `amount` in `currency`, when there is an amount.
+    fn amount(&self) -> Result<Option<Money>, WebhookError> {
+        match (self.number("amount")?, self.text("currency")?) {
+            (None, _) => Ok(None),
+            (Some(amount), Some(currency))
+                if currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()) =>
+            {
+                Ok(Some(Money::new(amount, currency)))
+            }
+            (Some(_), Some(currency)) => Err(malformed(format!(
+                "currency '{currency}' is not an ISO 4217 code"
+            ))),
+            (Some(_), None) => Err(malformed("an amount without a currency")),
+        }
+    }
+
+    /// `created` (unix seconds), in milliseconds.
+    fn created(&self) -> Result<i64, WebhookError> {
+        self.number("created")?
+            .ok_or_else(|| malformed("no created time"))
+            .and_then(|seconds| {
+                i64::try_from(seconds)
+                    .ok()
+                    .and_then(|s| s.checked_mul(1000))
+                    .ok_or_else(|| malformed("created is out of range"))
+            })
+    }
+}
+
+/// Decodes the event in a verified body.
+fn event(body: &str) -> Result<WebhookEvent, WebhookError> {
+    let fields = Fields::of(body)?;
+    let event_id = fields.event_id()?;
+    let kind = match fields.text("type")?.as_deref() {
         Some("payment.authorized") => WebhookEventKind::Authorized,
         Some("payment.captured") => WebhookEventKind::Captured,
         Some("payment.refunded") => WebhookEventKind::Refunded,
@@ -409,36 +484,44 @@ fn event(body: &str) -> Result<WebhookEvent, WebhookError> {
         Some(_) => WebhookEventKind::Other,
         None => return Err(malformed("no event type")),
     };
-    let gateway_reference = text("reference")?.filter(|r| !r.is_empty());
-    let amount = match (number("amount")?, text("currency")?) {
-        (None, _) => None,
-        (Some(amount), Some(currency))
-            if currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()) =>
-        {
-            Some(Money::new(amount, currency))
-        }
-        (Some(_), Some(currency)) => {
-            return Err(malformed(format!(
-                "currency '{currency}' is not an ISO 4217 code"
-            )));
-        }
-        (Some(_), None) => return Err(malformed("an amount without a currency")),
-    };
-    let occurred_at = number("created")?
-        .ok_or_else(|| malformed("no created time"))
-        .and_then(|seconds| {
-            i64::try_from(seconds)
-                .ok()
-                .and_then(|s| s.checked_mul(1000))
-                .ok_or_else(|| malformed("created is out of range"))
-        })?;
     Ok(WebhookEvent {
         event_id,
         kind,
-        gateway_reference,
-        amount,
-        occurred_at,
+        gateway_reference: fields.text("reference")?.filter(|r| !r.is_empty()),
+        amount: fields.amount()?,
+        occurred_at: fields.created()?,
     })
+}
+
+/// Decodes the dispute in a verified body; none if it reports something else.
+fn dispute(body: &str) -> Result<Option<Dispute>, WebhookError> {
+    let fields = Fields::of(body)?;
+    let status = match fields.text("type")?.as_deref() {
+        Some("dispute.inquiry") => DisputeStatus::Inquiry,
+        Some("dispute.inquiry_closed") => DisputeStatus::InquiryClosed,
+        Some("dispute.opened") => DisputeStatus::Open,
+        Some("dispute.won") => DisputeStatus::Won,
+        Some("dispute.lost") => DisputeStatus::Lost,
+        Some(_) => return Ok(None),
+        None => return Err(malformed("no event type")),
+    };
+    let required = |name: &str| {
+        fields
+            .text(name)?
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| malformed(format!("a dispute event needs {name}")))
+    };
+    Ok(Some(Dispute {
+        event_id: fields.event_id()?,
+        dispute_id: required("dispute")?,
+        gateway_reference: required("reference")?,
+        amount: fields
+            .amount()?
+            .ok_or_else(|| malformed("a dispute event needs an amount"))?,
+        status,
+        reason: required("reason")?,
+        occurred_at: fields.created()?,
+    }))
 }
 
 /// A top-level field's value, as far as this connector cares.
@@ -969,6 +1052,56 @@ mod tests {
                 occurred_at: 1_764_000_000_000,
             }
         );
+    }
+
+    const DISPUTE: &str = r#"{"id":"evt_9","type":"dispute.opened","dispute":"dp_1","reference":"tg_op1","amount":1000,"currency":"EUR","reason":"fraudulent","created":1764000000}"#;
+
+    #[test]
+    fn a_dispute_is_read_and_is_other_to_parse_webhook() {
+        assert_eq!(
+            TestGateway::parse_dispute(signed(DISPUTE)).expect("verified"),
+            Some(Dispute {
+                event_id: "evt_9".into(),
+                dispute_id: "dp_1".into(),
+                gateway_reference: "tg_op1".into(),
+                amount: Money::new(1000, "EUR"),
+                status: DisputeStatus::Open,
+                reason: "fraudulent".into(),
+                occurred_at: 1_764_000_000_000,
+            })
+        );
+        let event = TestGateway::parse_webhook(signed(DISPUTE)).expect("verified");
+        assert_eq!(event.kind, WebhookEventKind::Other);
+        assert_eq!(TestGateway::parse_dispute(signed(EVENT)), Ok(None));
+    }
+
+    #[test]
+    fn a_dispute_needs_its_id_reference_amount_and_reason_and_a_signature() {
+        for missing in [
+            r#""dispute":"dp_1","#,
+            r#""reference":"tg_op1","#,
+            r#""reason":"fraudulent","#,
+        ] {
+            let body = DISPUTE.replace(missing, "");
+            assert!(
+                matches!(
+                    TestGateway::parse_dispute(signed(&body)),
+                    Err(WebhookError::Malformed(_))
+                ),
+                "{body}"
+            );
+        }
+        let body = DISPUTE.replace(r#""amount":1000,"#, "");
+        assert!(matches!(
+            TestGateway::parse_dispute(signed(&body)),
+            Err(WebhookError::Malformed(_))
+        ));
+        let mut forged = signed(DISPUTE);
+        forged.body = DISPUTE.replace("1000", "1").into_bytes();
+        assert!(matches!(
+            TestGateway::parse_dispute(forged),
+            Err(WebhookError::InvalidSignature(_))
+        ));
     }
 
     #[test]
