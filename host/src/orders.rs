@@ -529,6 +529,25 @@ struct PaymentView {
     refunded: i64,
     /// Refunds, oldest first.
     refunds: Vec<RefundView>,
+    /// Disputes the gateway reported (chargebacks and inquiries), oldest first.
+    disputes: Vec<DisputeView>,
+}
+
+/// A dispute of the payment, as the gateway last reported it.
+#[derive(Serialize, schemars::JsonSchema)]
+struct DisputeView {
+    /// The gateway's id of the dispute.
+    id: String,
+    /// `inquiry`, `inquiry_closed`, `open` (a chargeback being decided), `won` or `lost`.
+    status: String,
+    /// Disputed, in minor units.
+    amount: i64,
+    /// The gateway's reason (e.g. `fraudulent`).
+    reason: String,
+    /// When the first event about it occurred, in milliseconds since the Unix epoch.
+    opened_at: i64,
+    /// When the event it now reflects occurred.
+    updated_at: i64,
 }
 
 /// One refund.
@@ -742,8 +761,7 @@ impl Orders {
                     orders_last_24h: history.orders_last_24h,
                     failed_payments_last_24h: history.failed_payments_last_24h,
                     lifetime_spend: money(history.spend, &currency),
-                    // The host records no disputes yet (the WIT says so).
-                    chargebacks: 0,
+                    chargebacks: history.chargebacks,
                     first_seen: history.first_seen,
                 },
             },
@@ -1149,6 +1167,7 @@ impl Orders {
             captured: 0,
             refunded: 0,
             refunds: vec![],
+            disputes: vec![],
         };
         // Everything but the statements is prepared before the transaction: on SQLite a write
         // transaction holds the database's one write lock from its first statement.
@@ -1213,11 +1232,13 @@ impl Orders {
         Ok(found.pop().ok_or(OrderError::NotFound)?.into())
     }
 
-    /// Orders for the merchant, newest first, optionally of one status or email.
+    /// Orders for the merchant, newest first, optionally of one status or email, or with a
+    /// dispute in the given status (`open`: the chargebacks still to answer).
     pub async fn search(
         &self,
         status: Option<&str>,
         email: Option<&str>,
+        dispute: Option<&str>,
         limit: u32,
         offset: u32,
     ) -> Result<Vec<OrderView>> {
@@ -1228,6 +1249,7 @@ impl Orders {
             }),
             i64::from(limit.clamp(1, 100)),
             i64::from(offset),
+            dispute.map_or(crate::db::Value::NullText, Into::into),
         ];
         Ok(self
             .db
@@ -1237,6 +1259,7 @@ impl Orders {
                         .fetch(
                             "SELECT id FROM orders WHERE ($1 IS NULL OR status = $1) \
                              AND ($2 IS NULL OR email = $2) \
+                             AND ($5 IS NULL OR id IN (SELECT order_id FROM disputes WHERE status = $5)) \
                              ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
                             &filter,
                         )
@@ -2258,6 +2281,8 @@ struct History {
     spend: i64,
     /// The first order's time, or the account's creation if that is earlier.
     first_seen: Option<i64>,
+    /// Chargebacks on earlier orders (disputes past the inquiry stage, whatever their end).
+    chargebacks: u32,
 }
 
 /// A buyer's history in one statement (see [`History`]): `$1` the email (lower-cased, as
@@ -2265,14 +2290,17 @@ struct History {
 /// the cart's owner (none for a guest); an account counts if it is the owner's or has the
 /// email (two look-ups by key, not one `OR`, which PostgreSQL answers with a bitmap of both
 /// indexes). The orders part reads the email index alone (migrations 0023 and 0024): a buyer
-/// with many orders costs index pages, not a table row per order.
+/// with many orders costs index pages, not a table row per order; the chargebacks, the
+/// disputes' email index alone (migration 0028).
 const HISTORY: &str = "SELECT CAST(COUNT(*) AS BIGINT) AS n, \
      CAST(COALESCE(SUM(CASE WHEN created_at > $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS recent, \
      CAST(COALESCE(SUM(CASE WHEN currency = $3 THEN total ELSE 0 END), 0) AS BIGINT) AS spend, \
      MIN(created_at) AS first, \
      (SELECT CAST(COUNT(*) AS BIGINT) FROM payment_failures f WHERE f.email = $1 AND f.at > $2) AS failed, \
      (SELECT c.created_at FROM customers c WHERE c.email = $1) AS joined, \
-     (SELECT c.created_at FROM customers c WHERE c.id = $4) AS owner_joined \
+     (SELECT c.created_at FROM customers c WHERE c.id = $4) AS owner_joined, \
+     (SELECT CAST(COUNT(*) AS BIGINT) FROM disputes d WHERE d.email = $1 \
+      AND d.status IN ('open', 'won', 'lost')) AS chargebacks \
      FROM orders WHERE email = $1 AND status <> 'cancelled'";
 
 async fn history_in(
@@ -2306,6 +2334,7 @@ async fn history_in(
         failed_payments_last_24h: count("failed")?,
         spend: row.get("spend")?,
         first_seen: seen.into_iter().min(),
+        chargebacks: count("chargebacks")?,
     })
 }
 
@@ -2590,6 +2619,23 @@ async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView
         .await?;
     let sql = of_orders!(
         backend,
+        "SELECT order_id, dispute_id, status, amount, reason, opened_at, updated_at FROM disputes WHERE order_id IN",
+        "ORDER BY opened_at, dispute_id"
+    );
+    let mut disputes = orders
+        .each(tx, sql, |r| {
+            Ok(DisputeView {
+                id: r.get("dispute_id")?,
+                status: r.get("status")?,
+                amount: r.get("amount")?,
+                reason: r.get("reason")?,
+                opened_at: r.get("opened_at")?,
+                updated_at: r.get("updated_at")?,
+            })
+        })
+        .await?;
+    let sql = of_orders!(
+        backend,
         "SELECT order_id, plugin, gateway_reference, authorized, captured, refunded FROM payments WHERE order_id IN",
         ""
     );
@@ -2602,6 +2648,7 @@ async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView
                 captured: r.get("captured")?,
                 refunded: r.get("refunded")?,
                 refunds: Vec::new(),
+                disputes: Vec::new(),
             })
         })
         .await?;
@@ -2671,6 +2718,7 @@ async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView
         };
         let payment = payments[i].pop().map(|mut payment| {
             payment.refunds = std::mem::take(&mut refunds[i]);
+            payment.disputes = std::mem::take(&mut disputes[i]);
             payment
         });
         views[i] = Some(OrderView {

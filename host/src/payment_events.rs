@@ -20,6 +20,11 @@
 //! - `voided`: an authorised payment becomes voided. The order stays for the merchant to
 //!   cancel (which restocks), but nothing more of it ships: fulfilment needs money held.
 //! - `authorized`, `failed`, `other`: recorded only; checkout learns these synchronously.
+//! - `dispute` (from a connector's `payment-disputes`): the dispute's row in `disputes` is
+//!   created or moved on — an inquiry or an open chargeback to its end (inquiry closed, won,
+//!   lost) — never back: an event older than the row's state is kept as `ignored_stale`. The
+//!   payment itself does not change (the gateway's dispute fee and withdrawal are outside the
+//!   order's money); the buyer's chargebacks count in the history fraud checks receive.
 //!
 //! Locks are taken in one order everywhere: the order row, then the payment row. On
 //! PostgreSQL an event that may change a payment locks its order row *before* reading the
@@ -32,7 +37,8 @@ use serde::Serialize;
 use sqlx::Row;
 
 use crate::db::{Backend, Db};
-use crate::plugin::bindings::payment::{WebhookEvent, WebhookEventKind};
+use crate::plugin::bindings::payment::{Dispute, DisputeStatus, WebhookEvent, WebhookEventKind};
+use crate::plugin::bindings::types::Money;
 
 /// What applying an event did; stored with the event and answered to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -40,15 +46,17 @@ use crate::plugin::bindings::payment::{WebhookEvent, WebhookEventKind};
 pub enum Outcome {
     /// The payment changed.
     Applied,
-    /// The payment already said so (our own capture or refund got there first).
+    /// The payment already said so (our own capture or refund got there first), or the
+    /// dispute did.
     AlreadyApplied,
-    /// The event contradicts a later, final state (a capture after a cancel or a void).
+    /// The event contradicts a later, final state (a capture after a cancel or a void), or is
+    /// older than where its dispute stands.
     IgnoredStale,
     /// A refund above what is captured so far; applied when the capture is seen.
     WaitingForCapture,
     /// No payment of this connector has the event's gateway reference.
     NoPayment,
-    /// The event's currency is not the payment's.
+    /// The event's (or the dispute's) currency is not the payment's.
     CurrencyMismatch,
     /// A capture above what was authorised.
     AmountExceedsAuthorized,
@@ -92,15 +100,82 @@ fn kind_name(kind: WebhookEventKind) -> &'static str {
     }
 }
 
+/// A dispute status as `disputes.status` stores it.
+pub fn dispute_status_name(status: DisputeStatus) -> &'static str {
+    match status {
+        DisputeStatus::Inquiry => "inquiry",
+        DisputeStatus::InquiryClosed => "inquiry_closed",
+        DisputeStatus::Open => "open",
+        DisputeStatus::Won => "won",
+        DisputeStatus::Lost => "lost",
+    }
+}
+
+/// How far along a dispute of this (stored) status is: a dispute only moves forward.
+fn dispute_stage(status: &str) -> u8 {
+    match status {
+        "inquiry" => 0,
+        "open" => 1,
+        _ => 2,
+    }
+}
+
 fn signed(amount: u64) -> i64 {
     i64::try_from(amount).unwrap_or(i64::MAX)
 }
 
-/// Stores a verified event of connector `plugin` and applies it, exactly once per event id.
+/// A verified webhook delivery, as its connector decoded it.
+#[derive(Debug, Clone, Copy)]
+pub enum Delivery<'a> {
+    /// A payment event (`parse-webhook`).
+    Payment(&'a WebhookEvent),
+    /// A dispute (`parse-dispute`).
+    Dispute(&'a Dispute),
+}
+
+impl Delivery<'_> {
+    /// The gateway's event id.
+    pub fn event_id(&self) -> &str {
+        match self {
+            Delivery::Payment(event) => &event.event_id,
+            Delivery::Dispute(dispute) => &dispute.event_id,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Delivery::Payment(event) => kind_name(event.kind),
+            Delivery::Dispute(_) => "dispute",
+        }
+    }
+
+    fn reference(&self) -> Option<&str> {
+        match self {
+            Delivery::Payment(event) => event.gateway_reference.as_deref(),
+            Delivery::Dispute(dispute) => Some(&dispute.gateway_reference),
+        }
+    }
+
+    fn amount(&self) -> Option<&Money> {
+        match self {
+            Delivery::Payment(event) => event.amount.as_ref(),
+            Delivery::Dispute(dispute) => Some(&dispute.amount),
+        }
+    }
+
+    fn occurred_at(&self) -> i64 {
+        match self {
+            Delivery::Payment(event) => event.occurred_at,
+            Delivery::Dispute(dispute) => dispute.occurred_at,
+        }
+    }
+}
+
+/// Stores a verified delivery of connector `plugin` and applies it, exactly once per event id.
 pub async fn record(
     db: &Db,
     plugin: &str,
-    event: &WebhookEvent,
+    delivery: Delivery<'_>,
     body_sha256: &str,
     now: i64,
 ) -> Result<Recorded, sqlx::Error> {
@@ -112,12 +187,12 @@ pub async fn record(
          ON CONFLICT (plugin, event_id) DO NOTHING",
     )
     .bind(plugin)
-    .bind(&event.event_id)
-    .bind(kind_name(event.kind))
-    .bind(&event.gateway_reference)
-    .bind(event.amount.as_ref().map(|m| signed(m.amount)))
-    .bind(event.amount.as_ref().map(|m| m.currency.clone()))
-    .bind(event.occurred_at)
+    .bind(delivery.event_id())
+    .bind(delivery.kind())
+    .bind(delivery.reference())
+    .bind(delivery.amount().map(|m| signed(m.amount)))
+    .bind(delivery.amount().map(|m| m.currency.clone()))
+    .bind(delivery.occurred_at())
     .bind(now)
     .bind(body_sha256)
     .execute(&mut *tx)
@@ -129,13 +204,13 @@ pub async fn record(
             "SELECT outcome FROM payment_events WHERE plugin = $1 AND event_id = $2",
         )
         .bind(plugin)
-        .bind(&event.event_id)
+        .bind(delivery.event_id())
         .fetch_one(db.pool())
         .await?;
         return Ok(Recorded::Duplicate(outcome));
     }
     if db.backend() == Backend::Postgres
-        && let Some(reference) = event.gateway_reference.as_deref()
+        && let Some(reference) = delivery.reference()
     {
         sqlx::query(
             "SELECT id FROM orders WHERE id IN \
@@ -145,12 +220,15 @@ pub async fn record(
         .fetch_all(&mut *tx)
         .await?;
     }
-    let (order_id, outcome) = apply(&mut tx, plugin, event, now).await?;
+    let (order_id, outcome) = match delivery {
+        Delivery::Payment(event) => apply(&mut tx, plugin, event, now).await?,
+        Delivery::Dispute(dispute) => apply_dispute(&mut tx, plugin, dispute).await?,
+    };
     sqlx::query(
         "UPDATE payment_events SET outcome = $3, order_id = $4 WHERE plugin = $1 AND event_id = $2",
     )
     .bind(plugin)
-    .bind(&event.event_id)
+    .bind(delivery.event_id())
     .bind(outcome.as_str())
     .bind(&order_id)
     .execute(&mut *tx)
@@ -251,6 +329,78 @@ async fn apply(
             "the gateway reports a step that contradicts the order's final state; reconcile");
     }
     Ok((order, outcome))
+}
+
+/// Creates a dispute's row or moves it on; see the module's documentation.
+async fn apply_dispute(
+    conn: &mut sqlx::AnyConnection,
+    plugin: &str,
+    dispute: &Dispute,
+) -> Result<(Option<String>, Outcome), sqlx::Error> {
+    let Some(pay) = payment(conn, plugin, &dispute.gateway_reference).await? else {
+        return Ok((None, Outcome::NoPayment));
+    };
+    let order = Some(pay.order_id.clone());
+    if dispute.amount.currency != pay.currency {
+        return Ok((order, Outcome::CurrencyMismatch));
+    }
+    let (status, amount) = (
+        dispute_status_name(dispute.status),
+        signed(dispute.amount.amount),
+    );
+    let stored = sqlx::query(
+        "SELECT status, amount, reason, updated_at FROM disputes WHERE plugin = $1 AND dispute_id = $2",
+    )
+    .bind(plugin)
+    .bind(&dispute.dispute_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(stored) = stored else {
+        sqlx::query(
+            "INSERT INTO disputes (plugin, dispute_id, order_id, email, amount, currency, status, \
+             reason, opened_at, updated_at) \
+             SELECT $1, $2, id, email, $3, currency, $4, $5, $6, $6 FROM orders WHERE id = $7",
+        )
+        .bind(plugin)
+        .bind(&dispute.dispute_id)
+        .bind(amount)
+        .bind(status)
+        .bind(&dispute.reason)
+        .bind(dispute.occurred_at)
+        .bind(&pay.order_id)
+        .execute(&mut *conn)
+        .await?;
+        return Ok((order, Outcome::Applied));
+    };
+    let was: String = stored.try_get("status")?;
+    let unchanged = was == status
+        && stored.try_get::<i64, _>("amount")? == amount
+        && stored.try_get::<String, _>("reason")? == dispute.reason;
+    if unchanged {
+        return Ok((order, Outcome::AlreadyApplied));
+    }
+    let (stage, stage_was) = (dispute_stage(status), dispute_stage(&was));
+    let older = dispute.occurred_at < stored.try_get::<i64, _>("updated_at")?;
+    if stage < stage_was || (stage == stage_was && older) {
+        return Ok((order, Outcome::IgnoredStale));
+    }
+    sqlx::query(
+        "UPDATE disputes SET status = $3, amount = $4, reason = $5, updated_at = $6 \
+         WHERE plugin = $1 AND dispute_id = $2",
+    )
+    .bind(plugin)
+    .bind(&dispute.dispute_id)
+    .bind(status)
+    .bind(amount)
+    .bind(&dispute.reason)
+    .bind(
+        dispute
+            .occurred_at
+            .max(stored.try_get::<i64, _>("updated_at")?),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok((order, Outcome::Applied))
 }
 
 async fn capture(

@@ -44,8 +44,15 @@ struct Reply {
 /// The app with the test gateway as its only plugin, one product (`TEE`, EUR 19.99) and 1,000
 /// in stock.
 async fn shop(database: TestDatabase) -> Shop {
+    shop_with(database, &["test-gateway"]).await
+}
+
+/// [`shop`] with these example plugins installed instead.
+async fn shop_with(database: TestDatabase, installed: &[&str]) -> Shop {
     let dir = tempfile::tempdir().expect("tempdir");
-    plugins().bundle_into("test-gateway", dir.path());
+    for plugin in installed {
+        plugins().bundle_into(plugin, dir.path());
+    }
     let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
     let db = Db::connect(&database.url).await.expect("connect");
     db.migrate().await.expect("migrate");
@@ -711,6 +718,167 @@ async fn forged_stale_or_malformed_deliveries_are_refused_and_store_nothing() {
         }
         assert_eq!(shop.stored_events().await, 0);
         assert_eq!(amounts(&shop.order(&order).await), (TOTAL, 0, 0));
+        shop.drop_database().await;
+    }
+}
+
+/// A test-gateway dispute event (see the plugin's docs) of dispute `dp_1`, at `created`.
+fn dispute(id: &str, kind: &str, reference: &str, currency: &str, created: i64) -> String {
+    json!({"id": id, "type": kind, "dispute": "dp_1", "reference": reference, "amount": TOTAL,
+           "currency": currency, "reason": "fraudulent", "created": created})
+    .to_string()
+}
+
+/// The order's disputes: (id, status).
+async fn disputes(shop: &Shop, order: &str) -> Vec<(String, String)> {
+    shop.order(order).await["payment"]["disputes"]
+        .as_array()
+        .expect("disputes")
+        .iter()
+        .map(|d| {
+            (
+                d["id"].as_str().expect("id").to_owned(),
+                d["status"].as_str().expect("status").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The fraud reasons the order was checked out with.
+fn fraud_reasons(order: &Value) -> Vec<String> {
+    order["decisions"]["fraud"]["reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .map(|r| r["code"].as_str().expect("code").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_chargeback_is_kept_with_its_order_and_holds_the_buyers_next_checkout() {
+    for database in test_databases().await {
+        let shop = shop_with(database, &["test-gateway", "rules-fraud"]).await;
+        let order = shop.placed_order().await;
+        let reference = shop.reference(&order).await;
+        let now = unix_seconds();
+        let deliver = |body: String| {
+            let shop = &shop;
+            async move { shop.deliver_signed(&body).await.body }
+        };
+
+        // An inquiry is not a chargeback: the next checkout goes through untouched.
+        let r = deliver(dispute(
+            "evt_d1",
+            "dispute.inquiry",
+            &reference,
+            "EUR",
+            now - 30,
+        ))
+        .await;
+        assert_eq!(
+            (r["outcome"].clone(), r["duplicate"].clone()),
+            (json!("applied"), json!(false))
+        );
+        assert_eq!(
+            disputes(&shop, &order).await,
+            [("dp_1".into(), "inquiry".into())]
+        );
+        let second = shop.checkout("tok_visa").await;
+        assert_eq!(second.status, 201, "{}", second.body);
+        assert_eq!(second.body["status"], "placed");
+        assert!(fraud_reasons(&second.body).is_empty(), "{}", second.body);
+
+        // It becomes a chargeback; a repeat of that delivery changes nothing.
+        let opened = dispute("evt_d2", "dispute.opened", &reference, "EUR", now - 20);
+        assert_eq!(deliver(opened.clone()).await["outcome"], "applied");
+        let again = deliver(opened).await;
+        assert_eq!(
+            (again["outcome"].clone(), again["duplicate"].clone()),
+            (json!("applied"), json!(true))
+        );
+        // An inquiry event that arrives late does not move it back; nor does anything after its end.
+        let late = dispute("evt_d3", "dispute.inquiry", &reference, "EUR", now - 25);
+        assert_eq!(deliver(late).await["outcome"], "ignored_stale");
+        assert_eq!(
+            disputes(&shop, &order).await,
+            [("dp_1".into(), "open".into())]
+        );
+        assert_eq!(
+            deliver(dispute(
+                "evt_d4",
+                "dispute.lost",
+                &reference,
+                "EUR",
+                now - 10
+            ))
+            .await["outcome"],
+            "applied"
+        );
+        assert_eq!(
+            deliver(dispute(
+                "evt_d5",
+                "dispute.opened",
+                &reference,
+                "EUR",
+                now - 5
+            ))
+            .await["outcome"],
+            "ignored_stale"
+        );
+        let o = shop.order(&order).await;
+        let kept = &o["payment"]["disputes"][0];
+        assert_eq!(
+            (
+                kept["status"].clone(),
+                kept["amount"].clone(),
+                kept["reason"].clone()
+            ),
+            (json!("lost"), json!(TOTAL), json!("fraudulent"))
+        );
+        assert_eq!(kept["opened_at"], (now - 30) * 1000);
+        assert_eq!(kept["updated_at"], (now - 10) * 1000);
+        // The dispute changes no money the order holds.
+        assert_eq!(amounts(&o), (TOTAL, 0, 0));
+
+        // Disputes of no payment of ours, or in another currency, are kept as events only.
+        let stranger = dispute("evt_d6", "dispute.opened", "tg_unknown", "EUR", now);
+        assert_eq!(deliver(stranger).await["outcome"], "no_payment");
+        let dollars = dispute("evt_d7", "dispute.opened", &reference, "USD", now);
+        assert_eq!(deliver(dollars).await["outcome"], "currency_mismatch");
+        // A dispute event the connector cannot read is refused, and nothing is stored of it.
+        let unreadable = dispute("evt_d8", "dispute.opened", &reference, "EUR", now)
+            .replace("\"reason\":\"fraudulent\",", "");
+        let r = shop
+            .deliver(&unreadable, &signature(WEBHOOK_SECRET, now, &unreadable))
+            .await;
+        assert_eq!(code(&r), (400, Some("malformed_webhook")), "{}", r.body);
+        assert_eq!(shop.stored_events().await, 7);
+        assert_eq!(shop.rows_in("disputes").await, 1);
+        // The merchant finds disputed orders by where their dispute stands.
+        let auth = format!("Bearer {ADMIN}");
+        for (status, found) in [("lost", vec![json!(order)]), ("open", vec![])] {
+            let r = shop
+                .send(
+                    Method::GET,
+                    &format!("/admin/orders?dispute={status}"),
+                    &[("authorization", &auth)],
+                    None,
+                )
+                .await;
+            let ids: Vec<Value> = r.body["orders"]
+                .as_array()
+                .expect("orders")
+                .iter()
+                .map(|o| o["id"].clone())
+                .collect();
+            assert_eq!(ids, found, "{status}");
+        }
+
+        // The buyer's next checkout hears of the chargeback and is held for review.
+        let third = shop.checkout("tok_visa").await;
+        assert_eq!(third.status, 201, "{}", third.body);
+        assert_eq!(third.body["status"], "on_hold", "{}", third.body);
+        assert_eq!(fraud_reasons(&third.body), ["chargeback-history"]);
         shop.drop_database().await;
     }
 }

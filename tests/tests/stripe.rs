@@ -1352,6 +1352,41 @@ async fn signed_webhooks_from_localstripe_are_stored_once_and_forged_ones_refuse
         assert_eq!(store.payment_events().await.len(), stored);
         assert_eq!(amounts(&store.order(&order).await), (TOTAL, 3000, 1200));
 
+        // A chargeback (Stripe's `charge.dispute.created`, signed): kept with the order.
+        let dispute = json!({
+            "id": "evt_dispute_e2e", "object": "event", "type": "charge.dispute.created",
+            "created": now,
+            "data": {"object": {"id": "dp_e2e", "object": "dispute", "amount": 1800,
+                                "currency": "eur", "charge": "ch_e2e", "payment_intent": pi,
+                                "reason": "product_not_received", "status": "needs_response"}}
+        })
+        .to_string();
+        let r = store
+            .deliver(
+                &dispute,
+                &stripe_signature(&store.webhook_secret, now, &dispute),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["outcome"], "applied", "{}", r.body);
+        let disputed = &store.order(&order).await["payment"]["disputes"];
+        assert_eq!(
+            (
+                disputed[0]["id"].clone(),
+                disputed[0]["status"].clone(),
+                disputed[0]["amount"].clone()
+            ),
+            (json!("dp_e2e"), json!("open"), json!(1800)),
+            "{disputed}"
+        );
+        assert!(
+            store
+                .payment_events()
+                .await
+                .iter()
+                .any(|(id, kind, _)| id == "evt_dispute_e2e" && kind == "dispute")
+        );
+
         let store = Arc::into_inner(store).expect("sole owner");
         store.assert_nothing_secret_leaked(&pi).await;
         store.finish().await;

@@ -245,6 +245,9 @@ pub(crate) struct OrderQuery {
     status: Option<String>,
     /// Only orders placed with this email (case-insensitive).
     email: Option<String>,
+    /// Only orders with a dispute in this status: `inquiry`, `inquiry_closed`, `open` (the
+    /// chargebacks still to answer), `won` or `lost`.
+    dispute: Option<String>,
     /// At most this many (1 to 100).
     limit: Option<u32>,
     /// Skip this many.
@@ -262,6 +265,7 @@ async fn orders(
         .search(
             q.status.as_deref(),
             q.email.as_deref(),
+            q.dispute.as_deref(),
             q.limit.unwrap_or(20),
             q.offset.unwrap_or(0),
         )

@@ -6,7 +6,9 @@
 //! gateway never sends: `authorization`, `cookie`, `proxy-authorization`) to the plugin, stores
 //! the verified event and applies it ([`crate::payment_events`]), and answers 200 only after
 //! that is committed — a gateway that gets anything else delivers again. A repeated event id
-//! is answered 200 with `duplicate: true` and changes nothing.
+//! is answered 200 with `duplicate: true` and changes nothing. A delivery the connector
+//! decodes as `other` is offered to its `parse-dispute` too, when it exports
+//! `payment-disputes`: a dispute is stored as such.
 //!
 //! Refusals, each with a stable code: an unknown connector is 404 `unknown_plugin`; a missing,
 //! forged or stale signature (outside the connector's tolerance) is 400 `invalid_signature` —
@@ -23,9 +25,9 @@ use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, now_ms};
-use crate::payment_events::{self, Recorded};
+use crate::payment_events::{self, Delivery, Recorded};
 use crate::plugin::HookKind;
-use crate::plugin::bindings::payment::{WebhookError, WebhookRequest};
+use crate::plugin::bindings::payment::{WebhookError, WebhookEventKind, WebhookRequest};
 
 /// Headers never passed to a plugin.
 const WITHHELD_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
@@ -65,38 +67,59 @@ async fn payment_webhook(
         body: body.to_vec(),
         now,
     };
-    let event = match connector.parse_webhook(&request).await?.output {
-        Ok(event) => event,
-        Err(WebhookError::InvalidSignature(why)) => {
-            tracing::warn!(plugin, "webhook refused: {why}");
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_signature",
-                format!("the signature does not verify: {why}"),
-            ));
-        }
-        Err(WebhookError::Malformed(why)) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_webhook",
-                format!("the event cannot be decoded: {why}"),
-            ));
-        }
+    let event = connector
+        .parse_webhook(&request)
+        .await?
+        .output
+        .map_err(|e| refused(&plugin, e))?;
+    // A delivery about something other than a payment step may report a dispute.
+    let dispute = if event.kind == WebhookEventKind::Other && connector.reads_disputes() {
+        connector
+            .parse_dispute(&request)
+            .await?
+            .output
+            .map_err(|e| refused(&plugin, e))?
+    } else {
+        None
+    };
+    let delivery = match &dispute {
+        Some(dispute) => Delivery::Dispute(dispute),
+        None => Delivery::Payment(&event),
     };
     let digest = hex::encode(Sha256::digest(&body));
-    let recorded = payment_events::record(&state.db, &plugin, &event, &digest, now)
+    let recorded = payment_events::record(&state.db, &plugin, delivery, &digest, now)
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let (duplicate, outcome) = match recorded {
         Recorded::New(outcome) => (false, outcome.as_str().to_owned()),
         Recorded::Duplicate(outcome) => (true, outcome),
     };
-    tracing::info!(plugin, event = %event.event_id, duplicate, outcome, "payment webhook");
+    let event_id = delivery.event_id().to_owned();
+    tracing::info!(plugin, event = %event_id, duplicate, outcome, "payment webhook");
     Ok(Json(Delivered {
-        event_id: event.event_id,
+        event_id,
         duplicate,
         outcome,
     }))
+}
+
+/// The answer to a delivery its connector would not accept.
+fn refused(plugin: &str, error: WebhookError) -> ApiError {
+    match error {
+        WebhookError::InvalidSignature(why) => {
+            tracing::warn!(plugin, "webhook refused: {why}");
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_signature",
+                format!("the signature does not verify: {why}"),
+            )
+        }
+        WebhookError::Malformed(why) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_webhook",
+            format!("the event cannot be decoded: {why}"),
+        ),
+    }
 }
 
 /// A delivery acknowledged: the gateway stops retrying it.
