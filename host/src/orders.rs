@@ -544,6 +544,9 @@ struct DisputeView {
     amount: i64,
     /// The gateway's reason (e.g. `fraudulent`).
     reason: String,
+    /// When the merchant's evidence is due, if the gateway set a date (milliseconds since the
+    /// Unix epoch).
+    respond_by: Option<i64>,
     /// When the first event about it occurred, in milliseconds since the Unix epoch.
     opened_at: i64,
     /// When the event it now reflects occurred.
@@ -2619,7 +2622,8 @@ async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView
         .await?;
     let sql = of_orders!(
         backend,
-        "SELECT order_id, dispute_id, status, amount, reason, opened_at, updated_at FROM disputes WHERE order_id IN",
+        "SELECT order_id, dispute_id, status, amount, reason, respond_by, opened_at, updated_at \
+         FROM disputes WHERE order_id IN",
         "ORDER BY opened_at, dispute_id"
     );
     let mut disputes = orders
@@ -2629,6 +2633,7 @@ async fn views_in(tx: &mut dyn Tx, ids: &[String]) -> sqlx::Result<Vec<OrderView
                 status: r.get("status")?,
                 amount: r.get("amount")?,
                 reason: r.get("reason")?,
+                respond_by: r.get("respond_by")?,
                 opened_at: r.get("opened_at")?,
                 updated_at: r.get("updated_at")?,
             })

@@ -349,7 +349,8 @@ async fn apply_dispute(
         signed(dispute.amount.amount),
     );
     let stored = sqlx::query(
-        "SELECT status, amount, reason, updated_at FROM disputes WHERE plugin = $1 AND dispute_id = $2",
+        "SELECT status, amount, reason, respond_by, updated_at FROM disputes \
+         WHERE plugin = $1 AND dispute_id = $2",
     )
     .bind(plugin)
     .bind(&dispute.dispute_id)
@@ -358,8 +359,8 @@ async fn apply_dispute(
     let Some(stored) = stored else {
         sqlx::query(
             "INSERT INTO disputes (plugin, dispute_id, order_id, email, amount, currency, status, \
-             reason, opened_at, updated_at) \
-             SELECT $1, $2, id, email, $3, currency, $4, $5, $6, $6 FROM orders WHERE id = $7",
+             reason, respond_by, opened_at, updated_at) \
+             SELECT $1, $2, id, email, $3, currency, $4, $5, $8, $6, $6 FROM orders WHERE id = $7",
         )
         .bind(plugin)
         .bind(&dispute.dispute_id)
@@ -368,6 +369,7 @@ async fn apply_dispute(
         .bind(&dispute.reason)
         .bind(dispute.occurred_at)
         .bind(&pay.order_id)
+        .bind(dispute.respond_by)
         .execute(&mut *conn)
         .await?;
         return Ok((order, Outcome::Applied));
@@ -375,7 +377,8 @@ async fn apply_dispute(
     let was: String = stored.try_get("status")?;
     let unchanged = was == status
         && stored.try_get::<i64, _>("amount")? == amount
-        && stored.try_get::<String, _>("reason")? == dispute.reason;
+        && stored.try_get::<String, _>("reason")? == dispute.reason
+        && stored.try_get::<Option<i64>, _>("respond_by")? == dispute.respond_by;
     if unchanged {
         return Ok((order, Outcome::AlreadyApplied));
     }
@@ -385,8 +388,8 @@ async fn apply_dispute(
         return Ok((order, Outcome::IgnoredStale));
     }
     sqlx::query(
-        "UPDATE disputes SET status = $3, amount = $4, reason = $5, updated_at = $6 \
-         WHERE plugin = $1 AND dispute_id = $2",
+        "UPDATE disputes SET status = $3, amount = $4, reason = $5, respond_by = $7, \
+         updated_at = $6 WHERE plugin = $1 AND dispute_id = $2",
     )
     .bind(plugin)
     .bind(&dispute.dispute_id)
@@ -398,6 +401,7 @@ async fn apply_dispute(
             .occurred_at
             .max(stored.try_get::<i64, _>("updated_at")?),
     )
+    .bind(dispute.respond_by)
     .execute(&mut *conn)
     .await?;
     Ok((order, Outcome::Applied))

@@ -15,6 +15,8 @@ CREATE TABLE disputes (
     status       TEXT NOT NULL,
     -- The gateway's reason, verbatim.
     reason       TEXT NOT NULL,
+    -- When the merchant's evidence is due, if the gateway set a date.
+    respond_by   BIGINT,
     -- When the first event received about it occurred, and when the one the row reflects did.
     opened_at    BIGINT NOT NULL,
     updated_at   BIGINT NOT NULL,

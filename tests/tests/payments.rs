@@ -725,7 +725,8 @@ async fn forged_stale_or_malformed_deliveries_are_refused_and_store_nothing() {
 /// A test-gateway dispute event (see the plugin's docs) of dispute `dp_1`, at `created`.
 fn dispute(id: &str, kind: &str, reference: &str, currency: &str, created: i64) -> String {
     json!({"id": id, "type": kind, "dispute": "dp_1", "reference": reference, "amount": TOTAL,
-           "currency": currency, "reason": "fraudulent", "created": created})
+           "currency": currency, "reason": "fraudulent", "respond_by": created + 600_000,
+           "created": created})
     .to_string()
 }
 
@@ -837,6 +838,8 @@ async fn a_chargeback_is_kept_with_its_order_and_holds_the_buyers_next_checkout(
         );
         assert_eq!(kept["opened_at"], (now - 30) * 1000);
         assert_eq!(kept["updated_at"], (now - 10) * 1000);
+        // Each event names the evidence's due date; the row has the last applied one's.
+        assert_eq!(kept["respond_by"], (now - 10 + 600_000) * 1000);
         // The dispute changes no money the order holds.
         assert_eq!(amounts(&o), (TOTAL, 0, 0));
 

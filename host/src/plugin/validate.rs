@@ -476,6 +476,7 @@ mod tests {
             amount: money(5_997),
             status: payment::DisputeStatus::Open,
             reason: "fraudulent".into(),
+            respond_by: None,
             occurred_at: 0,
         };
         assert!(dispute(&good).is_ok());

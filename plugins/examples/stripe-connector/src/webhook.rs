@@ -23,7 +23,7 @@
 //! and is read by the object's `status` — `warning_needs_response` and `warning_under_review`
 //! are an inquiry, `warning_closed` an inquiry closed, `needs_response` and `under_review` an
 //! open chargeback, then `won` or `lost` — with the dispute's `payment_intent` as the reference
-//! and its `amount`, `currency` and `reason`.
+//! and its `amount`, `currency`, `reason` and `evidence_details.due_by`.
 //!
 //! ¹ Without `amount_received` (localstripe): the charge's `amount_captured`, else none — and
 //! the host then takes the whole authorisation as captured.
@@ -416,6 +416,11 @@ pub fn decode_dispute(event: &Value) -> Result<Option<Dispute>, WebhookError> {
         status,
         // Stripe always names one; "unrecognized" is its own word for not knowing.
         reason: text(object, "reason").unwrap_or("unrecognized").to_owned(),
+        respond_by: object
+            .get("evidence_details")
+            .and_then(|d| d.get("due_by"))
+            .and_then(Value::as_i64)
+            .and_then(|seconds| seconds.checked_mul(1000)),
         occurred_at,
     }))
 }
@@ -804,6 +809,7 @@ mod tests {
                 amount: Money::new(5997, "EUR"),
                 status: DisputeStatus::Open,
                 reason: "fraudulent".into(),
+                respond_by: Some(1_765_814_399_000),
                 occurred_at: T * 1000,
             }
         );

@@ -53,11 +53,13 @@
 //!
 //! **Disputes** (`payment-disputes`) come the same way, with `type` `dispute.inquiry`,
 //! `.inquiry_closed`, `.opened` (a chargeback), `.won` or `.lost`, and all of `dispute` (the
-//! dispute's id), `reference`, `amount`, `currency` and `reason`:
+//! dispute's id), `reference`, `amount`, `currency` and `reason`; `respond_by` (unix seconds,
+//! when evidence is due) may be absent:
 //!
 //! ```json
 //! {"id": "evt_2", "type": "dispute.opened", "dispute": "dp_1", "reference": "tg_op1",
-//!  "amount": 1000, "currency": "EUR", "reason": "fraudulent", "created": 1764000000}
+//!  "amount": 1000, "currency": "EUR", "reason": "fraudulent", "respond_by": 1764600000,
+//!  "created": 1764000000}
 //! ```
 //!
 //! FNV-1a is **not** a cryptographic MAC: every step of it can be undone, so anyone who sees
@@ -460,14 +462,20 @@ impl<'a> Fields<'a> {
 
     /// `created` (unix seconds), in milliseconds.
     fn created(&self) -> Result<i64, WebhookError> {
-        self.number("created")?
+        self.millis("created")?
             .ok_or_else(|| malformed("no created time"))
-            .and_then(|seconds| {
+    }
+
+    /// A time in unix seconds, in milliseconds, if present.
+    fn millis(&self, name: &str) -> Result<Option<i64>, WebhookError> {
+        self.number(name)?
+            .map(|seconds| {
                 i64::try_from(seconds)
                     .ok()
                     .and_then(|s| s.checked_mul(1000))
-                    .ok_or_else(|| malformed("created is out of range"))
+                    .ok_or_else(|| malformed(format!("{name} is out of range")))
             })
+            .transpose()
     }
 }
 
@@ -520,6 +528,7 @@ fn dispute(body: &str) -> Result<Option<Dispute>, WebhookError> {
             .ok_or_else(|| malformed("a dispute event needs an amount"))?,
         status,
         reason: required("reason")?,
+        respond_by: fields.millis("respond_by")?,
         occurred_at: fields.created()?,
     }))
 }
@@ -1067,6 +1076,7 @@ mod tests {
                 amount: Money::new(1000, "EUR"),
                 status: DisputeStatus::Open,
                 reason: "fraudulent".into(),
+                respond_by: None,
                 occurred_at: 1_764_000_000_000,
             })
         );
