@@ -101,7 +101,7 @@ fn kind_name(kind: WebhookEventKind) -> &'static str {
 }
 
 /// A dispute status as `disputes.status` stores it.
-pub fn dispute_status_name(status: DisputeStatus) -> &'static str {
+fn dispute_status_name(status: DisputeStatus) -> &'static str {
     match status {
         DisputeStatus::Inquiry => "inquiry",
         DisputeStatus::InquiryClosed => "inquiry_closed",

@@ -858,17 +858,11 @@ async fn a_chargeback_is_kept_with_its_order_and_holds_the_buyers_next_checkout(
         assert_eq!(shop.stored_events().await, 7);
         assert_eq!(shop.rows_in("disputes").await, 1);
         // The merchant finds disputed orders by where their dispute stands.
-        let auth = format!("Bearer {ADMIN}");
         for (status, found) in [("lost", vec![json!(order)]), ("open", vec![])] {
-            let r = shop
-                .send(
-                    Method::GET,
-                    &format!("/admin/orders?dispute={status}"),
-                    &[("authorization", &auth)],
-                    None,
-                )
+            let listed = shop
+                .admin_get(&format!("/admin/orders?dispute={status}"))
                 .await;
-            let ids: Vec<Value> = r.body["orders"]
+            let ids: Vec<Value> = listed["orders"]
                 .as_array()
                 .expect("orders")
                 .iter()
