@@ -100,6 +100,43 @@ fn kind_name(kind: WebhookEventKind) -> &'static str {
     }
 }
 
+/// Every dispute status as `disputes.status` stores it, in the order disputes move.
+const DISPUTE_STATUSES: [&str; 5] = ["inquiry", "inquiry_closed", "open", "won", "lost"];
+
+/// Prometheus text: the disputes the gateways reported, by where each stands now (`open`: the
+/// chargebacks still to answer).
+pub async fn render_metrics(db: &Db) -> sqlx::Result<String> {
+    use std::fmt::Write as _;
+    let counts = db
+        .read(|tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .fetch(
+                        "SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM disputes GROUP BY status",
+                        &[],
+                    )
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok((row.get::<String>("status")?, row.get::<i64>("n")?)))
+                    .collect::<sqlx::Result<Vec<_>>>()
+            })
+        })
+        .await?;
+    let mut out = String::new();
+    out.push_str(
+        "# HELP cartridge_disputes Disputes payment connectors reported, by their status now.\n",
+    );
+    out.push_str("# TYPE cartridge_disputes gauge\n");
+    for status in DISPUTE_STATUSES {
+        let n = counts
+            .iter()
+            .find(|(s, _)| s == status)
+            .map_or(0, |(_, n)| *n);
+        let _ = writeln!(out, "cartridge_disputes{{status=\"{status}\"}} {n}");
+    }
+    Ok(out)
+}
+
 /// A dispute status as `disputes.status` stores it.
 fn dispute_status_name(status: DisputeStatus) -> &'static str {
     match status {

@@ -368,4 +368,29 @@ async fn the_test_gateway_verifies_webhook_signatures_and_their_age() {
             "{why}: {refused:?}"
         );
     }
+
+    // A dispute, through the admin invocation as an operator would try it: the component's
+    // `payment-disputes` reads it, and the payment event above is no dispute.
+    let dispute = r#"{"id":"evt_10","type":"dispute.opened","dispute":"dp_9","reference":"tg_op","amount":1000,"currency":"EUR","reason":"fraudulent","created":1764000000}"#;
+    let invoke = |body: &str| {
+        hooks::invoke(
+            &gateway,
+            serde_json::json!({"step": "parse_dispute", "request": {
+                "headers": [["tg-signature", sign("whsec_test", t, body)]],
+                "body": body.as_bytes(),
+                "now": now_ms,
+            }}),
+        )
+    };
+    let read = invoke(dispute).await.expect("invoked").output;
+    assert_eq!(
+        (
+            read["Ok"]["dispute_id"].clone(),
+            read["Ok"]["status"].clone()
+        ),
+        (serde_json::json!("dp_9"), serde_json::json!("Open")),
+        "{read}"
+    );
+    let none = invoke(body).await.expect("invoked").output;
+    assert_eq!(none, serde_json::json!({"Ok": null}));
 }

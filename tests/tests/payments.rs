@@ -857,6 +857,14 @@ async fn a_chargeback_is_kept_with_its_order_and_holds_the_buyers_next_checkout(
         assert_eq!(code(&r), (400, Some("malformed_webhook")), "{}", r.body);
         assert_eq!(shop.stored_events().await, 7);
         assert_eq!(shop.rows_in("disputes").await, 1);
+        // The operator's metrics count it where it stands.
+        let metrics = shop.metrics().await;
+        for line in [
+            "cartridge_disputes{status=\"lost\"} 1",
+            "cartridge_disputes{status=\"open\"} 0",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+        }
         // The merchant finds disputed orders by where their dispute stands.
         for (status, found) in [("lost", vec![json!(order)]), ("open", vec![])] {
             let listed = shop

@@ -375,6 +375,10 @@ async fn metrics(
         Ok(recovery) => text.push_str(&recovery),
         Err(e) => tracing::warn!("reading the interrupted checkouts for /metrics failed: {e}"),
     }
+    match crate::payment_events::render_metrics(&state.db).await {
+        Ok(disputes) => text.push_str(&disputes),
+        Err(e) => tracing::warn!("reading the disputes for /metrics failed: {e}"),
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
