@@ -383,6 +383,7 @@ fn parse_webhook(request: &WebhookRequest, secret: &str) -> Result<WebhookEvent,
     event(verified_body(request, secret)?)
 }
 
+/// Verifies a delivery and reads its dispute, if it reports one.
 fn parse_dispute(request: &WebhookRequest, secret: &str) -> Result<Option<Dispute>, WebhookError> {
     dispute(verified_body(request, secret)?)
 }
