@@ -100,9 +100,6 @@ fn kind_name(kind: WebhookEventKind) -> &'static str {
     }
 }
 
-/// Every dispute status as `disputes.status` stores it, in the order disputes move.
-const DISPUTE_STATUSES: [&str; 5] = ["inquiry", "inquiry_closed", "open", "won", "lost"];
-
 /// Prometheus text: the disputes the gateways reported, by where each stands now (`open`: the
 /// chargebacks still to answer).
 pub async fn render_metrics(db: &Db) -> sqlx::Result<String> {
@@ -127,7 +124,8 @@ pub async fn render_metrics(db: &Db) -> sqlx::Result<String> {
         "# HELP cartridge_disputes Disputes payment connectors reported, by their status now.\n",
     );
     out.push_str("# TYPE cartridge_disputes gauge\n");
-    for status in DISPUTE_STATUSES {
+    use DisputeStatus::{Inquiry, InquiryClosed, Lost, Open, Won};
+    for status in [Inquiry, InquiryClosed, Open, Won, Lost].map(dispute_status_name) {
         let n = counts
             .iter()
             .find(|(s, _)| s == status)
