@@ -5,7 +5,8 @@
 //! [`record`] inserts the event and applies it in one transaction. The primary key of
 //! `payment_events` deduplicates — a repeated delivery inserts nothing and changes nothing —
 //! and the caller answers 2xx only after the commit, so a delivery that failed is retried by
-//! the gateway and never half-applied.
+//! the gateway and never half-applied. One exception: an event first stored as `other`
+//! (its connector could not read it then) is applied when a later delivery of it is read.
 //!
 //! How an event is applied (the amount of `captured` and `refunded` events is read as the
 //! gateway's *running total*, as Stripe's `charge.refunded` carries `amount_refunded`, which
@@ -233,6 +234,11 @@ pub async fn record(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    let inserted = if inserted == 0 && delivery.kind() != "other" {
+        understood_now(&mut tx, plugin, &delivery, body_sha256).await?
+    } else {
+        inserted
+    };
     if inserted == 0 {
         tx.rollback().await?;
         let outcome: String = sqlx::query_scalar(
@@ -270,6 +276,36 @@ pub async fn record(
     .await?;
     tx.commit().await?;
     Ok(Recorded::New(outcome))
+}
+
+/// A delivery of an event stored before as `other` — recorded only, because the connector
+/// that received it could not read it then (a version before `payment-disputes`, say) — is
+/// read now: the stored row takes what this delivery says, and the caller applies it. So an
+/// event the gateway delivers again after a connector upgrade is not lost as a duplicate. A row
+/// of any other kind was applied once and is never rewritten. Returns the rows changed (0 or
+/// 1).
+async fn understood_now(
+    conn: &mut sqlx::AnyConnection,
+    plugin: &str,
+    delivery: &Delivery<'_>,
+    body_sha256: &str,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE payment_events SET kind = $3, gateway_reference = $4, amount = $5, currency = $6, \
+         occurred_at = $7, body_sha256 = $8 \
+         WHERE plugin = $1 AND event_id = $2 AND kind = 'other'",
+    )
+    .bind(plugin)
+    .bind(delivery.event_id())
+    .bind(delivery.kind())
+    .bind(delivery.reference())
+    .bind(delivery.amount().map(|m| signed(m.amount)))
+    .bind(delivery.amount().map(|m| m.currency.clone()))
+    .bind(delivery.occurred_at())
+    .bind(body_sha256)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
 }
 
 /// The payment an event is about.

@@ -888,6 +888,66 @@ async fn a_chargeback_is_kept_with_its_order_and_holds_the_buyers_next_checkout(
     }
 }
 
+/// An event a connector could not read when it arrived (a version before `payment-disputes`
+/// stored a dispute event as `other`) is applied when the gateway delivers it again to a
+/// connector that can: not lost as a duplicate. An event stored as read is never re-read.
+#[tokio::test]
+async fn a_dispute_first_stored_unread_is_applied_when_delivered_again() {
+    for database in test_databases().await {
+        let shop = shop_with(database, &["test-gateway", "rules-fraud"]).await;
+        let order = shop.placed_order().await;
+        let reference = shop.reference(&order).await;
+        let now = unix_seconds();
+        // What the earlier connector's deliveries left: one read as nothing in particular, one
+        // read as a capture.
+        let mut tx = shop.db.begin().await.expect("a transaction");
+        for (event, kind) in [("evt_unread", "other"), ("evt_read", "captured")] {
+            sqlx::query(
+                "INSERT INTO payment_events (plugin, event_id, kind, occurred_at, received_at, \
+                 outcome, body_sha256) VALUES ('test-gateway', $1, $2, $3, $3, 'recorded', 'x')",
+            )
+            .bind(event)
+            .bind(kind)
+            .bind(now - 60)
+            .execute(&mut *tx)
+            .await
+            .expect("an event stored");
+        }
+        tx.commit().await.expect("committed");
+
+        let opened = dispute("evt_unread", "dispute.opened", &reference, "EUR", now - 30);
+        let r = shop.deliver_signed(&opened).await.body;
+        assert_eq!(
+            (r["outcome"].clone(), r["duplicate"].clone()),
+            (json!("applied"), json!(false)),
+            "{r}"
+        );
+        assert_eq!(
+            disputes(&shop, &order).await,
+            [("dp_1".into(), "open".into())]
+        );
+        // Read once, it is a duplicate like any other from then on.
+        let again = shop.deliver_signed(&opened).await.body;
+        assert_eq!(
+            (again["outcome"].clone(), again["duplicate"].clone()),
+            (json!("applied"), json!(true))
+        );
+        let lost = dispute("evt_read", "dispute.lost", &reference, "EUR", now - 10);
+        let r = shop.deliver_signed(&lost).await.body;
+        assert_eq!(
+            (r["outcome"].clone(), r["duplicate"].clone()),
+            (json!("recorded"), json!(true)),
+            "{r}"
+        );
+        assert_eq!(
+            disputes(&shop, &order).await,
+            [("dp_1".into(), "open".into())]
+        );
+        assert_eq!(shop.stored_events().await, 2);
+        shop.drop_database().await;
+    }
+}
+
 #[tokio::test]
 async fn events_out_of_order_never_resurrect_an_order_or_refund_beyond_the_capture() {
     for database in test_databases().await {
