@@ -222,13 +222,7 @@ pub async fn record(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'recorded', $9) \
          ON CONFLICT (plugin, event_id) DO NOTHING",
     )
-    .bind(plugin)
-    .bind(delivery.event_id())
-    .bind(delivery.kind())
-    .bind(delivery.reference())
-    .bind(delivery.amount().map(|m| signed(m.amount)))
-    .bind(delivery.amount().map(|m| m.currency.clone()))
-    .bind(delivery.occurred_at())
+    .bind_delivery(plugin, &delivery)
     .bind(now)
     .bind(body_sha256)
     .execute(&mut *tx)
@@ -295,17 +289,31 @@ async fn understood_now(
          occurred_at = $7, body_sha256 = $8 \
          WHERE plugin = $1 AND event_id = $2 AND kind = 'other'",
     )
-    .bind(plugin)
-    .bind(delivery.event_id())
-    .bind(delivery.kind())
-    .bind(delivery.reference())
-    .bind(delivery.amount().map(|m| signed(m.amount)))
-    .bind(delivery.amount().map(|m| m.currency.clone()))
-    .bind(delivery.occurred_at())
+    .bind_delivery(plugin, delivery)
     .bind(body_sha256)
     .execute(&mut *conn)
     .await?
     .rows_affected())
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds what a stored event says, as `$1`…`$7`: the connector, the event id, its kind,
+/// reference, amount, currency and time.
+trait BindDelivery<'q> {
+    fn bind_delivery(self, plugin: &'q str, delivery: &Delivery<'q>) -> Self;
+}
+
+impl<'q> BindDelivery<'q> for Query<'q> {
+    fn bind_delivery(self, plugin: &'q str, delivery: &Delivery<'q>) -> Self {
+        self.bind(plugin)
+            .bind(delivery.event_id().to_owned())
+            .bind(delivery.kind())
+            .bind(delivery.reference().map(str::to_owned))
+            .bind(delivery.amount().map(|m| signed(m.amount)))
+            .bind(delivery.amount().map(|m| m.currency.clone()))
+            .bind(delivery.occurred_at())
+    }
 }
 
 /// The payment an event is about.
