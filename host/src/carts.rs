@@ -786,14 +786,14 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
         .fetch(
             "SELECT c.id, c.currency, c.customer_id, c.shipping_method, c.details, c.token_hash, \
                m.code, m.name, m.carrier, m.countries, r.amount, r.currency AS rate_currency, \
-               (SELECT string_agg(k.code, ',' ORDER BY k.code) FROM cart_coupons k \
+               (SELECT string_agg(k.code, ',') FROM cart_coupons k \
                 WHERE k.cart_id = c.id) AS coupon_codes, \
                (SELECT o.id FROM orders o WHERE o.cart_id = c.id AND o.status <> 'cancelled') \
                  AS live_order, \
                (SELECT g.generation FROM catalog_generation g WHERE g.id = 1) AS generation, \
                (SELECT CAST(COUNT(*) AS BIGINT) FROM orders p \
                 WHERE p.customer_id = c.customer_id AND p.status <> 'cancelled') AS owner_orders, \
-               (SELECT string_agg(t.tag, ',' ORDER BY t.tag) FROM customer_tags t \
+               (SELECT string_agg(t.tag, ',') FROM customer_tags t \
                 WHERE t.customer_id = c.customer_id) AS owner_tags, \
                NULL AS line_id, NULL AS sku, NULL AS quantity, NULL AS position \
              FROM carts c \
@@ -831,10 +831,7 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
     lines.sort_unstable_by(|(a, x), (b, y)| a.cmp(b).then_with(|| x.id.cmp(&y.id)));
     let lines = lines.into_iter().map(|(_, line)| line).collect();
     // Codes are letters, digits, '-' and '_': a comma cannot be part of one.
-    let coupon_codes = cart
-        .get::<Option<String>>("coupon_codes")?
-        .map(|joined| joined.split(',').map(str::to_owned).collect())
-        .unwrap_or_default();
+    let coupon_codes = crate::customers::split_sorted(cart.get("coupon_codes")?);
     let shipping = match cart.get::<Option<i64>>("amount")? {
         Some(amount) => Some(Offer {
             code: cart.get("code")?,
@@ -867,7 +864,7 @@ pub(crate) async fn contents_in(tx: &mut dyn Tx, id: &str) -> sqlx::Result<Optio
         token_hash: cart.get("token_hash")?,
         generation: cart.get("generation")?,
         owner_orders: u32::try_from(cart.get::<i64>("owner_orders")?).unwrap_or(u32::MAX),
-        owner_tags: crate::customers::split_tags(cart.get("owner_tags")?),
+        owner_tags: crate::customers::split_sorted(cart.get("owner_tags")?),
     }))
 }
 
