@@ -1231,14 +1231,14 @@ async fn ship_items_in(
     for (id, sku, location, take, whole) in shipped {
         if whole {
             tx.execute(
-                "UPDATE reservations SET state = 'shipped' WHERE id = $1",
-                &args![&id],
+                "UPDATE reservations SET state = 'shipped' WHERE reference = $1 AND id = $2",
+                &args![&reference, &id],
             )
             .await?;
         } else {
             tx.execute(
-                "UPDATE reservations SET quantity = quantity - $2 WHERE id = $1",
-                &args![&id, take],
+                "UPDATE reservations SET quantity = quantity - $3 WHERE reference = $1 AND id = $2",
+                &args![&reference, &id, take],
             )
             .await?;
             tx.execute(
