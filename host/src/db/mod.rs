@@ -24,7 +24,8 @@
 //!
 //! Layout: this file (connecting, migrations, the entry points, the sqlx side), `tx.rs` (the
 //! [`Tx`] trait, its values and rows, and its sqlx implementation), `sqlite.rs` (the writer, the
-//! readers and the checkpointing thread).
+//! readers and the checkpointing thread), `wal_vfs.rs` (the VFS through which the writer hands
+//! the WAL each commit's frames in one write).
 //!
 //! Durability: SQLite runs with `synchronous = NORMAL` in WAL mode — a process crash loses
 //! nothing (a body is answered only after its commit); a power loss can lose the last
@@ -32,6 +33,7 @@
 
 mod sqlite;
 mod tx;
+mod wal_vfs;
 
 use std::time::Duration;
 

@@ -143,9 +143,12 @@ impl Threads {
     /// Opens the writer's connection to `path` (which must exist: sqlx's pool created it and
     /// set WAL) and starts its thread.
     pub(super) fn writer(path: &Path) -> anyhow::Result<Self> {
-        let conn = Connection::open_with_flags(
+        // Through the VFS that writes each commit's WAL frames in one call (`wal_vfs`).
+        super::wal_vfs::register()?;
+        let conn = Connection::open_with_flags_and_vfs(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            super::wal_vfs::NAME,
         )?;
         // The writer's page cache outlives its transactions (only another connection's
         // commit empties it), so it is given room for the hot tables and indexes. Each body of
