@@ -1106,6 +1106,20 @@ impl TestApp {
         panic!("{name}'s call was never logged: {}", r.body);
     }
 
+    /// Runs a migration's SQL (`sqlite` or `postgres`, by the app's database) again, over what
+    /// the app has stored since: how a test shows what a migration does to existing rows.
+    async fn run_migration_again(&self, sqlite: &str, postgres: &str) {
+        let db = Db::connect(&self.db.url).await.expect("connect");
+        let migration = match db.backend() {
+            cartridge_host::db::Backend::Sqlite => sqlite,
+            cartridge_host::db::Backend::Postgres => postgres,
+        };
+        sqlx::raw_sql(migration)
+            .execute(db.pool())
+            .await
+            .expect("the migration, again");
+    }
+
     async fn level(&self, sku: &str) -> Value {
         self.admin(Method::GET, &format!("/admin/inventory/{sku}"), Value::Null)
             .await
@@ -1414,18 +1428,11 @@ async fn the_fraud_hook_denies_or_holds_risky_checkouts() {
         let path = format!("/admin/orders/{order}");
         let r = app.admin(Method::GET, &path, Value::Null).await;
         assert_eq!(r.body["decisions"]["fraud"]["decision"], "Review");
-        let migration = match db.backend() {
-            cartridge_host::db::Backend::Sqlite => {
-                include_str!("../../migrations/sqlite/0019_fraud_decision_snake_case.sql")
-            }
-            cartridge_host::db::Backend::Postgres => {
-                include_str!("../../migrations/postgres/0019_fraud_decision_snake_case.sql")
-            }
-        };
-        sqlx::raw_sql(migration)
-            .execute(db.pool())
-            .await
-            .expect("migration 0019");
+        app.run_migration_again(
+            include_str!("../../migrations/sqlite/0019_fraud_decision_snake_case.sql"),
+            include_str!("../../migrations/postgres/0019_fraud_decision_snake_case.sql"),
+        )
+        .await;
         let r = app.admin(Method::GET, &path, Value::Null).await;
         assert_eq!(r.body["decisions"]["fraud"]["decision"], "review");
         app.db.drop_database().await;
@@ -2597,19 +2604,11 @@ async fn orders_placed_before_the_checkout_tables_were_rebuilt_read_and_ship_the
         let (tees, socks) = (app.level("TEE-M").await, app.level("SOCK").await);
         assert_eq!(tees["committed"], 3, "{tees}");
 
-        let db = Db::connect(&app.db.url).await.expect("connect");
-        let migration = match db.backend() {
-            cartridge_host::db::Backend::Sqlite => {
-                include_str!("../../migrations/sqlite/0029_checkout_rows_without_rowid.sql")
-            }
-            cartridge_host::db::Backend::Postgres => {
-                include_str!("../../migrations/postgres/0029_checkout_rows_without_rowid.sql")
-            }
-        };
-        sqlx::raw_sql(migration)
-            .execute(db.pool())
-            .await
-            .expect("migration 0029 again, on tables that hold an order");
+        app.run_migration_again(
+            include_str!("../../migrations/sqlite/0029_checkout_rows_without_rowid.sql"),
+            include_str!("../../migrations/postgres/0029_checkout_rows_without_rowid.sql"),
+        )
+        .await;
 
         let after = app.admin(Method::GET, &path, Value::Null).await.body;
         assert_eq!(after, before);
