@@ -20,7 +20,11 @@
 //!
 //! Only the writer's connection (`sqlite.rs`) opens the database through this VFS; the readers,
 //! the checkpointing thread and sqlx's connections use the default one, and all of them share
-//! the default VFS's file locks (the same files, opened by the same code).
+//! the default VFS's file locks (the same files, opened by the same code). A write through
+//! sqlx (a lease) that happens to start the WAL over leaves the writer's handle taking its
+//! next appends for overwrites — written at once, as before this VFS — until they pass the
+//! furthest offset it wrote itself or it starts the WAL over itself: slower for a while,
+//! never wrong.
 //!
 //! Layout: registration ([`register`]), the file's extra state ([`Gathered`], kept after the
 //! default VFS's own file struct in the memory SQLite allocates for it), the methods, a test.
