@@ -1120,6 +1120,17 @@ impl TestApp {
             .expect("the migration, again");
     }
 
+    /// Checks out a cart of three TEE-M and two SOCK from a seeded store; the order's id.
+    async fn three_tees_and_two_socks_ordered(&self) -> String {
+        let (cart, token) = self.cart_with("TEE-M", 3).await;
+        self.add_line(&cart, &token, "SOCK", 2).await;
+        let r = self
+            .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.body["id"].as_str().expect("id").to_owned()
+    }
+
     async fn level(&self, sku: &str) -> Value {
         self.admin(Method::GET, &format!("/admin/inventory/{sku}"), Value::Null)
             .await
@@ -2510,12 +2521,7 @@ async fn an_order_ships_in_parts_with_tracking_and_never_more_than_was_ordered()
     for db in test_databases().await {
         let app = spawn_app(db, SHOP).await;
         app.seed().await;
-        let (cart, token) = app.cart_with("TEE-M", 3).await;
-        app.add_line(&cart, &token, "SOCK", 2).await;
-        let r = app
-            .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
-            .await;
-        let order = r.body["id"].as_str().expect("id").to_owned();
+        let order = app.three_tees_and_two_socks_ordered().await;
         let fulfil = format!("/admin/orders/{order}/fulfil");
 
         let r = app
@@ -2592,13 +2598,7 @@ async fn orders_placed_before_the_checkout_tables_were_rebuilt_read_and_ship_the
     for db in test_databases().await {
         let app = spawn_app(db, SHOP).await;
         app.seed().await;
-        let (cart, token) = app.cart_with("TEE-M", 3).await;
-        app.add_line(&cart, &token, "SOCK", 2).await;
-        let r = app
-            .checkout(&cart, &token, "k", &checkout_body("tok_visa", "DE"))
-            .await;
-        assert_eq!(r.status, 201, "{}", r.body);
-        let order = r.body["id"].as_str().expect("id").to_owned();
+        let order = app.three_tees_and_two_socks_ordered().await;
         let path = format!("/admin/orders/{order}");
         let before = app.admin(Method::GET, &path, Value::Null).await.body;
         let (tees, socks) = (app.level("TEE-M").await, app.level("SOCK").await);
