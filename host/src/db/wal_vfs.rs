@@ -12,7 +12,9 @@
 //!
 //! Only appends are gathered. Before anything else is done with the file — a read, an
 //! overwrite (SQLite rewrites frames of its own open transaction in place), a sync, a
-//! truncation, a size, a file-control, closing it — what is gathered is written first.
+//! truncation, a size, a file-control, closing it — what is gathered is written first. If
+//! that write fails where SQLite cannot see it (it had been told those appends succeeded),
+//! the next commit fails too, so that a log with a hole in it is never published.
 //! Every other file (the database, its shared memory, journals) is the default VFS's own,
 //! untouched: [`open`] lets the default VFS open the file in place and only swaps the WAL's
 //! method table for one whose write, read, sync, truncate, size, file-control and close are
@@ -126,6 +128,10 @@ struct Gathered {
     end: i64,
     /// The last gathered write was a commit frame's header: its page, next, ends the commit.
     commit_page_next: bool,
+    /// Gathered bytes failed to reach the file when something other than a write asked for
+    /// them (SQLite had been told their writes succeeded): the next commit must fail, so
+    /// that SQLite never publishes a log with a hole in it.
+    lost: bool,
 }
 
 /// Where [`Gathered`] starts in the file's memory: after the default's struct, aligned.
@@ -198,6 +204,7 @@ unsafe extern "C" fn open(
                 start: 0,
                 end: 0,
                 commit_page_next: false,
+                lost: false,
             },
         );
         (*file).pMethods = ours;
@@ -258,7 +265,10 @@ unsafe extern "C" fn write(
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
-            gathered(file).end = 0;
+            let g = gathered(file);
+            g.end = 0;
+            // Nothing of the transaction writing this header was written before it.
+            g.lost = false;
         }
         let append = {
             let g = gathered(file);
@@ -298,8 +308,31 @@ unsafe extern "C" fn write(
             return ffi::SQLITE_OK;
         }
         let rc = flush(file);
+        if commit_ends && std::mem::take(&mut gathered(file).lost) {
+            return if rc == ffi::SQLITE_OK {
+                ffi::SQLITE_IOERR_WRITE
+            } else {
+                rc
+            };
+        }
         if rc == ffi::SQLITE_OK && commit_ends {
             WHOLE_COMMITS.fetch_add(1, Ordering::Relaxed);
+        }
+        rc
+    }
+}
+
+/// [`flush`] for anything but a write: a failure is also remembered for the next commit
+/// (see [`Gathered::lost`]).
+///
+/// # Safety
+/// As for [`flush`].
+unsafe fn flush_before_other(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY (caller).
+    unsafe {
+        let rc = flush(file);
+        if rc != ffi::SQLITE_OK {
+            gathered(file).lost = true;
         }
         rc
     }
@@ -312,7 +345,7 @@ macro_rules! flushed_first {
             // SAFETY: SQLite calls this only on files `open` gave these methods, with the
             // arguments the default method takes.
             unsafe {
-                let rc = flush(file);
+                let rc = flush_before_other(file);
                 if rc != ffi::SQLITE_OK {
                     return rc;
                 }
@@ -333,7 +366,7 @@ flushed_first!(file_control, xFileControl, (op: c_int, arg: *mut c_void));
 unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
     // SAFETY: as for the other methods.
     unsafe {
-        let rc = flush(file);
+        let rc = flush_before_other(file);
         if rc != ffi::SQLITE_OK {
             return rc;
         }
