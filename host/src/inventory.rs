@@ -465,6 +465,8 @@ impl Inventory {
     }
 
     /// The movements of `sku` at `location_id`, oldest first: (kind, quantity, reference).
+    /// An audit read: on SQLite it scans the ledger, which keeps no index by level (migration
+    /// 0030: every checkout would write ten entries into one).
     pub async fn movements(
         &self,
         sku: &str,
