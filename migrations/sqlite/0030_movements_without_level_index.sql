@@ -5,7 +5,7 @@
 -- (sku, location_id, id), where it lands mid-tree, at the end of its level's run of entries.
 -- Pages filling mid-tree split with their neighbours and rewrite their parent; in the
 -- checkout benchmark that index was about a quarter of the pages written to the WAL. Without
--- it, the same machine placed ~11 % more checkouts at 16 in flight (alternating runs), on the
+-- it, the same machine placed ~10 % more checkouts at 16 in flight (alternating runs), on the
 -- one writer every write waits for.
 --
 -- No request reads movements by level: the ledger is an audit record, written on every stock
