@@ -29,7 +29,8 @@
 //! never wrong.
 //!
 //! Layout: registration ([`register`]), the file's extra state ([`Gathered`], kept after the
-//! default VFS's own file struct in the memory SQLite allocates for it), the methods, a test.
+//! default VFS's own file struct in the memory SQLite allocates for it), the methods, tests
+//! (one fails a flush on purpose, through a test-only switch in [`flush`]).
 
 // The VFS interface is C's; every unsafe block below says what it relies on.
 #![allow(unsafe_code)]
@@ -130,7 +131,9 @@ struct Gathered {
     commit_page_next: bool,
     /// Gathered bytes failed to reach the file when something other than a write asked for
     /// them (SQLite had been told their writes succeeded): the next commit must fail, so
-    /// that SQLite never publishes a log with a hole in it.
+    /// that SQLite never publishes a log with a hole in it. When SQLite saw the failure and
+    /// rolled the transaction back itself (a failed read), the next commit fails as well:
+    /// this file cannot tell a new transaction from the failed one going on.
     lost: bool,
 }
 
@@ -221,6 +224,11 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
     let g = unsafe { gathered(file) };
     if g.bytes.is_empty() {
         return ffi::SQLITE_OK;
+    }
+    #[cfg(test)]
+    if tests::fail_this_flush() {
+        g.bytes.clear();
+        return ffi::SQLITE_IOERR_WRITE;
     }
     let mut rc = ffi::SQLITE_OK;
     let mut offset = g.start;
@@ -401,9 +409,24 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
     use std::sync::atomic::Ordering;
 
-    use rusqlite::{Connection, OpenFlags};
+    use rusqlite::{Connection, OpenFlags, ffi};
+
+    thread_local! {
+        /// Flushes on this thread that are to fail (as a full disk would), without writing.
+        static FAILING_FLUSHES: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Whether this flush is one to fail (see [`FAILING_FLUSHES`]).
+    pub(super) fn fail_this_flush() -> bool {
+        FAILING_FLUSHES.with(|left| {
+            let n = left.get();
+            left.set(n.saturating_sub(1));
+            n > 0
+        })
+    }
 
     /// A database in WAL, a connection writing through this VFS and one reading through the
     /// default VFS.
@@ -494,5 +517,95 @@ mod tests {
         // Each commit's frames went through the gathering path (the 1,500-row one was also
         // written in parts before it, past 4 MiB).
         assert!(super::WHOLE_COMMITS.load(Ordering::Relaxed) >= before + 6);
+    }
+
+    /// Frames a transaction spilled before its commit are gathered; if writing them fails
+    /// where SQLite does not look at the answer (a file-control hint), SQLite goes on as if
+    /// they were in the file. Its commit must then fail rather than publish a log with a hole
+    /// in it; what was committed before stays, and the next transaction commits.
+    #[test]
+    fn a_commit_fails_when_its_spilled_frames_were_lost() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let (writer, reader) = pair(dir.path());
+        let insert = |from: i64, rows: i64| {
+            for n in from..from + rows {
+                let payload = vec![u8::try_from(n % 251).unwrap_or(0); 3_000];
+                writer
+                    .execute("INSERT INTO t VALUES (?1, ?2)", (n, payload))
+                    .expect("insert");
+            }
+        };
+        insert(1, 10);
+        let committed = count_and_sum(&reader);
+        assert_eq!(committed, (10, 30_000));
+
+        // A cache of a few pages: the transaction's pages spill to the WAL as it goes.
+        writer
+            .execute_batch("PRAGMA cache_size = 8; BEGIN IMMEDIATE")
+            .expect("begin");
+        insert(100, 200);
+        // The WAL's file, as SQLite holds it.
+        let mut wal: *mut ffi::sqlite3_file = std::ptr::null_mut();
+        // SAFETY: the connection is open and used on this thread only; the op writes the WAL's
+        // file pointer (open: the transaction has written frames) into `wal`.
+        let rc = unsafe {
+            ffi::sqlite3_file_control(
+                writer.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_JOURNAL_POINTER,
+                (&raw mut wal).cast(),
+            )
+        };
+        assert_eq!(rc, ffi::SQLITE_OK);
+        assert!(!wal.is_null());
+        // A file-control call on the WAL, as SQLite makes for hints whose answer it ignores;
+        // writing the gathered frames first fails.
+        FAILING_FLUSHES.with(|left| left.set(1));
+        let mut moved: std::ffi::c_int = 0;
+        // SAFETY: `wal` is the open WAL of this connection, used on this thread; the op
+        // writes an int.
+        let rc = unsafe {
+            let control = (*(*wal).pMethods)
+                .xFileControl
+                .expect("a file-control method");
+            control(wal, ffi::SQLITE_FCNTL_HAS_MOVED, (&raw mut moved).cast())
+        };
+        assert_eq!(
+            FAILING_FLUSHES.with(Cell::get),
+            0,
+            "frames were gathered and their flush failed"
+        );
+        assert_eq!(rc, ffi::SQLITE_IOERR_WRITE);
+
+        // SQLite goes on: more rows, then the commit, which must fail.
+        insert(300, 20);
+        let commit = writer.execute_batch("COMMIT");
+        assert!(commit.is_err(), "a commit over lost frames succeeded");
+        if !writer.is_autocommit() {
+            writer.execute_batch("ROLLBACK").expect("rollback");
+        }
+        assert_eq!(count_and_sum(&reader), committed);
+
+        // The next transaction commits, and the files hold exactly what was committed.
+        writer.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        insert(400, 5);
+        writer.execute_batch("COMMIT").expect("the next commit");
+        let expected = (15, 45_000);
+        assert_eq!(count_and_sum(&reader), expected);
+        let copy = dir.path().join("copy");
+        std::fs::create_dir(&copy).expect("a directory");
+        for suffix in ["", "-wal"] {
+            std::fs::copy(
+                dir.path().join(format!("gathered.db{suffix}")),
+                copy.join(format!("gathered.db{suffix}")),
+            )
+            .expect("a copy");
+        }
+        let recovered = Connection::open(copy.join("gathered.db")).expect("the copy");
+        assert_eq!(count_and_sum(&recovered), expected);
+        let check: String = recovered
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("a check");
+        assert_eq!(check, "ok");
     }
 }
