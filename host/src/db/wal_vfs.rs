@@ -454,6 +454,26 @@ mod tests {
         (writer, reader)
     }
 
+    /// The database file and its WAL copied into `dir/copy` (without the shared memory, as
+    /// after a crash) and opened: its rows' count and payload sum, once its integrity checks.
+    fn recovered(dir: &std::path::Path, copy: &str) -> (i64, i64) {
+        let copy = dir.join(copy);
+        std::fs::create_dir(&copy).expect("a directory");
+        for suffix in ["", "-wal"] {
+            std::fs::copy(
+                dir.join(format!("gathered.db{suffix}")),
+                copy.join(format!("gathered.db{suffix}")),
+            )
+            .expect("a copy");
+        }
+        let recovered = Connection::open(copy.join("gathered.db")).expect("the copy");
+        let check: String = recovered
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("a check");
+        assert_eq!(check, "ok");
+        count_and_sum(&recovered)
+    }
+
     fn count_and_sum(conn: &Connection) -> (i64, i64) {
         conn.query_row(
             "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM t",
@@ -487,25 +507,11 @@ mod tests {
             writer.execute_batch("COMMIT").expect("commit");
             assert_eq!(count_and_sum(&reader), expected, "round {round}");
 
-            let copy = dir.path().join(format!("copy-{round}"));
-            std::fs::create_dir(&copy).expect("a directory");
-            for suffix in ["", "-wal"] {
-                std::fs::copy(
-                    dir.path().join(format!("gathered.db{suffix}")),
-                    copy.join(format!("gathered.db{suffix}")),
-                )
-                .expect("a copy");
-            }
-            let recovered = Connection::open(copy.join("gathered.db")).expect("the copy");
             assert_eq!(
-                count_and_sum(&recovered),
+                recovered(dir.path(), &format!("copy-{round}")),
                 expected,
                 "round {round}, recovered"
             );
-            let check: String = recovered
-                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-                .expect("a check");
-            assert_eq!(check, "ok");
 
             if round == 2 {
                 // Everything checkpointed: the next commit starts the WAL over from its header.
@@ -592,20 +598,6 @@ mod tests {
         writer.execute_batch("COMMIT").expect("the next commit");
         let expected = (15, 45_000);
         assert_eq!(count_and_sum(&reader), expected);
-        let copy = dir.path().join("copy");
-        std::fs::create_dir(&copy).expect("a directory");
-        for suffix in ["", "-wal"] {
-            std::fs::copy(
-                dir.path().join(format!("gathered.db{suffix}")),
-                copy.join(format!("gathered.db{suffix}")),
-            )
-            .expect("a copy");
-        }
-        let recovered = Connection::open(copy.join("gathered.db")).expect("the copy");
-        assert_eq!(count_and_sum(&recovered), expected);
-        let check: String = recovered
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .expect("a check");
-        assert_eq!(check, "ok");
+        assert_eq!(recovered(dir.path(), "copy"), expected);
     }
 }
