@@ -526,9 +526,10 @@ mod tests {
     }
 
     /// Frames a transaction spilled before its commit are gathered; if writing them fails
-    /// where SQLite does not look at the answer (a file-control hint), SQLite goes on as if
-    /// they were in the file. Its commit must then fail rather than publish a log with a hole
-    /// in it; what was committed before stays, and the next transaction commits.
+    /// where SQLite does not hear of it (here a file-control call made on the WAL's file from
+    /// outside SQLite), SQLite goes on as if they were in the file. Its commit must then fail
+    /// rather than publish a log with a hole in it; what was committed before stays, and the
+    /// next transaction commits.
     #[test]
     fn a_commit_fails_when_its_spilled_frames_were_lost() {
         let dir = tempfile::tempdir().expect("a directory");
@@ -564,8 +565,8 @@ mod tests {
         };
         assert_eq!(rc, ffi::SQLITE_OK);
         assert!(!wal.is_null());
-        // A file-control call on the WAL, as SQLite makes for hints whose answer it ignores;
-        // writing the gathered frames first fails.
+        // A file-control call on the WAL whose answer SQLite never sees; writing the gathered
+        // frames first fails.
         FAILING_FLUSHES.with(|left| left.set(1));
         let mut moved: std::ffi::c_int = 0;
         // SAFETY: `wal` is the open WAL of this connection, used on this thread; the op
