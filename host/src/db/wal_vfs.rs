@@ -37,6 +37,7 @@
 
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::OnceLock;
+#[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::ffi;
@@ -53,7 +54,8 @@ const MAX_GATHERED: usize = 4 << 20;
 /// the length with `0x1ffff`), so a larger commit is written in calls of this size.
 const MAX_WRITE: usize = 124 * 1024;
 
-/// Commits whose frames were written together: what a test can check.
+/// Commits whose frames were written together: what a test can check (test builds only).
+#[cfg(test)]
 pub(super) static WHOLE_COMMITS: AtomicU64 = AtomicU64::new(0);
 
 /// The default VFS and the size of its file struct, which ours extends.
@@ -323,6 +325,7 @@ unsafe extern "C" fn write(
                 rc
             };
         }
+        #[cfg(test)]
         if rc == ffi::SQLITE_OK && commit_ends {
             WHOLE_COMMITS.fetch_add(1, Ordering::Relaxed);
         }
