@@ -15,6 +15,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// Prints the warnings of the database layer — a lease of the SQLite writer waited for or
+/// held over a second, a pooled connection slow to come — to the test process's stderr, once
+/// per process, so that a test that fails on a slow answer shows where the time went. Other
+/// events stay silent: many tests break plugins on purpose, and their warnings are expected.
+pub fn log_slow_database_waits() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "cartridge_host::db=warn,sqlx::pool=warn",
+        ))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -58,6 +58,7 @@ async fn spawn_app_configured(
     deadline_ms: Option<u32>,
     config: RegistryConfig,
 ) -> TestApp {
+    cartridge_tests::log_slow_database_waits();
     let dir = tempfile::tempdir().expect("tempdir");
     for name in installed {
         let bundle = plugins().bundle_into(name, dir.path());

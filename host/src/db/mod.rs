@@ -466,13 +466,17 @@ impl Db {
     /// guarantee PostgreSQL's row locks give — and a second host on the same file waits for the
     /// lock (up to the busy timeout) instead of failing when it tries to upgrade a read
     /// transaction. Must not be held across [`Db::write`] (which would wait for it).
-    pub async fn begin(&self) -> sqlx::Result<WriteTx> {
-        let lease = self.lease().await?;
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        };
-        Ok(WriteTx { tx, _lease: lease })
+    #[track_caller]
+    pub fn begin(&self) -> impl Future<Output = sqlx::Result<WriteTx>> + Send + '_ {
+        let asker = std::panic::Location::caller();
+        async move {
+            let lease = self.lease(asker).await?;
+            let tx = match self.backend {
+                Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                Backend::Postgres => self.pool.begin().await?,
+            };
+            Ok(WriteTx { tx, _lease: lease })
+        }
     }
 
     /// PostgreSQL: runs `body` on a connection of its own whose statements run outside a
@@ -515,12 +519,16 @@ impl Db {
 
     /// A connection for a single write statement outside a transaction (holding the writer
     /// thread's turn on SQLite).
-    pub async fn write_conn(&self) -> sqlx::Result<WriteConn> {
-        let lease = self.lease().await?;
-        Ok(WriteConn {
-            conn: self.pool.acquire().await?,
-            _lease: lease,
-        })
+    #[track_caller]
+    pub fn write_conn(&self) -> impl Future<Output = sqlx::Result<WriteConn>> + Send + '_ {
+        let asker = std::panic::Location::caller();
+        async move {
+            let lease = self.lease(asker).await?;
+            Ok(WriteConn {
+                conn: self.pool.acquire().await?,
+                _lease: lease,
+            })
+        }
     }
 
     /// Runs one write statement on its own (autocommit); the number of rows it changed.
@@ -546,9 +554,9 @@ impl Db {
             .await
     }
 
-    async fn lease(&self) -> sqlx::Result<Option<Lease>> {
+    async fn lease(&self, asker: sqlite::Asker) -> sqlx::Result<Option<Lease>> {
         match &self.writer {
-            Some(writer) => writer.lease().await.map(Some),
+            Some(writer) => writer.lease(asker).await.map(Some),
             None => Ok(None),
         }
     }

@@ -39,7 +39,9 @@
 //! connections writes at a time and neither waits on SQLite's busy handler (which sleeps in
 //! milliseconds). Jobs and leases are served in the order they are asked for. (A commit
 //! through sqlx also empties the rusqlite connections' page caches, one more reason to keep
-//! the hot paths off it.)
+//! the hot paths off it.) Every write waits while a lease is held, so a lease held for more
+//! than [`SLOW_LEASE`], and a lease waited for that long, are logged with the place in the
+//! code that asked for it (the holder's, for one never granted).
 //!
 //! Read bodies ([`super::Db::read`]) run the same way, each in a read transaction of its own
 //! (one snapshot for all its statements); WAL lets them read while the writer writes. A read
@@ -131,6 +133,12 @@ impl std::fmt::Debug for Threads {
 pub struct Lease {
     _release: mpsc::Sender<()>,
 }
+
+/// Where in the code a lease was asked for ([`Threads::lease`]).
+pub(super) type Asker = &'static std::panic::Location<'static>;
+
+/// A lease held or waited for longer than this is logged: every write waits meanwhile.
+const SLOW_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Prepared statements kept per connection (every distinct write statement the host runs,
 /// with room to spare: batched inserts vary with their row counts).
@@ -320,22 +328,58 @@ impl Threads {
     }
 
     /// Waits for the writer thread to park, and keeps it parked until the lease is dropped.
-    pub(super) async fn lease(&self) -> sqlx::Result<Lease> {
+    /// `asker` is where in the code it was asked for, named in the logs when it is slow.
+    pub(super) async fn lease(&self, asker: Asker) -> sqlx::Result<Lease> {
+        let Jobs::Writer(writer) = &self.jobs else {
+            return Err(sqlx::Error::WorkerCrashed);
+        };
+        let queue = Arc::clone(&writer.0);
         let (granted, on_grant) = tokio::sync::oneshot::channel();
         let (release, on_release) = mpsc::channel::<()>();
+        let asked = std::time::Instant::now();
         self.send(Box::new(move |_| {
+            let since = std::time::Instant::now();
+            *lock(&queue.leased) = Some(asker);
             // Nobody waits any more (the asking future was dropped): nothing to hold.
             if granted.send(()).is_ok() {
                 // Returns when the lease's sender is dropped.
                 let _ = on_release.recv();
             }
+            *lock(&queue.leased) = None;
+            let held = since.elapsed();
+            if held > SLOW_LEASE {
+                tracing::warn!(
+                    held_ms = held.as_millis(),
+                    asked_at = %asker,
+                    "the SQLite writer was leased for over a second; every write waited"
+                );
+            }
         }))?;
         // As long as a pooled connection was waited for before the writer thread existed: a
         // lease that never comes is a bug (a lease held across another write), not a queue.
-        match tokio::time::timeout(LEASE_TIMEOUT, on_grant).await {
-            Ok(Ok(())) => Ok(Lease { _release: release }),
+        let outcome = tokio::time::timeout(LEASE_TIMEOUT, on_grant).await;
+        let waited = asked.elapsed();
+        match outcome {
+            Ok(Ok(())) => {
+                if waited > SLOW_LEASE {
+                    tracing::warn!(
+                        waited_ms = waited.as_millis(),
+                        asked_at = %asker,
+                        "a lease of the SQLite writer waited over a second"
+                    );
+                }
+                Ok(Lease { _release: release })
+            }
             Ok(Err(_)) => Err(sqlx::Error::WorkerCrashed),
-            Err(_) => Err(sqlx::Error::PoolTimedOut),
+            Err(_) => {
+                let holder = *lock(&writer.0.leased);
+                tracing::error!(
+                    asked_at = %asker,
+                    leased_to = %holder.map_or_else(|| "nobody".to_owned(), ToString::to_string),
+                    "a lease of the SQLite writer was not granted in {LEASE_TIMEOUT:?}"
+                );
+                Err(sqlx::Error::PoolTimedOut)
+            }
         }
     }
 }
@@ -492,6 +536,8 @@ struct WriteQueue {
     state: Mutex<Waiting>,
     /// Wakes the writer thread: the queue was handed to it, or the last handle went.
     handed: std::sync::Condvar,
+    /// Where the lease the writer thread is parked under was asked for, if it is.
+    leased: Mutex<Option<Asker>>,
 }
 
 #[derive(Default)]
@@ -937,8 +983,9 @@ impl Tx for SqliteTx<'_> {
 #[cfg(test)]
 mod tests {
     use super::{
-        Connection, Files, JobFuture, Mutex, OpenFlags, Ordering, RESTART_WAL_AFTER_FRAMES,
-        Threads, Tx, checkpoint, checkpoint_and_restart, lock, numbered,
+        Arc, Connection, Files, JobFuture, Jobs, Mutex, OpenFlags, Ordering,
+        RESTART_WAL_AFTER_FRAMES, SLOW_LEASE, Threads, Tx, checkpoint, checkpoint_and_restart,
+        lock, numbered,
     };
 
     /// A new database in WAL with one table, and the writer's threads on it.
@@ -1053,7 +1100,7 @@ mod tests {
     #[test]
     fn a_write_behind_a_lease_waits_for_it() -> anyhow::Result<()> {
         let (_dir, writer) = writer_on_a_new_database()?;
-        let lease = block_on(writer.lease())?;
+        let lease = block_on(writer.lease(std::panic::Location::caller()))?;
         let write = {
             let writer = writer.clone();
             std::thread::spawn(move || block_on(writer.transact(insert(1))))
@@ -1071,6 +1118,67 @@ mod tests {
 
     /// A WAL past the restart length is copied back (flushed ahead, then with the writer held)
     /// so that the writer's next transaction starts it over, and no row is lost on the way.
+    /// What a test's `tracing` events printed, as text.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+            let logs = self.clone();
+            tracing_subscriber::fmt()
+                .with_writer(move || logs.clone())
+                .with_ansi(false)
+                .finish()
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(lock(&self.0).as_slice()).into_owned()
+        }
+    }
+
+    #[test]
+    fn a_slow_lease_is_logged_with_where_it_was_asked_for() -> anyhow::Result<()> {
+        let (_dir, writer) = writer_on_a_new_database()?;
+        let Jobs::Writer(handle) = &writer.jobs else {
+            anyhow::bail!("not the writer");
+        };
+        let first = std::panic::Location::caller();
+        let lease = block_on(writer.lease(first))?;
+        assert_eq!(*lock(&handle.0.leased), Some(first));
+        let releasing = std::thread::spawn(move || {
+            std::thread::sleep(SLOW_LEASE + std::time::Duration::from_millis(200));
+            drop(lease);
+        });
+        let logs = Logs::default();
+        let second = std::panic::Location::caller();
+        let lease = tracing::subscriber::with_default(logs.subscriber(), || {
+            block_on(writer.lease(second))
+        })?;
+        releasing.join().expect("the releasing thread");
+        assert_eq!(*lock(&handle.0.leased), Some(second));
+        let text = logs.text();
+        assert!(
+            text.contains("waited over a second") && text.contains(&second.to_string()),
+            "{text}"
+        );
+        drop(lease);
+        // The writer thread forgets the holder once it goes on.
+        block_on(writer.transact(insert(1)))?;
+        assert_eq!(*lock(&handle.0.leased), None);
+        Ok(())
+    }
+
     #[test]
     fn a_long_wal_starts_over_after_a_round_and_keeps_every_row() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
