@@ -31,7 +31,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::db::{Backend, Db, FromValue, Tx, Value, args, param_rows, params};
+use crate::db::{Backend, Db, FromValue, SqlByCount, Tx, Value, args, param_rows, params};
 
 /// Why an inventory operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -595,17 +595,20 @@ pub async fn reserve_in(
     // both databases at any size.
     let mut values = args![&reference, now].to_vec();
     values.extend(wanted.keys().map(Value::from));
+    static STALE: SqlByCount = SqlByCount::new();
     let stale = tx
         .fetch(
-            &format!(
-                "SELECT sku FROM reservations WHERE reference = $1 AND state = 'active' \
-                 UNION ALL \
-                 SELECT l.sku FROM inventory_levels l WHERE l.sku IN ({}) \
-                 AND (SELECT r.expires_at FROM reservations r WHERE r.sku = l.sku \
-                      AND r.location_id = l.location_id AND r.state = 'active' \
-                      AND r.expires_at <= $2 LIMIT 1) IS NOT NULL",
-                params(3, wanted.len())
-            ),
+            &STALE.get(wanted.len(), |count| {
+                format!(
+                    "SELECT sku FROM reservations WHERE reference = $1 AND state = 'active' \
+                     UNION ALL \
+                     SELECT l.sku FROM inventory_levels l WHERE l.sku IN ({}) \
+                     AND (SELECT r.expires_at FROM reservations r WHERE r.sku = l.sku \
+                          AND r.location_id = l.location_id AND r.state = 'active' \
+                          AND r.expires_at <= $2 LIMIT 1) IS NOT NULL",
+                    params(3, count)
+                )
+            }),
             &values,
         )
         .await?;
@@ -618,16 +621,19 @@ pub async fn reserve_in(
     // Lock every level involved in (sku, location) order, reading what they hold as it is
     // now (on PostgreSQL a row locked after waiting is read as its newest version; SQLite's
     // write transaction holds the whole database).
-    let lock = if postgres { " FOR UPDATE OF l" } else { "" };
+    static LEVELS: [SqlByCount; 2] = [SqlByCount::new(), SqlByCount::new()];
     let values: Vec<Value> = skus.iter().map(Value::from).collect();
     let rows = tx
         .fetch(
-            &format!(
-                "SELECT l.sku, l.location_id, s.priority, l.on_hand, l.held \
-                 FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
-                 WHERE l.sku IN ({}) ORDER BY l.sku, l.location_id{lock}",
-                params(1, skus.len())
-            ),
+            &LEVELS[usize::from(postgres)].get(skus.len(), |count| {
+                let lock = if postgres { " FOR UPDATE OF l" } else { "" };
+                format!(
+                    "SELECT l.sku, l.location_id, s.priority, l.on_hand, l.held \
+                     FROM inventory_levels l JOIN stock_locations s ON s.id = l.location_id \
+                     WHERE l.sku IN ({}) ORDER BY l.sku, l.location_id{lock}",
+                    params(1, count)
+                )
+            }),
             &values,
         )
         .await?;
@@ -667,27 +673,30 @@ pub async fn reserve_in(
     }
 
     let allocations = allocate(&wanted, &levels)?;
+    static RESERVE: [SqlByCount; 2] = [SqlByCount::new(), SqlByCount::new()];
     for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
-        let insert = format!(
-            "INSERT INTO reservations (id, reference, sku, location_id, quantity, expires_at, created_at, state) \
-             VALUES {}",
-            param_rows(1, chunk.len(), 7).replace(')', ", 'active')")
-        );
-        // PostgreSQL: the movements and the levels in the same statement (the levels are
-        // locked until the commit; each round trip here is one every other checkout of these
-        // SKUs waits for); SQLite: one statement each.
-        let sql = if postgres {
-            format!(
-                "WITH ins AS ({insert} RETURNING sku, location_id, quantity, reference, created_at), \
-                 mv AS (INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
-                        SELECT sku, location_id, 'reserve', quantity, reference, created_at FROM ins), \
-                 s AS (SELECT sku, location_id, SUM(quantity) AS quantity FROM ins GROUP BY sku, location_id) \
-                 UPDATE inventory_levels l SET held = l.held + s.quantity FROM s \
-                 WHERE l.sku = s.sku AND l.location_id = s.location_id"
-            )
-        } else {
-            insert
-        };
+        let sql = RESERVE[usize::from(postgres)].get(chunk.len(), |count| {
+            let insert = format!(
+                "INSERT INTO reservations (id, reference, sku, location_id, quantity, expires_at, created_at, state) \
+                 VALUES {}",
+                param_rows(1, count, 7).replace(')', ", 'active')")
+            );
+            // PostgreSQL: the movements and the levels in the same statement (the levels are
+            // locked until the commit; each round trip here is one every other checkout of
+            // these SKUs waits for); SQLite: one statement each.
+            if postgres {
+                format!(
+                    "WITH ins AS ({insert} RETURNING sku, location_id, quantity, reference, created_at), \
+                     mv AS (INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) \
+                            SELECT sku, location_id, 'reserve', quantity, reference, created_at FROM ins), \
+                     s AS (SELECT sku, location_id, SUM(quantity) AS quantity FROM ins GROUP BY sku, location_id) \
+                     UPDATE inventory_levels l SET held = l.held + s.quantity FROM s \
+                     WHERE l.sku = s.sku AND l.location_id = s.location_id"
+                )
+            } else {
+                insert
+            }
+        });
         let mut values = Vec::with_capacity(chunk.len() * 7);
         for a in chunk {
             values.extend(args![
@@ -936,13 +945,16 @@ fn typed_rows(from: usize, rows: usize) -> String {
 /// reservations per level walked every active reservation of the level — all the checkouts
 /// in flight for a popular SKU — and was the costliest statement of a checkout on SQLite.
 async fn hold(tx: &mut dyn Tx, allocations: &[Allocation]) -> Result<()> {
+    static HOLD: SqlByCount = SqlByCount::new();
     for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "WITH v (sku, location_id, quantity) AS (VALUES {}) \
-             UPDATE inventory_levels SET held = held + v.quantity FROM v \
-             WHERE inventory_levels.sku = v.sku AND inventory_levels.location_id = v.location_id",
-            param_rows(1, chunk.len(), 3)
-        );
+        let sql = HOLD.get(chunk.len(), |count| {
+            format!(
+                "WITH v (sku, location_id, quantity) AS (VALUES {}) \
+                 UPDATE inventory_levels SET held = held + v.quantity FROM v \
+                 WHERE inventory_levels.sku = v.sku AND inventory_levels.location_id = v.location_id",
+                param_rows(1, count, 3)
+            )
+        });
         let mut values = Vec::with_capacity(chunk.len() * 3);
         for a in chunk {
             values.extend(args![&a.sku, &a.location_id, a.quantity]);
@@ -1416,11 +1428,14 @@ async fn record_movements(
     reference: Option<&str>,
     now: i64,
 ) -> Result<()> {
+    static MOVEMENTS: SqlByCount = SqlByCount::new();
     for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) VALUES {}",
-            param_rows(1, chunk.len(), 6)
-        );
+        let sql = MOVEMENTS.get(chunk.len(), |count| {
+            format!(
+                "INSERT INTO inventory_movements (sku, location_id, kind, quantity, reference, at) VALUES {}",
+                param_rows(1, count, 6)
+            )
+        });
         let mut values = Vec::with_capacity(chunk.len() * 6);
         for a in chunk {
             values.extend(args![

@@ -23,7 +23,7 @@ use sqlx::Row;
 
 use crate::carts::{self, CartError};
 use crate::catalog::{self, PricedVariant};
-use crate::db::{Backend, Db, Tx, args, param_rows};
+use crate::db::{Backend, Db, SqlByCount, Tx, args, param_rows};
 use crate::hooks;
 use crate::idempotency;
 use crate::inventory::{self, Inventory, InventoryError};
@@ -2366,6 +2366,14 @@ impl OrderInsert {
     /// Values of the order and payment statements.
     const WIDTH: usize = 21;
 
+    /// [`Self::LINES`] for `count` lines, numbered from `$1`.
+    fn lines(count: usize) -> std::borrow::Cow<'static, str> {
+        static LINES: SqlByCount = SqlByCount::new();
+        LINES.get(count, |count| {
+            format!("{} {}", Self::LINES, param_rows(1, count, 7))
+        })
+    }
+
     fn new(
         order: &OrderView,
         cart_id: &str,
@@ -2444,8 +2452,7 @@ impl OrderInsert {
             );
             let committed = tx.fetch(&sql, &values).await?;
             for chunk in lines {
-                let sql = format!("{} {}", Self::LINES, param_rows(1, chunk.len() / 7, 7));
-                tx.execute(&sql, &chunk).await?;
+                tx.execute(&Self::lines(chunk.len() / 7), &chunk).await?;
             }
             return Ok(committed);
         }
@@ -2453,8 +2460,7 @@ impl OrderInsert {
         tx.execute(Self::PAYMENT, &values).await?;
         tx.execute(Self::END_ATTEMPT, &values[..1]).await?;
         for chunk in lines {
-            let sql = format!("{} {}", Self::LINES, param_rows(1, chunk.len() / 7, 7));
-            tx.execute(&sql, &chunk).await?;
+            tx.execute(&Self::lines(chunk.len() / 7), &chunk).await?;
         }
         if let Some((key, status, answer)) = finish {
             key.finish_in(tx, status, answer).await?;

@@ -92,6 +92,33 @@ impl std::fmt::Debug for Url {
     }
 }
 
+/// Statements that differ only in how many rows or parameters they list, each built once per
+/// count (up to [`SqlByCount::KEPT`]) and kept for the life of the process, one per place in
+/// the code (a `static`). The checkout's writes build their `VALUES` and `IN` lists this way:
+/// formatting them anew on every call cost a few percent of the time the write lock is held.
+pub(crate) struct SqlByCount([std::sync::OnceLock<String>; SqlByCount::KEPT]);
+
+impl SqlByCount {
+    /// Counts from 0 to `KEPT - 1` are kept; a larger one is built on each call.
+    pub(crate) const KEPT: usize = 16;
+
+    pub(crate) const fn new() -> Self {
+        Self([const { std::sync::OnceLock::new() }; Self::KEPT])
+    }
+
+    /// The statement for `count`, built by `build` the first time.
+    pub(crate) fn get(
+        &'static self,
+        count: usize,
+        build: impl FnOnce(usize) -> String,
+    ) -> std::borrow::Cow<'static, str> {
+        match self.0.get(count) {
+            Some(kept) => kept.get_or_init(|| build(count)).as_str().into(),
+            None => build(count).into(),
+        }
+    }
+}
+
 /// `$from, $from+1, …` — `count` numbered parameters for an `IN (…)` list or a `VALUES` row.
 pub(crate) fn params(from: usize, count: usize) -> String {
     let mut out = String::with_capacity(count * 5);
@@ -632,7 +659,29 @@ impl std::ops::DerefMut for WriteConn {
 
 #[cfg(test)]
 mod tests {
-    use super::{param_rows, params};
+    use super::{SqlByCount, param_rows, params};
+
+    #[test]
+    fn a_statement_by_count_is_built_once_for_each_count_it_keeps() {
+        static SQL: SqlByCount = SqlByCount::new();
+        let builds = std::cell::Cell::new(0);
+        let build = |count| {
+            builds.set(builds.get() + 1);
+            params(1, count)
+        };
+        assert_eq!(SQL.get(3, build), "$1, $2, $3");
+        assert!(matches!(
+            SQL.get(3, build),
+            std::borrow::Cow::Borrowed("$1, $2, $3")
+        ));
+        assert_eq!(SQL.get(1, build), "$1");
+        assert_eq!(builds.get(), 2);
+        // Past what it keeps, built every time.
+        let many = SqlByCount::KEPT;
+        assert_eq!(SQL.get(many, build), params(1, many));
+        assert_eq!(SQL.get(many, build), params(1, many));
+        assert_eq!(builds.get(), 4);
+    }
 
     #[test]
     fn parameter_lists_are_numbered_from_where_they_start() {

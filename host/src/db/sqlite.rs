@@ -872,20 +872,27 @@ where
 /// no such text inside a literal).
 fn numbered(sql: &str) -> std::borrow::Cow<'_, str> {
     let bytes = sql.as_bytes();
-    let dollar_digit =
-        |i: usize| bytes[i] == b'$' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
-    if !(0..bytes.len()).any(dollar_digit) {
-        return sql.into();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut at = 0;
+    // `find` looks for the byte a word at a time: statements are long, their parameters few.
+    while let Some(found) = sql[at..].find('$') {
+        let dollar = at + found;
+        at = dollar + 1;
+        if bytes.get(at).is_some_and(u8::is_ascii_digit) {
+            let out = out.get_or_insert_with(|| String::with_capacity(sql.len()));
+            out.push_str(&sql[copied..dollar]);
+            out.push('?');
+            copied = at;
+        }
     }
-    let mut out = String::with_capacity(sql.len());
-    let mut from = 0;
-    for i in (0..bytes.len()).filter(|&i| dollar_digit(i)) {
-        out.push_str(&sql[from..i]);
-        out.push('?');
-        from = i + 1;
+    match out {
+        None => sql.into(),
+        Some(mut out) => {
+            out.push_str(&sql[copied..]);
+            out.into()
+        }
     }
-    out.push_str(&sql[from..]);
-    out.into()
 }
 
 /// [`Tx`] on the writer thread's connection: every call has finished when it returns.
