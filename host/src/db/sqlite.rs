@@ -1123,8 +1123,6 @@ mod tests {
         Ok(())
     }
 
-    /// A WAL past the restart length is copied back (flushed ahead, then with the writer held)
-    /// so that the writer's next transaction starts it over, and no row is lost on the way.
     /// What a test's `tracing` events printed, as text.
     #[derive(Clone, Default)]
     struct Logs(Arc<Mutex<Vec<u8>>>);
@@ -1154,6 +1152,9 @@ mod tests {
         }
     }
 
+    /// A lease granted after more than [`SLOW_LEASE`] is logged with the place that asked for
+    /// it, and while a lease is held the writer knows whose it is (named if another is never
+    /// granted).
     #[test]
     fn a_slow_lease_is_logged_with_where_it_was_asked_for() -> anyhow::Result<()> {
         let (_dir, writer) = writer_on_a_new_database()?;
@@ -1186,6 +1187,8 @@ mod tests {
         Ok(())
     }
 
+    /// A WAL past the restart length is copied back (flushed ahead, then with the writer held)
+    /// so that the writer's next transaction starts it over, and no row is lost on the way.
     #[test]
     fn a_long_wal_starts_over_after_a_round_and_keeps_every_row() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
