@@ -273,7 +273,6 @@ fn scaffold(
     };
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::create_dir_all(dir.join(".cargo"))?;
-    let crate_name = name.replace('-', "_");
     std::fs::write(
         dir.join("Cargo.toml"),
         format!(
@@ -296,7 +295,6 @@ fn scaffold(
         dir.display(),
         dir.display()
     );
-    let _ = crate_name;
     Ok(())
 }
 
