@@ -174,7 +174,8 @@ impl Key {
     /// Stores this request's answer (`body`, serialized JSON — serialized before the
     /// transaction, not while it holds the write lock) with the key it claimed.
     pub async fn finish_in(&self, tx: &mut dyn Tx, status: u16, body: &str) -> sqlx::Result<()> {
-        tx.execute(&finish_sql(1), &self.finish_args(status, body))
+        static FINISH: crate::db::SqlByCount = crate::db::SqlByCount::new();
+        tx.execute(&FINISH.get(1, finish_sql), &self.finish_args(status, body))
             .await
             .map(drop)
     }

@@ -92,10 +92,11 @@ impl std::fmt::Debug for Url {
     }
 }
 
-/// Statements that differ only in how many rows or parameters they list, each built once per
-/// count (up to [`SqlByCount::KEPT`]) and kept for the life of the process, one per place in
-/// the code (a `static`). The checkout's writes build their `VALUES` and `IN` lists this way:
-/// formatting them anew on every call cost a few percent of the time the write lock is held.
+/// Statements that differ only by a small number — how many rows or parameters they list, or
+/// where their numbering starts — each built once per number (up to [`SqlByCount::KEPT`]) and
+/// kept for the life of the process, one per place in the code (a `static`). The checkout's
+/// writes build their `VALUES` and `IN` lists this way: formatting them anew on every call
+/// cost a few percent of the time the write lock is held.
 pub(crate) struct SqlByCount([std::sync::OnceLock<String>; SqlByCount::KEPT]);
 
 impl SqlByCount {
