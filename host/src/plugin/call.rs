@@ -188,12 +188,7 @@ impl Plugin {
     /// Wraps a native call's answer like a component call's: the duration, the output size
     /// against the same limit; no fuel, memory or logs.
     #[cfg(feature = "native-rules")]
-    fn native_call<T: Serialize>(
-        &self,
-        started: Instant,
-        answer: Result<T, String>,
-    ) -> Result<Call<T>, HookError> {
-        let output = answer.map_err(|reason| self.invalid(reason))?;
+    fn native_call<T: Serialize>(&self, started: Instant, output: T) -> Result<Call<T>, HookError> {
         let output_bytes = self.within_output_limit(&output)?;
         Ok(Call {
             output,

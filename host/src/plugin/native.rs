@@ -12,14 +12,10 @@
 //! A native call takes the same input, answers through the same validation and the same
 //! failure policy, and reports the same statistics (without fuel or memory, which native code
 //! does not have). The inputs and outputs cross between the host's contract types and the
-//! SDK's by their serde forms, which both derive from the one WIT contract; the benchmark
-//! counts that conversion against native, as the component boundary's copying is counted
-//! against Wasm.
+//! SDK's field by field (both are generated from the one WIT contract): an input is cloned
+//! once, as a native plugin taking its own types would need, and nothing is serialised.
 
 use std::collections::BTreeMap;
-
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::PaymentRequest;
 use super::bindings::{fraud, payment, pricing, types};
@@ -74,20 +70,129 @@ pub(crate) fn rule(name: &str) -> Option<NativeRule> {
     })
 }
 
-/// A value of one side's contract types as the other side's.
-fn cross<A: Serialize, B: DeserializeOwned>(value: &A) -> Result<B, String> {
-    serde_json::to_value(value)
-        .and_then(serde_json::from_value)
-        .map_err(|e| format!("native call: contract types do not match: {e}"))
+/// A value of one side's contract types moved into the other side's: the host's bindings and
+/// the SDK's are generated from the same WIT, so each conversion moves fields one to one (the
+/// compiler checks every field of the target is given). What a native plugin system would pay
+/// to hand the plugin its own types: no serialisation, no allocation beyond the clone the
+/// caller makes of an input it keeps.
+trait Cross<B> {
+    fn cross(self) -> B;
 }
 
-fn answer<A: Serialize, E: Serialize, B: DeserializeOwned, F: DeserializeOwned>(
-    result: Result<A, E>,
-) -> Result<Result<B, F>, String> {
-    Ok(match result {
-        Ok(output) => Ok(cross(&output)?),
-        Err(error) => Err(cross(&error)?),
-    })
+macro_rules! same {
+    ($($t:ty),*) => {$(
+        impl Cross<$t> for $t {
+            fn cross(self) -> $t {
+                self
+            }
+        }
+    )*};
+}
+same!(String, bool, u8, u32, u64, i64);
+
+impl<A: Cross<B>, B> Cross<Vec<B>> for Vec<A> {
+    fn cross(self) -> Vec<B> {
+        self.into_iter().map(Cross::cross).collect()
+    }
+}
+
+impl<A: Cross<B>, B> Cross<Option<B>> for Option<A> {
+    fn cross(self) -> Option<B> {
+        self.map(Cross::cross)
+    }
+}
+
+impl<A: Cross<C>, B: Cross<D>, C, D> Cross<Result<C, D>> for Result<A, B> {
+    fn cross(self) -> Result<C, D> {
+        self.map(Cross::cross).map_err(Cross::cross)
+    }
+}
+
+/// Records: `from => to { field, … }`.
+macro_rules! records {
+    ($($from:ty => $to:path { $($field:ident),* $(,)? })*) => {$(
+        impl Cross<$to> for $from {
+            fn cross(self) -> $to {
+                $to { $($field: self.$field.cross()),* }
+            }
+        }
+    )*};
+}
+
+/// Enums and variants: `from => to { Case, Case(payload), … }`.
+macro_rules! cases {
+    ($($from:ty => $to:ty { $($case:ident $(($value:ident))?),* $(,)? })*) => {$(
+        impl Cross<$to> for $from {
+            fn cross(self) -> $to {
+                match self {
+                    $(Self::$case $(($value))? => <$to>::$case $(($value.cross()))?),*
+                }
+            }
+        }
+    )*};
+}
+
+records! {
+    types::Money => sdk::Money { amount, currency }
+    sdk::Money => types::Money { amount, currency }
+    types::Attribute => sdk::Attribute { name, value }
+    types::Address => sdk::Address { name, line1, line2, city, region, postal_code, country }
+    sdk::PluginError => types::PluginError { code, message }
+    pricing::Cart => sdk::pricing::Cart { id, currency, lines, customer, coupon_codes, shipping, now }
+    pricing::CartLine => sdk::pricing::CartLine {
+        id, product_id, sku, variant_attributes, categories, quantity, unit_price
+    }
+    pricing::Customer => sdk::pricing::Customer { id, tags, order_count }
+    sdk::pricing::Operation => pricing::Operation { action, label, code, stacking }
+    sdk::pricing::LineDiscount => pricing::LineDiscount { line_id, value, quantity }
+    sdk::pricing::FixedUnitPrice => pricing::FixedUnitPrice { line_id, unit_price, quantity }
+    fraud::Checkout => sdk::fraud::Checkout {
+        id, currency, subtotal, discount_total, shipping_total, total, lines, customer,
+        billing_address, shipping_address, client_ip, payment, now
+    }
+    fraud::CheckoutLine => sdk::fraud::CheckoutLine { sku, product_id, quantity, total, categories }
+    fraud::Customer => sdk::fraud::Customer { id, email, tags, history }
+    fraud::CustomerHistory => sdk::fraud::CustomerHistory {
+        order_count, orders_last_24h, failed_payments_last_24h, lifetime_spend, chargebacks,
+        first_seen
+    }
+    fraud::PaymentMethod => sdk::fraud::PaymentMethod {
+        kind, brand, last4, issuer_country, fingerprint, metadata
+    }
+    sdk::fraud::Assessment => fraud::Assessment { score, decision, reasons }
+    sdk::fraud::Reason => fraud::Reason { code, message }
+    payment::AuthorizeRequest => sdk::payment::AuthorizeRequest {
+        operation_id, order_reference, amount, payment_token, customer_email, metadata, now
+    }
+    payment::CaptureRequest => sdk::payment::CaptureRequest {
+        operation_id, gateway_reference, amount, final_capture, now
+    }
+    payment::RefundRequest => sdk::payment::RefundRequest {
+        operation_id, gateway_reference, amount, reason, now
+    }
+    payment::VoidRequest => sdk::payment::VoidRequest { operation_id, gateway_reference, amount, now }
+    sdk::payment::PaymentResult => payment::PaymentResult {
+        status, gateway_reference, amount, step_reference
+    }
+    sdk::payment::PaymentError => payment::PaymentError {
+        code, message, gateway_code, gateway_reference
+    }
+}
+
+cases! {
+    sdk::pricing::Action => pricing::Action {
+        LineDiscount(d), OrderDiscount(v), FixedUnitPrice(f), FreeShipping
+    }
+    sdk::pricing::DiscountValue => pricing::DiscountValue { BasisPoints(bp), Amount(m) }
+    sdk::pricing::Stacking => pricing::Stacking { Combine, Exclusive, StopAfter }
+    sdk::fraud::Decision => fraud::Decision { Allow, Review, Deny }
+    sdk::payment::PaymentStatus => payment::PaymentStatus {
+        Authorized, RequiresAction, Captured, Voided, Refunded, Pending
+    }
+    sdk::payment::PaymentErrorCode => payment::PaymentErrorCode {
+        Declined, InsufficientFunds, ExpiredCard, IncorrectCvc, FraudSuspected,
+        InvalidPaymentMethod, InvalidState, AmountTooLarge, GatewayUnavailable, InvalidRequest
+    }
 }
 
 impl NativeRule {
@@ -95,35 +200,38 @@ impl NativeRule {
         &self,
         config: &BTreeMap<String, String>,
         cart: &pricing::Cart,
-    ) -> Option<Result<Result<pricing::PriceResult, types::PluginError>, String>> {
+    ) -> Option<Result<pricing::PriceResult, types::PluginError>> {
         let Self::Pricing(price) = self else {
             return None;
         };
-        Some(cross(cart).and_then(|cart| {
-            let operations = sdk::with_config(config, || price(cart));
-            answer(operations.map(|operations| sdk_price_result(&operations)))
-        }))
+        let cart = cart.clone().cross();
+        let operations = sdk::with_config(config, || price(cart));
+        Some(
+            operations
+                .map(|operations| pricing::PriceResult {
+                    operations: operations.cross(),
+                })
+                .map_err(Cross::cross),
+        )
     }
 
     pub(crate) fn assess(
         &self,
         config: &BTreeMap<String, String>,
         checkout: &fraud::Checkout,
-    ) -> Option<Result<Result<fraud::Assessment, types::PluginError>, String>> {
+    ) -> Option<Result<fraud::Assessment, types::PluginError>> {
         let Self::Fraud(assess) = self else {
             return None;
         };
-        Some(
-            cross(checkout)
-                .and_then(|checkout| answer(sdk::with_config(config, || assess(checkout)))),
-        )
+        let checkout = checkout.clone().cross();
+        Some(sdk::with_config(config, || assess(checkout)).cross())
     }
 
     pub(crate) fn payment(
         &self,
         config: &BTreeMap<String, String>,
         request: &PaymentRequest,
-    ) -> Option<Result<Result<payment::PaymentResult, payment::PaymentError>, String>> {
+    ) -> Option<Result<payment::PaymentResult, payment::PaymentError>> {
         let Self::Payment {
             authorize,
             capture,
@@ -133,31 +241,24 @@ impl NativeRule {
         else {
             return None;
         };
-        Some((|| {
-            let result = match request {
-                PaymentRequest::Authorize(r) => {
-                    let r = cross(r)?;
-                    sdk::with_config(config, || authorize(r))
-                }
-                PaymentRequest::Capture(r) => {
-                    let r = cross(r)?;
-                    sdk::with_config(config, || capture(r))
-                }
-                PaymentRequest::Refund(r) => {
-                    let r = cross(r)?;
-                    sdk::with_config(config, || refund(r))
-                }
-                PaymentRequest::Void(r) => {
-                    let r = cross(r)?;
-                    sdk::with_config(config, || void(r))
-                }
-            };
-            answer(result)
-        })())
+        let result = match request {
+            PaymentRequest::Authorize(r) => {
+                let r = r.clone().cross();
+                sdk::with_config(config, || authorize(r))
+            }
+            PaymentRequest::Capture(r) => {
+                let r = r.clone().cross();
+                sdk::with_config(config, || capture(r))
+            }
+            PaymentRequest::Refund(r) => {
+                let r = r.clone().cross();
+                sdk::with_config(config, || refund(r))
+            }
+            PaymentRequest::Void(r) => {
+                let r = r.clone().cross();
+                sdk::with_config(config, || void(r))
+            }
+        };
+        Some(result.cross())
     }
-}
-
-/// The pricing world's result record holds the operations; the SDK's trait returns the list.
-fn sdk_price_result(operations: &[sdk::pricing::Operation]) -> serde_json::Value {
-    serde_json::json!({ "operations": operations })
 }
