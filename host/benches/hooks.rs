@@ -1,10 +1,12 @@
 //! Benchmark: one pricing hook call on a 5-line cart.
 //!
 //! Measured in one run, so the ratios compare like with like on this machine:
-//! - `wasm fresh instance`: what every real call does — a new store, an instance from the
-//!   pooling allocator, the call, output validation (with fuel counting, the default).
-//! - `wasm fresh instance, no fuel`: the same on an engine that does not count instructions.
-//! - `wasm live instance`: calls on one already-instantiated instance (the floor).
+//! - `wasm reused instance`: what a real call does by default — the instance an earlier call
+//!   of the plugin left idle, the call with its deadline and fuel set up, output validation.
+//! - `wasm fresh instance`: what a call does with reuse off (`reuse-instances = false`,
+//!   `--fresh-instances`) — a new store, an instance from the pooling allocator, the call,
+//!   output validation; with fuel counting (the default) and on an engine without it.
+//! - `wasm live instance`: bare calls on one instance, nothing set up between them (the floor).
 //! - `native`: the same rule compiled into the host.
 //!
 //! `cargo xtask bench` runs it in release; under `cargo test` it runs a few iterations only.
@@ -83,7 +85,8 @@ fn tiered(runtime: &Runtime) -> anyhow::Result<Plugin> {
     )?)
 }
 
-async fn fresh(runtime: &Runtime, plan: &Plan) -> anyhow::Result<Duration> {
+/// Calls through `Plugin::price`, as the pipeline makes them.
+async fn calls(runtime: &Runtime, plan: &Plan) -> anyhow::Result<Duration> {
     let plugin = tiered(runtime)?;
     let cart = cart();
     for _ in 0..plan.batch {
@@ -151,13 +154,19 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let with_fuel = Runtime::new(RuntimeConfig::default())?;
-    let without_fuel = Runtime::new(RuntimeConfig {
-        consume_fuel: false,
+    let fresh_with_fuel = Runtime::new(RuntimeConfig {
+        reuse_instances: false,
         ..RuntimeConfig::default()
     })?;
-    let fresh_fuel = fresh(&with_fuel, &plan).await?;
-    let fresh_plain = fresh(&without_fuel, &plan).await?;
-    let live_plain = live(&without_fuel, &plan).await?;
+    let fresh_without_fuel = Runtime::new(RuntimeConfig {
+        consume_fuel: false,
+        reuse_instances: false,
+        ..RuntimeConfig::default()
+    })?;
+    let reused = calls(&with_fuel, &plan).await?;
+    let fresh_fuel = calls(&fresh_with_fuel, &plan).await?;
+    let fresh_plain = calls(&fresh_without_fuel, &plan).await?;
+    let live_plain = live(&fresh_without_fuel, &plan).await?;
     let native = native(&plan);
     // The same operations, or the comparison means nothing.
     assert_eq!(
@@ -174,10 +183,8 @@ async fn main() -> anyhow::Result<()> {
     println!("| case | median | × native |");
     println!("|---|---|---|");
     for (name, d) in [
-        (
-            "wasm, fresh instance per call (fuel counted, the default)",
-            fresh_fuel,
-        ),
+        ("wasm, reused instance (fuel counted; the default)", reused),
+        ("wasm, fresh instance per call (fuel counted)", fresh_fuel),
         ("wasm, fresh instance per call (no fuel)", fresh_plain),
         ("wasm, one live instance (no fuel)", live_plain),
         ("native Rust, same rule", native),

@@ -103,13 +103,18 @@ pub struct ServeArgs {
     /// empty catalog.
     #[arg(long)]
     pub demo: bool,
-    /// Plugin instances live at once, across all calls: the slots of the instance pool. A
-    /// call that finds every slot busy waits for one, for at most its deadline. Each slot
-    /// reserves address space (not memory) for full-size linear memories; 1 to 4096.
+    /// Plugin calls running at once, across all plugins: the slots of the instance pool (up
+    /// to 64 more hold idle instances). A call that finds every slot busy waits for one, for
+    /// at most its deadline. Each slot reserves address space (not memory) for full-size
+    /// linear memories; 1 to 4096.
     #[arg(long, env = "CARTRIDGE_MAX_INSTANCES",
           default_value_t = crate::plugin::DEFAULT_MAX_INSTANCES,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_instances: u32,
+    /// Give every plugin call a new instance instead of one an earlier call of the same
+    /// plugin left idle (slower; for operators who want no plugin memory to outlive a call).
+    #[arg(long, env = "CARTRIDGE_FRESH_INSTANCES")]
+    pub fresh_instances: bool,
     /// How often this host checks the registry for changes made through other hosts, in ms.
     #[arg(long, env = "CARTRIDGE_REGISTRY_POLL_MS", default_value_t = 100)]
     pub registry_poll_ms: u64,

@@ -66,6 +66,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cache_dir: Some(args.database.data_dir.join("cache")),
         native_rules: args.native_rules,
         max_instances: args.max_instances,
+        reuse_instances: !args.fresh_instances,
         ..RuntimeConfig::default()
     })?;
     let config = RegistryConfig {

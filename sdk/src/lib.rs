@@ -44,6 +44,12 @@
 //! Build with `cargo build --release --target wasm32-wasip2` (or `cartridge plugin build`) and
 //! put the `.wasm` next to a `plugin.toml` manifest.
 //!
+//! Calls of one plugin take turns on a few instances, so statics (a parsed configuration in a
+//! `OnceLock`, say) may survive from one call to the next — or not: an instance is dropped
+//! after a call that failed and retired after a while, and a different configuration always
+//! gets new ones. Use that for caches, never for anything a call must see; a manifest with
+//! `reuse-instances = false` gets a new instance for every call.
+//!
 //! Layout: the generated bindings live in the hidden `__private` module, one sub-module per
 //! world; each public hook module re-exports an explicit list of its types and adds the trait
 //! and a few constructors. The contract itself is the WIT package in the repository's `wit/`.

@@ -709,6 +709,17 @@ async fn metrics_answer_only_their_token_and_admins() {
                     && body.contains("\ncartridge_plugin_instance_slots_free 256\n"),
                 "{auth}: {body}"
             );
+            // The pricing plugins' instances stayed for their next calls.
+            let idle = body
+                .lines()
+                .find_map(|l| l.strip_prefix("cartridge_plugin_instances_idle "))
+                .and_then(|n| n.parse::<u32>().ok());
+            assert!(idle.is_some_and(|n| n >= 1), "{auth}: {body}");
+            assert!(
+                body.contains("cartridge_plugin_instance_fates_total{fate=\"kept\"} ")
+                    && body.contains("\ncartridge_plugin_instantiations_total "),
+                "{auth}: {body}"
+            );
         }
         app.db.drop_database().await;
     }

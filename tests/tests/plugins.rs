@@ -9,7 +9,8 @@ use cartridge_host::hooks;
 use cartridge_host::plugin::bindings::pricing::{Action, Cart, CartLine, DiscountValue};
 use cartridge_host::plugin::bindings::types::Money;
 use cartridge_host::plugin::{
-    FailurePolicy, HookErrorKind, HookKind, Manifest, Plugin, Runtime, RuntimeConfig,
+    Capability, FailurePolicy, HookErrorKind, HookKind, Manifest, Plugin, Runtime, RuntimeConfig,
+    SecretRef,
 };
 use cartridge_tests::plugins;
 
@@ -560,4 +561,127 @@ async fn deadlines_still_fire_after_the_runtime_that_loaded_the_plugin_is_droppe
     };
     let kind = error_of(&plugin, &cart(&[1])).await;
     assert_eq!(kind.code(), "deadline_exceeded");
+}
+
+/// Calls the `stateful` plugin with `codes` entered and returns the label of its discount:
+/// "call N", N being the calls its instance has served, this one included.
+async fn stateful_call(plugin: &Plugin, codes: &[&str]) -> Result<String, HookErrorKind> {
+    let mut cart = cart(&[1]);
+    cart.coupon_codes = codes.iter().map(ToString::to_string).collect();
+    let call = plugin.price(&cart).await.map_err(|e| e.kind)?;
+    Ok(call.output.operations[0].label.clone())
+}
+
+#[tokio::test]
+async fn an_instance_that_answered_serves_the_plugins_next_calls() {
+    let runtime = runtime();
+    let plugin = load(&runtime, "stateful");
+    for n in 1..=3 {
+        assert_eq!(stateful_call(&plugin, &[]).await, Ok(format!("call {n}")));
+    }
+    // Clones are the same plugin, with the same instances.
+    assert_eq!(
+        stateful_call(&plugin.clone().unwatched(), &[]).await,
+        Ok("call 4".into())
+    );
+    // New configuration or new grants is a new plugin: its calls never see the old
+    // instances (a plugin may have read its configuration into its memory).
+    let reconfigured = plugin.clone().with_config(&BTreeMap::from([(
+        "anything".to_owned(),
+        "else".to_owned(),
+    )]));
+    assert_eq!(stateful_call(&reconfigured, &[]).await, Ok("call 1".into()));
+    let regranted = plugin.clone().with_grants(&[], BTreeMap::new());
+    assert_eq!(stateful_call(&regranted, &[]).await, Ok("call 1".into()));
+    assert_eq!(stateful_call(&plugin, &[]).await, Ok("call 5".into()));
+    // Calls at once each have an instance of their own; afterwards the plugin keeps them.
+    let (a, b, c) = tokio::join!(
+        stateful_call(&plugin, &[]),
+        stateful_call(&plugin, &[]),
+        stateful_call(&plugin, &[])
+    );
+    for label in [a, b, c] {
+        assert!(label.is_ok(), "{label:?}");
+    }
+    assert!(runtime.idle_instances() >= 1);
+}
+
+#[tokio::test]
+async fn an_instance_is_retired_after_its_thousandth_call() {
+    let runtime = runtime();
+    let plugin = load(&runtime, "stateful");
+    for n in 1..=1_000 {
+        assert_eq!(stateful_call(&plugin, &[]).await, Ok(format!("call {n}")));
+    }
+    assert_eq!(stateful_call(&plugin, &[]).await, Ok("call 1".into()));
+}
+
+#[tokio::test]
+async fn a_call_that_failed_or_reached_outside_its_input_leaves_no_instance_behind() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("token");
+    std::fs::write(&path, "s3cr3t").expect("secret file");
+    let secrets = BTreeMap::from([(
+        "token".to_owned(),
+        SecretRef::File(path.display().to_string()),
+    )]);
+    for (code, failure) in [
+        ("panic", Some("trap")),
+        ("spin", Some("deadline_exceeded")),
+        ("nonsense", Some("invalid_output")),
+        ("stderr", None),
+        ("grow", None),
+        ("secret", None),
+    ] {
+        let plugin =
+            load(&runtime, "stateful").with_grants(&[Capability::Secrets], secrets.clone());
+        assert_eq!(
+            stateful_call(&plugin, &[]).await,
+            Ok("call 1".into()),
+            "{code}"
+        );
+        match (stateful_call(&plugin, &[code]).await, failure) {
+            (Err(kind), Some(expected)) => assert_eq!(kind.code(), expected, "{code}"),
+            (Ok(label), None) => assert_eq!(label, "call 2", "{code}"),
+            (other, _) => panic!("{code}: {other:?}"),
+        }
+        // The next call starts on a new instance: the one that trapped is never entered
+        // again, and none that answered nonsense, used WASI, read a secret or grew past the
+        // cap is kept.
+        assert_eq!(
+            stateful_call(&plugin, &[]).await,
+            Ok("call 1".into()),
+            "{code}"
+        );
+        assert_eq!(
+            stateful_call(&plugin, &[]).await,
+            Ok("call 2".into()),
+            "{code}"
+        );
+    }
+    still_serving(&runtime).await;
+}
+
+#[tokio::test]
+async fn a_manifest_or_the_host_can_ask_for_a_new_instance_per_call() {
+    let runtime = runtime();
+    let text = plugins().manifest_text("stateful");
+    let manifest = Manifest::parse(&format!("reuse-instances = false\n{text}")).expect("manifest");
+    assert!(!manifest.reuse_instances);
+    let plugin = load_as(&runtime, "stateful", manifest);
+    for _ in 0..3 {
+        assert_eq!(stateful_call(&plugin, &[]).await, Ok("call 1".into()));
+    }
+    let fresh = Runtime::new(RuntimeConfig {
+        max_instances: 8,
+        reuse_instances: false,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let plugin = load(&fresh, "stateful");
+    for _ in 0..3 {
+        assert_eq!(stateful_call(&plugin, &[]).await, Ok("call 1".into()));
+    }
+    assert_eq!(fresh.idle_instances(), 0);
 }

@@ -370,6 +370,7 @@ async fn metrics(
     text.push_str(&crate::plugin::metrics::render_slots(
         runtime.config().max_instances,
         runtime.free_instance_slots(),
+        runtime.idle_instances(),
     ));
     match crate::recovery::render_metrics(&state.db, now_ms()).await {
         Ok(recovery) => text.push_str(&recovery),

@@ -1,10 +1,13 @@
 //! A loaded plugin and its hook calls.
 //!
-//! Each call gets a fresh `Store` (and so a fresh instance from the pooling allocator) with the
-//! plugin's memory cap, its deadline, and its instruction budget when it has one. The store is
-//! dropped after the call whatever happened, so nothing leaks from one call to the next and a
-//! trapped instance is never entered again. Failures are classified into [`HookErrorKind`]s;
-//! successful outputs are checked for size and validated before anyone sees them.
+//! A call runs on an instance of the plugin — one left idle by an earlier call of the same
+//! plugin version, configuration and grants, else a new one from the pooling allocator — with
+//! the plugin's memory cap, a deadline and an instruction budget (when it has one) of its own.
+//! A call that fails in any way drops its instance, so a trapped instance is never entered
+//! again; one that answers hands it back to the plugin's [`WarmPool`] (see `plugin::warm` for
+//! what is kept and when an instance is not). Failures are classified into
+//! [`HookErrorKind`]s; successful outputs are checked for size and validated before anyone
+//! sees them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use super::error::{
 use super::manifest::{HookKind, Manifest};
 use super::sandbox::{LogLine, StoreState};
 use super::validate;
+use super::warm::{Exports, Warm, WarmPool};
 
 /// The most a plugin may return from one call, measured as JSON.
 pub const OUTPUT_LIMIT_BYTES: usize = 64 * 1024;
@@ -60,18 +64,32 @@ impl PaymentPre {
             disputes,
         })
     }
+}
 
+impl HookPre {
     fn engine(&self) -> &wasmtime::Engine {
-        self.pre.engine()
+        match self {
+            HookPre::Pricing(pre) => pre.engine(),
+            HookPre::Fraud(pre) => pre.engine(),
+            HookPre::Personalization(pre) => pre.engine(),
+            HookPre::Payment(pre) => pre.pre.engine(),
+        }
     }
 
-    /// A fresh instance's `payment` exports.
-    async fn instantiate_steps(
-        &self,
-        store: &mut Store<StoreState>,
-    ) -> wasmtime::Result<payment::Guest> {
-        let instance = self.pre.instantiate_async(&mut *store).await?;
-        self.steps.load(&mut *store, &instance)
+    /// A new instance in `store`, its exports type-checked.
+    async fn instantiate(&self, store: &mut Store<StoreState>) -> wasmtime::Result<Exports> {
+        Ok(match self {
+            HookPre::Pricing(pre) => Exports::Pricing(pre.instantiate_async(store).await?),
+            HookPre::Fraud(pre) => Exports::Fraud(pre.instantiate_async(store).await?),
+            HookPre::Personalization(pre) => {
+                Exports::Personalization(pre.instantiate_async(store).await?)
+            }
+            HookPre::Payment(pre) => {
+                let instance = pre.pre.instantiate_async(&mut *store).await?;
+                let steps = pre.steps.load(&mut *store, &instance)?;
+                Exports::Payment { instance, steps }
+            }
+        })
     }
 }
 
@@ -96,6 +114,9 @@ pub struct Plugin {
     _ticker: Arc<super::runtime::EpochTicker>,
     /// The engine's instance slots; a call takes one before it instantiates.
     slots: Arc<super::runtime::InstanceSlots>,
+    /// Instances earlier calls left for later ones; shared by clones, renewed with the
+    /// configuration or the grants.
+    warm: Arc<WarmPool>,
     /// The same plugin's source compiled into the host, run instead of the component (the
     /// checkout benchmark's native comparison; see `plugin::native`).
     #[cfg(feature = "native-rules")]
@@ -151,16 +172,22 @@ impl Plugin {
         digest: String,
         size: usize,
         pre: HookPre,
-        consume_fuel: bool,
-        ticker: Arc<super::runtime::EpochTicker>,
-        slots: Arc<super::runtime::InstanceSlots>,
+        runtime: super::runtime::Shared,
     ) -> Self {
+        let super::runtime::Shared {
+            consume_fuel,
+            ticker,
+            slots,
+            idle,
+        } = runtime;
         let config = Arc::new(manifest.config.clone());
         let id = Arc::from(manifest.id());
         let grants = Arc::new(super::capability::Grants::new(
             manifest.requested_capabilities(),
         ));
+        let reuse = idle.max() > 0 && manifest.reuse_instances;
         Self {
+            warm: Arc::new(WarmPool::new(idle, reuse)),
             manifest,
             digest,
             size,
@@ -211,6 +238,7 @@ impl Plugin {
         secrets: BTreeMap<String, super::capability::SecretRef>,
     ) -> Self {
         self.grants = Arc::new(self.grants.restricted_to(granted).with_secrets(secrets));
+        self.warm = Arc::new(self.warm.renewed());
         self
     }
 
@@ -247,6 +275,7 @@ impl Plugin {
         let mut config = self.manifest.config.clone();
         config.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.config = Arc::new(config);
+        self.warm = Arc::new(self.warm.renewed());
         self
     }
 
@@ -284,9 +313,9 @@ impl Plugin {
         &self,
         cart: &pricing::Cart,
     ) -> Result<Call<pricing::PriceResult>, HookError> {
-        let HookPre::Pricing(pre) = &self.pre else {
+        if !matches!(self.pre, HookPre::Pricing(_)) {
             return Err(self.not_this_hook(HookKind::Pricing));
-        };
+        }
         #[cfg(feature = "native-rules")]
         if let Some(answer) = self.native.and_then(|n| {
             let started = Instant::now();
@@ -296,19 +325,19 @@ impl Plugin {
             validate::price_result(cart, &call.output).map_err(|reason| self.invalid(reason))?;
             return Ok(call);
         }
-        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
-        let result = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance
-                .cartridge_plugin_pricing()
-                .call_price(&mut store, cart)
-                .await
-        }
-        .await;
-        let call = self.finish(store, started, result)?;
-        let call = self.plugin_answer(call)?;
-        validate::price_result(cart, &call.output).map_err(|reason| self.invalid(reason))?;
-        Ok(call)
+        let (_slot, mut warm, started) = self.instance().await?;
+        let Exports::Pricing(instance) = &warm.exports else {
+            return Err(self.not_this_hook(HookKind::Pricing));
+        };
+        let result = instance
+            .cartridge_plugin_pricing()
+            .call_price(&mut warm.store, cart)
+            .await;
+        let call = self.finish(warm, started, result, |output| match output {
+            Ok(result) => validate::price_result(cart, result),
+            Err(_) => Ok(()),
+        })?;
+        self.plugin_answer(call)
     }
 
     /// `assess` without the metrics.
@@ -316,9 +345,9 @@ impl Plugin {
         &self,
         checkout: &fraud::Checkout,
     ) -> Result<Call<fraud::Assessment>, HookError> {
-        let HookPre::Fraud(pre) = &self.pre else {
+        if !matches!(self.pre, HookPre::Fraud(_)) {
             return Err(self.not_this_hook(HookKind::Fraud));
-        };
+        }
         #[cfg(feature = "native-rules")]
         if let Some(answer) = self.native.and_then(|n| {
             let started = Instant::now();
@@ -328,19 +357,19 @@ impl Plugin {
             validate::assessment(&call.output).map_err(|reason| self.invalid(reason))?;
             return Ok(call);
         }
-        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
-        let result = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance
-                .cartridge_plugin_fraud()
-                .call_assess(&mut store, checkout)
-                .await
-        }
-        .await;
-        let call = self.finish(store, started, result)?;
-        let call = self.plugin_answer(call)?;
-        validate::assessment(&call.output).map_err(|reason| self.invalid(reason))?;
-        Ok(call)
+        let (_slot, mut warm, started) = self.instance().await?;
+        let Exports::Fraud(instance) = &warm.exports else {
+            return Err(self.not_this_hook(HookKind::Fraud));
+        };
+        let result = instance
+            .cartridge_plugin_fraud()
+            .call_assess(&mut warm.store, checkout)
+            .await;
+        let call = self.finish(warm, started, result, |output| match output {
+            Ok(assessment) => validate::assessment(assessment),
+            Err(_) => Ok(()),
+        })?;
+        self.plugin_answer(call)
     }
 
     /// `rank` without the metrics.
@@ -348,19 +377,19 @@ impl Plugin {
         &self,
         context: &personalization::Context,
     ) -> Result<Call<personalization::Ranking>, HookError> {
-        let HookPre::Personalization(pre) = &self.pre else {
+        if !matches!(self.pre, HookPre::Personalization(_)) {
+            return Err(self.not_this_hook(HookKind::Personalization));
+        }
+        let (_slot, mut warm, started) = self.instance().await?;
+        let Exports::Personalization(instance) = &warm.exports else {
             return Err(self.not_this_hook(HookKind::Personalization));
         };
-        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
-        let result = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance
-                .cartridge_plugin_personalization()
-                .call_rank(&mut store, context)
-                .await
-        }
-        .await;
-        let call = self.finish(store, started, result)?;
+        let result = instance
+            .cartridge_plugin_personalization()
+            .call_rank(&mut warm.store, context)
+            .await;
+        // Nothing in a ranking is refused: it is trimmed to the candidates below.
+        let call = self.finish(warm, started, result, |_| Ok(()))?;
         let mut call = self.plugin_answer(call)?;
         call.output = validate::ranking(context, call.output);
         Ok(call)
@@ -371,9 +400,9 @@ impl Plugin {
         &self,
         request: &PaymentRequest,
     ) -> Result<Call<Result<payment::PaymentResult, payment::PaymentError>>, HookError> {
-        let HookPre::Payment(pre) = &self.pre else {
+        if !matches!(self.pre, HookPre::Payment(_)) {
             return Err(self.not_this_hook(HookKind::Payment));
-        };
+        }
         #[cfg(feature = "native-rules")]
         if let Some(answer) = self.native.and_then(|n| {
             let started = Instant::now();
@@ -385,22 +414,21 @@ impl Plugin {
             }
             return Ok(call);
         }
-        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
-        let result = async {
-            let connector = pre.instantiate_steps(&mut store).await?;
-            match request {
-                PaymentRequest::Authorize(r) => connector.call_authorize(&mut store, r).await,
-                PaymentRequest::Capture(r) => connector.call_capture(&mut store, r).await,
-                PaymentRequest::Refund(r) => connector.call_refund(&mut store, r).await,
-                PaymentRequest::Void(r) => connector.call_void(&mut store, r).await,
-            }
-        }
-        .await;
-        let call = self.finish(store, started, result)?;
-        if let Ok(result) = &call.output {
-            validate::payment_result(request, result).map_err(|reason| self.invalid(reason))?;
-        }
-        Ok(call)
+        let (_slot, mut warm, started) = self.instance().await?;
+        let Exports::Payment { steps, .. } = &warm.exports else {
+            return Err(self.not_this_hook(HookKind::Payment));
+        };
+        let store = &mut warm.store;
+        let result = match request {
+            PaymentRequest::Authorize(r) => steps.call_authorize(store, r).await,
+            PaymentRequest::Capture(r) => steps.call_capture(store, r).await,
+            PaymentRequest::Refund(r) => steps.call_refund(store, r).await,
+            PaymentRequest::Void(r) => steps.call_void(store, r).await,
+        };
+        self.finish(warm, started, result, |output| match output {
+            Ok(result) => validate::payment_result(request, result),
+            Err(_) => Ok(()),
+        })
     }
 
     /// `parse_webhook` without the metrics.
@@ -408,22 +436,18 @@ impl Plugin {
         &self,
         request: &payment::WebhookRequest,
     ) -> Result<Call<Result<payment::WebhookEvent, payment::WebhookError>>, HookError> {
-        let HookPre::Payment(pre) = &self.pre else {
+        if !matches!(self.pre, HookPre::Payment(_)) {
+            return Err(self.not_this_hook(HookKind::Payment));
+        }
+        let (_slot, mut warm, started) = self.instance().await?;
+        let Exports::Payment { steps, .. } = &warm.exports else {
             return Err(self.not_this_hook(HookKind::Payment));
         };
-        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
-        let result = async {
-            pre.instantiate_steps(&mut store)
-                .await?
-                .call_parse_webhook(&mut store, request)
-                .await
-        }
-        .await;
-        let call = self.finish(store, started, result)?;
-        if let Ok(event) = &call.output {
-            validate::webhook_event(event).map_err(|reason| self.invalid(reason))?;
-        }
-        Ok(call)
+        let result = steps.call_parse_webhook(&mut warm.store, request).await;
+        self.finish(warm, started, result, |output| match output {
+            Ok(event) => validate::webhook_event(event),
+            Err(_) => Ok(()),
+        })
     }
 
     /// `find` without the metrics.
@@ -438,20 +462,19 @@ impl Plugin {
         let Some(lookup) = &pre.lookup else {
             return Err(self.invalid("it does not export payment-lookup".into()));
         };
-        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
-        let result = async {
-            let instance = pre.pre.instantiate_async(&mut store).await?;
-            lookup
-                .load(&mut store, &instance)?
-                .call_find(&mut store, request)
-                .await
-        }
-        .await;
-        let call = self.finish(store, started, result)?;
-        if let Ok(Some(found)) = &call.output {
-            validate::found_payment(request, found).map_err(|reason| self.invalid(reason))?;
-        }
-        Ok(call)
+        let (_slot, mut warm, started) = self.instance().await?;
+        let Exports::Payment { instance, .. } = &warm.exports else {
+            return Err(self.not_this_hook(HookKind::Payment));
+        };
+        let store = &mut warm.store;
+        let result = match lookup.load(&mut *store, instance) {
+            Ok(lookup) => lookup.call_find(store, request).await,
+            Err(error) => Err(error),
+        };
+        self.finish(warm, started, result, |output| match output {
+            Ok(Some(found)) => validate::found_payment(request, found),
+            _ => Ok(()),
+        })
     }
 
     /// `parse_dispute` without the metrics.
@@ -465,20 +488,19 @@ impl Plugin {
         let Some(disputes) = &pre.disputes else {
             return Err(self.invalid("it does not export payment-disputes".into()));
         };
-        let (_slot, mut store, started) = self.new_store(pre.engine()).await?;
-        let result = async {
-            let instance = pre.pre.instantiate_async(&mut store).await?;
-            disputes
-                .load(&mut store, &instance)?
-                .call_parse_dispute(&mut store, request)
-                .await
-        }
-        .await;
-        let call = self.finish(store, started, result)?;
-        if let Ok(Some(dispute)) = &call.output {
-            validate::dispute(dispute).map_err(|reason| self.invalid(reason))?;
-        }
-        Ok(call)
+        let (_slot, mut warm, started) = self.instance().await?;
+        let Exports::Payment { instance, .. } = &warm.exports else {
+            return Err(self.not_this_hook(HookKind::Payment));
+        };
+        let store = &mut warm.store;
+        let result = match disputes.load(&mut *store, instance) {
+            Ok(disputes) => disputes.call_parse_dispute(store, request).await,
+            Err(error) => Err(error),
+        };
+        self.finish(warm, started, result, |output| match output {
+            Ok(Some(dispute)) => validate::dispute(dispute),
+            _ => Ok(()),
+        })
     }
 
     /// Whether this payment connector reads disputes from webhooks (it exports
@@ -626,44 +648,44 @@ impl Plugin {
         result
     }
 
-    /// Instantiates once and calls the pricing hook `iterations` times on the same instance;
-    /// returns the time the calls took. For the benchmark that compares a live instance with
-    /// the fresh instance every real call gets; the pipeline never reuses instances.
+    /// Calls the pricing hook `iterations` times on one instance, as a plugin's idle instance
+    /// serves its calls but without the per-call set-up; returns the time the calls took. For
+    /// the benchmark that shows the floor under a call.
     #[doc(hidden)]
     pub async fn bench_price_on_one_instance(
         &self,
         cart: &pricing::Cart,
         iterations: u32,
     ) -> anyhow::Result<Duration> {
-        let HookPre::Pricing(pre) = &self.pre else {
+        let (_slot, mut warm, _) = self
+            .instance()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.code(), e.kind))?;
+        let Exports::Pricing(instance) = &warm.exports else {
             anyhow::bail!("not a pricing plugin");
         };
-        let (_slot, mut store, _) = self.new_store(pre.engine()).await?;
-        store.set_epoch_deadline(u64::MAX / 2);
-        let instance = pre.instantiate_async(&mut store).await?;
+        warm.store.set_epoch_deadline(u64::MAX / 2);
         let started = Instant::now();
         for _ in 0..iterations {
             if self.consume_fuel {
-                store.set_fuel(UNMETERED_FUEL)?;
+                warm.store.set_fuel(UNMETERED_FUEL)?;
             }
             let result = instance
                 .cartridge_plugin_pricing()
-                .call_price(&mut store, cart)
+                .call_price(&mut warm.store, cart)
                 .await?;
             std::hint::black_box(result.map_err(|e| anyhow::anyhow!(e.message))?);
         }
         Ok(started.elapsed())
     }
 
-    /// A store for one call, once an instance slot is free for it. The call's deadline runs
-    /// from here, so time spent waiting for a slot counts against it; if none comes free
-    /// before the deadline, the call is `Unavailable`. The slot goes back when the returned
-    /// [`Slot`](super::runtime::Slot) is dropped, which must be after the store (and its
-    /// instance): callers bind it first, so that it is dropped last even if the call is.
-    async fn new_store(
-        &self,
-        engine: &wasmtime::Engine,
-    ) -> Result<(super::runtime::Slot, Store<StoreState>, Instant), HookError> {
+    /// An instance for one call, once an instance slot is free for it: an idle one of this
+    /// plugin's if there is one, else a new one. The call's deadline runs from here, so time
+    /// spent waiting for a slot counts against it; if none comes free before the deadline, the
+    /// call is `Unavailable`. The slot goes back when the returned
+    /// [`Slot`](super::runtime::Slot) is dropped, which must be after the instance's store if
+    /// that is dropped: callers bind it first, so that it is dropped last even if the call is.
+    async fn instance(&self) -> Result<(super::runtime::Slot, Warm, Instant), HookError> {
         let limits = &self.manifest.limits;
         let started = Instant::now();
         let deadline = started + limits.deadline();
@@ -679,6 +701,10 @@ impl Plugin {
                 },
             });
         };
+        if let Some(mut warm) = self.warm.take() {
+            self.arm(&mut warm.store, deadline);
+            return Ok((slot, warm, started));
+        }
         let state = StoreState::new(
             self.id.clone(),
             self.config.clone(),
@@ -686,11 +712,32 @@ impl Plugin {
             self.grants.clone(),
             deadline,
         );
-        let mut store = Store::new(engine, state);
+        let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| state);
+        self.arm(&mut store, deadline);
+        super::metrics::record_instantiation();
+        match self.pre.instantiate(&mut store).await {
+            Ok(exports) => Ok((slot, Warm::new(store, exports), started)),
+            Err(error) => {
+                let kind = self.classify(&error, store.data());
+                tracing::debug!(plugin = %self.id, code = kind.code(), "plugin instantiation failed: {error:#}");
+                drop(store);
+                drop(slot);
+                Err(HookError {
+                    plugin: self.reference(),
+                    kind,
+                })
+            }
+        }
+    }
+
+    /// Sets a store up for one call: the call's deadline (checked at every epoch tick), its
+    /// instruction budget, an empty log.
+    fn arm(&self, store: &mut Store<StoreState>, deadline: Instant) {
+        store.data_mut().start_call(deadline);
         if self.consume_fuel {
             // Cannot fail: fuel is enabled on this engine.
-            let _ = store.set_fuel(limits.fuel.unwrap_or(UNMETERED_FUEL));
+            let _ = store.set_fuel(self.manifest.limits.fuel.unwrap_or(UNMETERED_FUEL));
         }
         store.set_epoch_deadline(1);
         let mut ticks = 0u32;
@@ -708,18 +755,21 @@ impl Plugin {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        Ok((slot, store, started))
     }
 
-    /// Turns the raw outcome of a call into output plus stats, or a named error.
+    /// Turns the raw outcome of a call into output plus stats, or a named error; `check` is
+    /// the hook's validation of the answer. The instance goes back to the plugin's pool if the
+    /// call answered admissibly and it may be kept; otherwise it is dropped here: a plugin
+    /// that talked nonsense starts its next call on a new instance.
     fn finish<T: Serialize + serde::de::DeserializeOwned>(
         &self,
-        store: Store<StoreState>,
+        mut warm: Warm,
         started: Instant,
         result: wasmtime::Result<T>,
+        check: impl FnOnce(&T) -> Result<(), String>,
     ) -> Result<Call<T>, HookError> {
         let duration = started.elapsed();
-        let fuel_consumed = store.get_fuel().ok().map(|left| {
+        let fuel_consumed = warm.store.get_fuel().ok().map(|left| {
             self.manifest
                 .limits
                 .fuel
@@ -727,9 +777,9 @@ impl Plugin {
                 .saturating_sub(left)
         });
         let output = match result {
-            Ok(output) => self.without_secrets(store.data(), output)?,
+            Ok(output) => self.without_secrets(warm.store.data(), output)?,
             Err(error) => {
-                let kind = self.classify(&error, store.data());
+                let kind = self.classify(&error, warm.store.data());
                 tracing::debug!(plugin = %self.id, code = kind.code(), "plugin call failed: {error:#}");
                 return Err(HookError {
                     plugin: self.reference(),
@@ -738,16 +788,24 @@ impl Plugin {
             }
         };
         let output_bytes = self.within_output_limit(&output)?;
-        let state = store.into_data();
+        check(&output).map_err(|reason| self.invalid(reason))?;
+        let state = warm.store.data_mut();
+        let logs = std::mem::take(&mut state.logs);
+        let logs_dropped = state.logs_dropped;
+        let peak_memory_bytes = state.peak_memory;
+        let reuse = self
+            .warm
+            .give_back(warm, self.manifest.limits.memory_bytes());
+        super::metrics::record_instance(reuse);
         Ok(Call {
             output,
             stats: CallStats {
                 duration,
                 fuel_consumed,
-                peak_memory_bytes: state.peak_memory,
+                peak_memory_bytes,
                 output_bytes,
-                logs: state.logs,
-                logs_dropped: state.logs_dropped,
+                logs,
+                logs_dropped,
             },
         })
     }

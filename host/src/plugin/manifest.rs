@@ -9,6 +9,7 @@
 //! failure-policy = "fail-open"     # optional; pricing and personalization default to open
 //! capabilities = ["http:api.stripe.com", "secrets"]   # optional; see `capability`
 //! component-sha256 = "9f86d0…"   # optional; `cartridge plugin build` writes it
+//! reuse-instances = false          # optional; a new instance for every call (default: reused)
 //!
 //! [limits]                         # optional; these are the defaults for pricing
 //! memory-mib = 16
@@ -184,6 +185,7 @@ struct RawManifest {
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
     component_sha256: Option<String>,
+    reuse_instances: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +224,20 @@ pub struct Manifest {
     /// bundle is being copied into the plugins directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component_sha256: Option<String>,
+    /// Whether an instance that answered a call may serve the plugin's later calls (the
+    /// default), keeping its memory — the guest's heap and statics — in between. False asks for
+    /// a new instance for every call, at several times the cost of a call: for plugins whose
+    /// author wants each call to start from nothing.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub reuse_instances: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(value: &bool) -> bool {
+    *value
 }
 
 /// Why a manifest was refused.
@@ -268,6 +284,7 @@ impl Manifest {
             limits,
             config,
             component_sha256: raw.component_sha256.map(|d| d.to_ascii_lowercase()),
+            reuse_instances: raw.reuse_instances.unwrap_or(true),
         };
         manifest.validate()?;
         Ok(manifest)

@@ -9,6 +9,7 @@ use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use super::PluginRef;
+use super::warm::Reuse;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 11] = [
@@ -43,8 +44,24 @@ pub(crate) fn record_slot_wait(waited: Duration) {
     SLOT_WAIT_NANOS.fetch_add(nanos, Ordering::Relaxed);
 }
 
-/// One runtime's instance slots as gauges: how many there are, and how many no call holds.
-pub fn render_slots(total: u32, free: usize) -> String {
+/// Instances made for calls (none for a call an idle instance served).
+static INSTANTIATIONS: AtomicU64 = AtomicU64::new(0);
+/// What became of the instance of each call that answered, by [`Reuse`].
+static FATES: [AtomicU64; Reuse::ALL.len()] = [const { AtomicU64::new(0) }; Reuse::ALL.len()];
+
+/// Records that a call needed a new instance.
+pub(crate) fn record_instantiation() {
+    INSTANTIATIONS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Records what became of the instance of a call that answered.
+pub(crate) fn record_instance(fate: Reuse) {
+    FATES[fate as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// One runtime's instance slots as gauges (how many there are, how many no call holds, how
+/// many instances are idle), and the host's instantiations and instance fates as counters.
+pub fn render_slots(total: u32, free: usize, idle: usize) -> String {
     let mut out = String::new();
     out.push_str("# HELP cartridge_plugin_instance_slots Instance slots of the plugin pool (--max-instances).\n");
     out.push_str("# TYPE cartridge_plugin_instance_slots gauge\n");
@@ -54,6 +71,26 @@ pub fn render_slots(total: u32, free: usize) -> String {
     );
     out.push_str("# TYPE cartridge_plugin_instance_slots_free gauge\n");
     let _ = writeln!(out, "cartridge_plugin_instance_slots_free {free}");
+    out.push_str("# HELP cartridge_plugin_instances_idle Plugin instances kept between calls.\n");
+    out.push_str("# TYPE cartridge_plugin_instances_idle gauge\n");
+    let _ = writeln!(out, "cartridge_plugin_instances_idle {idle}");
+    out.push_str("# HELP cartridge_plugin_instantiations_total Plugin instances made for calls (an idle instance serves a call without one).\n");
+    out.push_str("# TYPE cartridge_plugin_instantiations_total counter\n");
+    let _ = writeln!(
+        out,
+        "cartridge_plugin_instantiations_total {}",
+        INSTANTIATIONS.load(Ordering::Relaxed)
+    );
+    out.push_str("# HELP cartridge_plugin_instance_fates_total What became of the instance after a call that answered: kept for the next call, or why not.\n");
+    out.push_str("# TYPE cartridge_plugin_instance_fates_total counter\n");
+    for fate in Reuse::ALL {
+        let _ = writeln!(
+            out,
+            "cartridge_plugin_instance_fates_total{{fate=\"{}\"}} {}",
+            fate.as_str(),
+            FATES[fate as usize].load(Ordering::Relaxed)
+        );
+    }
     out
 }
 

@@ -7,6 +7,7 @@
 //! - [`HookError`] / [`LoadError`]: every failure, named.
 //! - `sandbox`: what an instance can reach (almost nothing); `validate`: what the host accepts
 //!   back.
+//! - `warm`: live instances kept between a plugin's calls, and when one is not kept.
 //! - [`watch`]: the call log sample and the crash-loop breaker of an installed plugin.
 //! - `native` (the `native-rules` build only): the example plugins' source compiled into the
 //!   host, for the checkout benchmark's Wasm-versus-native comparison.
@@ -22,6 +23,7 @@ mod native;
 mod runtime;
 mod sandbox;
 pub mod validate;
+mod warm;
 pub mod watch;
 
 pub use call::{Call, CallStats, OUTPUT_LIMIT_BYTES, PaymentRequest, Plugin};

@@ -23,6 +23,7 @@ use super::call::{HookPre, Plugin};
 use super::error::LoadError;
 use super::manifest::{HookKind, MAX_MEMORY_MIB, Manifest};
 use super::sandbox::{self, StoreState};
+use super::warm::IdleBudget;
 
 /// Instance slots of a server's pool unless `--max-instances` says otherwise.
 pub const DEFAULT_MAX_INSTANCES: u32 = 512;
@@ -32,14 +33,18 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 512;
 pub struct RuntimeConfig {
     /// Where compiled artifacts are cached; none compiles every load.
     pub cache_dir: Option<PathBuf>,
-    /// How many plugin instances may be live at once, across all calls. Each reserves address
-    /// space (not memory) for a full-size linear memory.
+    /// How many plugin calls may run at once, across all plugins, each on an instance of its
+    /// own; up to 64 more instances may wait idle between calls (`reuse_instances`). Each
+    /// slot reserves address space (not memory) for a full-size linear memory.
     pub max_instances: u32,
     /// Count instructions (wasmtime fuel), so that manifests can set an instruction budget and
     /// calls report what they used. Costs some speed per call.
     pub consume_fuel: bool,
     /// The epoch tick: deadlines are checked this often.
     pub epoch_tick: Duration,
+    /// Keep a plugin's instance after a call that answered, for its next call (see
+    /// `plugin::warm` for when one is not kept); off, every call gets a new instance.
+    pub reuse_instances: bool,
     /// Serve plugins whose source is compiled into this binary (the `native-rules` build) by
     /// that native code instead of their components: the checkout benchmark's comparison.
     pub native_rules: bool,
@@ -52,6 +57,7 @@ impl Default for RuntimeConfig {
             max_instances: DEFAULT_MAX_INSTANCES,
             consume_fuel: true,
             epoch_tick: Duration::from_millis(1),
+            reuse_instances: true,
             native_rules: false,
         }
     }
@@ -68,12 +74,15 @@ pub struct Runtime {
     ticker: Arc<EpochTicker>,
     /// The pool's instance slots, as calls wait their turn for them.
     slots: Arc<InstanceSlots>,
+    /// The extra slots idle instances may hold between calls.
+    idle: Arc<IdleBudget>,
 }
 
 impl Runtime {
     /// Builds the engine and starts its epoch ticker.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
-        let engine = Engine::new(&engine_config(&config))?;
+        let idle = Arc::new(IdleBudget::new(idle_slots(&config)));
+        let engine = Engine::new(&engine_config(&config, idle.max()))?;
         let linker = sandbox::linker(&engine)?;
         let engine_hash = {
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -89,6 +98,7 @@ impl Runtime {
             engine_hash,
             ticker,
             slots,
+            idle,
         })
     }
 
@@ -100,6 +110,11 @@ impl Runtime {
     /// Instance slots no call holds at this moment.
     pub fn free_instance_slots(&self) -> usize {
         self.slots.free()
+    }
+
+    /// Instances kept between calls at this moment, across all plugins.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.used()
     }
 
     /// Loads a plugin from a directory holding `plugin.toml` and one `.wasm` file (or the
@@ -151,9 +166,12 @@ impl Runtime {
             digest,
             wasm.len(),
             pre,
-            self.config.consume_fuel,
-            self.ticker.clone(),
-            self.slots.clone(),
+            Shared {
+                consume_fuel: self.config.consume_fuel,
+                ticker: self.ticker.clone(),
+                slots: self.slots.clone(),
+                idle: self.idle.clone(),
+            },
         );
         #[cfg(feature = "native-rules")]
         if self.config.native_rules {
@@ -207,14 +225,30 @@ impl Runtime {
     }
 }
 
-fn engine_config(config: &RuntimeConfig) -> Config {
+/// Slots for idle instances: as many as calls may run at once, up to the host-wide cap; none
+/// when reuse is off.
+fn idle_slots(config: &RuntimeConfig) -> usize {
+    if config.reuse_instances {
+        (config.max_instances as usize).min(super::warm::IDLE_PER_HOST)
+    } else {
+        0
+    }
+}
+
+/// The engine, with a pool of `max_instances` slots for running calls and `idle` more for
+/// instances kept between calls.
+fn engine_config(config: &RuntimeConfig, idle: usize) -> Config {
+    let instances = config
+        .max_instances
+        .saturating_add(u32::try_from(idle).unwrap_or(u32::MAX));
     let mut pooling = PoolingAllocationConfig::default();
     let max_memory = usize::try_from(u64::from(MAX_MEMORY_MIB) * 1024 * 1024).unwrap_or(usize::MAX);
     pooling
-        .total_component_instances(config.max_instances)
-        .total_core_instances(config.max_instances.saturating_mul(4))
-        .total_memories(config.max_instances.saturating_mul(2))
-        .total_tables(config.max_instances.saturating_mul(4))
+        .total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(4))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        // Fibers run calls, not idle instances.
         .total_stacks(config.max_instances)
         .max_memory_size(max_memory)
         .max_memories_per_component(2)
@@ -357,12 +391,24 @@ pub(crate) fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io
     Ok(())
 }
 
+/// What every plugin a runtime loads shares with it.
+pub(crate) struct Shared {
+    /// Whether the engine counts fuel.
+    pub(crate) consume_fuel: bool,
+    /// Keeps the epoch ticker running while the plugin can be called.
+    pub(crate) ticker: Arc<EpochTicker>,
+    /// The pool's slots for running calls.
+    pub(crate) slots: Arc<InstanceSlots>,
+    /// The pool's slots for idle instances.
+    pub(crate) idle: Arc<IdleBudget>,
+}
+
 /// The pooling allocator's instance slots, handed out in turn. The pool itself refuses an
 /// instance at once when every slot is taken; a burst of checkouts beyond the slots then failed
 /// its fail-closed hooks with 502 while the calls holding the slots were microseconds from
 /// done. A call instead waits here for a slot, in order, for no longer than its own deadline
-/// (see `Plugin::new_store`), and holds it until its store is dropped, so the pool has a
-/// free slot for every call that got one.
+/// (see `Plugin::instance`), and holds it until its store is dropped or kept idle, so the
+/// pool has a free slot for every call that got one.
 pub(crate) struct InstanceSlots {
     free: Arc<tokio::sync::Semaphore>,
     total: u32,

@@ -170,6 +170,21 @@ impl StoreState {
         }
     }
 
+    /// Readies the state for the next call on the same instance: its deadline, an empty log.
+    /// What the instance itself keeps (its memory) is the plugin's; see `plugin::warm`.
+    pub(crate) fn start_call(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        self.logs.clear();
+        self.log_bytes = 0;
+        self.logs_dropped = 0;
+    }
+
+    /// Whether the instance has reached for WASI (its context exists, with whatever it
+    /// opened).
+    pub(crate) fn used_wasi(&self) -> bool {
+        self.wasi.is_some()
+    }
+
     /// What the plugin wrote to standard error (a panic's message), secrets blanked.
     pub(crate) fn stderr(&self) -> String {
         let Some((_, stderr)) = &self.wasi else {
