@@ -9,8 +9,9 @@
 //!   authorise, record, commit).
 //! - the same with the plugins' own source compiled into the server (`--native-rules`, in a
 //!   build with the `native-rules` feature — `cargo xtask bench` passes it): a fresh server and
-//!   database each, Wasm and native alternating twice; the first order of each is compared,
-//!   and the run fails if the two builds of the rules decided differently.
+//!   database each, Wasm and native in turn for three rounds (`CARTRIDGE_BENCH_ROUNDS`), which
+//!   goes first swapped every round; the ratio is of the medians. The first order of each is
+//!   compared, and the run fails if the two builds of the rules decided differently.
 //! - `shopper flow`: create a cart, add 5 lines, check out — timed end to end, at concurrency 1
 //!   (latency) and at the load concurrency (throughput).
 //! - `checkout, spread`: the checkout workload again, but each cart holds 5 of 1,000 SKUs (a
@@ -699,16 +700,25 @@ async fn main() -> anyhow::Result<()> {
     } else {
         "SQLite (WAL, synchronous = NORMAL)"
     };
-    // Wasm, then the same rules native, twice over, so that drift on this shared machine
-    // falls on both alike. Without the `native-rules` build only the Wasm runs.
+    // Wasm and the same rules native in turn, three rounds, which goes first swapped every
+    // round, so that drift on this shared machine (a slow spell lasts seconds) falls on both
+    // alike; the ratio is of the medians, so one run caught in a slow spell does not decide
+    // it. Without the `native-rules` build only the Wasm runs.
     let compare = cfg!(feature = "native-rules") && !only_wasm;
-    let rounds = if compare && benching { 2 } else { 1 };
+    let rounds = if compare && benching {
+        setting("CARTRIDGE_BENCH_ROUNDS").unwrap_or(3)
+    } else {
+        1
+    };
     let mut wasm = Vec::new();
     let mut native = Vec::new();
     let admin = admin_url.as_deref();
     for round in 0..rounds {
+        if compare && !round.is_multiple_of(2) {
+            native.push(run(admin, true, Carts::Hot, total, concurrency, false).await?);
+        }
         wasm.push(run(admin, false, Carts::Hot, total, concurrency, round == 0).await?);
-        if compare {
+        if compare && round.is_multiple_of(2) {
             native.push(run(admin, true, Carts::Hot, total, concurrency, false).await?);
         }
     }
@@ -830,12 +840,19 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     if !native.is_empty() {
-        let mean = |runs: &[Run]| {
-            runs.iter().map(|r| r.checkouts.per_second).sum::<f64>() / runs.len() as f64
+        let median = |runs: &[Run]| {
+            let mut rates: Vec<f64> = runs.iter().map(|r| r.checkouts.per_second).collect();
+            rates.sort_by(f64::total_cmp);
+            let mid = rates.len() / 2;
+            if rates.len().is_multiple_of(2) {
+                (rates[mid - 1] + rates[mid]) / 2.0
+            } else {
+                rates[mid]
+            }
         };
         println!(
-            "Wasm / native checkout throughput: {:.2} (means of {} runs each; the first order's decisions are identical)",
-            mean(&wasm) / mean(&native),
+            "Wasm / native checkout throughput: {:.2} (medians of {} runs each; the first order's decisions are identical)",
+            median(&wasm) / median(&native),
             wasm.len()
         );
     }

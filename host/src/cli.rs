@@ -113,7 +113,8 @@ pub struct ServeArgs {
     pub max_instances: u32,
     /// Give every plugin call a new instance instead of one an earlier call of the same
     /// plugin left idle (slower; for operators who want no plugin memory to outlive a call).
-    #[arg(long, env = "CARTRIDGE_FRESH_INSTANCES")]
+    #[arg(long, env = "CARTRIDGE_FRESH_INSTANCES",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub fresh_instances: bool,
     /// How often this host checks the registry for changes made through other hosts, in ms.
     #[arg(long, env = "CARTRIDGE_REGISTRY_POLL_MS", default_value_t = 100)]
@@ -652,6 +653,19 @@ mod tests {
             Command::Serve(serve) => Ok(serve.max_instances),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn instances_are_reused_unless_the_operator_asks_for_fresh_ones() {
+        let fresh = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["cartridge", "serve"].iter().chain(args))?;
+            match cli.command {
+                Command::Serve(serve) => Ok::<_, clap::Error>(serve.fresh_instances),
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        assert_eq!(fresh(&[]).ok(), Some(false));
+        assert_eq!(fresh(&["--fresh-instances"]).ok(), Some(true));
     }
 
     #[test]
