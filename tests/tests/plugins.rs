@@ -581,8 +581,14 @@ async fn an_instance_that_answered_serves_the_plugins_next_calls() {
     }
     // Clones are the same plugin, with the same instances.
     assert_eq!(
-        stateful_call(&plugin.clone().unwatched(), &[]).await,
+        stateful_call(&plugin.clone(), &[]).await,
         Ok("call 4".into())
+    );
+    // Shadow runs and admin invocations (unwatched) never touch the served plugin's
+    // instances.
+    assert_eq!(
+        stateful_call(&plugin.clone().unwatched(), &[]).await,
+        Ok("call 1".into())
     );
     // New configuration or new grants is a new plugin: its calls never see the old
     // instances (a plugin may have read its configuration into its memory).
@@ -594,16 +600,54 @@ async fn an_instance_that_answered_serves_the_plugins_next_calls() {
     let regranted = plugin.clone().with_grants(&[], BTreeMap::new());
     assert_eq!(stateful_call(&regranted, &[]).await, Ok("call 1".into()));
     assert_eq!(stateful_call(&plugin, &[]).await, Ok("call 5".into()));
-    // Calls at once each have an instance of their own; afterwards the plugin keeps them.
-    let (a, b, c) = tokio::join!(
-        stateful_call(&plugin, &[]),
-        stateful_call(&plugin, &[]),
-        stateful_call(&plugin, &[])
-    );
-    for label in [a, b, c] {
-        assert!(label.is_ok(), "{label:?}");
-    }
     assert!(runtime.idle_instances() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_at_the_same_time_never_share_an_instance() {
+    let runtime = runtime();
+    let plugin = load(&runtime, "stateful");
+    assert_eq!(stateful_call(&plugin, &[]).await, Ok("call 1".into()));
+    // A call takes the idle instance and spins until its deadline (200 ms)...
+    let spinning = {
+        let plugin = plugin.clone();
+        tokio::spawn(async move { stateful_call(&plugin, &["spin"]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // ...while another call gets an instance of its own: its first call.
+    assert_eq!(stateful_call(&plugin, &[]).await, Ok("call 1".into()));
+    let spun = spinning.await.expect("joined");
+    assert_eq!(spun.map_err(|kind| kind.code()), Err("deadline_exceeded"));
+    // The spinning call's instance was dropped; the other one was kept.
+    assert_eq!(runtime.idle_instances(), 1);
+    assert_eq!(stateful_call(&plugin, &[]).await, Ok("call 2".into()));
+}
+
+#[tokio::test]
+async fn idle_instances_never_keep_a_call_from_getting_a_new_one() {
+    // The pool has slots for the running calls plus the idle instances, fiber stacks
+    // included: with every idle place taken, a call that needs a new instance still gets one.
+    for max_instances in [1, 8] {
+        let runtime = Runtime::new(RuntimeConfig {
+            max_instances,
+            ..RuntimeConfig::default()
+        })
+        .expect("runtime");
+        let stateful = load(&runtime, "stateful");
+        // Each configuration is a plugin with its own pool, kept alive with its instance.
+        let mut configured = Vec::new();
+        for n in 0..max_instances {
+            let plugin = stateful
+                .clone()
+                .with_config(&BTreeMap::from([("n".to_owned(), n.to_string())]));
+            assert_eq!(stateful_call(&plugin, &[]).await, Ok("call 1".into()));
+            configured.push(plugin);
+        }
+        assert_eq!(runtime.idle_instances(), max_instances as usize);
+        let good = load(&runtime, "tiered-discount");
+        let call = good.price(&cart(&[3])).await;
+        assert!(call.is_ok(), "{max_instances} slots: {:?}", call.err());
+    }
 }
 
 #[tokio::test]
@@ -621,7 +665,8 @@ async fn a_call_that_failed_or_reached_outside_its_input_leaves_no_instance_behi
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("token");
-    std::fs::write(&path, "s3cr3t").expect("secret file");
+    // Too short to be blanked out of what the plugin says, but read all the same.
+    std::fs::write(&path, "abc").expect("secret file");
     let secrets = BTreeMap::from([(
         "token".to_owned(),
         SecretRef::File(path.display().to_string()),

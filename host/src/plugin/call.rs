@@ -254,9 +254,11 @@ impl Plugin {
     }
 
     /// The same plugin without the registry's watch: for shadow runs and admin invocations,
-    /// which must not feed the call log or the crash-loop breaker.
+    /// which must not feed the call log or the crash-loop breaker — nor touch the instances
+    /// the watched plugin's calls run on: they get a pool of their own.
     pub fn unwatched(mut self) -> Self {
         self.watch = None;
+        self.warm = Arc::new(self.warm.renewed());
         self
     }
 

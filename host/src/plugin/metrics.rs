@@ -59,27 +59,44 @@ pub(crate) fn record_instance(fate: Reuse) {
     FATES[fate as usize].fetch_add(1, Ordering::Relaxed);
 }
 
+/// One unlabelled series: its help and type lines, then its value.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// One runtime's instance slots as gauges (how many there are, how many no call holds, how
 /// many instances are idle), and the host's instantiations and instance fates as counters.
 pub fn render_slots(total: u32, free: usize, idle: usize) -> String {
     let mut out = String::new();
-    out.push_str("# HELP cartridge_plugin_instance_slots Instance slots of the plugin pool (--max-instances).\n");
-    out.push_str("# TYPE cartridge_plugin_instance_slots gauge\n");
-    let _ = writeln!(out, "cartridge_plugin_instance_slots {total}");
-    out.push_str(
-        "# HELP cartridge_plugin_instance_slots_free Instance slots no plugin call holds.\n",
+    single(
+        &mut out,
+        "cartridge_plugin_instance_slots",
+        "gauge",
+        "Instance slots of the plugin pool (--max-instances).",
+        total,
     );
-    out.push_str("# TYPE cartridge_plugin_instance_slots_free gauge\n");
-    let _ = writeln!(out, "cartridge_plugin_instance_slots_free {free}");
-    out.push_str("# HELP cartridge_plugin_instances_idle Plugin instances kept between calls.\n");
-    out.push_str("# TYPE cartridge_plugin_instances_idle gauge\n");
-    let _ = writeln!(out, "cartridge_plugin_instances_idle {idle}");
-    out.push_str("# HELP cartridge_plugin_instantiations_total Plugin instances made for calls (an idle instance serves a call without one).\n");
-    out.push_str("# TYPE cartridge_plugin_instantiations_total counter\n");
-    let _ = writeln!(
-        out,
-        "cartridge_plugin_instantiations_total {}",
-        INSTANTIATIONS.load(Ordering::Relaxed)
+    single(
+        &mut out,
+        "cartridge_plugin_instance_slots_free",
+        "gauge",
+        "Instance slots no plugin call holds.",
+        free,
+    );
+    single(
+        &mut out,
+        "cartridge_plugin_instances_idle",
+        "gauge",
+        "Plugin instances kept between calls.",
+        idle,
+    );
+    single(
+        &mut out,
+        "cartridge_plugin_instantiations_total",
+        "counter",
+        "Plugin instances made for calls (an idle instance serves a call without one).",
+        INSTANTIATIONS.load(Ordering::Relaxed),
     );
     out.push_str("# HELP cartridge_plugin_instance_fates_total What became of the instance after a call that answered: kept for the next call, or why not.\n");
     out.push_str("# TYPE cartridge_plugin_instance_fates_total counter\n");
@@ -200,19 +217,19 @@ pub fn render() -> String {
             );
         }
     }
-    out.push_str("# HELP cartridge_plugin_slot_waits_total Plugin calls that found every instance slot busy and waited for one.\n");
-    out.push_str("# TYPE cartridge_plugin_slot_waits_total counter\n");
-    let _ = writeln!(
-        out,
-        "cartridge_plugin_slot_waits_total {}",
-        SLOT_WAITS.load(Ordering::Relaxed)
+    single(
+        &mut out,
+        "cartridge_plugin_slot_waits_total",
+        "counter",
+        "Plugin calls that found every instance slot busy and waited for one.",
+        SLOT_WAITS.load(Ordering::Relaxed),
     );
-    out.push_str("# HELP cartridge_plugin_slot_wait_seconds_total Time plugin calls spent waiting for an instance slot.\n");
-    out.push_str("# TYPE cartridge_plugin_slot_wait_seconds_total counter\n");
-    let _ = writeln!(
-        out,
-        "cartridge_plugin_slot_wait_seconds_total {}",
-        SLOT_WAIT_NANOS.load(Ordering::Relaxed) as f64 / 1e9
+    single(
+        &mut out,
+        "cartridge_plugin_slot_wait_seconds_total",
+        "counter",
+        "Time plugin calls spent waiting for an instance slot.",
+        SLOT_WAIT_NANOS.load(Ordering::Relaxed) as f64 / 1e9,
     );
     out
 }

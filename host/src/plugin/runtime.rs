@@ -248,8 +248,9 @@ fn engine_config(config: &RuntimeConfig, idle: usize) -> Config {
         .total_core_instances(instances.saturating_mul(4))
         .total_memories(instances.saturating_mul(2))
         .total_tables(instances.saturating_mul(4))
-        // Fibers run calls, not idle instances.
-        .total_stacks(config.max_instances)
+        // A store keeps the fiber stack of its last call until it is dropped, so an idle
+        // instance holds one as well.
+        .total_stacks(instances)
         .max_memory_size(max_memory)
         .max_memories_per_component(2)
         .max_tables_per_component(4)

@@ -144,6 +144,9 @@ pub struct StoreState {
     deadline: Instant,
     /// Secret values read during this call, blanked out of its log lines.
     secrets_read: Vec<String>,
+    /// Whether the plugin asked for a secret at all (values too short to blank included): its
+    /// instance is then not kept for another call.
+    asked_for_secret: bool,
 }
 
 impl StoreState {
@@ -167,6 +170,7 @@ impl StoreState {
             grants,
             deadline,
             secrets_read: Vec::new(),
+            asked_for_secret: false,
         }
     }
 
@@ -177,6 +181,11 @@ impl StoreState {
         self.logs.clear();
         self.log_bytes = 0;
         self.logs_dropped = 0;
+    }
+
+    /// Whether the plugin asked for a secret during the instance's life, whatever the answer.
+    pub(crate) fn asked_for_secret(&self) -> bool {
+        self.asked_for_secret
     }
 
     /// Whether the instance has reached for WASI (its context exists, with whatever it
@@ -400,6 +409,7 @@ impl secrets::Host for StoreState {
         if !self.grants.secrets_allowed() {
             return Err(CapabilityDenied("secrets".to_owned()).into());
         }
+        self.asked_for_secret = true;
         let value = self.grants.secret(&name).and_then(SecretRef::resolve);
         if let Some(value) = &value
             && value.len() >= 4

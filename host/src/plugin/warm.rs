@@ -17,9 +17,10 @@
 //! A plugin whose author wants every call on a fresh instance says `reuse-instances = false`
 //! in its manifest; an operator can turn reuse off for the whole host (`--fresh-instances`).
 //!
-//! Idle instances hold pooling-allocator slots of their own: the engine's pool is sized for
-//! the running calls' slots plus a host-wide budget of idle ones ([`IdleBudget`]), so parking
-//! an instance never takes a slot from a call.
+//! Idle instances hold pooling-allocator slots of their own — an instance, its memories and
+//! tables, and the fiber stack its store keeps from its last call — so the engine's pool is
+//! sized for the running calls' slots plus a host-wide budget of idle ones ([`IdleBudget`]):
+//! parking an instance never takes a slot from a call.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,9 +30,10 @@ use wasmtime::Store;
 use super::bindings::{fraud, payment, personalization, pricing};
 use super::sandbox::StoreState;
 
-/// The most idle instances one plugin keeps. Calls run on a handful of worker threads, so a
-/// plugin rarely has more than a few calls in flight at once.
-pub(crate) const IDLE_PER_PLUGIN: usize = 8;
+/// The most idle instances one plugin keeps. Calls run on a handful of worker threads and
+/// rarely wait inside a plugin (only for a capability, and those calls' instances are not
+/// kept), so a plugin seldom has more than a couple of calls in flight at once.
+pub(crate) const IDLE_PER_PLUGIN: usize = 4;
 /// The most idle instances the whole host keeps, unless the instance slots are fewer.
 pub(crate) const IDLE_PER_HOST: usize = 64;
 /// An instance is retired after this many calls, so that whatever a plugin accumulates (a
@@ -83,7 +85,7 @@ pub(crate) enum Reuse {
     Retired,
     /// The call reached for WASI: the context and its resources stay with this instance.
     UsedWasi,
-    /// The call read a secret: its value may be in the instance's memory.
+    /// The call asked for a secret: its value may be in the instance's memory.
     ReadSecret,
     /// Its memory grew past what an idle instance may hold.
     Grown,
@@ -225,7 +227,7 @@ impl WarmPool {
         if state.used_wasi() {
             return Reuse::UsedWasi;
         }
-        if state.read_secrets() {
+        if state.asked_for_secret() {
             return Reuse::ReadSecret;
         }
         if state.peak_memory > POOLED_MEMORY_CAP.min(memory_limit / 4) {
