@@ -730,3 +730,28 @@ async fn a_manifest_or_the_host_can_ask_for_a_new_instance_per_call() {
     }
     assert_eq!(fresh.idle_instances(), 0);
 }
+
+#[tokio::test]
+async fn when_every_idle_place_is_taken_the_instance_idle_longest_makes_room() {
+    // Two slots for running calls, so two places for idle instances in the whole host.
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 2,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let stateful = load(&runtime, "stateful");
+    let [a, b, c] = ["a", "b", "c"].map(|n| {
+        stateful
+            .clone()
+            .with_config(&BTreeMap::from([("n".to_owned(), n.to_owned())]))
+    });
+    assert_eq!(stateful_call(&a, &[]).await, Ok("call 1".into()));
+    assert_eq!(stateful_call(&b, &[]).await, Ok("call 1".into()));
+    assert_eq!(runtime.idle_instances(), 2);
+    // c's instance takes the place of a's, idle longest.
+    assert_eq!(stateful_call(&c, &[]).await, Ok("call 1".into()));
+    assert_eq!(runtime.idle_instances(), 2);
+    assert_eq!(stateful_call(&c, &[]).await, Ok("call 2".into()));
+    assert_eq!(stateful_call(&b, &[]).await, Ok("call 2".into()));
+    assert_eq!(stateful_call(&a, &[]).await, Ok("call 1".into()));
+}

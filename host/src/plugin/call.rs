@@ -187,7 +187,7 @@ impl Plugin {
         ));
         let reuse = idle.max() > 0 && manifest.reuse_instances;
         Self {
-            warm: Arc::new(WarmPool::new(idle, reuse)),
+            warm: WarmPool::new(idle, reuse),
             manifest,
             digest,
             size,
@@ -238,7 +238,7 @@ impl Plugin {
         secrets: BTreeMap<String, super::capability::SecretRef>,
     ) -> Self {
         self.grants = Arc::new(self.grants.restricted_to(granted).with_secrets(secrets));
-        self.warm = Arc::new(self.warm.renewed());
+        self.warm = self.warm.renewed();
         self
     }
 
@@ -258,7 +258,7 @@ impl Plugin {
     /// the watched plugin's calls run on: they get a pool of their own.
     pub fn unwatched(mut self) -> Self {
         self.watch = None;
-        self.warm = Arc::new(self.warm.renewed());
+        self.warm = self.warm.renewed();
         self
     }
 
@@ -277,7 +277,7 @@ impl Plugin {
         let mut config = self.manifest.config.clone();
         config.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.config = Arc::new(config);
-        self.warm = Arc::new(self.warm.renewed());
+        self.warm = self.warm.renewed();
         self
     }
 

@@ -49,6 +49,14 @@ static INSTANTIATIONS: AtomicU64 = AtomicU64::new(0);
 /// What became of the instance of each call that answered, by [`Reuse`].
 static FATES: [AtomicU64; Reuse::ALL.len()] = [const { AtomicU64::new(0) }; Reuse::ALL.len()];
 
+/// Idle instances dropped to make room for another plugin's.
+static EVICTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Records that an idle instance was dropped to make room for another.
+pub(crate) fn record_eviction() {
+    EVICTIONS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Records that a call needed a new instance.
 pub(crate) fn record_instantiation() {
     INSTANTIATIONS.fetch_add(1, Ordering::Relaxed);
@@ -97,6 +105,13 @@ pub fn render_slots(total: u32, free: usize, idle: usize) -> String {
         "counter",
         "Plugin instances made for calls (an idle instance serves a call without one).",
         INSTANTIATIONS.load(Ordering::Relaxed),
+    );
+    single(
+        &mut out,
+        "cartridge_plugin_instances_evicted_total",
+        "counter",
+        "Idle plugin instances dropped to make room for another plugin's (the host keeps 64).",
+        EVICTIONS.load(Ordering::Relaxed),
     );
     out.push_str("# HELP cartridge_plugin_instance_fates_total What became of the instance after a call that answered: kept for the next call, or why not.\n");
     out.push_str("# TYPE cartridge_plugin_instance_fates_total counter\n");

@@ -20,10 +20,13 @@
 //! Idle instances hold pooling-allocator slots of their own — an instance, its memories and
 //! tables, and the fiber stack its store keeps from its last call — so the engine's pool is
 //! sized for the running calls' slots plus a host-wide budget of idle ones ([`IdleBudget`]):
-//! parking an instance never takes a slot from a call.
+//! parking an instance never takes a slot from a call. When the budget is spent, the instance
+//! parked longest, whichever plugin's, makes room: plugins called rarely do not keep the
+//! places busy ones need.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Instant;
 
 use wasmtime::Store;
 
@@ -89,7 +92,8 @@ pub(crate) enum Reuse {
     ReadSecret,
     /// Its memory grew past what an idle instance may hold.
     Grown,
-    /// The plugin or the host already keeps as many idle instances as it may.
+    /// The plugin already keeps as many idle instances as it may, or the host does and all
+    /// of them are this plugin's (otherwise the one parked longest makes room).
     Full,
 }
 
@@ -120,11 +124,11 @@ impl Reuse {
 }
 
 /// The host-wide count of idle instances, against the extra slots the engine's pool has for
-/// them.
-#[derive(Debug)]
+/// them, and the pools that may hold them (to find the instance parked longest).
 pub(crate) struct IdleBudget {
     max: usize,
     used: AtomicUsize,
+    pools: Mutex<Vec<Weak<WarmPool>>>,
 }
 
 impl IdleBudget {
@@ -132,7 +136,30 @@ impl IdleBudget {
         Self {
             max,
             used: AtomicUsize::new(0),
+            pools: Mutex::new(Vec::new()),
         }
+    }
+
+    fn register(&self, pool: &Arc<WarmPool>) {
+        let mut pools = lock(&self.pools);
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(pool));
+    }
+
+    /// Drops the instance parked longest in any pool but `except`; whether there was one.
+    /// Approximate under contention (another call may take it first), which only costs a
+    /// place this time.
+    fn evict_oldest(&self, except: &WarmPool) -> bool {
+        let pools: Vec<Arc<WarmPool>> = lock(&self.pools)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|p| !std::ptr::eq(Arc::as_ptr(p), except))
+            .collect();
+        let oldest = pools
+            .iter()
+            .filter_map(|p| p.oldest_parked().map(|at| (at, p)))
+            .min_by_key(|(at, _)| *at);
+        oldest.is_some_and(|(_, pool)| pool.drop_oldest())
     }
 
     /// How many idle instances the host may keep.
@@ -164,27 +191,37 @@ impl Drop for IdleToken {
     }
 }
 
+/// An idle instance with its place in the budget. Fields drop in order: the store before
+/// the token, so the engine's slot is free before the budget says so.
+struct Idle {
+    warm: Warm,
+    _token: IdleToken,
+    parked: Instant,
+}
+
 /// One plugin's idle instances, the most recently used last (taken first: its memory is the
 /// likeliest to still be in the CPU's caches).
 pub(crate) struct WarmPool {
-    /// Each with its place in the budget; a tuple drops its store before its token, so the
-    /// engine's slot is free before the budget says so.
-    idle: std::sync::Mutex<Vec<(Warm, IdleToken)>>,
+    idle: Mutex<Vec<Idle>>,
     budget: Arc<IdleBudget>,
     enabled: bool,
 }
 
 impl WarmPool {
-    pub(crate) fn new(budget: Arc<IdleBudget>, enabled: bool) -> Self {
-        Self {
-            idle: std::sync::Mutex::new(Vec::new()),
+    pub(crate) fn new(budget: Arc<IdleBudget>, enabled: bool) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            idle: Mutex::new(Vec::new()),
             budget,
             enabled,
+        });
+        if enabled {
+            pool.budget.register(&pool);
         }
+        pool
     }
 
     /// An empty pool for the same plugin under new configuration or grants.
-    pub(crate) fn renewed(&self) -> Self {
+    pub(crate) fn renewed(&self) -> Arc<Self> {
         Self::new(self.budget.clone(), self.enabled)
     }
 
@@ -193,8 +230,26 @@ impl WarmPool {
         if !self.enabled {
             return None;
         }
-        let (warm, _token) = self.lock().pop()?;
-        Some(warm)
+        let idle = lock(&self.idle).pop()?;
+        Some(idle.warm)
+    }
+
+    /// When the instance parked longest here was parked.
+    fn oldest_parked(&self) -> Option<Instant> {
+        lock(&self.idle).first().map(|idle| idle.parked)
+    }
+
+    /// Drops the instance parked longest here; whether there was one.
+    fn drop_oldest(&self) -> bool {
+        let mut idle = lock(&self.idle);
+        if idle.is_empty() {
+            return false;
+        }
+        let oldest = idle.remove(0);
+        drop(idle);
+        drop(oldest);
+        super::metrics::record_eviction();
+        true
     }
 
     /// Keeps `warm` for a later call if it may be kept (see the module's documentation) and
@@ -204,14 +259,31 @@ impl WarmPool {
         if verdict != Reuse::Kept {
             return verdict;
         }
-        let mut idle = self.lock();
-        if idle.len() >= IDLE_PER_PLUGIN {
+        if lock(&self.idle).len() >= IDLE_PER_PLUGIN {
             return Reuse::Full;
         }
-        let Some(token) = self.budget.take() else {
+        // Never holding this pool's lock while another's is taken: two pools making room at
+        // once must not wait for each other.
+        let token = match self.budget.take() {
+            Some(token) => Some(token),
+            None if self.budget.evict_oldest(self) => self.budget.take(),
+            None => None,
+        };
+        let Some(token) = token else {
             return Reuse::Full;
         };
-        idle.push((warm, token));
+        let mut idle = lock(&self.idle);
+        if idle.len() >= IDLE_PER_PLUGIN {
+            drop(idle);
+            drop(warm);
+            drop(token);
+            return Reuse::Full;
+        }
+        idle.push(Idle {
+            warm,
+            _token: token,
+            parked: Instant::now(),
+        });
         Reuse::Kept
     }
 
@@ -235,12 +307,10 @@ impl WarmPool {
         }
         Reuse::Kept
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Warm, IdleToken)>> {
-        // A panic while holding the lock cannot leave the list half-changed (push and pop
-        // only), so a poisoned lock is still a good one.
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+/// Locks one of this module's lists. A panic while holding one cannot leave it half-changed
+/// (pushes, pops and removals only), so a poisoned lock is still a good one.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
