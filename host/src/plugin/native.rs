@@ -195,6 +195,16 @@ cases! {
     }
 }
 
+/// Runs `rule` on the SDK's copy of `input`, with `config` as the plugin's configuration.
+fn run<A: Clone + Cross<B>, B, R>(
+    config: &BTreeMap<String, String>,
+    input: &A,
+    rule: impl FnOnce(B) -> R,
+) -> R {
+    let input = input.clone().cross();
+    sdk::with_config(config, || rule(input))
+}
+
 impl NativeRule {
     pub(crate) fn price(
         &self,
@@ -204,8 +214,7 @@ impl NativeRule {
         let Self::Pricing(price) = self else {
             return None;
         };
-        let cart = cart.clone().cross();
-        let operations = sdk::with_config(config, || price(cart));
+        let operations = run(config, cart, price);
         Some(
             operations
                 .map(|operations| pricing::PriceResult {
@@ -223,8 +232,7 @@ impl NativeRule {
         let Self::Fraud(assess) = self else {
             return None;
         };
-        let checkout = checkout.clone().cross();
-        Some(sdk::with_config(config, || assess(checkout)).cross())
+        Some(run(config, checkout, assess).cross())
     }
 
     pub(crate) fn payment(
@@ -242,22 +250,10 @@ impl NativeRule {
             return None;
         };
         let result = match request {
-            PaymentRequest::Authorize(r) => {
-                let r = r.clone().cross();
-                sdk::with_config(config, || authorize(r))
-            }
-            PaymentRequest::Capture(r) => {
-                let r = r.clone().cross();
-                sdk::with_config(config, || capture(r))
-            }
-            PaymentRequest::Refund(r) => {
-                let r = r.clone().cross();
-                sdk::with_config(config, || refund(r))
-            }
-            PaymentRequest::Void(r) => {
-                let r = r.clone().cross();
-                sdk::with_config(config, || void(r))
-            }
+            PaymentRequest::Authorize(r) => run(config, r, authorize),
+            PaymentRequest::Capture(r) => run(config, r, capture),
+            PaymentRequest::Refund(r) => run(config, r, refund),
+            PaymentRequest::Void(r) => run(config, r, void),
         };
         Some(result.cross())
     }
